@@ -1,0 +1,1 @@
+//! libmmp: the C ABI over mmp-core (in progress).
