@@ -1,1 +1,8 @@
-//! Integration tests.
+//! The one integration-test binary (ripgrep style): all cross-crate tests build here.
+//!
+//! Tiers by name prefix: plain names run everywhere; `tool_*` need the e2fsprogs binaries;
+//! `loop_*` need root and loop devices. A test that cannot run prints why and returns.
+
+mod format_doc;
+mod tool_ext4_codec;
+mod tool_tune;

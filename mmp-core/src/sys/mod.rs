@@ -1,0 +1,11 @@
+//! Linux I/O under the `std` feature: O_DIRECT block-device access, clocks, hostid, ext4
+//! tuning (enable/disable MMP) and the driver and heartbeat engine that run the protocol
+//! machine against real devices.
+//!
+//! `unsafe` is allowed only in the small named modules that need a raw system call, each
+//! block with a `// SAFETY:` line.
+
+pub mod blockdev;
+pub mod clock;
+pub mod hostid;
+pub mod tune;
