@@ -1,1 +1,1358 @@
-//! placeholder
+//! The one MMP protocol state machine, sans-IO.
+//!
+//! A [`Machine`] runs one operation ([`Op`]) on one device: a read-only activity check, an
+//! acquire followed by heartbeats until release, or an operator's forced clear. It never
+//! touches a disk or a clock: the caller feeds it read results, write completions, I/O
+//! errors and time, and it answers with the next I/O request or deadline.
+//!
+//! # Call order
+//!
+//! After [`Machine::new`] and after every input (`handle_*`, [`Machine::release`]):
+//!
+//! 1. [`Machine::poll_io`]: at most one request is outstanding. For a write, fill the
+//!    buffer with [`Machine::emit_block`] right before issuing it (it re-checks the lease
+//!    and may cancel the write), then report [`Machine::handle_write_done`] or
+//!    [`Machine::handle_io_error`]. For a read, report [`Machine::handle_read_done`] with
+//!    the bytes, or [`Machine::handle_io_error`].
+//! 2. [`Machine::poll_event`] until `None`.
+//! 3. [`Machine::poll_timeout`]: sleep until that instant (or until you want to release),
+//!    then call [`Machine::handle_timeout`]. `None` means the operation is finished (see
+//!    [`Machine::outcome`]).
+//!
+//! Time given to the machine must never go backwards. Extra `handle_timeout` calls are
+//! harmless.
+//!
+//! # Safety rules enforced here
+//!
+//! * Anything in doubt (unparsable block, checksum failure, FSCK or unknown sequence,
+//!   maintenance state, I/O error during acquire) refuses to acquire, naming why.
+//! * A hostid of 0 refuses to acquire; a device last held by another host and not released
+//!   is refused unless `force`; force never skips the activity test.
+//! * Waits use the owner's recorded parameters (ext4 check interval, native interval, fail
+//!   intervals and advertised delay).
+//! * Every heartbeat re-reads the block and compares it with what this machine last wrote
+//!   before writing again, so a foreign write is detected within one interval.
+//! * Ownership is a lease: it lasts a fail window after the last successful write was
+//!   issued ([`Machine::owned_until`]). Past that the machine self-fences: it never writes
+//!   again, and never writes CLEAN.
+//! * CLEAN is written on release only after re-reading the block and finding exactly what
+//!   this machine last wrote.
+//!
+//! `docs/protocol.md` carries the timing argument.
+#![forbid(unsafe_code)]
+
+use crate::format::{ext4, native};
+use crate::rand::Rng;
+use crate::time::{Duration, Instant, Now};
+
+/// The largest record the machine reads or writes (the ext4 MMP structure).
+pub const MAX_RECORD_LEN: usize = ext4::STRUCT_LEN;
+
+/// Where and how the MMP record lives on the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// An ext4/ldiskfs file system with the MMP feature.
+    Ext4 {
+        /// Byte offset of the MMP block (`s_mmp_block * block_size`).
+        offset_bytes: u64,
+        /// The MMP checksum seed (with metadata_csum), see
+        /// [`ext4::Superblock::mmp_csum_seed`].
+        csum_seed: Option<u32>,
+        /// `s_mmp_update_interval` as stored (0 is read as 5).
+        update_interval_s: u16,
+    },
+    /// A native mmp area.
+    Native {
+        /// Byte offset of the record (0 for a whole device).
+        offset_bytes: u64,
+    },
+}
+
+impl Layout {
+    /// Bytes the machine reads and writes: 1024 for ext4, 512 for native.
+    #[must_use]
+    pub fn record_len(&self) -> usize {
+        match self {
+            Layout::Ext4 { .. } => ext4::STRUCT_LEN,
+            Layout::Native { .. } => native::RECORD_LEN,
+        }
+    }
+
+    /// Byte offset of the record on the device.
+    #[must_use]
+    pub fn offset_bytes(&self) -> u64 {
+        match *self {
+            Layout::Ext4 { offset_bytes, .. } | Layout::Native { offset_bytes } => offset_bytes,
+        }
+    }
+
+    fn ext4_update_interval_s(&self) -> u16 {
+        match *self {
+            Layout::Ext4 {
+                update_interval_s: 0,
+                ..
+            } => ext4::DEFAULT_UPDATE_INTERVAL_S,
+            Layout::Ext4 {
+                update_interval_s, ..
+            } => update_interval_s,
+            Layout::Native { .. } => ext4::DEFAULT_UPDATE_INTERVAL_S,
+        }
+    }
+}
+
+/// Who this host is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// Hostid; 0 means unset and refuses to acquire.
+    pub hostid: u32,
+    /// Node name, NUL padded (written to the block; compared in ext4 mode).
+    pub nodename: [u8; 64],
+    /// Device name as this host sees it, NUL padded (informational).
+    pub devname: [u8; 64],
+}
+
+impl Identity {
+    /// An identity; names are truncated to 64 bytes.
+    #[must_use]
+    pub fn new(hostid: u32, nodename: &[u8], devname: &[u8]) -> Self {
+        let mut id = Identity {
+            hostid,
+            nodename: [0; 64],
+            devname: [0; 64],
+        };
+        crate::format::put_name(&mut id.nodename, nodename);
+        crate::format::put_name(&mut id.devname, devname);
+        id
+    }
+
+    /// The node name up to the first NUL.
+    #[must_use]
+    pub fn nodename(&self) -> &[u8] {
+        crate::format::trim_name(&self.nodename)
+    }
+}
+
+/// The operation a machine runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// The read-only activity test: never writes.
+    Check,
+    /// Acquire, then heartbeat until [`Machine::release`] or loss.
+    Acquire,
+    /// The operator's forced reset to CLEAN (like `tune2fs -f -E clear_mmp`). Writes without
+    /// any activity test: for use only when the operator knows no other host uses the device.
+    Clear,
+}
+
+/// Configuration of one machine.
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    /// Where the record is.
+    pub layout: Layout,
+    /// Who we are.
+    pub identity: Identity,
+    /// Take a device last held by another host and not released (still after the full
+    /// activity test).
+    pub force: bool,
+    /// Seed for sequence numbers and wait jitter.
+    pub random_seed: u64,
+    /// Self-fencing (the lease). Always `true` outside tests; the simulator turns it off in
+    /// the one scenario that proves its checker catches double owners.
+    pub self_fence: bool,
+}
+
+impl Config {
+    /// A configuration with `force` off and self-fencing on.
+    #[must_use]
+    pub fn new(layout: Layout, identity: Identity, random_seed: u64) -> Self {
+        Config {
+            layout,
+            identity,
+            force: false,
+            random_seed,
+            self_fence: true,
+        }
+    }
+
+    /// The same configuration with `force` on.
+    #[must_use]
+    pub fn with_force(mut self) -> Self {
+        self.force = true;
+        self
+    }
+}
+
+/// The next I/O the caller must perform.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoRequest {
+    /// Read `len` bytes at `offset_bytes` (bypassing every cache) and report them.
+    Read {
+        /// Device offset.
+        offset_bytes: u64,
+        /// Length.
+        len: usize,
+    },
+    /// Write the `len` bytes from [`Machine::emit_block`] at `offset_bytes`, durably.
+    Write {
+        /// Device offset.
+        offset_bytes: u64,
+        /// Length.
+        len: usize,
+    },
+}
+
+/// A failed read or write, as the caller saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IoError {
+    /// The OS error number (e.g. 5 for EIO), or 0 when there was none (short read).
+    pub errno: i32,
+}
+
+/// A parsed record: what the device says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Snapshot {
+    /// An ext4 MMP block.
+    Ext4(ext4::Block),
+    /// A native record.
+    Native(native::Record),
+}
+
+impl Snapshot {
+    /// The node name of the last writer, up to the first NUL.
+    #[must_use]
+    pub fn nodename(&self) -> &[u8] {
+        match self {
+            Snapshot::Ext4(b) => b.nodename(),
+            Snapshot::Native(r) => r.nodename(),
+        }
+    }
+
+    /// The device name recorded by the last writer, up to the first NUL.
+    #[must_use]
+    pub fn devname(&self) -> &[u8] {
+        match self {
+            Snapshot::Ext4(b) => b.bdevname(),
+            Snapshot::Native(r) => r.devname(),
+        }
+    }
+
+    /// The hostid of the last writer (native only).
+    #[must_use]
+    pub fn hostid(&self) -> Option<u32> {
+        match self {
+            Snapshot::Ext4(_) => None,
+            Snapshot::Native(r) => Some(r.hostid),
+        }
+    }
+
+    /// Wall time of the last write, Unix milliseconds.
+    #[must_use]
+    pub fn time_ms(&self) -> u64 {
+        match self {
+            Snapshot::Ext4(b) => b.time.saturating_mul(1000),
+            Snapshot::Native(r) => r.time_ms,
+        }
+    }
+
+    /// The sequence value.
+    #[must_use]
+    pub fn seq(&self) -> u64 {
+        match self {
+            Snapshot::Ext4(b) => u64::from(b.seq),
+            Snapshot::Native(r) => r.seq,
+        }
+    }
+
+    /// The state class.
+    #[must_use]
+    pub fn class(&self) -> Class {
+        match self {
+            Snapshot::Ext4(b) => match b.seq_class() {
+                ext4::SeqClass::Clean => Class::Clean,
+                ext4::SeqClass::Fsck => Class::Fsck,
+                ext4::SeqClass::Live(_) => Class::Active,
+                ext4::SeqClass::Unknown(_) => Class::Unknown,
+            },
+            Snapshot::Native(r) => match r.state {
+                native::State::Clean => Class::Clean,
+                native::State::Active => Class::Active,
+                native::State::Maintenance => Class::Maintenance,
+            },
+        }
+    }
+}
+
+/// The state class of a record, common to both formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// Released.
+    Clean,
+    /// Held, or held by a host that stopped without releasing.
+    Active,
+    /// ext4: an e2fsprogs tool holds it (`SEQ_FSCK`).
+    Fsck,
+    /// ext4: a sequence above `SEQ_MAX` that is neither CLEAN nor FSCK.
+    Unknown,
+    /// native: reserved by an administrator.
+    Maintenance,
+}
+
+impl Class {
+    /// The name used in text and JSON output.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Class::Clean => "clean",
+            Class::Active => "active",
+            Class::Fsck => "fsck",
+            Class::Unknown => "unknown",
+            Class::Maintenance => "maintenance",
+        }
+    }
+}
+
+/// A record that does not parse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Corrupt {
+    /// ext4 MMP block error.
+    Ext4(ext4::BlockError),
+    /// Native record error.
+    Native(native::RecordError),
+}
+
+impl core::fmt::Display for Corrupt {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Corrupt::Ext4(e) => e.fmt(f),
+            Corrupt::Native(e) => e.fmt(f),
+        }
+    }
+}
+
+/// Parses a record of the given layout. Never panics.
+///
+/// # Errors
+/// [`Corrupt`] when the bytes are not a valid record.
+pub fn parse(layout: &Layout, bytes: &[u8]) -> Result<Snapshot, Corrupt> {
+    match *layout {
+        Layout::Ext4 { csum_seed, .. } => ext4::Block::parse(bytes, csum_seed)
+            .map(Snapshot::Ext4)
+            .map_err(Corrupt::Ext4),
+        Layout::Native { .. } => native::Record::parse(bytes)
+            .map(Snapshot::Native)
+            .map_err(Corrupt::Native),
+    }
+}
+
+/// Why an acquire (or a check) did not succeed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The local hostid is 0: set a unique one (`mmp hostid --generate`). Force cannot
+    /// override this.
+    NoHostid,
+    /// The block does not parse (bad magic, checksum, torn write, unknown version...).
+    Corrupt(Corrupt),
+    /// ext4 `SEQ_FSCK`: e2fsck or another e2fsprogs tool holds it (or crashed holding it).
+    Fsck(Snapshot),
+    /// ext4 sequence above `SEQ_MAX`: an unknown operation.
+    UnknownSeq(Snapshot),
+    /// Native maintenance state.
+    Maintenance(Snapshot),
+    /// Last held by another host and not released; `force` is needed (after which the full
+    /// activity test still runs).
+    Foreign(Snapshot),
+    /// The block changed during the activity test: another host is alive. The snapshot is
+    /// the changed block (`None` if it did not parse).
+    Active(Option<Snapshot>),
+    /// Our claim was overwritten during the verify wait: another host claimed at the same
+    /// time.
+    LostRace(Option<Snapshot>),
+    /// A read or write failed during the operation: in doubt, so refused.
+    Io(IoError),
+}
+
+/// Why an owner lost the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Loss {
+    /// The block no longer holds what we last wrote: another host wrote it. The snapshot is
+    /// what was found (`None` if it did not parse).
+    ForeignWrite(Option<Snapshot>),
+    /// No heartbeat succeeded within the fail window: self-fenced.
+    Fenced {
+        /// Time since the last successful write was issued.
+        since_last_write: Duration,
+    },
+    /// The release re-read failed, so CLEAN was not written (the block keeps our last live
+    /// heartbeat; another host will see it stale and take it after the activity test).
+    ReleaseReadFailed(IoError),
+}
+
+/// How an operation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Check: safe to take. `stale` is false for a clean block, true for a non-clean block
+    /// that stayed unchanged through the whole window.
+    Safe {
+        /// The block was not clean but nobody wrote it during the window.
+        stale: bool,
+        /// What the block said.
+        snapshot: Snapshot,
+    },
+    /// Acquire or check refused (check: "in use" or "in doubt").
+    Refused(Refusal),
+    /// Released: CLEAN written.
+    Released,
+    /// Ownership lost; nothing more was written.
+    Lost(Loss),
+    /// Clear: CLEAN written.
+    Cleared,
+    /// The caller gave up before the acquire finished. A claim already written stays on the
+    /// device (we never write CLEAN for a device we do not own).
+    Aborted,
+}
+
+/// What the machine is doing, for progress reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// First read.
+    Reading,
+    /// Watching a non-clean block for activity.
+    Watching,
+    /// Our claim is written; waiting to verify nobody overwrote it.
+    Claiming,
+    /// Owned; heartbeating.
+    Held,
+    /// Releasing.
+    Releasing,
+    /// Clearing.
+    Clearing,
+    /// Finished.
+    Done,
+}
+
+impl Phase {
+    /// A short name for output.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Reading => "reading",
+            Phase::Watching => "watching",
+            Phase::Claiming => "claiming",
+            Phase::Held => "held",
+            Phase::Releasing => "releasing",
+            Phase::Clearing => "clearing",
+            Phase::Done => "done",
+        }
+    }
+}
+
+/// Something the caller may want to report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The first read parsed: what the device says.
+    Observed(Snapshot),
+    /// A wait started or progressed.
+    Progress {
+        /// Which wait.
+        phase: Phase,
+        /// Time left in this wait.
+        remaining: Duration,
+        /// Length of this wait.
+        total: Duration,
+    },
+    /// The device is ours; heartbeats start.
+    Acquired,
+    /// A heartbeat I/O failed and will be retried within the fail window.
+    IoRetry(IoError),
+    /// The operation finished.
+    Finished(Outcome),
+}
+
+/// Timing figures of a held device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Heartbeat interval.
+    pub interval: Duration,
+    /// Fail window: no successful write for this long means self-fencing.
+    pub fail_window: Duration,
+    /// Successful heartbeat writes.
+    pub beats: u64,
+    /// Failed heartbeat I/Os (retried).
+    pub io_failures: u64,
+    /// When the last successful write was issued.
+    pub last_write: Option<Instant>,
+    /// Duration of the last complete heartbeat cycle (read, compare, write).
+    pub last_cycle: Duration,
+    /// Longest gap between two successful writes.
+    pub max_gap: Duration,
+    /// The delay we advertise (native: decaying lateness; ext4: check interval).
+    pub advertised_delay: Duration,
+    /// ext4: the check interval we advertise.
+    pub check_interval_s: u16,
+}
+
+/// The timing parameters of one device, derived from the owner's recorded values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timing {
+    /// Heartbeat interval.
+    pub interval: Duration,
+    /// Self-fence after this long without a successful write.
+    pub fail_window: Duration,
+    /// Passive watch of a non-clean block.
+    pub watch: Duration,
+    /// Wait between writing our claim and verifying it.
+    pub claim_wait: Duration,
+    /// Re-read period during waits.
+    pub poll: Duration,
+}
+
+impl Timing {
+    /// Timing for a record, from the owner's recorded parameters and our layout.
+    ///
+    /// * ext4 (e2fsprogs' rule): `ci = max(s_mmp_update_interval, 5, block check interval)`
+    ///   (the block's value is ignored when CLEAN), watch and claim wait
+    ///   `min(2*ci + 1, ci + 60)` s; our fail window is that wait computed without the
+    ///   block's value (so never longer than any waiter's watch).
+    /// * native: watch `2 * fail_intervals * interval + delay`, claim wait
+    ///   `2 * (interval + delay)`, fail window `fail_intervals * interval`.
+    #[must_use]
+    pub fn for_snapshot(layout: &Layout, snap: &Snapshot) -> Timing {
+        match snap {
+            Snapshot::Ext4(b) => {
+                let upd = u32::from(layout.ext4_update_interval_s());
+                let base = upd.max(u32::from(ext4::MIN_CHECK_INTERVAL_S));
+                let ci = if b.seq_class() == ext4::SeqClass::Clean {
+                    base
+                } else {
+                    base.max(u32::from(b.check_interval))
+                };
+                let wait = Duration::from_secs(u64::from(ext4::wait_time_s(ci)));
+                Timing {
+                    interval: Duration::from_secs(u64::from(upd)),
+                    fail_window: Duration::from_secs(u64::from(ext4::wait_time_s(base))),
+                    watch: wait,
+                    claim_wait: wait,
+                    poll: Duration::from_secs(1),
+                }
+            }
+            Snapshot::Native(r) => {
+                let interval = Duration::from_millis(u64::from(r.interval_ms));
+                let delay = Duration::from_micros(u64::from(r.delay_us));
+                let fail = interval * u32::from(r.fail_intervals);
+                Timing {
+                    interval,
+                    fail_window: fail,
+                    watch: fail * 2 + delay,
+                    claim_wait: (interval + delay) * 2,
+                    poll: interval.clamp(Duration::from_millis(50), Duration::from_secs(1)),
+                }
+            }
+        }
+    }
+}
+
+/// Capacity of the event queue; older progress events are dropped first when it is full.
+const EVENT_CAP: usize = 8;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    /// The first read is outstanding.
+    Initial,
+    /// Waiting during the activity watch.
+    Watch {
+        until: Instant,
+        total: Duration,
+        next_poll: Instant,
+    },
+    /// A watch re-read is outstanding.
+    WatchRead { until: Instant, total: Duration },
+    /// The claim write is outstanding.
+    ClaimWrite,
+    /// Waiting after the claim.
+    ClaimWait { until: Instant, next_poll: Instant },
+    /// A claim re-read is outstanding.
+    ClaimRead { until: Instant },
+    /// Owned, idle until the next beat.
+    Held { next_beat: Instant },
+    /// Heartbeat verify read outstanding.
+    BeatRead { started: Instant },
+    /// Heartbeat write outstanding.
+    BeatWrite { started: Instant, issued: Instant },
+    /// Release verify read outstanding.
+    ReleaseRead,
+    /// CLEAN write outstanding.
+    ReleaseWrite,
+    /// Clear: first read outstanding.
+    ClearRead,
+    /// Clear: CLEAN write outstanding.
+    ClearWrite,
+    /// Finished.
+    Done(Outcome),
+}
+
+/// The protocol state machine. See the module docs for the call order.
+#[derive(Debug)]
+pub struct Machine {
+    cfg: Config,
+    op: Op,
+    rng: Rng,
+    step: Step,
+    pending: Option<IoRequest>,
+    /// What the first read returned (compared during the watch).
+    seen: [u8; MAX_RECORD_LEN],
+    /// What we last wrote successfully (compared before every heartbeat).
+    written: [u8; MAX_RECORD_LEN],
+    /// What the outstanding write will write.
+    out: [u8; MAX_RECORD_LEN],
+    /// The parsed first read (for parameters).
+    first: Option<Snapshot>,
+    /// The record as we last built it (the template for the next write).
+    mine: Option<Snapshot>,
+    timing: Option<Timing>,
+    lease_until: Option<Instant>,
+    last_beat_start: Option<Instant>,
+    release_requested: bool,
+    stats: Stats,
+    events: [Option<Event>; EVENT_CAP],
+    ev_head: usize,
+    ev_len: usize,
+}
+
+impl Machine {
+    /// A machine for `op`; the first I/O is available from [`Machine::poll_io`] at once.
+    #[must_use]
+    pub fn new(cfg: Config, op: Op, now: Now) -> Self {
+        let _ = now;
+        let mut m = Machine {
+            cfg,
+            op,
+            rng: Rng::new(cfg.random_seed),
+            step: Step::Initial,
+            pending: None,
+            seen: [0; MAX_RECORD_LEN],
+            written: [0; MAX_RECORD_LEN],
+            out: [0; MAX_RECORD_LEN],
+            first: None,
+            mine: None,
+            timing: None,
+            lease_until: None,
+            last_beat_start: None,
+            release_requested: false,
+            stats: Stats::default(),
+            events: [None; EVENT_CAP],
+            ev_head: 0,
+            ev_len: 0,
+        };
+        if op == Op::Acquire && cfg.identity.hostid == 0 {
+            m.finish(Outcome::Refused(Refusal::NoHostid));
+            return m;
+        }
+        m.step = if op == Op::Clear {
+            Step::ClearRead
+        } else {
+            Step::Initial
+        };
+        m.request_read();
+        m
+    }
+
+    // ----- getters -------------------------------------------------------------------
+
+    /// The operation.
+    #[must_use]
+    pub fn op(&self) -> Op {
+        self.op
+    }
+
+    /// The configuration.
+    #[must_use]
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The current phase.
+    #[must_use]
+    pub fn phase(&self) -> Phase {
+        match self.step {
+            Step::Initial => Phase::Reading,
+            Step::Watch { .. } | Step::WatchRead { .. } => Phase::Watching,
+            Step::ClaimWrite | Step::ClaimWait { .. } | Step::ClaimRead { .. } => Phase::Claiming,
+            Step::Held { .. } | Step::BeatRead { .. } | Step::BeatWrite { .. } => Phase::Held,
+            Step::ReleaseRead | Step::ReleaseWrite => Phase::Releasing,
+            Step::ClearRead | Step::ClearWrite => Phase::Clearing,
+            Step::Done(_) => Phase::Done,
+        }
+    }
+
+    /// The outcome, once finished.
+    #[must_use]
+    pub fn outcome(&self) -> Option<Outcome> {
+        match self.step {
+            Step::Done(o) => Some(o),
+            _ => None,
+        }
+    }
+
+    /// Whether the machine currently holds the device (acquired, not lost or released).
+    /// Use [`Machine::is_owner`] to also check the lease against the clock.
+    #[must_use]
+    pub fn is_held(&self) -> bool {
+        matches!(
+            self.step,
+            Step::Held { .. } | Step::BeatRead { .. } | Step::BeatWrite { .. } | Step::ReleaseRead
+        ) && self.lease_until.is_some()
+    }
+
+    /// The end of the current lease (on this host's monotonic clock), while held. Past this
+    /// instant the device must not be used, whether or not the machine has noticed yet.
+    /// `None` when not held. With self-fencing off (tests only) the lease never ends.
+    #[must_use]
+    pub fn owned_until(&self) -> Option<Instant> {
+        if !self.is_held() {
+            return None;
+        }
+        if self.cfg.self_fence {
+            self.lease_until
+        } else {
+            Some(Instant::from_micros(u64::MAX))
+        }
+    }
+
+    /// Whether this host may use the device at `now`: held and within the lease.
+    #[must_use]
+    pub fn is_owner(&self, now: Instant) -> bool {
+        self.owned_until().is_some_and(|t| now < t)
+    }
+
+    /// Timing parameters, once the first read parsed.
+    #[must_use]
+    pub fn timing(&self) -> Option<Timing> {
+        self.timing
+    }
+
+    /// What the first read found.
+    #[must_use]
+    pub fn first_snapshot(&self) -> Option<Snapshot> {
+        self.first
+    }
+
+    /// Heartbeat figures.
+    #[must_use]
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    // ----- outputs -------------------------------------------------------------------
+
+    /// The next I/O to perform, if any (at most one is outstanding).
+    #[must_use]
+    pub fn poll_io(&mut self) -> Option<IoRequest> {
+        self.pending.take()
+    }
+
+    /// Fills `buf[..len]` for the outstanding write and returns `true`; call it right
+    /// before issuing the write. Returns `false` (and the write must not be issued) when
+    /// there is no write outstanding or the lease ran out since the write was requested, in
+    /// which case the machine has self-fenced (see [`Machine::poll_event`]).
+    ///
+    /// # Panics
+    /// Never; a `buf` shorter than the record gets `false`.
+    pub fn emit_block(&mut self, now: Now, buf: &mut [u8]) -> bool {
+        let len = self.cfg.layout.record_len();
+        let writing = matches!(
+            self.step,
+            Step::ClaimWrite | Step::BeatWrite { .. } | Step::ReleaseWrite | Step::ClearWrite
+        );
+        if !writing || buf.len() < len {
+            return false;
+        }
+        if matches!(self.step, Step::BeatWrite { .. } | Step::ReleaseWrite)
+            && self.lease_expired(now.mono)
+        {
+            self.fence(now.mono);
+            return false;
+        }
+        buf[..len].copy_from_slice(&self.out[..len]);
+        true
+    }
+
+    /// The next deadline: call [`Machine::handle_timeout`] once it has passed. `None` when
+    /// finished or when an I/O is outstanding (its completion is the next input).
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.step {
+            Step::Watch {
+                until, next_poll, ..
+            } => Some(until.min(next_poll)),
+            Step::ClaimWait { until, next_poll } => Some(until.min(next_poll)),
+            Step::Held { next_beat } => Some(match (self.cfg.self_fence, self.lease_until) {
+                (true, Some(l)) => next_beat.min(l),
+                _ => next_beat,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The next event, oldest first.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        if self.ev_len == 0 {
+            return None;
+        }
+        let e = self.events[self.ev_head].take();
+        self.ev_head = (self.ev_head + 1) % EVENT_CAP;
+        self.ev_len -= 1;
+        e
+    }
+
+    // ----- inputs --------------------------------------------------------------------
+
+    /// A read finished with `data` (at least the requested length).
+    pub fn handle_read_done(&mut self, now: Now, data: &[u8]) {
+        let len = self.cfg.layout.record_len();
+        let Some(data) = data.get(..len) else {
+            self.handle_io_error(now, IoError { errno: 0 });
+            return;
+        };
+        match self.step {
+            Step::Initial => self.on_initial(now, data),
+            Step::WatchRead { until, total } => {
+                if data != &self.seen[..len] {
+                    let snap = parse(&self.cfg.layout, data).ok();
+                    self.finish(Outcome::Refused(Refusal::Active(snap)));
+                } else if now.mono >= until {
+                    self.watch_passed(now);
+                } else {
+                    let next_poll = self.next_poll(now.mono);
+                    self.step = Step::Watch {
+                        until,
+                        total,
+                        next_poll,
+                    };
+                    self.progress(Phase::Watching, until.saturating_since(now.mono), total);
+                }
+            }
+            Step::ClaimRead { until } => {
+                if data != &self.written[..len] {
+                    let snap = parse(&self.cfg.layout, data).ok();
+                    self.finish(Outcome::Refused(Refusal::LostRace(snap)));
+                } else if now.mono >= until {
+                    self.push(Event::Acquired);
+                    self.beat(now);
+                } else {
+                    let next_poll = self.next_poll(now.mono);
+                    self.step = Step::ClaimWait { until, next_poll };
+                    let total = self.timing.map(|t| t.claim_wait).unwrap_or_default();
+                    self.progress(Phase::Claiming, until.saturating_since(now.mono), total);
+                }
+            }
+            Step::BeatRead { started } => {
+                if self.lease_expired(now.mono) {
+                    self.fence(now.mono);
+                } else if data != &self.written[..len] {
+                    let snap = parse(&self.cfg.layout, data).ok();
+                    self.finish(Outcome::Lost(Loss::ForeignWrite(snap)));
+                } else if self.release_requested {
+                    self.start_release_write(now);
+                } else {
+                    self.build_heartbeat(now, started);
+                    self.step = Step::BeatWrite {
+                        started,
+                        issued: now.mono,
+                    };
+                    self.request_write();
+                }
+            }
+            Step::ReleaseRead => {
+                if data != &self.written[..len] {
+                    let snap = parse(&self.cfg.layout, data).ok();
+                    self.finish(Outcome::Lost(Loss::ForeignWrite(snap)));
+                } else if self.lease_expired(now.mono) {
+                    self.fence(now.mono);
+                } else {
+                    self.start_release_write(now);
+                }
+            }
+            Step::ClearRead => {
+                let snap = parse(&self.cfg.layout, data).ok();
+                if let Some(s) = snap {
+                    self.push(Event::Observed(s));
+                }
+                match self.build_clear(now, snap) {
+                    Ok(()) => {
+                        self.step = Step::ClearWrite;
+                        self.request_write();
+                    }
+                    Err(c) => self.finish(Outcome::Refused(Refusal::Corrupt(c))),
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The outstanding write completed durably.
+    pub fn handle_write_done(&mut self, now: Now) {
+        let len = self.cfg.layout.record_len();
+        match self.step {
+            Step::ClaimWrite => {
+                self.written[..len].copy_from_slice(&self.out[..len]);
+                let t = self.timing.unwrap_or(FALLBACK_TIMING);
+                // The claim is our first write: a waiter that saw it needs a whole watch
+                // plus a claim wait before it could own, so the lease covers our own claim
+                // wait plus half a fail window to get the first heartbeat out.
+                self.lease_until = Some(now.mono + t.claim_wait + t.fail_window / 2);
+                self.stats.last_write = Some(now.mono);
+                let until = now.mono + t.claim_wait;
+                self.step = Step::ClaimWait {
+                    until,
+                    next_poll: self.next_poll(now.mono),
+                };
+                self.progress(Phase::Claiming, t.claim_wait, t.claim_wait);
+            }
+            Step::BeatWrite { started, issued } => {
+                self.written[..len].copy_from_slice(&self.out[..len]);
+                self.on_beat_success(now, started, issued);
+                if self.release_requested {
+                    self.step = Step::ReleaseRead;
+                    self.request_read();
+                } else {
+                    let interval = self
+                        .timing
+                        .map(|t| t.interval)
+                        .unwrap_or(FALLBACK_TIMING.interval);
+                    let mut next = started + interval;
+                    if next < now.mono {
+                        next = now.mono;
+                    }
+                    self.step = Step::Held { next_beat: next };
+                }
+            }
+            Step::ReleaseWrite => self.finish(Outcome::Released),
+            Step::ClearWrite => self.finish(Outcome::Cleared),
+            _ => {}
+        }
+    }
+
+    /// The outstanding read or write failed.
+    pub fn handle_io_error(&mut self, now: Now, err: IoError) {
+        match self.step {
+            Step::Initial
+            | Step::WatchRead { .. }
+            | Step::ClaimRead { .. }
+            | Step::ClaimWrite
+            | Step::ClearRead
+            | Step::ClearWrite => self.finish(Outcome::Refused(Refusal::Io(err))),
+            Step::BeatRead { .. } | Step::BeatWrite { .. } => {
+                self.stats.io_failures += 1;
+                self.push(Event::IoRetry(err));
+                if self.lease_expired(now.mono) {
+                    self.fence(now.mono);
+                    return;
+                }
+                if self.release_requested {
+                    // In doubt: do not write CLEAN; leave the last heartbeat on disk.
+                    self.finish(Outcome::Lost(Loss::ReleaseReadFailed(err)));
+                    return;
+                }
+                let t = self.timing.unwrap_or(FALLBACK_TIMING);
+                let retry =
+                    (t.interval / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+                self.step = Step::Held {
+                    next_beat: now.mono + retry,
+                };
+            }
+            Step::ReleaseRead => self.finish(Outcome::Lost(Loss::ReleaseReadFailed(err))),
+            // A failed CLEAN write leaves either our last heartbeat or CLEAN: both are safe
+            // for the next owner. We no longer own it either way.
+            Step::ReleaseWrite => self.finish(Outcome::Lost(Loss::ReleaseReadFailed(err))),
+            _ => {}
+        }
+    }
+
+    /// Time passed: performs whatever was due at `now`.
+    pub fn handle_timeout(&mut self, now: Now) {
+        match self.step {
+            Step::Watch {
+                until,
+                total,
+                next_poll,
+            } => {
+                if now.mono >= next_poll || now.mono >= until {
+                    self.step = Step::WatchRead { until, total };
+                    self.request_read();
+                }
+            }
+            Step::ClaimWait { until, next_poll } => {
+                if now.mono >= next_poll || now.mono >= until {
+                    self.step = Step::ClaimRead { until };
+                    self.request_read();
+                }
+            }
+            Step::Held { next_beat } => {
+                if self.lease_expired(now.mono) {
+                    self.fence(now.mono);
+                } else if now.mono >= next_beat || self.release_requested {
+                    self.beat(now);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Asks to release. While held: at the next opportunity the block is re-read and, only
+    /// if it is still exactly what we wrote, CLEAN is written. While acquiring or checking:
+    /// the operation is abandoned ([`Outcome::Aborted`]); a claim already on disk stays.
+    pub fn release(&mut self, now: Now) {
+        match self.step {
+            Step::Held { .. } => {
+                self.release_requested = true;
+                self.handle_timeout(now);
+            }
+            Step::BeatRead { .. } | Step::BeatWrite { .. } => self.release_requested = true,
+            Step::Done(_) | Step::ReleaseRead | Step::ReleaseWrite => {}
+            _ => {
+                self.pending = None;
+                self.finish(Outcome::Aborted);
+            }
+        }
+    }
+
+    // ----- internals -----------------------------------------------------------------
+
+    fn on_initial(&mut self, now: Now, data: &[u8]) {
+        let len = self.cfg.layout.record_len();
+        self.seen[..len].copy_from_slice(data);
+        let snap = match parse(&self.cfg.layout, data) {
+            Ok(s) => s,
+            Err(c) => {
+                self.finish(Outcome::Refused(Refusal::Corrupt(c)));
+                return;
+            }
+        };
+        self.first = Some(snap);
+        self.push(Event::Observed(snap));
+        let timing = Timing::for_snapshot(&self.cfg.layout, &snap);
+        self.timing = Some(timing);
+        self.stats.interval = timing.interval;
+        self.stats.fail_window = timing.fail_window;
+        match snap.class() {
+            Class::Fsck => return self.finish(Outcome::Refused(Refusal::Fsck(snap))),
+            Class::Unknown => return self.finish(Outcome::Refused(Refusal::UnknownSeq(snap))),
+            Class::Maintenance => return self.finish(Outcome::Refused(Refusal::Maintenance(snap))),
+            Class::Clean => {
+                if self.op == Op::Check {
+                    return self.finish(Outcome::Safe {
+                        stale: false,
+                        snapshot: snap,
+                    });
+                }
+                self.claim(now);
+                return;
+            }
+            Class::Active => {}
+        }
+        if self.op == Op::Acquire && self.is_foreign(&snap) && !self.cfg.force {
+            return self.finish(Outcome::Refused(Refusal::Foreign(snap)));
+        }
+        let mut total = timing.watch;
+        if self.op == Op::Acquire {
+            // 0..12.5 % jitter, so two hosts that start together do not finish together.
+            let micros = u64::try_from(total.as_micros() / 8).unwrap_or(u64::MAX);
+            let cap = u32::try_from(micros).unwrap_or(u32::MAX);
+            total += Duration::from_micros(u64::from(self.rng.below_inclusive(cap)));
+        }
+        let until = now.mono + total;
+        self.step = Step::Watch {
+            until,
+            total,
+            next_poll: self.next_poll(now.mono),
+        };
+        self.progress(Phase::Watching, total, total);
+    }
+
+    fn is_foreign(&self, snap: &Snapshot) -> bool {
+        match snap {
+            Snapshot::Ext4(b) => b.nodename() != self.cfg.identity.nodename(),
+            Snapshot::Native(r) => r.hostid != self.cfg.identity.hostid,
+        }
+    }
+
+    fn watch_passed(&mut self, now: Now) {
+        let Some(snap) = self.first else {
+            self.finish(Outcome::Refused(Refusal::Io(IoError { errno: 0 })));
+            return;
+        };
+        if self.op == Op::Check {
+            self.finish(Outcome::Safe {
+                stale: true,
+                snapshot: snap,
+            });
+        } else {
+            self.claim(now);
+        }
+    }
+
+    fn claim(&mut self, now: Now) {
+        let Some(first) = self.first else { return };
+        let id = self.cfg.identity;
+        let snap = match first {
+            Snapshot::Ext4(old) => {
+                let mut seq = self.rng.below_inclusive(ext4::SEQ_MAX);
+                if seq == old.seq {
+                    seq = if seq == 0 { 1 } else { seq - 1 };
+                }
+                let upd = self.cfg.layout.ext4_update_interval_s();
+                let ci = (upd.saturating_mul(2)).max(ext4::MIN_CHECK_INTERVAL_S);
+                let mut b =
+                    ext4::Block::new(seq, now.wall_ms / 1000, id.nodename(), ext4_bdev(&id), ci);
+                b.pad1 = 0;
+                self.stats.check_interval_s = ci;
+                Snapshot::Ext4(b)
+            }
+            Snapshot::Native(old) => {
+                let mut r = old;
+                let mut seq = self.rng.next_u64() >> 2;
+                if seq == old.seq || seq == 0 {
+                    seq = old.seq.wrapping_add(1 << 32) | 1;
+                }
+                r.seq = seq;
+                r.reason = if old.state == native::State::Active {
+                    native::Reason::TakenOver
+                } else {
+                    native::Reason::None
+                };
+                r.state = native::State::Active;
+                r.hostid = id.hostid;
+                r.nodename = id.nodename;
+                r.devname = id.devname;
+                r.time_ms = now.wall_ms;
+                r.since_ms = now.wall_ms;
+                r.delay_us = 0;
+                Snapshot::Native(r)
+            }
+        };
+        self.mine = Some(snap);
+        self.encode(snap);
+        self.step = Step::ClaimWrite;
+        self.request_write();
+    }
+
+    /// Starts a heartbeat cycle: the verify read.
+    fn beat(&mut self, now: Now) {
+        self.step = Step::BeatRead { started: now.mono };
+        self.request_read();
+    }
+
+    fn build_heartbeat(&mut self, now: Now, started: Instant) {
+        let Some(mine) = self.mine else { return };
+        let elapsed = self.last_beat_start.map(|p| started.saturating_since(p));
+        self.last_beat_start = Some(started);
+        let next = match mine {
+            Snapshot::Ext4(mut b) => {
+                b.seq = if b.seq >= ext4::SEQ_MAX { 1 } else { b.seq + 1 };
+                b.time = now.wall_ms / 1000;
+                if let Some(e) = elapsed {
+                    // The kernel's rule: clamp(2 * elapsed whole seconds, 5, 300), written
+                    // on the next write.
+                    b.check_interval = ext4::next_check_interval_s(e.as_secs());
+                }
+                self.stats.check_interval_s = b.check_interval;
+                self.stats.advertised_delay = Duration::from_secs(u64::from(b.check_interval));
+                Snapshot::Ext4(b)
+            }
+            Snapshot::Native(mut r) => {
+                r.seq = r.seq.wrapping_add(1);
+                r.time_ms = now.wall_ms;
+                r.delay_us =
+                    u32::try_from(self.stats.advertised_delay.as_micros()).unwrap_or(u32::MAX);
+                Snapshot::Native(r)
+            }
+        };
+        self.mine = Some(next);
+        self.encode(next);
+    }
+
+    fn on_beat_success(&mut self, now: Now, started: Instant, issued: Instant) {
+        let t = self.timing.unwrap_or(FALLBACK_TIMING);
+        if let Some(prev) = self.stats.last_write {
+            let gap = issued.saturating_since(prev);
+            self.stats.max_gap = self.stats.max_gap.max(gap);
+            if matches!(self.cfg.layout, Layout::Native { .. }) {
+                // Decaying lateness that jumps up at once on a slow cycle (ZFS's mmp_delay
+                // rule, applied to the lateness beyond the interval).
+                let late = gap.saturating_sub(t.interval) + now.mono.saturating_since(issued);
+                let cur = self.stats.advertised_delay;
+                self.stats.advertised_delay = if late > cur {
+                    late
+                } else {
+                    (late + cur * 127) / 128
+                };
+            }
+        }
+        self.stats.beats += 1;
+        self.stats.last_write = Some(issued);
+        self.stats.last_cycle = now.mono.saturating_since(started);
+        self.lease_until = Some(issued + t.fail_window);
+    }
+
+    fn start_release_write(&mut self, now: Now) {
+        let Some(mine) = self.mine else { return };
+        let clean = match mine {
+            Snapshot::Ext4(mut b) => {
+                b.seq = ext4::SEQ_CLEAN;
+                b.time = now.wall_ms / 1000;
+                Snapshot::Ext4(b)
+            }
+            Snapshot::Native(mut r) => {
+                r.state = native::State::Clean;
+                r.reason = native::Reason::Released;
+                r.seq = r.seq.wrapping_add(1);
+                r.time_ms = now.wall_ms;
+                Snapshot::Native(r)
+            }
+        };
+        self.mine = Some(clean);
+        self.encode(clean);
+        self.step = Step::ReleaseWrite;
+        self.request_write();
+    }
+
+    fn build_clear(&mut self, now: Now, old: Option<Snapshot>) -> Result<(), Corrupt> {
+        let id = self.cfg.identity;
+        let snap = match self.cfg.layout {
+            Layout::Ext4 { .. } => {
+                // Like e2fsprogs' reset: a fresh block whatever was there.
+                let ci = self
+                    .cfg
+                    .layout
+                    .ext4_update_interval_s()
+                    .max(ext4::MIN_CHECK_INTERVAL_S);
+                Snapshot::Ext4(ext4::Block::new(
+                    ext4::SEQ_CLEAN,
+                    now.wall_ms / 1000,
+                    id.nodename(),
+                    ext4_bdev(&id),
+                    ci,
+                ))
+            }
+            Layout::Native { .. } => {
+                // The record carries the area's parameters; without a readable record there
+                // is nothing to keep (use `mmp format --force` instead).
+                let Some(Snapshot::Native(mut r)) = old else {
+                    let mut buf = [0u8; native::RECORD_LEN];
+                    buf.copy_from_slice(&self.seen[..native::RECORD_LEN]);
+                    return Err(match native::Record::parse(&buf) {
+                        Err(e) => Corrupt::Native(e),
+                        Ok(_) => Corrupt::Native(native::RecordError::BadMagic),
+                    });
+                };
+                r.state = native::State::Clean;
+                r.reason = native::Reason::Cleared;
+                r.seq = r.seq.wrapping_add(1);
+                r.time_ms = now.wall_ms;
+                r.delay_us = 0;
+                r.hostid = id.hostid;
+                r.nodename = id.nodename;
+                r.devname = id.devname;
+                Snapshot::Native(r)
+            }
+        };
+        self.encode(snap);
+        Ok(())
+    }
+
+    fn encode(&mut self, snap: Snapshot) {
+        match (snap, self.cfg.layout) {
+            (Snapshot::Ext4(mut b), Layout::Ext4 { csum_seed, .. }) => {
+                b.emit(&mut self.out, csum_seed)
+            }
+            (Snapshot::Native(r), _) => r.emit(&mut self.out),
+            (Snapshot::Ext4(mut b), Layout::Native { .. }) => b.emit(&mut self.out, None),
+        }
+    }
+
+    fn lease_expired(&self, now: Instant) -> bool {
+        self.cfg.self_fence && self.lease_until.is_some_and(|l| now >= l)
+    }
+
+    fn fence(&mut self, now: Instant) {
+        let since = self
+            .stats
+            .last_write
+            .map(|w| now.saturating_since(w))
+            .unwrap_or_default();
+        self.pending = None;
+        self.finish(Outcome::Lost(Loss::Fenced {
+            since_last_write: since,
+        }));
+    }
+
+    fn next_poll(&self, now: Instant) -> Instant {
+        now + self.timing.map(|t| t.poll).unwrap_or(FALLBACK_TIMING.poll)
+    }
+
+    fn request_read(&mut self) {
+        self.pending = Some(IoRequest::Read {
+            offset_bytes: self.cfg.layout.offset_bytes(),
+            len: self.cfg.layout.record_len(),
+        });
+    }
+
+    fn request_write(&mut self) {
+        self.pending = Some(IoRequest::Write {
+            offset_bytes: self.cfg.layout.offset_bytes(),
+            len: self.cfg.layout.record_len(),
+        });
+    }
+
+    fn finish(&mut self, outcome: Outcome) {
+        self.step = Step::Done(outcome);
+        self.pending = None;
+        self.lease_until = None;
+        self.push(Event::Finished(outcome));
+    }
+
+    fn progress(&mut self, phase: Phase, remaining: Duration, total: Duration) {
+        self.push(Event::Progress {
+            phase,
+            remaining,
+            total,
+        });
+    }
+
+    fn push(&mut self, e: Event) {
+        if self.ev_len == EVENT_CAP {
+            // Drop the oldest event to make room (progress is the only frequent kind).
+            self.ev_head = (self.ev_head + 1) % EVENT_CAP;
+            self.ev_len -= 1;
+        }
+        let idx = (self.ev_head + self.ev_len) % EVENT_CAP;
+        self.events[idx] = Some(e);
+        self.ev_len += 1;
+    }
+}
+
+/// Timing used only if an input arrives in a state that has no parsed record (never in a
+/// correct driver); conservative values.
+const FALLBACK_TIMING: Timing = Timing {
+    interval: Duration::from_secs(5),
+    fail_window: Duration::from_secs(5),
+    watch: Duration::from_secs(300),
+    claim_wait: Duration::from_secs(300),
+    poll: Duration::from_secs(1),
+};
+
+/// The 32-byte ext4 device name: the device path if it fits, else its last component.
+fn ext4_bdev(id: &Identity) -> &[u8] {
+    let full = crate::format::trim_name(&id.devname);
+    if full.len() <= 32 {
+        return full;
+    }
+    match full.iter().rposition(|&b| b == b'/') {
+        Some(i) => &full[i + 1..],
+        None => full,
+    }
+}
+
+#[cfg(test)]
+mod tests;

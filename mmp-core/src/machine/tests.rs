@@ -1,0 +1,553 @@
+//! Golden transcripts and rule tests for the machine, against a one-host in-memory disk.
+
+use super::*;
+use crate::format::ext4::{Block, SEQ_CLEAN, SEQ_FSCK};
+use crate::format::native::{Record, State};
+use std::string::String;
+use std::vec::Vec;
+
+const SEED: Option<u32> = Some(0x643D_BF5B);
+const OFF: u64 = 4096;
+
+fn ext4_layout(upd: u16) -> Layout {
+    Layout::Ext4 {
+        offset_bytes: OFF,
+        csum_seed: SEED,
+        update_interval_s: upd,
+    }
+}
+
+fn native_layout() -> Layout {
+    Layout::Native { offset_bytes: 0 }
+}
+
+/// A disk and a clock for one machine; `on_time` lets a test play another host.
+struct Rig {
+    disk: Vec<u8>,
+    now_us: u64,
+    log: Vec<String>,
+    writes: usize,
+    fail_reads: usize,
+    fail_writes: usize,
+}
+
+impl Rig {
+    fn new() -> Self {
+        Rig {
+            disk: vec![0; 16384],
+            now_us: 1_000_000,
+            log: Vec::new(),
+            writes: 0,
+            fail_reads: 0,
+            fail_writes: 0,
+        }
+    }
+    fn now(&self) -> Now {
+        Now::new(
+            Instant::from_micros(self.now_us),
+            1_700_000_000_000 + self.now_us / 1000,
+        )
+    }
+    fn put_ext4(&mut self, mut b: Block) {
+        let o = OFF as usize;
+        b.emit(&mut self.disk[o..o + 1024], SEED);
+    }
+    fn put_native(&mut self, r: Record) {
+        r.emit(&mut self.disk[..512]);
+    }
+    fn ext4(&self) -> Block {
+        let o = OFF as usize;
+        Block::parse(&self.disk[o..o + 1024], SEED).expect("valid block")
+    }
+    fn native(&self) -> Record {
+        Record::parse(&self.disk[..512]).expect("valid record")
+    }
+
+    /// Performs all outstanding I/O and drains events.
+    fn pump(&mut self, m: &mut Machine) {
+        loop {
+            while let Some(e) = m.poll_event() {
+                match e {
+                    Event::Progress { .. } | Event::Observed(_) => {}
+                    other => self.log.push(
+                        format!("{other:?}")
+                            .split('(')
+                            .next()
+                            .unwrap_or("")
+                            .to_string(),
+                    ),
+                }
+            }
+            let Some(io) = m.poll_io() else { break };
+            let now = self.now();
+            match io {
+                IoRequest::Read { offset_bytes, len } => {
+                    self.log.push("Read".into());
+                    if self.fail_reads > 0 {
+                        self.fail_reads -= 1;
+                        m.handle_io_error(now, IoError { errno: 5 });
+                    } else {
+                        let o = offset_bytes as usize;
+                        let data = self.disk[o..o + len].to_vec();
+                        m.handle_read_done(now, &data);
+                    }
+                }
+                IoRequest::Write { offset_bytes, len } => {
+                    let mut buf = [0u8; MAX_RECORD_LEN];
+                    if !m.emit_block(now, &mut buf) {
+                        self.log.push("WriteCancelled".into());
+                        continue;
+                    }
+                    self.log.push("Write".into());
+                    if self.fail_writes > 0 {
+                        self.fail_writes -= 1;
+                        m.handle_io_error(now, IoError { errno: 5 });
+                    } else {
+                        let o = offset_bytes as usize;
+                        self.disk[o..o + len].copy_from_slice(&buf[..len]);
+                        self.writes += 1;
+                        m.handle_write_done(now);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs until the machine is done or held, or virtual time passes `limit_s`; calls
+    /// `other` at each step so a test can play another host.
+    fn run(&mut self, m: &mut Machine, limit_s: u64, other: impl FnMut(&mut Rig)) {
+        self.drive(m, limit_s, true, other);
+    }
+
+    /// Like `run`, but keeps heartbeating until the time limit.
+    fn run_for(&mut self, m: &mut Machine, limit_s: u64, other: impl FnMut(&mut Rig)) {
+        self.drive(m, limit_s, false, other);
+    }
+
+    fn drive(
+        &mut self,
+        m: &mut Machine,
+        limit_s: u64,
+        stop_when_held: bool,
+        mut other: impl FnMut(&mut Rig),
+    ) {
+        let end = self.now_us + limit_s * 1_000_000;
+        self.pump(m);
+        while self.now_us < end {
+            if m.outcome().is_some() || (stop_when_held && m.is_held()) {
+                return;
+            }
+            let Some(t) = m.poll_timeout() else { return };
+            self.now_us = self.now_us.max(t.as_micros());
+            other(self);
+            m.handle_timeout(self.now());
+            self.pump(m);
+        }
+    }
+
+    fn transcript(&self) -> Vec<&str> {
+        // Collapse the heartbeat tail for stable golden transcripts.
+        self.log.iter().map(String::as_str).collect()
+    }
+}
+
+fn cfg(layout: Layout, hostid: u32, node: &[u8]) -> Config {
+    Config::new(layout, Identity::new(hostid, node, b"/dev/loop7"), 7)
+}
+
+fn secs(rig: &Rig, start_us: u64) -> f64 {
+    (rig.now_us - start_us) as f64 / 1e6
+}
+
+#[test]
+fn ext4_clean_acquire_waits_once_then_heartbeats() {
+    let mut rig = Rig::new();
+    rig.put_ext4(Block::new(SEQ_CLEAN, 1, b"othernode", b"loop1", 5));
+    let mut m = Machine::new(cfg(ext4_layout(1), 1, b"me"), Op::Acquire, rig.now());
+    let t0 = rig.now_us;
+    rig.run(&mut m, 30, |_| {});
+    // min(2*5+1, 5+60) = 11 s claim wait even for CLEAN (e2fsprogs; the kernel races here).
+    assert!(m.is_held(), "held after the claim wait: {:?}", m.outcome());
+    assert!((11.0..11.1).contains(&secs(&rig, t0)), "{}", secs(&rig, t0));
+    let reads_during_wait = 11; // one verify read per second, the last one at 11 s
+    let mut want = vec!["Read", "Write"];
+    want.extend(std::iter::repeat_n("Read", reads_during_wait));
+    want.extend(["Acquired", "Read", "Write"]);
+    assert_eq!(rig.transcript(), want);
+    let b = rig.ext4();
+    assert!(b.seq <= crate::format::ext4::SEQ_MAX);
+    assert_eq!(b.nodename(), b"me");
+    assert_eq!(b.check_interval, 5); // max(2*upd, 5) before the first measured cycle
+}
+
+#[test]
+fn ext4_stale_block_costs_two_waits_and_live_block_is_refused() {
+    let mut rig = Rig::new();
+    let mut stale = Block::new(0x1234_5678, 1, b"me", b"loop1", 5);
+    stale.check_interval = 10; // the block's value counts when not CLEAN: min(21, 70)
+    rig.put_ext4(stale);
+    let mut m = Machine::new(cfg(ext4_layout(1), 1, b"me"), Op::Acquire, rig.now());
+    let t0 = rig.now_us;
+    rig.run(&mut m, 120, |_| {});
+    assert!(m.is_held());
+    let t = secs(&rig, t0);
+    // watch 21 s (+ up to 12.5 % jitter), then claim wait 21 s
+    assert!((42.0..=44.7).contains(&t), "took {t}");
+
+    // A live writer changes the block during the watch: refused, nothing written.
+    let mut rig = Rig::new();
+    rig.put_ext4(Block::new(7, 1, b"other", b"loop1", 5));
+    let mut m = Machine::new(
+        cfg(ext4_layout(1), 1, b"me").with_force(),
+        Op::Acquire,
+        rig.now(),
+    );
+    let mut n = 7;
+    rig.run(&mut m, 60, |r| {
+        n += 1;
+        r.put_ext4(Block::new(n, 2, b"other", b"loop1", 5));
+    });
+    assert!(
+        matches!(
+            m.outcome(),
+            Some(Outcome::Refused(Refusal::Active(Some(_))))
+        ),
+        "{:?}",
+        m.outcome()
+    );
+    assert_eq!(rig.writes, 0);
+}
+
+#[test]
+fn refusals_in_doubt_write_nothing() {
+    let cases: [(Block, &str); 3] = [
+        (Block::new(SEQ_FSCK, 1, b"me", b"x", 5), "Fsck"),
+        (Block::new(0xF000_0000, 1, b"me", b"x", 5), "UnknownSeq"),
+        (Block::new(5, 1, b"other", b"x", 5), "Foreign"),
+    ];
+    for (blk, want) in cases {
+        let mut rig = Rig::new();
+        rig.put_ext4(blk);
+        let mut m = Machine::new(cfg(ext4_layout(1), 1, b"me"), Op::Acquire, rig.now());
+        rig.run(&mut m, 100, |_| {});
+        let got = format!("{:?}", m.outcome());
+        assert!(got.contains(want), "{got}");
+        assert_eq!(rig.writes, 0);
+    }
+    // Corrupt: bad checksum.
+    let mut rig = Rig::new();
+    rig.put_ext4(Block::new(SEQ_CLEAN, 1, b"me", b"x", 5));
+    rig.disk[OFF as usize + 0x3FC] ^= 0xFF;
+    let mut m = Machine::new(cfg(ext4_layout(1), 1, b"me"), Op::Acquire, rig.now());
+    rig.run(&mut m, 100, |_| {});
+    assert!(matches!(
+        m.outcome(),
+        Some(Outcome::Refused(Refusal::Corrupt(Corrupt::Ext4(
+            ext4::BlockError::BadChecksum { .. }
+        ))))
+    ));
+    assert_eq!(rig.writes, 0);
+    // Hostid 0: refused before any I/O, even with force.
+    let mut c = cfg(ext4_layout(1), 0, b"me");
+    c.force = true;
+    let mut m = Machine::new(c, Op::Acquire, rig.now());
+    assert_eq!(m.poll_io(), None);
+    assert_eq!(m.outcome(), Some(Outcome::Refused(Refusal::NoHostid)));
+    // Read error on the first read: refused, in doubt.
+    let mut rig = Rig::new();
+    rig.put_ext4(Block::new(SEQ_CLEAN, 1, b"me", b"x", 5));
+    rig.fail_reads = 1;
+    let mut m = Machine::new(cfg(ext4_layout(1), 1, b"me"), Op::Acquire, rig.now());
+    rig.run(&mut m, 100, |_| {});
+    assert_eq!(
+        m.outcome(),
+        Some(Outcome::Refused(Refusal::Io(IoError { errno: 5 })))
+    );
+    assert_eq!(rig.writes, 0);
+}
+
+#[test]
+fn check_never_writes() {
+    for blk in [
+        Block::new(SEQ_CLEAN, 1, b"a", b"x", 5),
+        Block::new(9, 1, b"a", b"x", 5),
+    ] {
+        let mut rig = Rig::new();
+        rig.put_ext4(blk);
+        let mut m = Machine::new(cfg(ext4_layout(1), 0, b"me"), Op::Check, rig.now());
+        let t0 = rig.now_us;
+        rig.run(&mut m, 100, |_| {});
+        assert!(
+            matches!(m.outcome(), Some(Outcome::Safe { .. })),
+            "{:?}",
+            m.outcome()
+        );
+        assert_eq!(rig.writes, 0);
+        let stale = matches!(m.outcome(), Some(Outcome::Safe { stale: true, .. }));
+        assert_eq!(stale, blk.seq != SEQ_CLEAN);
+        assert_eq!(secs(&rig, t0), if stale { 11.0 } else { 0.0 });
+    }
+}
+
+#[test]
+fn heartbeat_detects_a_foreign_write_within_one_interval_and_never_writes_clean_after() {
+    let mut rig = Rig::new();
+    rig.put_ext4(Block::new(SEQ_CLEAN, 1, b"other", b"x", 5));
+    let mut m = Machine::new(cfg(ext4_layout(1), 1, b"me"), Op::Acquire, rig.now());
+    rig.run(&mut m, 30, |_| {});
+    assert!(m.is_held());
+    rig.run_for(&mut m, 5, |_| {}); // a few heartbeats
+    let beats = m.stats().beats;
+    assert!(beats >= 4, "{beats}");
+    let t_foreign = rig.now_us;
+    rig.put_ext4(Block::new(0x11111111, 3, b"othernode", b"y", 5));
+    let writes = rig.writes;
+    rig.run_for(&mut m, 10, |_| {});
+    assert!(
+        matches!(
+            m.outcome(),
+            Some(Outcome::Lost(Loss::ForeignWrite(Some(_))))
+        ),
+        "{:?}",
+        m.outcome()
+    );
+    assert!(
+        secs(&rig, t_foreign) <= 1.0,
+        "detected after {}",
+        secs(&rig, t_foreign)
+    );
+    assert_eq!(
+        rig.writes, writes,
+        "nothing written after the foreign write"
+    );
+    m.release(rig.now());
+    rig.pump(&mut m);
+    assert_eq!(
+        rig.ext4().seq,
+        0x11111111,
+        "never CLEAN for a device we lost"
+    );
+}
+
+#[test]
+fn release_writes_clean_only_when_unchanged() {
+    let mut rig = Rig::new();
+    rig.put_ext4(Block::new(SEQ_CLEAN, 1, b"other", b"x", 5));
+    let mut m = Machine::new(cfg(ext4_layout(1), 1, b"me"), Op::Acquire, rig.now());
+    rig.run(&mut m, 30, |_| {});
+    m.release(rig.now());
+    rig.pump(&mut m);
+    assert_eq!(m.outcome(), Some(Outcome::Released));
+    assert_eq!(rig.ext4().seq, SEQ_CLEAN);
+    assert_eq!(rig.ext4().nodename(), b"me");
+    let tail: Vec<&str> = rig
+        .transcript()
+        .iter()
+        .rev()
+        .take(3)
+        .rev()
+        .copied()
+        .collect();
+    assert_eq!(tail, ["Read", "Write", "Finished"]);
+}
+
+#[test]
+fn lease_runs_out_while_paused_and_nothing_is_written() {
+    let mut rig = Rig::new();
+    rig.put_native(Record::formatted([1; 16], 100, 10, 0));
+    let mut m = Machine::new(cfg(native_layout(), 1, b"me"), Op::Acquire, rig.now());
+    rig.run(&mut m, 5, |_| {});
+    assert!(m.is_held());
+    let until = m.owned_until().expect("held");
+    assert!(m.is_owner(rig.now().mono));
+    // The process is paused for 5 s (fail window is 1 s): on resume the machine fences
+    // before any write.
+    rig.now_us += 5_000_000;
+    assert!(!m.is_owner(rig.now().mono));
+    assert!(rig.now().mono >= until);
+    let writes = rig.writes;
+    m.handle_timeout(rig.now());
+    rig.pump(&mut m);
+    assert!(
+        matches!(m.outcome(), Some(Outcome::Lost(Loss::Fenced { .. }))),
+        "{:?}",
+        m.outcome()
+    );
+    assert_eq!(rig.writes, writes);
+}
+
+#[test]
+fn paused_between_read_and_write_cancels_the_write() {
+    let mut rig = Rig::new();
+    rig.put_native(Record::formatted([1; 16], 100, 10, 0));
+    let mut m = Machine::new(cfg(native_layout(), 1, b"me"), Op::Acquire, rig.now());
+    rig.run(&mut m, 5, |_| {});
+    assert!(m.is_held());
+    // Drive one beat by hand: read done, then pause before the write is issued.
+    let t = m.poll_timeout().expect("next beat");
+    rig.now_us = t.as_micros();
+    m.handle_timeout(rig.now());
+    let Some(IoRequest::Read { len, .. }) = m.poll_io() else {
+        panic!("expected a read")
+    };
+    let data = rig.disk[..len].to_vec();
+    m.handle_read_done(rig.now(), &data);
+    assert!(matches!(m.poll_io(), Some(IoRequest::Write { .. })));
+    rig.now_us += 3_000_000;
+    let mut buf = [0u8; MAX_RECORD_LEN];
+    assert!(
+        !m.emit_block(rig.now(), &mut buf),
+        "the lease ran out: the write must not be issued"
+    );
+    assert!(matches!(
+        m.outcome(),
+        Some(Outcome::Lost(Loss::Fenced { .. }))
+    ));
+}
+
+#[test]
+fn heartbeat_io_errors_are_retried_then_fence() {
+    let mut rig = Rig::new();
+    rig.put_native(Record::formatted([1; 16], 100, 10, 0));
+    let mut m = Machine::new(cfg(native_layout(), 1, b"me"), Op::Acquire, rig.now());
+    rig.run(&mut m, 5, |_| {});
+    assert!(m.is_held());
+    // A burst of 8 failures (~0.2 s at 25 ms retries) is shorter than the 1 s window.
+    rig.fail_writes = 8;
+    rig.run_for(&mut m, 2, |_| {});
+    assert!(m.is_held(), "{:?}", m.outcome());
+    assert_eq!(m.stats().io_failures, 8);
+    // A long burst fences.
+    rig.fail_reads = 1000;
+    rig.run_for(&mut m, 5, |_| {});
+    assert!(
+        matches!(m.outcome(), Some(Outcome::Lost(Loss::Fenced { .. }))),
+        "{:?}",
+        m.outcome()
+    );
+}
+
+#[test]
+fn native_handover_and_takeover_timing() {
+    // Clean: claim, 2 intervals, verify.
+    let mut rig = Rig::new();
+    rig.put_native(Record::formatted([1; 16], 100, 10, 0));
+    let mut m = Machine::new(cfg(native_layout(), 2, b"b"), Op::Acquire, rig.now());
+    let t0 = rig.now_us;
+    rig.run(&mut m, 5, |_| {});
+    assert!(m.is_held());
+    assert!((0.2..0.21).contains(&secs(&rig, t0)), "{}", secs(&rig, t0));
+    let r = rig.native();
+    assert_eq!(
+        (r.state, r.hostid, r.reason),
+        (State::Active, 2, native::Reason::None)
+    );
+    // Stale record of host 1: refused without force, taken with force after 2*10*100 ms.
+    let mut stale = r;
+    stale.hostid = 1;
+    let mut rig = Rig::new();
+    rig.put_native(stale);
+    let mut m = Machine::new(cfg(native_layout(), 2, b"b"), Op::Acquire, rig.now());
+    rig.run(&mut m, 10, |_| {});
+    assert!(matches!(
+        m.outcome(),
+        Some(Outcome::Refused(Refusal::Foreign(_)))
+    ));
+    let mut m = Machine::new(
+        cfg(native_layout(), 2, b"b").with_force(),
+        Op::Acquire,
+        rig.now(),
+    );
+    let t0 = rig.now_us;
+    rig.run(&mut m, 10, |_| {});
+    assert!(m.is_held());
+    let t = secs(&rig, t0);
+    assert!((2.2..=2.5).contains(&t), "{t}");
+    assert_eq!(rig.native().reason, native::Reason::TakenOver);
+    // Release: clean, reason released, owner kept for diagnostics.
+    m.release(rig.now());
+    rig.pump(&mut m);
+    let r = rig.native();
+    assert_eq!(
+        (r.state, r.reason, r.hostid),
+        (State::Clean, native::Reason::Released, 2)
+    );
+}
+
+#[test]
+fn ext4_check_interval_follows_the_kernel_rule() {
+    let mut rig = Rig::new();
+    rig.put_ext4(Block::new(SEQ_CLEAN, 1, b"x", b"x", 5));
+    let mut m = Machine::new(cfg(ext4_layout(5), 1, b"me"), Op::Acquire, rig.now());
+    rig.run(&mut m, 60, |_| {});
+    assert!(m.is_held());
+    rig.run_for(&mut m, 12, |_| {});
+    assert_eq!(rig.ext4().check_interval, 10); // 2 * 5 s cycles
+    // A 7 s cycle (late beat) advertises 14 on the next write.
+    let t = m.poll_timeout().expect("beat");
+    rig.now_us = t.as_micros() + 2_000_000;
+    m.handle_timeout(rig.now());
+    rig.pump(&mut m);
+    assert_eq!(rig.ext4().check_interval, 14);
+}
+
+#[test]
+fn clear_resets_whatever_was_there() {
+    let mut rig = Rig::new();
+    rig.put_ext4(Block::new(SEQ_FSCK, 1, b"x", b"x", 5));
+    rig.disk[OFF as usize] = 0; // bad magic
+    let mut m = Machine::new(cfg(ext4_layout(1), 0, b"me"), Op::Clear, rig.now());
+    rig.run(&mut m, 1, |_| {});
+    assert_eq!(m.outcome(), Some(Outcome::Cleared));
+    assert_eq!(rig.ext4().seq, SEQ_CLEAN);
+    assert_eq!(rig.ext4().check_interval, 5);
+    // Native clear keeps the area parameters; an unreadable record is refused.
+    let mut rig = Rig::new();
+    let mut r = Record::formatted([1; 16], 250, 7, 0);
+    r.state = State::Maintenance;
+    rig.put_native(r);
+    let mut m = Machine::new(cfg(native_layout(), 3, b"me"), Op::Clear, rig.now());
+    rig.run(&mut m, 1, |_| {});
+    let r = rig.native();
+    assert_eq!(
+        (r.state, r.reason, r.interval_ms, r.fail_intervals),
+        (State::Clean, native::Reason::Cleared, 250, 7)
+    );
+    rig.disk[100] ^= 1;
+    let mut m = Machine::new(cfg(native_layout(), 3, b"me"), Op::Clear, rig.now());
+    rig.run(&mut m, 1, |_| {});
+    assert!(matches!(
+        m.outcome(),
+        Some(Outcome::Refused(Refusal::Corrupt(_)))
+    ));
+}
+
+#[test]
+fn two_claimers_on_a_clean_block_one_wins() {
+    // Both read CLEAN before either writes; the later claim wins, the earlier loses the race.
+    let mut disk = Rig::new();
+    disk.put_native(Record::formatted([1; 16], 100, 10, 0));
+    let now = disk.now();
+    let mut a = Machine::new(cfg(native_layout(), 1, b"a"), Op::Acquire, now);
+    let mut b = Machine::new(cfg(native_layout(), 2, b"b"), Op::Acquire, now);
+    let data = disk.disk[..512].to_vec();
+    for m in [&mut a, &mut b] {
+        let _ = m.poll_io();
+        m.handle_read_done(now, &data);
+    }
+    for m in [&mut a, &mut b] {
+        let _ = m.poll_io();
+        let mut buf = [0u8; MAX_RECORD_LEN];
+        assert!(m.emit_block(now, &mut buf));
+        disk.disk[..512].copy_from_slice(&buf[..512]);
+        m.handle_write_done(now);
+    }
+    disk.run(&mut a, 1, |_| {});
+    disk.run(&mut b, 1, |_| {});
+    assert!(
+        matches!(a.outcome(), Some(Outcome::Refused(Refusal::LostRace(_)))),
+        "{:?}",
+        a.outcome()
+    );
+    assert!(b.is_held());
+}
