@@ -3,7 +3,6 @@
 //! ext4 uses the *raw* form: the initial value is the seed and there is no final inversion
 //! ([`crc32c_raw`]). The textbook CRC32C ([`crc32c`]) is `!crc32c_raw(!0, data)`.
 
-
 const POLY: u32 = 0x82F6_3B78;
 
 const TABLE: [[u32; 256]; 4] = build_tables();

@@ -16,7 +16,10 @@ impl Rng {
     /// A generator seeded with `seed`.
     #[must_use]
     pub fn new(seed: u64) -> Self {
-        let mut rng = Rng { state: 0, inc: (seed.rotate_left(17) << 1) | 1 };
+        let mut rng = Rng {
+            state: 0,
+            inc: (seed.rotate_left(17) << 1) | 1,
+        };
         let _ = rng.next_u32();
         rng.state = rng.state.wrapping_add(seed);
         let _ = rng.next_u32();
@@ -26,7 +29,9 @@ impl Rng {
     /// The next 32 random bits.
     pub fn next_u32(&mut self) -> u32 {
         let old = self.state;
-        self.state = old.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(self.inc);
+        self.state = old
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(self.inc);
         #[allow(clippy::cast_possible_truncation)]
         let xorshifted = (((old >> 18) ^ old) >> 27) as u32;
         #[allow(clippy::cast_possible_truncation)]

@@ -207,16 +207,26 @@ impl fmt::Display for SuperblockError {
         match *self {
             SuperblockError::TooShort => write!(f, "too short for an ext4 superblock"),
             SuperblockError::BadMagic(m) => {
-                write!(f, "not an ext2/3/4 file system (superblock magic {m:#06x}, expected 0xef53)")
+                write!(
+                    f,
+                    "not an ext2/3/4 file system (superblock magic {m:#06x}, expected 0xef53)"
+                )
             }
             SuperblockError::BadChecksum { stored, computed } => write!(
                 f,
                 "ext4 superblock checksum does not match (stored {stored:#010x}, computed {computed:#010x})"
             ),
-            SuperblockError::BadBlockSize(l) => write!(f, "invalid ext4 block size (s_log_block_size {l})"),
+            SuperblockError::BadBlockSize(l) => {
+                write!(f, "invalid ext4 block size (s_log_block_size {l})")
+            }
             SuperblockError::BadChecksumType(t) => write!(f, "unsupported ext4 checksum type {t}"),
-            SuperblockError::MmpNotEnabled => write!(f, "MMP feature not enabled on this ext4 file system"),
-            SuperblockError::MmpBlockOutOfRange { block, blocks_count } => write!(
+            SuperblockError::MmpNotEnabled => {
+                write!(f, "MMP feature not enabled on this ext4 file system")
+            }
+            SuperblockError::MmpBlockOutOfRange {
+                block,
+                blocks_count,
+            } => write!(
                 f,
                 "MMP block number {block} is beyond the file system range (blocks count {blocks_count})"
             ),
@@ -280,7 +290,13 @@ impl Superblock {
         let incompat = le32(sb, sb_field::FEATURE_INCOMPAT);
         let ro_compat = le32(sb, sb_field::FEATURE_RO_COMPAT);
         let is64 = incompat & INCOMPAT_64BIT != 0;
-        let hi = |f| if is64 { u64::from(le32(sb, f)) << 32 } else { 0 };
+        let hi = |f| {
+            if is64 {
+                u64::from(le32(sb, f)) << 32
+            } else {
+                0
+            }
+        };
         let log_block_size = le32(sb, sb_field::LOG_BLOCK_SIZE);
         if log_block_size > 6 {
             return Err(SuperblockError::BadBlockSize(log_block_size));
@@ -293,14 +309,19 @@ impl Superblock {
             }
             let computed = superblock_checksum(sb);
             if computed != checksum {
-                return Err(SuperblockError::BadChecksum { stored: checksum, computed });
+                return Err(SuperblockError::BadChecksum {
+                    stored: checksum,
+                    computed,
+                });
             }
         }
         let mut uuid = [0u8; 16];
         uuid.copy_from_slice(&sb[sb_field::UUID]);
         Ok(Superblock {
-            blocks_count: u64::from(le32(sb, sb_field::BLOCKS_COUNT_LO)) | hi(sb_field::BLOCKS_COUNT_HI),
-            free_blocks_count: u64::from(le32(sb, sb_field::FREE_BLOCKS_LO)) | hi(sb_field::FREE_BLOCKS_HI),
+            blocks_count: u64::from(le32(sb, sb_field::BLOCKS_COUNT_LO))
+                | hi(sb_field::BLOCKS_COUNT_HI),
+            free_blocks_count: u64::from(le32(sb, sb_field::FREE_BLOCKS_LO))
+                | hi(sb_field::FREE_BLOCKS_HI),
             first_data_block: le32(sb, sb_field::FIRST_DATA_BLOCK),
             log_block_size,
             blocks_per_group: le32(sb, sb_field::BLOCKS_PER_GROUP),
@@ -352,7 +373,11 @@ impl Superblock {
     /// The seed the MMP block checksum uses: the csum seed, only with metadata_csum.
     #[must_use]
     pub fn mmp_csum_seed(&self) -> Option<u32> {
-        if self.metadata_csum() { self.csum_seed() } else { None }
+        if self.metadata_csum() {
+            self.csum_seed()
+        } else {
+            None
+        }
     }
 
     /// Byte offset of the MMP block, after checking the feature and e2fsprogs' range rule
@@ -364,8 +389,12 @@ impl Superblock {
         if !self.has_mmp() || self.mmp_block == 0 {
             return Err(SuperblockError::MmpNotEnabled);
         }
-        if self.mmp_block <= u64::from(self.first_data_block) || self.mmp_block >= self.blocks_count {
-            return Err(SuperblockError::MmpBlockOutOfRange { block: self.mmp_block, blocks_count: self.blocks_count });
+        if self.mmp_block <= u64::from(self.first_data_block) || self.mmp_block >= self.blocks_count
+        {
+            return Err(SuperblockError::MmpBlockOutOfRange {
+                block: self.mmp_block,
+                blocks_count: self.blocks_count,
+            });
         }
         Ok(self.mmp_block.saturating_mul(u64::from(self.block_size())))
     }
@@ -374,7 +403,11 @@ impl Superblock {
     /// with 0 read as e2fsprogs' default 5 (the kernel would busy-loop; we never do).
     #[must_use]
     pub fn update_interval_s(&self) -> u16 {
-        if self.mmp_update_interval == 0 { DEFAULT_UPDATE_INTERVAL_S } else { self.mmp_update_interval }
+        if self.mmp_update_interval == 0 {
+            DEFAULT_UPDATE_INTERVAL_S
+        } else {
+            self.mmp_update_interval
+        }
     }
 }
 
@@ -425,7 +458,10 @@ impl fmt::Display for BlockError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             BlockError::TooShort => write!(f, "MMP block too short"),
-            BlockError::BadMagic(m) => write!(f, "MMP: invalid magic number {m:#010x} (expected 0x004d4d50)"),
+            BlockError::BadMagic(m) => write!(
+                f,
+                "MMP: invalid magic number {m:#010x} (expected 0x004d4d50)"
+            ),
             BlockError::BadChecksum { stored, computed } => write!(
                 f,
                 "MMP block checksum does not match (stored {stored:#010x}, computed {computed:#010x})"
@@ -506,7 +542,10 @@ impl Block {
         if let Some(seed) = csum_seed {
             let computed = crc32c_raw(seed, &b[..field::CHECKSUM.start]);
             if computed != checksum {
-                return Err(BlockError::BadChecksum { stored: checksum, computed });
+                return Err(BlockError::BadChecksum {
+                    stored: checksum,
+                    computed,
+                });
             }
         }
         let mut nodename = [0u8; 64];
@@ -576,7 +615,10 @@ pub fn wait_time_s(check_interval_s: u32) -> u32 {
 /// seconds: `clamp(2 * elapsed, 5, 300)`.
 #[must_use]
 pub fn next_check_interval_s(elapsed_s: u64) -> u16 {
-    let v = elapsed_s.saturating_mul(2).clamp(u64::from(MIN_CHECK_INTERVAL_S), u64::from(MAX_CHECK_INTERVAL_S));
+    let v = elapsed_s.saturating_mul(2).clamp(
+        u64::from(MIN_CHECK_INTERVAL_S),
+        u64::from(MAX_CHECK_INTERVAL_S),
+    );
     u16::try_from(v).unwrap_or(MAX_CHECK_INTERVAL_S)
 }
 
@@ -623,11 +665,19 @@ mod tests {
                 buf[byte] ^= 1 << bit;
                 let got = Block::parse(&buf, Some(SEED));
                 if field::MAGIC.contains(&byte) {
-                    assert!(matches!(got, Err(BlockError::BadMagic(_))), "byte {byte} bit {bit}");
+                    assert!(
+                        matches!(got, Err(BlockError::BadMagic(_))),
+                        "byte {byte} bit {bit}"
+                    );
                 } else {
                     let computed = crc32c_raw(SEED, &buf[..0x3FC]);
-                    let stored = u32::from_le_bytes([buf[0x3FC], buf[0x3FD], buf[0x3FE], buf[0x3FF]]);
-                    assert_eq!(got, Err(BlockError::BadChecksum { stored, computed }), "byte {byte} bit {bit}");
+                    let stored =
+                        u32::from_le_bytes([buf[0x3FC], buf[0x3FD], buf[0x3FE], buf[0x3FF]]);
+                    assert_eq!(
+                        got,
+                        Err(BlockError::BadChecksum { stored, computed }),
+                        "byte {byte} bit {bit}"
+                    );
                 }
                 // Without metadata_csum only the magic is checked; other flips parse to a
                 // block that differs from the original in exactly the flipped field.
@@ -657,7 +707,10 @@ mod tests {
         vector_block().emit(&mut buf, Some(SEED));
         buf[0] = 0xFF;
         buf[0x3FC] ^= 1; // bad magic wins over bad checksum
-        assert_eq!(Block::parse(&buf, Some(SEED)), Err(BlockError::BadMagic(0x004D_4DFF)));
+        assert_eq!(
+            Block::parse(&buf, Some(SEED)),
+            Err(BlockError::BadMagic(0x004D_4DFF))
+        );
     }
 
     #[test]
@@ -693,7 +746,10 @@ mod tests {
     #[test]
     fn superblock_errors() {
         let mut sb = [0u8; 1024];
-        assert_eq!(Superblock::parse(&sb[..100]), Err(SuperblockError::TooShort));
+        assert_eq!(
+            Superblock::parse(&sb[..100]),
+            Err(SuperblockError::TooShort)
+        );
         assert_eq!(Superblock::parse(&sb), Err(SuperblockError::BadMagic(0)));
         sb[0x38] = 0x53;
         sb[0x39] = 0xEF;
@@ -701,18 +757,32 @@ mod tests {
         sb[0x14] = 1;
         let parsed = Superblock::parse(&sb).expect("minimal superblock");
         assert_eq!(parsed.block_size(), 1024);
-        assert_eq!(parsed.mmp_offset_bytes(), Err(SuperblockError::MmpNotEnabled));
+        assert_eq!(
+            parsed.mmp_offset_bytes(),
+            Err(SuperblockError::MmpNotEnabled)
+        );
         sb[0x61] = 0x01; // INCOMPAT_MMP
         sb[0x168] = 1; // == first data block: out of range for e2fsprogs
         let parsed = Superblock::parse(&sb).expect("parses");
-        assert!(matches!(parsed.mmp_offset_bytes(), Err(SuperblockError::MmpBlockOutOfRange { block: 1, .. })));
+        assert!(matches!(
+            parsed.mmp_offset_bytes(),
+            Err(SuperblockError::MmpBlockOutOfRange { block: 1, .. })
+        ));
         sb[0x168] = 50;
-        assert_eq!(Superblock::parse(&sb).expect("parses").mmp_offset_bytes(), Ok(50 * 1024));
+        assert_eq!(
+            Superblock::parse(&sb).expect("parses").mmp_offset_bytes(),
+            Ok(50 * 1024)
+        );
         sb[0x65] = 0x04; // metadata_csum, checksum type 0
-        assert_eq!(Superblock::parse(&sb), Err(SuperblockError::BadChecksumType(0)));
+        assert_eq!(
+            Superblock::parse(&sb),
+            Err(SuperblockError::BadChecksumType(0))
+        );
         sb[0x175] = 1;
         let c = superblock_checksum(&sb);
-        assert!(matches!(Superblock::parse(&sb), Err(SuperblockError::BadChecksum { computed, .. }) if computed == c));
+        assert!(
+            matches!(Superblock::parse(&sb), Err(SuperblockError::BadChecksum { computed, .. }) if computed == c)
+        );
         sb[0x3FC..].copy_from_slice(&c.to_le_bytes());
         let p = Superblock::parse(&sb).expect("checksummed");
         assert_eq!(p.mmp_csum_seed(), Some(crc32c_raw(!0, &[0u8; 16])));

@@ -75,7 +75,9 @@ pub fn detect(head: &[u8]) -> Detected {
     // ZFS: vdev label 0 at offset 0, uberblock ring at 128 KiB; also look at the first
     // bytes we were given for the little- or big-endian uberblock magic 0x00bab10c.
     for off in (128 * 1024..head.len().saturating_sub(8)).step_by(1024) {
-        if at(off, &[0x0C, 0xB1, 0xBA, 0x00, 0, 0, 0, 0]) || at(off, &[0, 0, 0, 0, 0x00, 0xBA, 0xB1, 0x0C]) {
+        if at(off, &[0x0C, 0xB1, 0xBA, 0x00, 0, 0, 0, 0])
+            || at(off, &[0, 0, 0, 0, 0x00, 0xBA, 0xB1, 0x0C])
+        {
             return Detected::Other("ZFS label");
         }
     }

@@ -205,13 +205,26 @@ impl fmt::Display for RecordError {
                 f,
                 "native MMP record checksum does not match (stored {stored:#010x}, computed {computed:#010x}): torn or corrupt write"
             ),
-            RecordError::UnsupportedVersion(v) => write!(f, "native MMP format version {v} is not supported (this mmp reads version {VERSION})"),
-            RecordError::BadLength(l) => write!(f, "native MMP record length {l} (expected {RECORD_LEN})"),
+            RecordError::UnsupportedVersion(v) => write!(
+                f,
+                "native MMP format version {v} is not supported (this mmp reads version {VERSION})"
+            ),
+            RecordError::BadLength(l) => {
+                write!(f, "native MMP record length {l} (expected {RECORD_LEN})")
+            }
             RecordError::BadState(s) => write!(f, "native MMP record has unknown state {s}"),
             RecordError::BadReason(r) => write!(f, "native MMP record has unknown reason {r}"),
-            RecordError::BadInterval(i) => write!(f, "native MMP interval {i} ms is outside {MIN_INTERVAL_MS}..={MAX_INTERVAL_MS} ms"),
-            RecordError::BadFailIntervals(n) => write!(f, "native MMP fail intervals {n} outside {MIN_FAIL_INTERVALS}..={MAX_FAIL_INTERVALS}"),
-            RecordError::ReservedNotZero => write!(f, "native MMP record has non-zero reserved bytes"),
+            RecordError::BadInterval(i) => write!(
+                f,
+                "native MMP interval {i} ms is outside {MIN_INTERVAL_MS}..={MAX_INTERVAL_MS} ms"
+            ),
+            RecordError::BadFailIntervals(n) => write!(
+                f,
+                "native MMP fail intervals {n} outside {MIN_FAIL_INTERVALS}..={MAX_FAIL_INTERVALS}"
+            ),
+            RecordError::ReservedNotZero => {
+                write!(f, "native MMP record has non-zero reserved bytes")
+            }
         }
     }
 }
@@ -260,7 +273,12 @@ pub struct Record {
 impl Record {
     /// The record `mmp format` writes: clean, reason "formatted", hostid 0, seq 0.
     #[must_use]
-    pub fn formatted(area_id: [u8; 16], interval_ms: u32, fail_intervals: u16, time_ms: u64) -> Self {
+    pub fn formatted(
+        area_id: [u8; 16],
+        interval_ms: u32,
+        fail_intervals: u16,
+        time_ms: u64,
+    ) -> Self {
         Record {
             state: State::Clean,
             reason: Reason::Formatted,
@@ -309,8 +327,10 @@ impl Record {
         if usize::from(len) != RECORD_LEN {
             return Err(RecordError::BadLength(len));
         }
-        let state = State::from_u8(b[field::STATE.start]).ok_or(RecordError::BadState(b[field::STATE.start]))?;
-        let reason = Reason::from_u8(b[field::REASON.start]).ok_or(RecordError::BadReason(b[field::REASON.start]))?;
+        let state = State::from_u8(b[field::STATE.start])
+            .ok_or(RecordError::BadState(b[field::STATE.start]))?;
+        let reason = Reason::from_u8(b[field::REASON.start])
+            .ok_or(RecordError::BadReason(b[field::REASON.start]))?;
         let interval_ms = le32(b, field::INTERVAL_MS);
         if !(MIN_INTERVAL_MS..=MAX_INTERVAL_MS).contains(&interval_ms) {
             return Err(RecordError::BadInterval(interval_ms));
@@ -453,7 +473,11 @@ mod tests {
                 } else {
                     let stored = le32(&buf, field::CHECKSUM);
                     let computed = crc32c(&buf[..0x1FC]);
-                    assert_eq!(got, Err(RecordError::BadChecksum { stored, computed }), "byte {byte} bit {bit}");
+                    assert_eq!(
+                        got,
+                        Err(RecordError::BadChecksum { stored, computed }),
+                        "byte {byte} bit {bit}"
+                    );
                 }
             }
         }
