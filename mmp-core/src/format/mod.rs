@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod ext4;
+pub mod ext4fs;
 pub mod native;
 
 /// Copies `name` into a fixed-size on-disk field: truncated to the field, NUL padded.

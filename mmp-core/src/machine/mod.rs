@@ -976,17 +976,13 @@ impl Machine {
                 until,
                 total,
                 next_poll,
-            } => {
-                if now.mono >= next_poll || now.mono >= until {
-                    self.step = Step::WatchRead { until, total };
-                    self.request_read();
-                }
+            } if now.mono >= next_poll || now.mono >= until => {
+                self.step = Step::WatchRead { until, total };
+                self.request_read();
             }
-            Step::ClaimWait { until, next_poll } => {
-                if now.mono >= next_poll || now.mono >= until {
-                    self.step = Step::ClaimRead { until };
-                    self.request_read();
-                }
+            Step::ClaimWait { until, next_poll } if now.mono >= next_poll || now.mono >= until => {
+                self.step = Step::ClaimRead { until };
+                self.request_read();
             }
             Step::Held { next_beat } => {
                 if self.lease_expired(now.mono) {

@@ -9,3 +9,8 @@ pub mod blockdev;
 pub mod clock;
 pub mod hostid;
 pub mod tune;
+pub mod driver;
+pub mod engine;
+pub mod target;
+pub mod rt;
+pub mod watchdog;

@@ -1,0 +1,514 @@
+//! The heartbeat engine: one thread drives the machines of every device a process holds,
+//! deadline-scheduled, so `mmp hold DEV1 ... DEV200` costs one thread. Acquires run
+//! concurrently on the same thread (one activity window for all devices, not one per
+//! device). The CLI and libmmp both use it.
+//!
+//! Commands reach the thread over a channel; events leave over another; a shared
+//! [`Report`] (updated after every pass) answers status queries without touching the disk.
+
+use crate::machine::{Event, Machine, Outcome, Phase, Stats, Timing};
+use crate::sys::clock;
+use crate::sys::driver::{self, FaultHook};
+use crate::sys::target::Target;
+use crate::sys::watchdog::Watchdog;
+use crate::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+
+/// A log-bucketed histogram of durations in microseconds (64 sub-buckets per power of two,
+/// about 1.6 % resolution), fixed size whatever the number of samples.
+#[derive(Clone, Debug)]
+pub struct Histogram {
+    buckets: Vec<u64>,
+    count: u64,
+    max_us: u64,
+}
+
+const SUB: u64 = 64;
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            buckets: vec![0; 40 * SUB as usize],
+            count: 0,
+            max_us: 0,
+        }
+    }
+}
+
+impl Histogram {
+    fn index(us: u64) -> usize {
+        if us < SUB {
+            return usize::try_from(us).unwrap_or(0);
+        }
+        let octave = 63 - u64::from(us.leading_zeros()); // >= 6
+        let shift = octave - 6;
+        let sub = (us >> shift) - SUB; // 0..64
+        usize::try_from((octave - 5) * SUB + sub).unwrap_or(usize::MAX)
+    }
+
+    fn lower_bound(idx: usize) -> u64 {
+        let idx = idx as u64;
+        if idx < SUB {
+            return idx;
+        }
+        let octave = idx / SUB + 5;
+        let sub = idx % SUB;
+        (SUB + sub) << (octave - 6)
+    }
+
+    /// Records one duration.
+    pub fn record(&mut self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let i = Self::index(us).min(self.buckets.len() - 1);
+        self.buckets[i] += 1;
+        self.count += 1;
+        self.max_us = self.max_us.max(us);
+    }
+
+    /// Number of samples.
+    #[must_use]
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Largest sample.
+    #[must_use]
+    pub fn max(&self) -> Duration {
+        Duration::from_micros(self.max_us)
+    }
+
+    /// The `q` quantile (0.0..=1.0), as the lower bound of its bucket; zero when empty.
+    #[must_use]
+    pub fn quantile(&self, q: f64) -> Duration {
+        if self.count == 0 {
+            return Duration::ZERO;
+        }
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss
+        )]
+        let rank = ((q.clamp(0.0, 1.0) * self.count as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, &n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return Duration::from_micros(Self::lower_bound(i).min(self.max_us));
+            }
+        }
+        self.max()
+    }
+
+    /// Adds another histogram's samples.
+    pub fn merge(&mut self, other: &Histogram) {
+        for (a, b) in self.buckets.iter_mut().zip(&other.buckets) {
+            *a += b;
+        }
+        self.count += other.count;
+        self.max_us = self.max_us.max(other.max_us);
+    }
+}
+
+/// The state of one device in the engine.
+#[derive(Clone, Debug)]
+pub struct SlotReport {
+    /// Device path.
+    pub path: PathBuf,
+    /// Machine phase.
+    pub phase: Phase,
+    /// Outcome, once finished.
+    pub outcome: Option<Outcome>,
+    /// Heartbeat figures.
+    pub stats: Stats,
+    /// Timing derived from the owner's parameters.
+    pub timing: Option<Timing>,
+    /// Lease end while held.
+    pub owned_until: Option<Instant>,
+    /// Wall time of the last successful write (Unix ms).
+    pub last_write_wall_ms: Option<u64>,
+    /// Whether the device was ever acquired by this engine.
+    pub acquired: bool,
+}
+
+/// Whether memory locking and real-time scheduling took effect.
+#[derive(Clone, Debug, Default)]
+pub struct RealtimeStatus {
+    /// `mlockall` result: `None` if not requested, `Some(Ok)` or the error text.
+    pub mlock: Option<Result<(), String>>,
+    /// `SCHED_FIFO` result for the engine thread.
+    pub fifo: Option<Result<(), String>>,
+}
+
+/// Self-fencing state, as shown by status reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SelfFence {
+    /// No hardware watchdog: the lease stops our writes, but a hung host is not reset.
+    Off,
+    /// A watchdog is armed and petted after successful heartbeats.
+    Active,
+    /// A watchdog is configured but petting failed, or a device was lost and petting
+    /// stopped (the watchdog will fire).
+    Degraded,
+}
+
+impl SelfFence {
+    /// `off`, `active`, `degraded`.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            SelfFence::Off => "off",
+            SelfFence::Active => "active",
+            SelfFence::Degraded => "degraded",
+        }
+    }
+}
+
+/// Everything the engine knows, refreshed after every pass.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    /// One entry per device, in the order they were added.
+    pub slots: Vec<SlotReport>,
+    /// Gaps between successful heartbeat writes, all devices.
+    pub gaps: Histogram,
+    /// Memory locking and scheduling.
+    pub realtime: RealtimeStatus,
+    /// Self-fencing state.
+    pub self_fence: Option<SelfFence>,
+    /// Watchdog pets so far.
+    pub watchdog_pets: u64,
+}
+
+/// An event from one device.
+#[derive(Clone, Copy, Debug)]
+pub struct EngineEvent {
+    /// Index of the device (order of [`Engine::add`]).
+    pub slot: usize,
+    /// What happened.
+    pub event: Event,
+}
+
+enum Cmd {
+    Add(Box<(Target, Machine)>),
+    Release(Option<usize>),
+    Stop,
+}
+
+/// Options for [`Engine::start`].
+pub struct Options {
+    /// Lock memory and ask for `SCHED_FIFO` (with a warning in the report when refused).
+    pub realtime: bool,
+    /// A hardware (or fake) watchdog to pet after successful heartbeats.
+    pub watchdog: Option<Watchdog>,
+    /// Fault injection (tests).
+    pub faults: Box<dyn FaultHook + Send>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            realtime: false,
+            watchdog: None,
+            faults: Box::new(driver::EnvFaults::from_env()),
+        }
+    }
+}
+
+/// The engine handle. Dropping it stops the thread after releasing every device.
+pub struct Engine {
+    tx: Sender<Cmd>,
+    thread: Option<JoinHandle<()>>,
+    report: Arc<Mutex<Report>>,
+    added: usize,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("devices", &self.added)
+            .finish()
+    }
+}
+
+impl Engine {
+    /// Starts the engine thread. Events are sent to `events` (dropped silently if the
+    /// receiver is gone).
+    ///
+    /// # Panics
+    /// If the OS refuses to create a thread.
+    #[must_use]
+    pub fn start(options: Options, events: Sender<EngineEvent>) -> Engine {
+        let (tx, rx) = mpsc::channel();
+        let report = Arc::new(Mutex::new(Report::default()));
+        let shared = Arc::clone(&report);
+        let thread = std::thread::Builder::new()
+            .name("mmp-heartbeat".into())
+            .spawn(move || run(options, &rx, &events, &shared))
+            .expect("spawn the heartbeat thread");
+        Engine {
+            tx,
+            thread: Some(thread),
+            report,
+            added: 0,
+        }
+    }
+
+    /// Adds a device with a fresh machine (normally an acquire). Returns its slot index.
+    pub fn add(&mut self, target: Target, machine: Machine) -> usize {
+        let _ = self.tx.send(Cmd::Add(Box::new((target, machine))));
+        self.added += 1;
+        self.added - 1
+    }
+
+    /// Releases one device (or aborts its acquire).
+    pub fn release(&self, slot: usize) {
+        let _ = self.tx.send(Cmd::Release(Some(slot)));
+    }
+
+    /// Releases every device.
+    pub fn release_all(&self) {
+        let _ = self.tx.send(Cmd::Release(None));
+    }
+
+    /// The latest report.
+    #[must_use]
+    pub fn report(&self) -> Report {
+        self.report
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Releases everything still held, waits for the thread to finish and returns the final
+    /// report.
+    #[must_use]
+    pub fn shutdown(mut self) -> Report {
+        self.stop_thread();
+        self.report()
+    }
+
+    fn stop_thread(&mut self) {
+        let _ = self.tx.send(Cmd::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop_thread();
+    }
+}
+
+struct Slot {
+    target: Target,
+    machine: Machine,
+    acquired: bool,
+    last_write: Option<Instant>,
+    last_write_wall_ms: Option<u64>,
+}
+
+fn run(
+    mut options: Options,
+    rx: &Receiver<Cmd>,
+    events: &Sender<EngineEvent>,
+    report: &Mutex<Report>,
+) {
+    let realtime = if options.realtime {
+        crate::sys::rt::enter_realtime()
+    } else {
+        RealtimeStatus::default()
+    };
+    let mut slots: Vec<Slot> = Vec::new();
+    let mut gaps = Histogram::default();
+    let mut stopping = false;
+    let mut watchdog = options.watchdog.take();
+    let mut fence = watchdog.as_ref().map(|_| SelfFence::Active);
+    let mut pets = 0u64;
+    let mut lost_any = false;
+    let mut last_publish: Option<Instant> = None;
+    loop {
+        // Commands.
+        loop {
+            match rx.try_recv() {
+                Ok(Cmd::Add(b)) => {
+                    let (target, machine) = *b;
+                    slots.push(Slot {
+                        target,
+                        machine,
+                        acquired: false,
+                        last_write: None,
+                        last_write_wall_ms: None,
+                    });
+                }
+                Ok(Cmd::Release(which)) => {
+                    let now = clock::now();
+                    for (i, s) in slots.iter_mut().enumerate() {
+                        if which.is_none_or(|w| w == i) {
+                            s.machine.release(now);
+                        }
+                    }
+                }
+                Ok(Cmd::Stop) | Err(mpsc::TryRecvError::Disconnected) => {
+                    if !stopping {
+                        stopping = true;
+                        let now = clock::now();
+                        for s in &mut slots {
+                            s.machine.release(now);
+                        }
+                    }
+                    break;
+                }
+                Err(mpsc::TryRecvError::Empty) => break,
+            }
+        }
+        // Deadlines that passed, then I/O.
+        let now = clock::now();
+        let mut beat_ok = false;
+        let mut changed = false;
+        for (i, s) in slots.iter_mut().enumerate() {
+            let before = (s.machine.phase(), s.machine.outcome().is_some());
+            if s.machine.poll_timeout().is_some_and(|t| t <= now.mono) {
+                s.machine.handle_timeout(now);
+            }
+            let mut on_event = |e: &Event| {
+                let _ = events.send(EngineEvent { slot: i, event: *e });
+            };
+            driver::pump(
+                &mut s.machine,
+                &s.target.device,
+                options.faults.as_mut(),
+                &mut on_event,
+            );
+            if s.machine.is_held() {
+                s.acquired = true;
+            }
+            let lw = s.machine.stats().last_write;
+            if lw != s.last_write && s.acquired {
+                if let (Some(prev), Some(cur)) = (s.last_write, lw) {
+                    gaps.record(cur.saturating_since(prev));
+                }
+                s.last_write = lw;
+                s.last_write_wall_ms = Some(clock::now().wall_ms);
+                beat_ok = true;
+            }
+            if matches!(s.machine.outcome(), Some(Outcome::Lost(_))) {
+                lost_any = true;
+            }
+            changed |= before != (s.machine.phase(), s.machine.outcome().is_some());
+        }
+        // Watchdog: pet only after a successful heartbeat while no device has been lost.
+        if let Some(wd) = watchdog.as_mut() {
+            if lost_any {
+                fence = Some(SelfFence::Degraded);
+            } else if beat_ok {
+                match wd.pet() {
+                    Ok(()) => pets += 1,
+                    Err(_) => fence = Some(SelfFence::Degraded),
+                }
+            }
+        }
+        let all_done = slots.iter().all(|s| s.machine.outcome().is_some());
+        // Publishing copies every slot: do it on state changes and at most 4 times a second
+        // otherwise, so 1000 devices do not cost 1000 copies per heartbeat.
+        let due =
+            last_publish.is_none_or(|t| now.mono.saturating_since(t) >= Duration::from_millis(250));
+        if changed || due || (stopping && all_done) {
+            publish(report, &slots, &gaps, &realtime, fence, pets);
+            last_publish = Some(now.mono);
+        }
+        if stopping && all_done {
+            break;
+        }
+        // Sleep until the earliest deadline or the next command.
+        let next = slots.iter().filter_map(|s| s.machine.poll_timeout()).min();
+        let now = clock::now().mono;
+        let wait = match next {
+            Some(t) => t.saturating_since(now),
+            None if stopping => Duration::from_millis(10),
+            None => Duration::from_secs(3600),
+        };
+        if wait.is_zero() {
+            continue;
+        }
+        match rx.recv_timeout(wait) {
+            Ok(cmd) => {
+                // Put it back in front by handling it on the next pass.
+                handle_early(cmd, &mut slots, &mut stopping);
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                if !stopping {
+                    stopping = true;
+                    let now = clock::now();
+                    for s in &mut slots {
+                        s.machine.release(now);
+                    }
+                }
+            }
+        }
+    }
+    // Clean end: magic close only if nothing was lost.
+    if let Some(wd) = watchdog.filter(|_| !lost_any) {
+        let _ = wd.close_clean();
+    }
+}
+
+fn handle_early(cmd: Cmd, slots: &mut Vec<Slot>, stopping: &mut bool) {
+    match cmd {
+        Cmd::Add(b) => {
+            let (target, machine) = *b;
+            slots.push(Slot {
+                target,
+                machine,
+                acquired: false,
+                last_write: None,
+                last_write_wall_ms: None,
+            });
+        }
+        Cmd::Release(which) => {
+            let now = clock::now();
+            for (i, s) in slots.iter_mut().enumerate() {
+                if which.is_none_or(|w| w == i) {
+                    s.machine.release(now);
+                }
+            }
+        }
+        Cmd::Stop => {
+            *stopping = true;
+            let now = clock::now();
+            for s in slots.iter_mut() {
+                s.machine.release(now);
+            }
+        }
+    }
+}
+
+fn publish(
+    report: &Mutex<Report>,
+    slots: &[Slot],
+    gaps: &Histogram,
+    rt: &RealtimeStatus,
+    fence: Option<SelfFence>,
+    pets: u64,
+) {
+    let mut r = report.lock().unwrap_or_else(PoisonError::into_inner);
+    r.slots.clear();
+    r.slots.extend(slots.iter().map(|s| SlotReport {
+        path: s.target.device.path().to_path_buf(),
+        phase: s.machine.phase(),
+        outcome: s.machine.outcome(),
+        stats: s.machine.stats(),
+        timing: s.machine.timing(),
+        owned_until: s.machine.owned_until(),
+        last_write_wall_ms: s.last_write_wall_ms,
+        acquired: s.acquired,
+    }));
+    r.gaps.clone_from(gaps);
+    r.realtime.clone_from(rt);
+    r.self_fence = fence;
+    r.watchdog_pets = pets;
+}
