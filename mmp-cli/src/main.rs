@@ -1,1 +1,529 @@
-fn main() {}
+//! `mmp`: multiple-mount protection for shared block storage.
+//!
+//! Everything decisive lives in `mmp-core`; this binary parses arguments, calls it, and
+//! prints. Exit codes are a contract (see `mmp --help`).
+#![forbid(unsafe_code)]
+
+mod hold;
+mod out;
+
+use clap::{Args, Parser, Subcommand};
+use mmp_core::format::native;
+use mmp_core::machine::{Config, Event, Identity, Machine, Op, Outcome, Phase};
+use mmp_core::sys::{clock, driver, hostid, target};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+const AFTER_HELP: &str = "\
+Exit status (scripts rely on it):
+  status   0 all clean, 1 any not clean (active, fsck, unknown sequence, maintenance), 2 error
+  check    0 safe to take (clean, or stale and silent through the window), 1 in use, 2 error
+  hold     0 released cleanly, 1 refused (in use, or foreign without --force), 2 error, 3 ownership lost
+  run      the command's status, or 1/2/3 as for hold
+  format   0 written, 1 refused (a known signature or an area in use; see --force), 2 error
+  others   0 success, 2 error
+A corrupt block (bad magic, bad checksum, torn write) is an error (2): it cannot be trusted.
+
+Identity: --hostid, else $MMP_HOSTID, else /etc/hostid; node name: --nodename, else uname.
+
+Examples:
+  mmp status /dev/mapper/ost0            # one read, never writes, never waits
+  mmp check /dev/mapper/ost0             # full activity test, never writes
+  mmp hold /dev/mapper/ost0 /dev/mapper/ost1   # acquire both, heartbeat until SIGTERM
+  mmp run /dev/sdb -- mount /dev/sdb /mnt      # hold while a command runs
+  mmp format --interval-ms 100 /dev/sdc1       # native MMP area on a small partition
+  mmp demo                                     # two hosts on a temporary file";
+
+/// Multiple-mount protection for shared block storage (ext4/ldiskfs MMP and a native
+/// format for any device).
+#[derive(Parser, Debug)]
+#[command(name = "mmp", version, about, after_help = AFTER_HELP)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Debug, Clone)]
+struct Global {
+    /// This host's hostid (hex, e.g. 0x1a2b3c4d); overrides $MMP_HOSTID and /etc/hostid.
+    #[arg(long, global = true, value_name = "HEX")]
+    hostid: Option<String>,
+    /// This host's node name; overrides uname.
+    #[arg(long, global = true, value_name = "NAME")]
+    nodename: Option<String>,
+    /// Say more: I/O mode per device, timing details.
+    #[arg(short, long, global = true)]
+    verbose: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Show each device's MMP state: one read, never writes, never waits.
+    #[command(after_help = "Example:\n  mmp status --json /dev/loop0 /dev/loop1")]
+    Status {
+        /// One JSON object per device per line.
+        #[arg(long)]
+        json: bool,
+        /// Devices (block devices or image files).
+        #[arg(required = true)]
+        devices: Vec<PathBuf>,
+    },
+    /// Run the full activity test (waits the window the owner's parameters require); never
+    /// writes.
+    #[command(after_help = "Example:\n  mmp check /dev/mapper/ost0 && echo safe to take")]
+    Check {
+        /// One JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Device.
+        device: PathBuf,
+    },
+    /// Acquire every device concurrently, print `acquired DEVICE`, heartbeat until
+    /// SIGTERM/SIGINT, then release CLEAN.
+    #[command(after_help = "Example:\n  mmp hold --force /dev/mapper/ost0 /dev/mapper/ost1\n\nSIGHUP prints per-device state to stderr (and --status-file).")]
+    Hold {
+        #[command(flatten)]
+        opts: hold::HoldOpts,
+        /// Devices.
+        #[arg(required = true)]
+        devices: Vec<PathBuf>,
+    },
+    /// Hold the devices while a command runs; release when it exits.
+    #[command(after_help = "Example:\n  mmp run /dev/sdb -- sh -c 'mount /dev/sdb /mnt && do-work; umount /mnt'")]
+    Run {
+        #[command(flatten)]
+        opts: hold::HoldOpts,
+        /// Devices, then `--`, then the command.
+        #[arg(required = true, num_args = 1.., value_terminator = "--")]
+        devices: Vec<PathBuf>,
+        /// The command and its arguments.
+        #[arg(required = true, last = true)]
+        command: Vec<String>,
+    },
+    /// The operator's reset to CLEAN (like `tune2fs -f -E clear_mmp`). No activity test:
+    /// only when you know no other node uses the device.
+    #[command(after_help = "Example:\n  mmp clear --force /dev/sdb")]
+    Clear {
+        /// Required: you confirm no other node uses the device.
+        #[arg(long)]
+        force: bool,
+        /// Device.
+        device: PathBuf,
+    },
+    /// Print every raw field of the superblock part and the MMP record.
+    #[command(after_help = "Example:\n  mmp dump /dev/sdb")]
+    Dump {
+        /// Device.
+        device: PathBuf,
+    },
+    /// Write a native MMP area (for devices without ext4 MMP: a small partition or LUN).
+    #[command(after_help = "Example:\n  mmp format --interval-ms 100 /dev/sdc1")]
+    Format {
+        /// Heartbeat interval in milliseconds (100..=300000).
+        #[arg(long, default_value_t = native::DEFAULT_INTERVAL_MS)]
+        interval_ms: u32,
+        /// Intervals without a successful heartbeat before the owner self-fences (2..=1000).
+        #[arg(long, default_value_t = native::DEFAULT_FAIL_INTERVALS)]
+        fail_intervals: u16,
+        /// Overwrite a known signature or an area that is not clean.
+        #[arg(long)]
+        force: bool,
+        /// Device.
+        device: PathBuf,
+    },
+    /// Show this host's hostid and where it came from, or generate /etc/hostid.
+    #[command(after_help = "Example:\n  mmp hostid --generate")]
+    Hostid {
+        /// Write a new random hostid (4 bytes, native order, never 0).
+        #[arg(long)]
+        generate: bool,
+        /// With --generate: overwrite an existing file.
+        #[arg(long, requires = "generate")]
+        force: bool,
+        /// The hostid file.
+        #[arg(long, default_value = hostid::DEFAULT_PATH)]
+        file: PathBuf,
+    },
+    /// Enable MMP on an unmounted ext4/ldiskfs file system (like `tune2fs -O mmp`).
+    #[command(after_help = "Example:\n  mmp enable --interval 5 /dev/sdb")]
+    Enable {
+        /// Update interval in seconds (1..=300).
+        #[arg(long, default_value_t = 5)]
+        interval: u16,
+        /// Device.
+        device: PathBuf,
+    },
+    /// Disable MMP on an unmounted ext4/ldiskfs file system, after proving it is not in use.
+    #[command(after_help = "Example:\n  mmp disable /dev/sdb")]
+    Disable {
+        /// Skip the activity test (only when you know no other node uses it).
+        #[arg(long)]
+        force: bool,
+        /// Device.
+        device: PathBuf,
+    },
+    /// Change the ext4 MMP update interval (1..=300 s).
+    #[command(name = "set-interval", after_help = "Example:\n  mmp set-interval 10 /dev/sdb")]
+    SetInterval {
+        /// Seconds.
+        secs: u16,
+        /// Device.
+        device: PathBuf,
+    },
+    /// Show a clean handover and a crash takeover between two hosts on a temporary file.
+    Demo {
+        /// Directory for the temporary device (default: the system temp directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// Who this process is and how loud.
+#[derive(Clone, Debug)]
+pub(crate) struct Ctx {
+    pub(crate) hostid: u32,
+    /// Why the hostid could not be resolved (acquiring commands report it).
+    pub(crate) hostid_error: Option<String>,
+    pub(crate) nodename: Vec<u8>,
+    pub(crate) verbose: bool,
+}
+
+impl Ctx {
+    pub(crate) fn identity(&self, path: &Path) -> Identity {
+        Identity::new(self.hostid, &self.nodename, path.as_os_str().as_encoded_bytes())
+    }
+}
+
+fn ctx(g: &Global) -> Result<Ctx, String> {
+    let (hostid, hostid_error) = match hostid::resolve(g.hostid.as_deref()) {
+        Ok(h) => (h.value, None),
+        Err(e) => (0, Some(e.to_string())),
+    };
+    let nodename = g.nodename.clone().map_or_else(clock::nodename, String::into_bytes);
+    if nodename.is_empty() {
+        return Err("the node name is empty: give --nodename".into());
+    }
+    Ok(Ctx { hostid, hostid_error, nodename, verbose: g.verbose })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let code = match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("mmp: {e}");
+            2
+        }
+    };
+    ExitCode::from(code)
+}
+
+fn run(cli: Cli) -> Result<u8, String> {
+    let c = ctx(&cli.global)?;
+    match cli.cmd {
+        Cmd::Status { json, devices } => Ok(status(&c, json, &devices)),
+        Cmd::Check { json, device } => check(&c, json, &device),
+        Cmd::Hold { opts, devices } => hold::hold(&c, &opts, &devices, None),
+        Cmd::Run { opts, devices, command } => hold::hold(&c, &opts, &devices, Some(&command)),
+        Cmd::Clear { force, device } => clear(&c, force, &device),
+        Cmd::Dump { device } => dump(&device),
+        Cmd::Format { interval_ms, fail_intervals, force, device } => {
+            format_native(&c, interval_ms, fail_intervals, force, &device)
+        }
+        Cmd::Hostid { generate, force, file } => hostid_cmd(&cli.global, generate, force, &file),
+        Cmd::Enable { interval, device } => tune::enable(&c, interval, &device),
+        Cmd::Disable { force, device } => tune::disable(&c, force, &device),
+        Cmd::SetInterval { secs, device } => tune::set_interval(&c, secs, &device),
+        Cmd::Demo { dir } => demo::demo(dir.as_deref()),
+    }
+}
+
+mod demo;
+mod tune;
+
+fn show(p: &Path) -> String {
+    out::esc(p.as_os_str().as_encoded_bytes())
+}
+
+fn status(c: &Ctx, json: bool, devices: &[PathBuf]) -> u8 {
+    let mut code = 0u8;
+    for d in devices {
+        let path = show(d);
+        let res = target::open(d, false).map_err(|e| e.to_string()).and_then(|t| {
+            let raw = t.read_record().map_err(|e| format!("{path}: {e}"))?;
+            Ok((t, raw))
+        });
+        match res {
+            Ok((t, raw)) => {
+                if c.verbose && !json {
+                    eprintln!("{path}: I/O mode {}", t.device.io_mode());
+                }
+                match mmp_core::machine::parse(&t.layout, &raw) {
+                    Ok(snap) => {
+                        let clean = snap.class() == mmp_core::machine::Class::Clean;
+                        if !clean {
+                            code = code.max(1);
+                        }
+                        if json {
+                            println!("{}", out::status_json(&path, &t, &snap));
+                        } else {
+                            println!("{}", out::status_text(&path, &t, &snap));
+                        }
+                    }
+                    Err(e) => {
+                        code = 2;
+                        let msg = format!("{path}: {e}");
+                        if json {
+                            println!("{}", out::error_json(&path, Some(t.format), &msg));
+                        } else {
+                            eprintln!("mmp: {msg}");
+                        }
+                    }
+                }
+            }
+            Err(msg) => {
+                code = 2;
+                if json {
+                    println!("{}", out::error_json(&path, None, &msg));
+                } else {
+                    eprintln!("mmp: {msg}");
+                }
+            }
+        }
+    }
+    code
+}
+
+/// Prints wait progress on stderr: the start of each wait, then every 5 s.
+pub(crate) struct Progress {
+    label: String,
+    last_phase: Option<Phase>,
+    last_print_s: Option<u64>,
+    pub(crate) quiet: bool,
+}
+
+impl Progress {
+    pub(crate) fn new(label: String) -> Self {
+        Progress { label, last_phase: None, last_print_s: None, quiet: false }
+    }
+
+    pub(crate) fn event(&mut self, e: &Event) {
+        if self.quiet {
+            return;
+        }
+        if let Event::Progress { phase, remaining, total } = *e {
+            let left = remaining.as_secs();
+            let new_phase = self.last_phase != Some(phase);
+            let tick = self.last_print_s.is_some_and(|p| p >= left + 5);
+            if new_phase {
+                let what = match phase {
+                    Phase::Watching => "watching for activity",
+                    Phase::Claiming => "claimed; verifying nobody else claims",
+                    _ => phase.name(),
+                };
+                eprintln!("mmp: {}: {what} for {:.1} s", self.label, total.as_secs_f64());
+                self.last_phase = Some(phase);
+                self.last_print_s = Some(left);
+            } else if tick {
+                eprintln!("mmp: {}: {} s left", self.label, left);
+                self.last_print_s = Some(left);
+            }
+        }
+    }
+}
+
+fn check(c: &Ctx, json: bool, device: &Path) -> Result<u8, String> {
+    let path = show(device);
+    let t = target::open(device, false).map_err(|e| e.to_string())?;
+    let cfg = Config::new(t.layout, c.identity(device), clock::random_seed());
+    let mut m = Machine::new(cfg, Op::Check, clock::now());
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register(sig, Arc::clone(&stop));
+    }
+    let mut progress = Progress::new(path.clone());
+    progress.quiet = json;
+    let outcome = driver::run_until_settled(&mut m, &t.device, &stop, &mut |e| progress.event(e));
+    let (code, text) = match outcome {
+        Some(Outcome::Safe { stale: false, snapshot }) => {
+            (0, format!("{path}: safe to take: MMP is clean; {}", out::who(&snapshot)))
+        }
+        Some(Outcome::Safe { stale: true, snapshot }) => (
+            0,
+            format!(
+                "{path}: safe to take: not clean but silent for the whole {:.1} s window; {}",
+                m.timing().map_or(0.0, |t| t.watch.as_secs_f64()),
+                out::who(&snapshot)
+            ),
+        ),
+        Some(Outcome::Refused(r)) => (out::refusal_code(&r), out::refusal(&path, &r)),
+        Some(Outcome::Aborted) => (2, format!("{path}: interrupted")),
+        other => (2, format!("{path}: unexpected end {other:?}")),
+    };
+    if json {
+        let state = match (code, outcome) {
+            (0, _) => "safe",
+            (1, _) => "in_use",
+            _ => "error",
+        };
+        println!(
+            "{{\"device\":{},\"format\":\"{}\",\"result\":\"{state}\",\"message\":{}}}",
+            out::json_str(&path),
+            t.format.name(),
+            out::json_str(&text)
+        );
+    } else if code == 0 {
+        println!("{text}");
+    } else {
+        eprintln!("mmp: {text}");
+    }
+    Ok(code)
+}
+
+fn clear(c: &Ctx, force: bool, device: &Path) -> Result<u8, String> {
+    let path = show(device);
+    if !force {
+        return Err(format!(
+            "refusing to clear {path} without --force: clear skips the activity test; use it only \
+             when no other node uses the device (run `mmp check {path}` first)"
+        ));
+    }
+    let t = open_for_clear(device)?;
+    let mut cfg = Config::new(t.layout, c.identity(device), clock::random_seed());
+    cfg.force = true;
+    let mut m = Machine::new(cfg, Op::Clear, clock::now());
+    let stop = AtomicBool::new(false);
+    match driver::run_until_settled(&mut m, &t.device, &stop, &mut |_| {}) {
+        Some(Outcome::Cleared) => {
+            println!("{path}: MMP reset to clean");
+            Ok(0)
+        }
+        Some(Outcome::Refused(r)) => Err(out::refusal(&path, &r)),
+        other => Err(format!("{path}: clear failed: {other:?}")),
+    }
+}
+
+/// Opens a device for `clear`: like [`target::open`], but an ext4 MMP block with a bad
+/// magic or checksum is fine (that is what clear is for).
+fn open_for_clear(device: &Path) -> Result<target::Target, String> {
+    target::open(device, true).map_err(|e| e.to_string())
+}
+
+fn dump(device: &Path) -> Result<u8, String> {
+    let path = show(device);
+    let t = target::open(device, false).map_err(|e| e.to_string())?;
+    let raw = t.read_record().map_err(|e| format!("{path}: {e}"))?;
+    let parsed = mmp_core::machine::parse(&t.layout, &raw);
+    print!("{}", out::dump(&path, &t, &raw, parsed));
+    Ok(0)
+}
+
+fn format_native(c: &Ctx, interval_ms: u32, fail: u16, force: bool, device: &Path) -> Result<u8, String> {
+    use mmp_core::format::{Detected, detect};
+    use mmp_core::sys::blockdev::Device;
+    let path = show(device);
+    if !(native::MIN_INTERVAL_MS..=native::MAX_INTERVAL_MS).contains(&interval_ms) {
+        return Err(format!(
+            "--interval-ms {interval_ms} is outside {}..={}",
+            native::MIN_INTERVAL_MS,
+            native::MAX_INTERVAL_MS
+        ));
+    }
+    if !(native::MIN_FAIL_INTERVALS..=native::MAX_FAIL_INTERVALS).contains(&fail) {
+        return Err(format!(
+            "--fail-intervals {fail} is outside {}..={}",
+            native::MIN_FAIL_INTERVALS,
+            native::MAX_FAIL_INTERVALS
+        ));
+    }
+    let dev = Device::open(device, true).map_err(|e| e.to_string())?;
+    if dev.size_bytes() < native::AREA_LEN {
+        return Err(format!(
+            "{path}: too small for a native area ({} bytes, need {})",
+            dev.size_bytes(),
+            native::AREA_LEN
+        ));
+    }
+    if let Ok(Some(mp)) = dev.is_mounted() {
+        return Err(format!("{path}: mounted on {mp}; refusing to format"));
+    }
+    let n = usize::try_from(dev.size_bytes().min(target::PROBE_LEN as u64)).unwrap_or(4096);
+    let mut head = vec![0u8; n];
+    dev.read_at(0, &mut head).map_err(|e| format!("{path}: {e}"))?;
+    match detect(&head) {
+        Detected::Native => match native::Record::parse(&head) {
+            Ok(r) if r.state == native::State::Clean => {}
+            Ok(r) if !force => {
+                eprintln!(
+                    "mmp: {path}: holds a native MMP area that is {} ({}); refusing without --force",
+                    r.state.name(),
+                    out::who(&mmp_core::machine::Snapshot::Native(r))
+                );
+                return Ok(1);
+            }
+            Err(e) if !force => {
+                eprintln!("mmp: {path}: holds a native MMP area that does not parse ({e}); refusing without --force");
+                return Ok(1);
+            }
+            _ => {}
+        },
+        Detected::Ext4 | Detected::Other(_) if !force => {
+            let what = match detect(&head) {
+                Detected::Other(w) => w,
+                _ => "an ext2/3/4 file system",
+            };
+            eprintln!("mmp: {path}: carries {what}; refusing to overwrite it without --force");
+            return Ok(1);
+        }
+        _ => {}
+    }
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(&clock::random_seed().to_le_bytes());
+    id[8..].copy_from_slice(&clock::random_seed().to_le_bytes());
+    let rec = native::Record::formatted(id, interval_ms, fail, clock::now().wall_ms);
+    let mut area = vec![0u8; usize::try_from(native::AREA_LEN).unwrap_or(4096)];
+    rec.emit(&mut area);
+    dev.write_at(0, &area).map_err(|e| format!("{path}: {e}"))?;
+    let _ = c;
+    println!(
+        "{path}: native MMP area written: interval {interval_ms} ms, fail intervals {fail} \
+         (self-fence after {} ms; a takeover waits {} ms)",
+        u64::from(interval_ms) * u64::from(fail),
+        2 * u64::from(interval_ms) * u64::from(fail)
+    );
+    Ok(0)
+}
+
+fn hostid_cmd(g: &Global, generate: bool, force: bool, file: &Path) -> Result<u8, String> {
+    if generate {
+        let v = hostid::generate(file, force).map_err(|e| e.to_string())?;
+        println!("hostid 0x{v:08x} written to {}", file.display());
+        return Ok(0);
+    }
+    let env = std::env::var(hostid::ENV_VAR).ok();
+    let h = hostid::resolve_with_path(g.hostid.as_deref(), env.as_deref(), file)
+        .map_err(|e| e.to_string())?;
+    if h.is_set() {
+        println!("hostid 0x{:08x} (from {})", h.value, h.source);
+    } else {
+        println!("hostid not set (0; from {}): run `mmp hostid --generate`", h.source);
+    }
+    let _ = std::io::stdout().flush();
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_valid() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1170,7 +1170,8 @@ impl Machine {
 
     fn on_beat_success(&mut self, now: Now, started: Instant, issued: Instant) {
         let t = self.timing.unwrap_or(FALLBACK_TIMING);
-        if let Some(prev) = self.stats.last_write {
+        // The gap from the claim to the first heartbeat is the claim wait, not lateness.
+        if let Some(prev) = self.stats.last_write.filter(|_| self.stats.beats > 0) {
             let gap = issued.saturating_since(prev);
             self.stats.max_gap = self.stats.max_gap.max(gap);
             if matches!(self.cfg.layout, Layout::Native { .. }) {

@@ -192,6 +192,8 @@ pub struct EngineEvent {
 
 enum Cmd {
     Add(Box<(Target, Machine)>),
+    Watchdog(Watchdog),
+    Abandon,
     Release(Option<usize>),
     Stop,
 }
@@ -267,6 +269,22 @@ impl Engine {
         let _ = self.tx.send(Cmd::Release(Some(slot)));
     }
 
+    /// Arms a watchdog: from now on it is petted after successful heartbeats while no
+    /// device has been lost, and closed with the magic character at a clean end. Arm it
+    /// only once every device is held (acquire waits are longer than its timeout).
+    pub fn arm_watchdog(&self, watchdog: Watchdog) {
+        let _ = self.tx.send(Cmd::Watchdog(watchdog));
+    }
+
+    /// Stops the thread at once without releasing anything and without closing the watchdog
+    /// cleanly: what a crash looks like to other hosts (used by `mmp demo` and tests).
+    pub fn abandon(mut self) {
+        let _ = self.tx.send(Cmd::Abandon);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
     /// Releases every device.
     pub fn release_all(&self) {
         let _ = self.tx.send(Cmd::Release(None));
@@ -311,6 +329,66 @@ struct Slot {
     last_write_wall_ms: Option<u64>,
 }
 
+/// The engine thread's state.
+struct Worker {
+    slots: Vec<Slot>,
+    gaps: Histogram,
+    stopping: bool,
+    watchdog: Option<Watchdog>,
+    fence: Option<SelfFence>,
+    pets: u64,
+    lost_any: bool,
+}
+
+impl Worker {
+    /// Applies one command; returns `false` when the thread must end at once (abandon).
+    fn command(&mut self, cmd: Cmd) -> bool {
+        match cmd {
+            Cmd::Add(b) => {
+                let (target, machine) = *b;
+                self.slots.push(Slot {
+                    target,
+                    machine,
+                    acquired: false,
+                    last_write: None,
+                    last_write_wall_ms: None,
+                });
+            }
+            Cmd::Watchdog(mut wd) => {
+                let ok = wd.pet().is_ok();
+                self.pets += u64::from(ok);
+                self.fence = Some(if ok && !self.lost_any {
+                    SelfFence::Active
+                } else {
+                    SelfFence::Degraded
+                });
+                self.watchdog = Some(wd);
+            }
+            Cmd::Release(which) => {
+                let now = clock::now();
+                for (i, s) in self.slots.iter_mut().enumerate() {
+                    if which.is_none_or(|w| w == i) {
+                        s.machine.release(now);
+                    }
+                }
+            }
+            Cmd::Stop => self.stop(),
+            Cmd::Abandon => return false,
+        }
+        true
+    }
+
+    fn stop(&mut self) {
+        if !self.stopping {
+            self.stopping = true;
+            let now = clock::now();
+            for s in &mut self.slots {
+                s.machine.release(now);
+            }
+        }
+    }
+}
+
 fn run(
     mut options: Options,
     rx: &Receiver<Cmd>,
@@ -322,44 +400,34 @@ fn run(
     } else {
         RealtimeStatus::default()
     };
-    let mut slots: Vec<Slot> = Vec::new();
-    let mut gaps = Histogram::default();
-    let mut stopping = false;
-    let mut watchdog = options.watchdog.take();
-    let mut fence = watchdog.as_ref().map(|_| SelfFence::Active);
-    let mut pets = 0u64;
-    let mut lost_any = false;
+    let mut w = Worker {
+        slots: Vec::new(),
+        gaps: Histogram::default(),
+        stopping: false,
+        watchdog: options.watchdog.take(),
+        fence: None,
+        pets: 0,
+        lost_any: false,
+    };
+    w.fence = w.watchdog.as_ref().map(|_| SelfFence::Active);
     let mut last_publish: Option<Instant> = None;
+    let mut next_cmd: Option<Cmd> = None;
     loop {
-        // Commands.
+        // Commands: the one that woke us, then whatever else is queued.
+        if let Some(cmd) = next_cmd.take()
+            && !w.command(cmd)
+        {
+            return;
+        }
         loop {
             match rx.try_recv() {
-                Ok(Cmd::Add(b)) => {
-                    let (target, machine) = *b;
-                    slots.push(Slot {
-                        target,
-                        machine,
-                        acquired: false,
-                        last_write: None,
-                        last_write_wall_ms: None,
-                    });
-                }
-                Ok(Cmd::Release(which)) => {
-                    let now = clock::now();
-                    for (i, s) in slots.iter_mut().enumerate() {
-                        if which.is_none_or(|w| w == i) {
-                            s.machine.release(now);
-                        }
+                Ok(cmd) => {
+                    if !w.command(cmd) {
+                        return;
                     }
                 }
-                Ok(Cmd::Stop) | Err(mpsc::TryRecvError::Disconnected) => {
-                    if !stopping {
-                        stopping = true;
-                        let now = clock::now();
-                        for s in &mut slots {
-                            s.machine.release(now);
-                        }
-                    }
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    w.stop();
                     break;
                 }
                 Err(mpsc::TryRecvError::Empty) => break,
@@ -369,7 +437,7 @@ fn run(
         let now = clock::now();
         let mut beat_ok = false;
         let mut changed = false;
-        for (i, s) in slots.iter_mut().enumerate() {
+        for (i, s) in w.slots.iter_mut().enumerate() {
             let before = (s.machine.phase(), s.machine.outcome().is_some());
             if s.machine.poll_timeout().is_some_and(|t| t <= now.mono) {
                 s.machine.handle_timeout(now);
@@ -389,115 +457,71 @@ fn run(
             let lw = s.machine.stats().last_write;
             if lw != s.last_write && s.acquired {
                 if let (Some(prev), Some(cur)) = (s.last_write, lw) {
-                    gaps.record(cur.saturating_since(prev));
+                    w.gaps.record(cur.saturating_since(prev));
                 }
                 s.last_write = lw;
                 s.last_write_wall_ms = Some(clock::now().wall_ms);
                 beat_ok = true;
             }
             if matches!(s.machine.outcome(), Some(Outcome::Lost(_))) {
-                lost_any = true;
+                w.lost_any = true;
             }
             changed |= before != (s.machine.phase(), s.machine.outcome().is_some());
         }
         // Watchdog: pet only after a successful heartbeat while no device has been lost.
-        if let Some(wd) = watchdog.as_mut() {
-            if lost_any {
-                fence = Some(SelfFence::Degraded);
+        if let Some(wd) = w.watchdog.as_mut() {
+            if w.lost_any {
+                w.fence = Some(SelfFence::Degraded);
             } else if beat_ok {
                 match wd.pet() {
-                    Ok(()) => pets += 1,
-                    Err(_) => fence = Some(SelfFence::Degraded),
+                    Ok(()) => w.pets += 1,
+                    Err(_) => w.fence = Some(SelfFence::Degraded),
                 }
             }
         }
-        let all_done = slots.iter().all(|s| s.machine.outcome().is_some());
+        let all_done = w.slots.iter().all(|s| s.machine.outcome().is_some());
         // Publishing copies every slot: do it on state changes and at most 4 times a second
         // otherwise, so 1000 devices do not cost 1000 copies per heartbeat.
         let due =
             last_publish.is_none_or(|t| now.mono.saturating_since(t) >= Duration::from_millis(250));
-        if changed || due || (stopping && all_done) {
-            publish(report, &slots, &gaps, &realtime, fence, pets);
+        if changed || due || (w.stopping && all_done) {
+            publish(report, &w, &realtime);
             last_publish = Some(now.mono);
         }
-        if stopping && all_done {
+        if w.stopping && all_done {
             break;
         }
         // Sleep until the earliest deadline or the next command.
-        let next = slots.iter().filter_map(|s| s.machine.poll_timeout()).min();
+        let next = w
+            .slots
+            .iter()
+            .filter_map(|s| s.machine.poll_timeout())
+            .min();
         let now = clock::now().mono;
         let wait = match next {
             Some(t) => t.saturating_since(now),
-            None if stopping => Duration::from_millis(10),
+            None if w.stopping => Duration::from_millis(10),
             None => Duration::from_secs(3600),
         };
         if wait.is_zero() {
             continue;
         }
         match rx.recv_timeout(wait) {
-            Ok(cmd) => {
-                // Put it back in front by handling it on the next pass.
-                handle_early(cmd, &mut slots, &mut stopping);
-            }
+            Ok(cmd) => next_cmd = Some(cmd),
             Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => {
-                if !stopping {
-                    stopping = true;
-                    let now = clock::now();
-                    for s in &mut slots {
-                        s.machine.release(now);
-                    }
-                }
-            }
+            Err(RecvTimeoutError::Disconnected) => w.stop(),
         }
     }
     // Clean end: magic close only if nothing was lost.
-    if let Some(wd) = watchdog.filter(|_| !lost_any) {
+    if let Some(wd) = w.watchdog.filter(|_| !w.lost_any) {
         let _ = wd.close_clean();
     }
 }
 
-fn handle_early(cmd: Cmd, slots: &mut Vec<Slot>, stopping: &mut bool) {
-    match cmd {
-        Cmd::Add(b) => {
-            let (target, machine) = *b;
-            slots.push(Slot {
-                target,
-                machine,
-                acquired: false,
-                last_write: None,
-                last_write_wall_ms: None,
-            });
-        }
-        Cmd::Release(which) => {
-            let now = clock::now();
-            for (i, s) in slots.iter_mut().enumerate() {
-                if which.is_none_or(|w| w == i) {
-                    s.machine.release(now);
-                }
-            }
-        }
-        Cmd::Stop => {
-            *stopping = true;
-            let now = clock::now();
-            for s in slots.iter_mut() {
-                s.machine.release(now);
-            }
-        }
-    }
-}
-
-fn publish(
-    report: &Mutex<Report>,
-    slots: &[Slot],
-    gaps: &Histogram,
-    rt: &RealtimeStatus,
-    fence: Option<SelfFence>,
-    pets: u64,
-) {
+fn publish(report: &Mutex<Report>, w: &Worker, rt: &RealtimeStatus) {
     let mut r = report.lock().unwrap_or_else(PoisonError::into_inner);
     r.slots.clear();
-    r.slots.extend(slots.iter().map(|s| SlotReport {
+    r.slots.extend(w.slots.iter().map(|s| SlotReport {
         path: s.target.device.path().to_path_buf(),
         phase: s.machine.phase(),
         outcome: s.machine.outcome(),
@@ -507,8 +531,8 @@ fn publish(
         last_write_wall_ms: s.last_write_wall_ms,
         acquired: s.acquired,
     }));
-    r.gaps.clone_from(gaps);
+    r.gaps.clone_from(&w.gaps);
     r.realtime.clone_from(rt);
-    r.self_fence = fence;
-    r.watchdog_pets = pets;
+    r.self_fence = w.fence;
+    r.watchdog_pets = w.pets;
 }

@@ -1,0 +1,485 @@
+//! `mmp hold` and `mmp run`: acquire every device concurrently on the heartbeat engine,
+//! keep them, react to loss, release CLEAN at the end.
+
+use crate::{Ctx, Progress, out, show};
+use clap::Args;
+use mmp_core::machine::{Config, Event, Loss, Machine, Op, Outcome, Refusal};
+use mmp_core::sys::engine::{self, Engine, EngineEvent, Report};
+use mmp_core::sys::watchdog::Watchdog;
+use mmp_core::sys::{clock, driver, target};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+/// Options shared by `hold` and `run`.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct HoldOpts {
+    /// Take devices last held by another host and not released (the activity test still
+    /// runs: a live owner is never taken).
+    #[arg(long)]
+    force: bool,
+    /// What to do when ownership of a device is lost: `exit` (default: release the others
+    /// and exit 3), `kill` (run: kill the command's process group, then exit 3), `exec:CMD`
+    /// (run CMD with MMP_DEVICE and MMP_REASON set, then exit 3), `reboot` (sync, then an
+    /// immediate sysrq reboot: explicit opt-in).
+    #[arg(long, default_value = "exit", value_name = "ACTION")]
+    on_loss: String,
+    /// Arm this watchdog device (e.g. /dev/watchdog) once every device is held, pet it
+    /// after successful heartbeats only, magic-close it on clean release.
+    #[arg(long, value_name = "PATH")]
+    watchdog_device: Option<PathBuf>,
+    /// Watchdog timeout in seconds (default: the shortest fail window, rounded down); must
+    /// not exceed any device's fail window.
+    #[arg(long, value_name = "SECS")]
+    watchdog_timeout: Option<u64>,
+    /// Write per-device state as JSON lines to this file every second (and on SIGHUP).
+    #[arg(long, value_name = "PATH")]
+    status_file: Option<PathBuf>,
+    /// Do not lock memory or ask for real-time scheduling.
+    #[arg(long)]
+    no_realtime: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum LossAction {
+    Exit,
+    Kill,
+    Exec(String),
+    Reboot,
+}
+
+fn parse_loss(s: &str) -> Result<LossAction, String> {
+    match s {
+        "exit" => Ok(LossAction::Exit),
+        "kill" => Ok(LossAction::Kill),
+        "reboot" => Ok(LossAction::Reboot),
+        _ => match s.strip_prefix("exec:") {
+            Some(cmd) if !cmd.trim().is_empty() => Ok(LossAction::Exec(cmd.to_string())),
+            _ => Err(format!(
+                "--on-loss {s:?}: expected exit, kill, exec:COMMAND or reboot"
+            )),
+        },
+    }
+}
+
+fn notify_ready() {
+    let Some(sock) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(s) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
+    let bytes = sock.as_encoded_bytes();
+    let res = if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name)
+            .and_then(|a| s.send_to_addr(b"READY=1\n", &a))
+    } else {
+        s.send_to(b"READY=1\n", Path::new(&sock))
+    };
+    if let Err(e) = res {
+        eprintln!("mmp: warning: could not notify systemd: {e}");
+    }
+}
+
+/// Per-device state lines (JSON), for SIGHUP and the status file.
+fn report_lines(r: &Report) -> String {
+    let mut s = String::new();
+    let fence = r.self_fence.map_or("off", |f| f.name());
+    for d in &r.slots {
+        let st = d.stats;
+        let state = match d.outcome {
+            None if d.owned_until.is_some() => "held".to_string(),
+            None => d.phase.name().to_string(),
+            Some(Outcome::Lost(_)) => "lost".to_string(),
+            Some(Outcome::Released) => "released".to_string(),
+            Some(Outcome::Refused(_)) => "refused".to_string(),
+            Some(o) => format!("{o:?}").to_lowercase(),
+        };
+        s.push_str(&format!(
+            "{{\"device\":{},\"state\":\"{state}\",\"last_write\":{},\"last_cycle_ms\":{:.3},\"advertised_delay_ms\":{:.3},\"interval_ms\":{},\"fail_window_ms\":{},\"beats\":{},\"io_failures\":{},\"max_gap_ms\":{:.3},\"self_fence\":\"{fence}\"}}\n",
+            out::json_bytes(d.path.as_os_str().as_encoded_bytes()),
+            d.last_write_wall_ms.map_or("null".to_string(), |t| format!("{:.3}", t as f64 / 1000.0)),
+            st.last_cycle.as_secs_f64() * 1000.0,
+            st.advertised_delay.as_secs_f64() * 1000.0,
+            st.interval.as_millis(),
+            st.fail_window.as_millis(),
+            st.beats,
+            st.io_failures,
+            st.max_gap.as_secs_f64() * 1000.0,
+        ));
+    }
+    let g = &r.gaps;
+    s.push_str(&format!(
+        "{{\"summary\":true,\"devices\":{},\"gaps\":{},\"gap_p50_ms\":{:.3},\"gap_p99_ms\":{:.3},\"gap_p999_ms\":{:.3},\"gap_max_ms\":{:.3},\"self_fence\":\"{fence}\",\"watchdog_pets\":{},\"mlock\":{},\"sched_fifo\":{}}}\n",
+        r.slots.len(),
+        g.count(),
+        g.quantile(0.5).as_secs_f64() * 1000.0,
+        g.quantile(0.99).as_secs_f64() * 1000.0,
+        g.quantile(0.999).as_secs_f64() * 1000.0,
+        g.max().as_secs_f64() * 1000.0,
+        r.watchdog_pets,
+        rt_json(r.realtime.mlock.as_ref()),
+        rt_json(r.realtime.fifo.as_ref()),
+    ));
+    s
+}
+
+fn rt_json(r: Option<&Result<(), String>>) -> String {
+    match r {
+        None => "\"off\"".into(),
+        Some(Ok(())) => "\"ok\"".into(),
+        Some(Err(e)) => out::json_str(e),
+    }
+}
+
+fn write_status_file(path: &Path, body: &str) {
+    let tmp = path.with_extension("tmp");
+    if std::fs::write(&tmp, body).is_ok() {
+        let _ = std::fs::rename(&tmp, path);
+    }
+}
+
+fn run_loss_action(action: &LossAction, path: &str, reason: &str, child: Option<&mut Child>) {
+    match action {
+        LossAction::Exit => {}
+        LossAction::Kill => {
+            if let Some(ch) = child {
+                kill_group(ch, rustix::process::Signal::KILL);
+                eprintln!("mmp: killed the command's process group (pid {})", ch.id());
+            }
+        }
+        LossAction::Exec(cmd) => {
+            match Command::new("/bin/sh")
+                .arg("-c")
+                .arg(cmd)
+                .env("MMP_DEVICE", path)
+                .env("MMP_REASON", reason)
+                .env("MMP_EVENT", "loss")
+                .spawn()
+            {
+                Ok(mut c) => {
+                    let _ = c.wait();
+                }
+                Err(e) => eprintln!("mmp: --on-loss exec: {e}"),
+            }
+            if let Some(ch) = child {
+                kill_group(ch, rustix::process::Signal::KILL);
+            }
+        }
+        LossAction::Reboot => {
+            eprintln!("mmp: --on-loss reboot: syncing and rebooting now");
+            rustix::fs::sync();
+            let _ = std::fs::write("/proc/sysrq-trigger", b"b");
+        }
+    }
+}
+
+fn kill_group(ch: &Child, sig: rustix::process::Signal) {
+    if let Some(pid) = rustix::process::Pid::from_raw(i32::try_from(ch.id()).unwrap_or(0)) {
+        let _ = rustix::process::kill_process_group(pid, sig);
+    }
+}
+
+/// `hold` (command = None) and `run`.
+pub(crate) fn hold(
+    c: &Ctx,
+    opts: &HoldOpts,
+    devices: &[PathBuf],
+    command: Option<&[String]>,
+) -> Result<u8, String> {
+    let action = parse_loss(&opts.on_loss)?;
+    if action == LossAction::Kill && command.is_none() {
+        return Err("--on-loss kill needs `mmp run` (there is no command to kill)".into());
+    }
+    if let Some(e) = &c.hostid_error {
+        return Err(e.clone());
+    }
+    if c.hostid == 0 {
+        return Err(out::refusal("", &Refusal::NoHostid));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for d in devices {
+        if !seen.insert(d) {
+            return Err(format!("{} is given twice", show(d)));
+        }
+    }
+    // Open everything first: any bad device is an error before anything is acquired.
+    let mut targets = Vec::with_capacity(devices.len());
+    for d in devices {
+        let t = target::open(d, true).map_err(|e| e.to_string())?;
+        if c.verbose {
+            eprintln!("mmp: {}: {} format, I/O mode {}", show(d), t.format.name(), t.device.io_mode());
+        }
+        targets.push(t);
+    }
+    // Watchdog arithmetic before anything is written.
+    let wd_timeout = match &opts.watchdog_device {
+        None => None,
+        Some(p) => Some(watchdog_timeout(opts, &targets, p)?),
+    };
+
+    let term = Arc::new(AtomicBool::new(false));
+    let hup = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&term)).map_err(|e| e.to_string())?;
+    }
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))
+        .map_err(|e| e.to_string())?;
+
+    let (tx, rx) = mpsc::channel::<EngineEvent>();
+    let mut eng = Engine::start(
+        engine::Options {
+            realtime: !opts.no_realtime,
+            watchdog: None,
+            faults: Box::new(driver::EnvFaults::from_env()),
+        },
+        tx,
+    );
+    let paths: Vec<String> = devices.iter().map(|d| show(d)).collect();
+    let n = targets.len();
+    for (d, t) in devices.iter().zip(targets) {
+        let mut cfg = Config::new(t.layout, c.identity(d), clock::random_seed());
+        cfg.force = opts.force;
+        eng.add(t, Machine::new(cfg, Op::Acquire, clock::now()));
+    }
+    let mut progress: Vec<Progress> = paths.iter().map(|p| Progress::new(p.clone())).collect();
+    let many = n > 4;
+    let mut acquired = vec![false; n];
+    let mut done: Vec<Option<Outcome>> = vec![None; n];
+    let mut ready = false;
+    let mut releasing = false;
+    let mut code: u8 = 0;
+    let mut lost = false;
+    let mut child: Option<Child> = None;
+    let mut child_code: Option<u8> = None;
+    let mut last_status_write = Instant::now();
+    let mut last_summary = Instant::now();
+    let mut io_warned = vec![false; n];
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(EngineEvent { slot, event }) => match event {
+                Event::Acquired => {
+                    acquired[slot] = true;
+                    println!("acquired {}", paths[slot]);
+                    let _ = std::io::stdout().flush();
+                }
+                Event::Progress { .. } if !many => progress[slot].event(&event),
+                Event::IoRetry(e) => {
+                    if !io_warned[slot] || c.verbose {
+                        eprintln!(
+                            "mmp: {}: heartbeat I/O failed ({}); retrying within the fail window",
+                            paths[slot],
+                            out::errno_text(e.errno)
+                        );
+                        io_warned[slot] = true;
+                    }
+                }
+                Event::Finished(o) => {
+                    done[slot] = Some(o);
+                    match o {
+                        Outcome::Refused(r) => {
+                            eprintln!("mmp: {}", out::refusal(&paths[slot], &r));
+                            code = code.max(out::refusal_code(&r));
+                            if !releasing {
+                                if acquired.iter().any(|&a| a) || n > 1 {
+                                    eprintln!("mmp: releasing the other devices (all or nothing)");
+                                }
+                                releasing = true;
+                                eng.release_all();
+                            }
+                        }
+                        Outcome::Lost(l) => {
+                            let msg = out::loss(&paths[slot], &l);
+                            eprintln!("mmp: {msg}");
+                            if !lost {
+                                lost = true;
+                                run_loss_action(&action, &paths[slot], &msg, child.as_mut());
+                            }
+                            code = 3;
+                            if !releasing {
+                                releasing = true;
+                                eng.release_all();
+                            }
+                        }
+                        Outcome::Released => {
+                            if c.verbose {
+                                eprintln!("mmp: released {} (clean)", paths[slot]);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                _ => {}
+            },
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if many && !ready && !releasing && last_summary.elapsed() >= Duration::from_secs(5) {
+            let got = acquired.iter().filter(|&&a| a).count();
+            eprintln!("mmp: acquiring {n} devices: {got} held so far");
+            last_summary = Instant::now();
+        }
+        if term.swap(false, Ordering::SeqCst) && !releasing {
+            releasing = true;
+            if let Some(ch) = child.as_ref() {
+                kill_group(ch, rustix::process::Signal::TERM);
+            }
+            eng.release_all();
+        }
+        if hup.swap(false, Ordering::SeqCst) {
+            let body = report_lines(&eng.report());
+            eprint!("{body}");
+            if let Some(p) = &opts.status_file {
+                write_status_file(p, &body);
+            }
+        }
+        if let Some(p) = &opts.status_file
+            && last_status_write.elapsed() >= Duration::from_secs(1)
+        {
+            write_status_file(p, &report_lines(&eng.report()));
+            last_status_write = Instant::now();
+        }
+        if !ready && !releasing && acquired.iter().all(|&a| a) {
+            ready = true;
+            notify_ready();
+            warn_realtime(&eng, opts);
+            if let (Some(p), Some(t)) = (&opts.watchdog_device, wd_timeout) {
+                match Watchdog::open(p, t) {
+                    Ok(wd) => {
+                        eprintln!(
+                            "mmp: self-fencing active: watchdog {} armed with a {} s timeout",
+                            p.display(),
+                            wd.timeout().as_secs()
+                        );
+                        eng.arm_watchdog(wd);
+                    }
+                    Err(e) => {
+                        eprintln!("mmp: cannot arm the watchdog: {e}; releasing");
+                        code = 2;
+                        releasing = true;
+                        eng.release_all();
+                    }
+                }
+            }
+            if let Some(cmd) = command
+                && !releasing
+            {
+                use std::os::unix::process::CommandExt;
+                match Command::new(&cmd[0]).args(&cmd[1..]).process_group(0).spawn() {
+                    Ok(ch) => child = Some(ch),
+                    Err(e) => {
+                        eprintln!("mmp: cannot run {}: {e}; releasing", cmd[0]);
+                        code = code.max(2);
+                        releasing = true;
+                        eng.release_all();
+                    }
+                }
+            }
+        }
+        if let Some(ch) = child.as_mut()
+            && child_code.is_none()
+            && let Ok(Some(status)) = ch.try_wait()
+        {
+            use std::os::unix::process::ExitStatusExt;
+            let cc = status.code().map_or_else(
+                || 128 + u8::try_from(status.signal().unwrap_or(0)).unwrap_or(0),
+                |c| u8::try_from(c).unwrap_or(1),
+            );
+            child_code = Some(cc);
+            if !releasing {
+                releasing = true;
+                eng.release_all();
+            }
+        }
+        if done.iter().all(Option::is_some) {
+            // Wait for the child too (it was killed or told to stop on loss/termination).
+            if let Some(ch) = child.as_mut()
+                && child_code.is_none()
+            {
+                let _ = ch.wait();
+                child_code = Some(1);
+            }
+            break;
+        }
+    }
+    let report = eng.shutdown();
+    if let Some(p) = &opts.status_file {
+        write_status_file(p, &report_lines(&report));
+    }
+    if code != 0 {
+        return Ok(code);
+    }
+    for (i, o) in done.iter().enumerate() {
+        match o {
+            Some(Outcome::Released) => {}
+            Some(Outcome::Lost(Loss::ReleaseReadFailed(_))) => return Ok(3),
+            Some(Outcome::Aborted) if command.is_none() => {
+                eprintln!("mmp: {}: acquire interrupted", paths[i]);
+                return Ok(2);
+            }
+            _ => {}
+        }
+    }
+    Ok(child_code.unwrap_or(0))
+}
+
+fn warn_realtime(eng: &Engine, opts: &HoldOpts) {
+    if opts.no_realtime {
+        return;
+    }
+    let r = eng.report().realtime;
+    for (what, res) in [("memory locking", r.mlock), ("real-time scheduling", r.fifo)] {
+        if let Some(Err(e)) = res {
+            eprintln!("mmp: warning: {what} not available ({e}); heartbeats may be delayed under load");
+        }
+    }
+}
+
+fn watchdog_timeout(opts: &HoldOpts, targets: &[target::Target], wd: &Path) -> Result<Duration, String> {
+    let mut min_fail: Option<Duration> = None;
+    for t in targets {
+        let raw = t.read_record().map_err(|e| e.to_string())?;
+        let snap = mmp_core::machine::parse(&t.layout, &raw).map_err(|e| {
+            format!("{}: {e}", show(t.device.path()))
+        })?;
+        let f = mmp_core::machine::Timing::for_snapshot(&t.layout, &snap).fail_window;
+        min_fail = Some(min_fail.map_or(f, |m| m.min(f)));
+    }
+    let min_fail = min_fail.unwrap_or_default();
+    let secs = opts.watchdog_timeout.unwrap_or(min_fail.as_secs());
+    if secs == 0 {
+        return Err(format!(
+            "unsafe watchdog timing: the shortest fail window is {:.3} s, below the 1 s \
+             granularity of watchdog devices; use a longer interval (mmp format \
+             --interval-ms / --fail-intervals) or no --watchdog-device {}",
+            min_fail.as_secs_f64(),
+            wd.display()
+        ));
+    }
+    if Duration::from_secs(secs) > min_fail {
+        return Err(format!(
+            "unsafe watchdog timing: timeout {secs} s is longer than the shortest fail window \
+             {:.3} s; another host could take a device before the watchdog fires",
+            min_fail.as_secs_f64()
+        ));
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loss_actions_parse() {
+        assert_eq!(parse_loss("exit"), Ok(LossAction::Exit));
+        assert_eq!(parse_loss("exec:echo hi"), Ok(LossAction::Exec("echo hi".into())));
+        assert!(parse_loss("exec:").is_err());
+        assert!(parse_loss("shutdown").is_err());
+    }
+}

@@ -1,0 +1,101 @@
+//! `mmp enable`, `disable`, `set-interval`: tune2fs parity for ext4/ldiskfs MMP.
+
+use crate::{Ctx, Progress, out, show};
+use mmp_core::machine::{Config, Machine, Op, Outcome};
+use mmp_core::sys::blockdev::Device;
+use mmp_core::sys::tune::{self, EnableOptions};
+use mmp_core::sys::{clock, driver, target};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+pub(crate) fn enable(c: &Ctx, interval: u16, device: &Path) -> Result<u8, String> {
+    let path = show(device);
+    if !(1..=300).contains(&interval) {
+        return Err(format!("--interval {interval} is outside 1..=300 seconds"));
+    }
+    let dev = Device::open(device, true).map_err(|e| e.to_string())?;
+    let mut opts = EnableOptions::new(&c.nodename, device.as_os_str().as_encoded_bytes(), clock::now().wall_ms / 1000);
+    opts.update_interval_s = interval;
+    let r = tune::enable(&dev, &opts).map_err(|e| format!("{path}: {e}"))?;
+    println!(
+        "{path}: multiple mount protection enabled with update interval {} s (MMP block {})",
+        r.update_interval_s, r.block
+    );
+    Ok(0)
+}
+
+/// Proves with the acquire protocol that no other node uses the device, and returns the
+/// machine holding it. The activity test always runs; a device last held by another node is
+/// accepted, because the test itself proves that node is gone (as tune2fs does).
+fn prove_unused(c: &Ctx, t: &target::Target, device: &Path) -> Result<Machine, String> {
+    let path = show(device);
+    if let Some(e) = &c.hostid_error {
+        return Err(e.clone());
+    }
+    let mut cfg = Config::new(t.layout, c.identity(device), clock::random_seed());
+    cfg.force = true;
+    let mut m = Machine::new(cfg, Op::Acquire, clock::now());
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register(sig, Arc::clone(&stop));
+    }
+    let mut progress = Progress::new(path.clone());
+    match driver::run_until_settled(&mut m, &t.device, &stop, &mut |e| progress.event(e)) {
+        None => Ok(m),
+        Some(Outcome::Refused(r)) => Err(out::refusal(&path, &r)),
+        Some(o) => Err(format!("{path}: could not prove the device unused: {o:?}")),
+    }
+}
+
+pub(crate) fn disable(c: &Ctx, force: bool, device: &Path) -> Result<u8, String> {
+    let path = show(device);
+    let t = target::open(device, true).map_err(|e| e.to_string())?;
+    tune::preflight(&t.device, tune::Op::Disable).map_err(|e| format!("{path}: {e}"))?;
+    // Holding the device while the superblock changes; after MMP is off the block is freed,
+    // so the machine is dropped without writing to it again (never CLEAN into a freed block).
+    let held = if force { None } else { Some(prove_unused(c, &t, device)?) };
+    match tune::disable(&t.device) {
+        Ok(r) => {
+            drop(held);
+            if r.freed {
+                println!("{path}: multiple mount protection disabled (MMP block {} freed)", r.old_block);
+            } else {
+                println!(
+                    "{path}: multiple mount protection disabled; MMP block {} not freed ({}): run e2fsck to reclaim it",
+                    r.old_block,
+                    r.not_freed_reason.unwrap_or_default()
+                );
+            }
+            Ok(0)
+        }
+        Err(e) => {
+            if let Some(mut m) = held {
+                m.release(clock::now());
+                let stop = AtomicBool::new(false);
+                let _ = driver::run_until_settled(&mut m, &t.device, &stop, &mut |_| {});
+            }
+            Err(format!("{path}: {e}"))
+        }
+    }
+}
+
+pub(crate) fn set_interval(c: &Ctx, secs: u16, device: &Path) -> Result<u8, String> {
+    let path = show(device);
+    if !(1..=300).contains(&secs) {
+        return Err(format!("interval {secs} is outside 1..=300 seconds"));
+    }
+    let t = target::open(device, true).map_err(|e| e.to_string())?;
+    tune::preflight(&t.device, tune::Op::SetInterval).map_err(|e| format!("{path}: {e}"))?;
+    let mut m = prove_unused(c, &t, device)?;
+    let res = tune::set_interval(&t.device, secs);
+    m.release(clock::now());
+    let stop = AtomicBool::new(false);
+    let end = driver::run_until_settled(&mut m, &t.device, &stop, &mut |_| {});
+    res.map_err(|e| format!("{path}: {e}"))?;
+    if end != Some(Outcome::Released) {
+        eprintln!("mmp: {path}: warning: release after the change ended with {end:?}");
+    }
+    println!("{path}: MMP update interval set to {secs} s");
+    Ok(0)
+}
