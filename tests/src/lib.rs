@@ -1,5 +1,7 @@
 //! Shared test harness.
 
+pub mod sim;
+
 use std::path::{Path, PathBuf};
 
 /// Finds the executable `name` on `PATH`, then in `/sbin` and `/usr/sbin` (where e2fsprogs
@@ -22,4 +24,78 @@ fn is_executable(path: &Path) -> bool {
 /// returns (the test passes, and the reason shows with `--nocapture`).
 pub fn skip(reason: &str) {
     eprintln!("SKIP: {reason}");
+}
+
+/// The `mmp` binary of this workspace, built once per test run with the same profile and
+/// target directory as the tests (`cargo build -p mmp-cli --bin mmp`).
+///
+/// # Panics
+/// If the build fails: the tests that need the binary cannot run without it.
+#[must_use]
+pub fn mmp_bin() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        // target/<profile>/deps/integration-xxxx -> target/<profile>
+        let exe = std::env::current_exe().expect("current_exe");
+        let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+        let target_dir = profile_dir.parent().expect("target dir");
+        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", "mmp-cli", "--bin", "mmp"])
+            .env("CARGO_TARGET_DIR", target_dir)
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build for the mmp binary");
+        assert!(status.success(), "cargo build -p mmp-cli failed");
+        let bin = profile_dir.join("mmp");
+        assert!(bin.exists(), "{} missing after the build", bin.display());
+        bin
+    })
+    .clone()
+}
+
+/// Whether this process runs as root (loop devices, mounts).
+#[must_use]
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// A loop device attached to an image file, detached on drop.
+#[derive(Debug)]
+pub struct Loop {
+    /// `/dev/loopN`.
+    pub dev: PathBuf,
+}
+
+impl Loop {
+    /// `losetup -f --show FILE`; `None` (with a printed reason) when that is impossible here.
+    #[must_use]
+    pub fn attach(file: &Path) -> Option<Loop> {
+        if !is_root() {
+            skip("loop devices need root");
+            return None;
+        }
+        let Some(losetup) = find_tool("losetup") else {
+            skip("losetup not found");
+            return None;
+        };
+        let out = std::process::Command::new(losetup).args(["-f", "--show"]).arg(file).output().ok()?;
+        if !out.status.success() {
+            skip(&format!("losetup failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+            return None;
+        }
+        let dev = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().to_string());
+        Some(Loop { dev })
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        if let Some(losetup) = find_tool("losetup") {
+            let _ = std::process::Command::new(losetup).arg("-d").arg(&self.dev).status();
+        }
+    }
 }
