@@ -175,6 +175,19 @@ enum Cmd {
         /// Device.
         device: PathBuf,
     },
+    /// Acquire the device (or its --mmp-device), mount it, and keep the heartbeat in a
+    /// detached holder (state under /run/mmp); ext4 MMP is handed to the kernel's kmmpd.
+    #[command(after_help = "Examples:\n  mmp mount -t xfs --mmp-device /dev/sdc1 /dev/sdb /srv/data\n  mmp mount /dev/mapper/ost0 /mnt/ost0   # ext4/ldiskfs with MMP")]
+    Mount {
+        #[command(flatten)]
+        args: mount::MountArgs,
+    },
+    /// Unmount, then release the MMP device (stops the detached holder).
+    #[command(after_help = "Example:\n  mmp umount /srv/data")]
+    Umount {
+        /// Mount point.
+        dir: PathBuf,
+    },
     /// Show a clean handover and a crash takeover between two hosts on a temporary file.
     Demo {
         /// Directory for the temporary device (default: the system temp directory).
@@ -240,10 +253,13 @@ fn run(cli: Cli) -> Result<u8, String> {
         Cmd::Disable { force, device } => tune::disable(&c, force, &device),
         Cmd::SetInterval { secs, device } => tune::set_interval(&c, secs, &device),
         Cmd::Demo { dir } => demo::demo(dir.as_deref()),
+        Cmd::Mount { args } => mount::mount(&c, &args),
+        Cmd::Umount { dir } => mount::umount(&dir),
     }
 }
 
 mod demo;
+mod mount;
 mod tune;
 
 fn show(p: &Path) -> String {
