@@ -4,5 +4,7 @@
 //! `loop_*` need root and loop devices. A test that cannot run prints why and returns.
 
 mod format_doc;
+mod sim;
 mod tool_ext4_codec;
 mod tool_tune;
+mod loop_integration;

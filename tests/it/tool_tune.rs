@@ -22,8 +22,9 @@
 //!
 //! `loop_` tests (root, loop devices, kernel ext4): the kernel mounts our copy and its kmmpd
 //! updates the block; a mounted file system is refused (through the image path and through
-//! the loop device) with nothing written; and an image whose files the kernel wrote (stale
-//! backup superblocks) gives the same parity.
+//! the loop device) with nothing written; an image whose files the kernel wrote (stale
+//! backup superblocks) gives the same parity; and so does a 1 KiB-block file system changed
+//! through a 4 KiB-sector loop device (every write a read-modify-write of whole sectors).
 //!
 //! Without the e2fsprogs tools each test prints `SKIP: <reason>` and returns.
 
@@ -60,7 +61,8 @@ fn have_tools() -> bool {
 }
 
 fn run(cmd: &mut Command) -> Output {
-    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
 }
 
 fn run_ok(cmd: &mut Command) -> Output {
@@ -77,7 +79,16 @@ fn run_ok(cmd: &mut Command) -> Output {
 
 fn mkfs(path: &Path, size: &str, args: &[&str]) {
     let mut c = Command::new(tool("mke2fs"));
-    c.args(["-F", "-q", "-t", "ext4", "-U", UUID, "-E", "lazy_itable_init=1,nodiscard"]);
+    c.args([
+        "-F",
+        "-q",
+        "-t",
+        "ext4",
+        "-U",
+        UUID,
+        "-E",
+        "lazy_itable_init=1,nodiscard",
+    ]);
     c.args(args).arg(path).arg(size);
     run_ok(&mut c);
 }
@@ -133,14 +144,19 @@ fn assert_dumps_match(ours: &Path, theirs: &Path, step: &str) {
             .take(20)
             .map(|(x, y)| format!("  ours:   {x}\n  tune2fs: {y}"))
             .collect();
-        panic!("{step}: dumpe2fs differs ({} vs {} lines):\n{}", a.lines().count(), b.lines().count(), diff.join("\n"));
+        panic!(
+            "{step}: dumpe2fs differs ({} vs {} lines):\n{}",
+            a.lines().count(),
+            b.lines().count(),
+            diff.join("\n")
+        );
     }
 }
 
 fn primary_super(path: &Path) -> Vec<u8> {
-    let mut f = fs::File::open(path).expect("open image");
+    let f = fs::File::open(path).expect("open image");
     let mut sb = vec![0u8; 1024];
-    std::os::unix::fs::FileExt::read_exact_at(&mut f, &mut sb, 1024).expect("read superblock");
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut sb, 1024).expect("read superblock");
     sb
 }
 
@@ -165,22 +181,44 @@ fn allowed_ranges(path: &Path, mmp_block: Option<u64>) -> Vec<std::ops::Range<u6
 }
 
 fn assert_bytes_match(ours: &Path, theirs: &Path, allowed: &[std::ops::Range<u64>], step: &str) {
-    let a = fs::read(ours).expect("read ours");
-    let b = fs::read(theirs).expect("read theirs");
-    assert_eq!(a.len(), b.len(), "{step}: sizes differ");
+    use std::os::unix::fs::FileExt;
+    let a = fs::File::open(ours).expect("open ours");
+    let b = fs::File::open(theirs).expect("open theirs");
+    let len = a.metadata().expect("stat").len();
+    assert_eq!(
+        len,
+        b.metadata().expect("stat").len(),
+        "{step}: sizes differ"
+    );
+    const CHUNK: usize = 1 << 20;
+    let (mut x, mut y) = (vec![0u8; CHUNK], vec![0u8; CHUNK]);
     let mut bad = Vec::new();
-    for (i, (x, y)) in a.iter().zip(b.iter()).enumerate() {
-        if x != y {
-            let i = i as u64;
-            if !allowed.iter().any(|r| r.contains(&i)) {
-                bad.push(format!("{i:#x} (block@1k {}, +{:#x}): ours {x:02x} tune2fs {y:02x}", i / 1024, i % 1024));
-                if bad.len() >= 20 {
-                    break;
+    let mut pos = 0u64;
+    while pos < len && bad.len() < 20 {
+        let n = CHUNK.min((len - pos) as usize);
+        a.read_exact_at(&mut x[..n], pos).expect("read ours");
+        b.read_exact_at(&mut y[..n], pos).expect("read theirs");
+        if x[..n] != y[..n] {
+            for i in (0..n).filter(|&i| x[i] != y[i]) {
+                let at = pos + i as u64;
+                if !allowed.iter().any(|r| r.contains(&at)) {
+                    bad.push(format!(
+                        "{at:#x} (1 KiB block {}, +{:#x}): ours {:02x} tune2fs {:02x}",
+                        at / 1024,
+                        at % 1024,
+                        x[i],
+                        y[i]
+                    ));
                 }
             }
         }
+        pos += n as u64;
     }
-    assert!(bad.is_empty(), "{step}: unexpected byte differences:\n{}", bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "{step}: unexpected byte differences:\n{}",
+        bad.join("\n")
+    );
 }
 
 fn tune2fs(path: &Path, args: &[&str]) {
@@ -192,24 +230,34 @@ fn open_rw(path: &Path) -> Device {
 }
 
 fn opts(interval: u16, devname: &[u8]) -> EnableOptions {
-    EnableOptions { update_interval_s: interval, nodename: NODE.to_vec(), devname: devname.to_vec(), now_unix_s: NOW }
+    EnableOptions {
+        update_interval_s: interval,
+        nodename: NODE.to_vec(),
+        devname: devname.to_vec(),
+        now_unix_s: NOW,
+    }
 }
 
 fn check_clean_block(path: &Path, interval: u16) -> u64 {
     let sb_bytes = primary_super(path);
     let sb = Superblock::parse(&sb_bytes).expect("superblock");
     let off = sb.mmp_offset_bytes().expect("mmp enabled");
-    let data = fs::read(path).expect("read");
-    let start = off as usize;
     let bs = sb.block_size() as usize;
-    let blk = Block::parse(&data[start..start + 1024], sb.mmp_csum_seed()).expect("MMP block parses");
+    let mut data = vec![0u8; bs];
+    let f = fs::File::open(path).expect("open");
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut data, off).expect("read MMP block");
+    let start = 0usize;
+    let blk = Block::parse(&data[..1024], sb.mmp_csum_seed()).expect("MMP block parses");
     assert_eq!(blk.magic, MMP_MAGIC);
     assert_eq!(blk.seq, SEQ_CLEAN);
     assert_eq!(blk.time, NOW);
     assert_eq!(blk.nodename(), NODE);
     assert_eq!(blk.bdevname(), b"ours.img");
     assert_eq!(blk.check_interval, interval.max(5));
-    assert!(data[start + 1024..start + bs].iter().all(|&b| b == 0), "block tail zeroed");
+    assert!(
+        data[start + 1024..start + bs].iter().all(|&b| b == 0),
+        "block tail zeroed"
+    );
     sb.mmp_block
 }
 
@@ -229,7 +277,13 @@ fn populate(dir: &Path, img: &Path, how: Populate) {
         Populate::Nothing => {}
         Populate::DebugfsFiles => {
             let big = dir.join("big.bin");
-            fs::write(&big, (0..300_000u32).flat_map(|i| i.to_le_bytes()).collect::<Vec<u8>>()).expect("write");
+            fs::write(
+                &big,
+                (0..300_000u32)
+                    .flat_map(|i| i.to_le_bytes())
+                    .collect::<Vec<u8>>(),
+            )
+            .expect("write");
             let cmds = dir.join("cmds");
             fs::write(
                 &cmds,
@@ -239,7 +293,13 @@ fn populate(dir: &Path, img: &Path, how: Populate) {
                 ),
             )
             .expect("write");
-            run_ok(Command::new(tool("debugfs")).arg("-w").arg("-f").arg(&cmds).arg(img));
+            run_ok(
+                Command::new(tool("debugfs"))
+                    .arg("-w")
+                    .arg("-f")
+                    .arg(&cmds)
+                    .arg(img),
+            );
         }
         Populate::FillGroup0 => {
             let sb = primary_super(img);
@@ -253,11 +313,29 @@ fn populate(dir: &Path, img: &Path, how: Populate) {
             )
             .expect("read gdt");
             let free = Desc::of(&layout, &table, 0).expect("desc").free_blocks();
-            assert!(Desc::of(&layout, &table, 1).expect("desc").block_uninit(), "group 1 starts BLOCK_UNINIT");
+            assert!(
+                Desc::of(&layout, &table, 1).expect("desc").block_uninit(),
+                "group 1 starts BLOCK_UNINIT"
+            );
             let fill = dir.join("fill.bin");
             let len = free as usize * layout.block_size as usize;
-            fs::write(&fill, b"abcdefgh".iter().copied().cycle().take(len).collect::<Vec<u8>>()).expect("write");
-            run_ok(Command::new(tool("debugfs")).arg("-w").arg("-R").arg(format!("write {} fill", fill.display())).arg(img));
+            fs::write(
+                &fill,
+                b"abcdefgh"
+                    .iter()
+                    .copied()
+                    .cycle()
+                    .take(len)
+                    .collect::<Vec<u8>>(),
+            )
+            .expect("write");
+            run_ok(
+                Command::new(tool("debugfs"))
+                    .arg("-w")
+                    .arg("-R")
+                    .arg(format!("write {} fill", fill.display()))
+                    .arg(img),
+            );
         }
     }
 }
@@ -273,63 +351,130 @@ fn parity(name: &str, size: &str, mkfs_args: &[&str], how: Populate) {
     mkfs(&base, size, mkfs_args);
     populate(dir.path(), &base, how);
     fsck_clean(&base);
-    parity_on(dir.path(), &base, name);
+    let report = parity_on(dir.path(), &base, name, Via::File);
+    assert_eq!(
+        report.was_block_uninit,
+        matches!(how, Populate::FillGroup0),
+        "{name}: group was BLOCK_UNINIT"
+    );
     eprintln!("{name}: {:?}", started.elapsed());
 }
 
-fn parity_on(dir: &Path, base: &Path, name: &str) {
+/// How our copy is opened.
+#[derive(Clone, Copy)]
+enum Via {
+    /// The image file itself.
+    File,
+    /// A loop device with this logical sector size attached to it for each operation.
+    Loop(u32),
+}
+
+fn with_ours<R>(ours: &Path, via: Via, f: impl FnOnce(&Device) -> R) -> R {
+    match via {
+        Via::File => f(&open_rw(ours)),
+        Via::Loop(sector) => {
+            let lo = Loop::attach_with(ours, sector).expect("losetup");
+            let dev = open_rw(Path::new(&lo.0));
+            assert_eq!(dev.alignment(), sector as usize, "loop device sector size");
+            let r = f(&dev);
+            drop(dev);
+            drop(lo);
+            r
+        }
+    }
+}
+
+fn parity_on(dir: &Path, base: &Path, name: &str, via: Via) -> tune::EnableReport {
     let ours = dir.join("ours.img");
     let theirs = dir.join("theirs.img");
     copy_sparse(base, &ours);
     copy_sparse(base, &theirs);
 
     // 1. enable
-    let report = {
-        let dev = open_rw(&ours);
-        let info = tune::preflight(&dev, Op::Enable).expect("preflight");
+    let report = with_ours(&ours, via, |dev| {
+        let info = tune::preflight(dev, Op::Enable).expect("preflight");
         assert!(!info.mmp_enabled);
-        tune::enable(&dev, &opts(5, b"ours.img")).unwrap_or_else(|e| panic!("{name}: enable: {e}"))
-    };
+        tune::enable(dev, &opts(5, b"ours.img")).unwrap_or_else(|e| panic!("{name}: enable: {e}"))
+    });
     tune2fs(&theirs, &["-O", "mmp", "-E", "mmp_update_interval=5"]);
     fsck_clean(&ours);
     fsck_clean(&theirs);
     let block = check_clean_block(&ours, 5);
     assert_eq!(block, report.block);
-    let theirs_block = Superblock::parse(&primary_super(&theirs)).expect("sb").mmp_block;
+    let theirs_block = Superblock::parse(&primary_super(&theirs))
+        .expect("sb")
+        .mmp_block;
     assert_eq!(block, theirs_block, "{name}: same MMP block chosen");
     assert_dumps_match(&ours, &theirs, &format!("{name} enable"));
-    assert_bytes_match(&ours, &theirs, &allowed_ranges(&ours, Some(block)), &format!("{name} enable"));
+    assert_bytes_match(
+        &ours,
+        &theirs,
+        &allowed_ranges(&ours, Some(block)),
+        &format!("{name} enable"),
+    );
 
     // 2. set-interval
-    tune::set_interval(&open_rw(&ours), 7).unwrap_or_else(|e| panic!("{name}: set_interval: {e}"));
+    with_ours(&ours, via, |dev| tune::set_interval(dev, 7))
+        .unwrap_or_else(|e| panic!("{name}: set_interval: {e}"));
     tune2fs(&theirs, &["-f", "-E", "mmp_update_interval=7"]);
     fsck_clean(&ours);
-    assert_eq!(Superblock::parse(&primary_super(&ours)).expect("sb").mmp_update_interval, 7);
+    assert_eq!(
+        Superblock::parse(&primary_super(&ours))
+            .expect("sb")
+            .mmp_update_interval,
+        7
+    );
     assert_dumps_match(&ours, &theirs, &format!("{name} set-interval"));
-    assert_bytes_match(&ours, &theirs, &allowed_ranges(&ours, Some(block)), &format!("{name} set-interval"));
+    assert_bytes_match(
+        &ours,
+        &theirs,
+        &allowed_ranges(&ours, Some(block)),
+        &format!("{name} set-interval"),
+    );
 
     // 3. disable
-    let rep = tune::disable(&open_rw(&ours)).unwrap_or_else(|e| panic!("{name}: disable: {e}"));
-    assert!(rep.freed, "{name}: block freed ({:?})", rep.not_freed_reason);
+    let rep =
+        with_ours(&ours, via, tune::disable).unwrap_or_else(|e| panic!("{name}: disable: {e}"));
+    assert!(
+        rep.freed,
+        "{name}: block freed ({:?})",
+        rep.not_freed_reason
+    );
     assert_eq!(rep.old_block, block);
     tune2fs(&theirs, &["-f", "-O", "^mmp"]);
     fsck_clean(&ours);
     fsck_clean(&theirs);
     assert_dumps_match(&ours, &theirs, &format!("{name} disable"));
-    assert_bytes_match(&ours, &theirs, &allowed_ranges(&ours, Some(block)), &format!("{name} disable"));
+    assert_bytes_match(
+        &ours,
+        &theirs,
+        &allowed_ranges(&ours, Some(block)),
+        &format!("{name} disable"),
+    );
     let sb = Superblock::parse(&primary_super(&ours)).expect("sb");
     assert!(!sb.has_mmp());
     assert_eq!((sb.mmp_block, sb.mmp_update_interval), (0, 0));
+    report
 }
 
 #[test]
 fn tool_tune_1k_csum_small() {
-    parity("1k metadata_csum 8M", "8M", &["-b", "1024"], Populate::Nothing);
+    parity(
+        "1k metadata_csum 8M",
+        "8M",
+        &["-b", "1024"],
+        Populate::Nothing,
+    );
 }
 
 #[test]
 fn tool_tune_4k_csum_small() {
-    parity("4k metadata_csum 16M", "16M", &["-b", "4096"], Populate::Nothing);
+    parity(
+        "4k metadata_csum 16M",
+        "16M",
+        &["-b", "4096"],
+        Populate::Nothing,
+    );
 }
 
 #[test]
@@ -345,9 +490,14 @@ fn tool_tune_1k_gdt_csum_32bit() {
 #[test]
 fn tool_tune_4k_gdt_csum_64bit_no_flex() {
     parity(
-        "4k gdt_csum 64bit no flex_bg 600M",
-        "600M",
-        &["-b", "4096", "-O", "^metadata_csum,64bit,uninit_bg,^flex_bg"],
+        "4k gdt_csum 64bit no flex_bg 400M",
+        "400M",
+        &[
+            "-b",
+            "4096",
+            "-O",
+            "^metadata_csum,64bit,uninit_bg,^flex_bg",
+        ],
         Populate::Nothing,
     );
 }
@@ -357,14 +507,58 @@ fn tool_tune_no_checksums_no_journal() {
     parity(
         "1k no csum, no journal 40M",
         "40M",
-        &["-b", "1024", "-O", "^metadata_csum,^uninit_bg,^has_journal,^64bit"],
+        &[
+            "-b",
+            "1024",
+            "-O",
+            "^metadata_csum,^uninit_bg,^has_journal,^64bit",
+        ],
+        Populate::Nothing,
+    );
+}
+
+#[test]
+fn tool_tune_4k_csum_32bit() {
+    parity(
+        "4k metadata_csum 32bit 16M",
+        "16M",
+        &["-b", "4096", "-O", "^64bit"],
+        Populate::Nothing,
+    );
+}
+
+#[test]
+fn tool_tune_backup_layouts() {
+    // Every group a backup (no sparse_super), and sparse_super2 (two listed backup groups).
+    parity(
+        "1k no sparse_super 64M",
+        "64M",
+        &["-b", "1024", "-O", "^sparse_super,^resize_inode"],
+        Populate::Nothing,
+    );
+    parity(
+        "1k sparse_super2 64M",
+        "64M",
+        &[
+            "-b",
+            "1024",
+            "-O",
+            "sparse_super2,^resize_inode",
+            "-E",
+            "num_backup_sb=2",
+        ],
         Populate::Nothing,
     );
 }
 
 #[test]
 fn tool_tune_1k_csum_multigroup_flex() {
-    parity("1k metadata_csum flex_bg 300M", "300M", &["-b", "1024"], Populate::Nothing);
+    parity(
+        "1k metadata_csum flex_bg 300M",
+        "300M",
+        &["-b", "1024"],
+        Populate::Nothing,
+    );
 }
 
 #[test]
@@ -380,8 +574,8 @@ fn tool_tune_1k_csum_no_flex_files() {
 #[test]
 fn tool_tune_4k_csum_seed_files() {
     parity(
-        "4k metadata_csum_seed 1G with files",
-        "1G",
+        "4k metadata_csum_seed 300M with files",
+        "300M",
         &["-b", "4096", "-O", "metadata_csum_seed"],
         Populate::DebugfsFiles,
     );
@@ -389,7 +583,12 @@ fn tool_tune_4k_csum_seed_files() {
 
 #[test]
 fn tool_tune_uninit_group() {
-    parity("1k group 0 full, MMP block in BLOCK_UNINIT group 1", "32M", &["-b", "1024"], Populate::FillGroup0);
+    parity(
+        "1k group 0 full, MMP block in BLOCK_UNINIT group 1",
+        "32M",
+        &["-b", "1024"],
+        Populate::FillGroup0,
+    );
 }
 
 #[test]
@@ -402,7 +601,11 @@ fn tool_tune_uninit_group_gdt_csum() {
     );
 }
 
-fn assert_refused(path: &Path, what: &str, f: impl FnOnce(&Device) -> Result<(), TuneError>) -> TuneError {
+fn assert_refused(
+    path: &Path,
+    what: &str,
+    f: impl FnOnce(&Device) -> Result<(), TuneError>,
+) -> TuneError {
     let before = fs::read(path).expect("read");
     let dev = open_rw(path);
     let err = match f(&dev) {
@@ -410,7 +613,10 @@ fn assert_refused(path: &Path, what: &str, f: impl FnOnce(&Device) -> Result<(),
         Err(e) => e,
     };
     drop(dev);
-    assert!(fs::read(path).expect("read") == before, "{what}: image changed");
+    assert!(
+        fs::read(path).expect("read") == before,
+        "{what}: image changed"
+    );
     eprintln!("{what}: refused: {err}");
     err
 }
@@ -439,15 +645,26 @@ fn tool_tune_refusals_leave_image_unchanged() {
 
     // Plain image: disable / set-interval when off; bad intervals.
     mkfs(&p("plain.img"), "8M", &["-b", "1024"]);
-    let e = assert_refused(&p("plain.img"), "disable when off", |d| tune::disable(d).map(|_| ()));
+    let e = assert_refused(&p("plain.img"), "disable when off", |d| {
+        tune::disable(d).map(|_| ())
+    });
     assert!(matches!(e, TuneError::NotEnabled), "{e:?}");
-    let e = assert_refused(&p("plain.img"), "set-interval when off", |d| tune::set_interval(d, 7));
+    let e = assert_refused(&p("plain.img"), "set-interval when off", |d| {
+        tune::set_interval(d, 7)
+    });
     assert!(matches!(e, TuneError::NotEnabled), "{e:?}");
     for bad in [0u16, 301] {
-        let e = assert_refused(&p("plain.img"), "bad interval", |d| tune::enable(d, &opts(bad, b"x")).map(|_| ()));
-        assert!(matches!(e, TuneError::BadInterval(v) if v == u32::from(bad)), "{e:?}");
+        let e = assert_refused(&p("plain.img"), "bad interval", |d| {
+            tune::enable(d, &opts(bad, b"x")).map(|_| ())
+        });
+        assert!(
+            matches!(e, TuneError::BadInterval(v) if v == u32::from(bad)),
+            "{e:?}"
+        );
     }
-    let e = assert_refused(&p("plain.img"), "bad interval on set", |d| tune::set_interval(d, 0));
+    let e = assert_refused(&p("plain.img"), "bad interval on set", |d| {
+        tune::set_interval(d, 0)
+    });
     assert!(matches!(e, TuneError::BadInterval(0)), "{e:?}");
 
     // Already enabled (by tune2fs, and by us).
@@ -461,34 +678,59 @@ fn tool_tune_refusals_leave_image_unchanged() {
     assert!(matches!(e, TuneError::AlreadyEnabled { .. }), "{e:?}");
 
     // bigalloc and meta_bg.
-    mkfs(&p("bigalloc.img"), "64M", &["-b", "1024", "-O", "bigalloc", "-C", "16384"]);
+    mkfs(
+        &p("bigalloc.img"),
+        "64M",
+        &["-b", "1024", "-O", "bigalloc", "-C", "16384"],
+    );
     let e = assert_refused(&p("bigalloc.img"), "bigalloc", enable_default);
-    assert!(matches!(e, TuneError::Unsupported { feature: "bigalloc" }), "{e:?}");
-    mkfs(&p("metabg.img"), "64M", &["-b", "1024", "-O", "meta_bg,^resize_inode"]);
+    assert!(
+        matches!(
+            e,
+            TuneError::Unsupported {
+                feature: "bigalloc"
+            }
+        ),
+        "{e:?}"
+    );
+    mkfs(
+        &p("metabg.img"),
+        "64M",
+        &["-b", "1024", "-O", "meta_bg,^resize_inode"],
+    );
     let e = assert_refused(&p("metabg.img"), "meta_bg", enable_default);
-    assert!(matches!(e, TuneError::Unsupported { feature: "meta_bg" }), "{e:?}");
+    assert!(
+        matches!(e, TuneError::Unsupported { feature: "meta_bg" }),
+        "{e:?}"
+    );
 
     // Not ext4 at all.
     fs::write(p("zeros.img"), vec![0u8; 4 << 20]).expect("write");
     let e = assert_refused(&p("zeros.img"), "zeros", enable_default);
     assert!(matches!(e, TuneError::NotExt4 { .. }), "{e:?}");
-    let e = assert_refused(&p("zeros.img"), "zeros (disable)", |d| tune::disable(d).map(|_| ()));
+    let e = assert_refused(&p("zeros.img"), "zeros (disable)", |d| {
+        tune::disable(d).map(|_| ())
+    });
     assert!(matches!(e, TuneError::NotExt4 { .. }), "{e:?}");
 
     // Journal needing recovery, errors flag (checksum recomputed after the hand edit).
     copy_sparse(&p("plain.img"), &p("recover.img"));
     patch_super(&p("recover.img"), |sb| {
-        let v = u32::from_le_bytes(sb[sb_field::FEATURE_INCOMPAT].try_into().expect("4 bytes")) | INCOMPAT_RECOVER;
+        let v = u32::from_le_bytes(sb[sb_field::FEATURE_INCOMPAT].try_into().expect("4 bytes"))
+            | INCOMPAT_RECOVER;
         sb[sb_field::FEATURE_INCOMPAT].copy_from_slice(&v.to_le_bytes());
     });
     let e = assert_refused(&p("recover.img"), "needs recovery", enable_default);
     assert!(matches!(e, TuneError::NeedsRecovery), "{e:?}");
     copy_sparse(&p("ours.img"), &p("recover2.img"));
     patch_super(&p("recover2.img"), |sb| {
-        let v = u32::from_le_bytes(sb[sb_field::FEATURE_INCOMPAT].try_into().expect("4 bytes")) | INCOMPAT_RECOVER;
+        let v = u32::from_le_bytes(sb[sb_field::FEATURE_INCOMPAT].try_into().expect("4 bytes"))
+            | INCOMPAT_RECOVER;
         sb[sb_field::FEATURE_INCOMPAT].copy_from_slice(&v.to_le_bytes());
     });
-    let e = assert_refused(&p("recover2.img"), "needs recovery (disable)", |d| tune::disable(d).map(|_| ()));
+    let e = assert_refused(&p("recover2.img"), "needs recovery (disable)", |d| {
+        tune::disable(d).map(|_| ())
+    });
     assert!(matches!(e, TuneError::NeedsRecovery), "{e:?}");
     copy_sparse(&p("plain.img"), &p("errors.img"));
     patch_super(&p("errors.img"), |sb| sb[sb_field::STATE.start] |= 0x02);
@@ -538,18 +780,32 @@ struct Loop(String);
 
 impl Loop {
     fn attach(img: &Path) -> Option<Loop> {
-        let out = run(Command::new(tool("losetup")).args(["-f", "--show"]).arg(img));
+        Loop::attach_with(img, 512)
+    }
+
+    fn attach_with(img: &Path, sector: u32) -> Option<Loop> {
+        let out = run(Command::new(tool("losetup"))
+            .args(["-f", "--show", "-b", &sector.to_string()])
+            .arg(img));
         if !out.status.success() {
-            skip(&format!("losetup failed: {}", String::from_utf8_lossy(&out.stderr)));
+            skip(&format!(
+                "losetup failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
             return None;
         }
-        Some(Loop(String::from_utf8_lossy(&out.stdout).trim().to_string()))
+        Some(Loop(
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        ))
     }
 }
 
 impl Drop for Loop {
     fn drop(&mut self) {
-        let _ = Command::new(tool("losetup")).arg("-d").arg(&self.0).status();
+        let _ = Command::new(tool("losetup"))
+            .arg("-d")
+            .arg(&self.0)
+            .status();
     }
 }
 
@@ -559,9 +815,14 @@ struct Mounted(PathBuf);
 impl Mounted {
     fn mount(dev: &str, at: &Path, opts: &str) -> Option<Mounted> {
         fs::create_dir_all(at).expect("mkdir");
-        let out = run(Command::new("mount").args(["-t", "ext4", "-o", opts, dev]).arg(at));
+        let out = run(Command::new("mount")
+            .args(["-t", "ext4", "-o", opts, dev])
+            .arg(at));
         if !out.status.success() {
-            skip(&format!("mount failed: {}", String::from_utf8_lossy(&out.stderr)));
+            skip(&format!(
+                "mount failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
             return None;
         }
         Some(Mounted(at.to_path_buf()))
@@ -597,16 +858,24 @@ fn loop_tune_kernel_heartbeat_and_mount_refusal() {
 
     let Some(lo) = Loop::attach(&img) else { return };
     {
-        let Some(_m) = Mounted::mount(&lo.0, &dir.path().join("mnt"), "rw") else { return };
+        let Some(_m) = Mounted::mount(&lo.0, &dir.path().join("mnt"), "rw") else {
+            return;
+        };
         let dev = Device::open(Path::new(&lo.0), false).expect("open loop");
         let s1 = read_seq(&dev, off);
         std::thread::sleep(Duration::from_millis(1600));
         let s2 = read_seq(&dev, off);
         assert_ne!(s1, s2, "kmmpd updates the MMP block");
-        assert!(s2 <= mmp_core::format::ext4::SEQ_MAX, "live sequence {s2:#x}");
+        assert!(
+            s2 <= mmp_core::format::ext4::SEQ_MAX,
+            "live sequence {s2:#x}"
+        );
         // Mounted: refused through the loop device and through the image path.
         let e = tune::disable(&open_rw(Path::new(&lo.0))).expect_err("refused while mounted");
-        assert!(matches!(e, TuneError::Mounted { .. } | TuneError::InUse { .. }), "{e:?}");
+        assert!(
+            matches!(e, TuneError::Mounted { .. } | TuneError::InUse { .. }),
+            "{e:?}"
+        );
         let e = tune::set_interval(&open_rw(&img), 3).expect_err("refused while mounted");
         assert!(matches!(e, TuneError::Mounted { .. }), "{e:?}");
     }
@@ -619,12 +888,19 @@ fn loop_tune_kernel_heartbeat_and_mount_refusal() {
     // A read-only, no-load mount writes nothing, so "nothing written" can be checked by bytes.
     let plain = dir.path().join("plain.img");
     mkfs(&plain, "16M", &["-b", "4096"]);
-    let Some(lo) = Loop::attach(&plain) else { return };
-    let Some(m) = Mounted::mount(&lo.0, &dir.path().join("mnt2"), "ro,noload") else { return };
+    let Some(lo) = Loop::attach(&plain) else {
+        return;
+    };
+    let Some(m) = Mounted::mount(&lo.0, &dir.path().join("mnt2"), "ro,noload") else {
+        return;
+    };
     let e = assert_refused(&plain, "mounted (image path)", enable_default);
     assert!(matches!(e, TuneError::Mounted { .. }), "{e:?}");
     let e = assert_refused(Path::new(&lo.0), "mounted (loop device)", enable_default);
-    assert!(matches!(e, TuneError::Mounted { .. } | TuneError::InUse { .. }), "{e:?}");
+    assert!(
+        matches!(e, TuneError::Mounted { .. } | TuneError::InUse { .. }),
+        "{e:?}"
+    );
     drop(m);
     drop(lo);
 }
@@ -638,9 +914,16 @@ fn loop_tune_kernel_written_files_parity() {
     let base = dir.path().join("base.img");
     mkfs(&base, "200M", &["-b", "1024"]);
     {
-        let Some(lo) = Loop::attach(&base) else { return };
-        let Some(m) = Mounted::mount(&lo.0, &dir.path().join("mnt"), "rw") else { return };
-        for (i, src) in ["/etc/services", "/etc/passwd", "/etc/hostname"].iter().enumerate() {
+        let Some(lo) = Loop::attach(&base) else {
+            return;
+        };
+        let Some(m) = Mounted::mount(&lo.0, &dir.path().join("mnt"), "rw") else {
+            return;
+        };
+        for (i, src) in ["/etc/services", "/etc/passwd", "/etc/hostname"]
+            .iter()
+            .enumerate()
+        {
             if Path::new(src).exists() {
                 fs::copy(src, m.0.join(format!("f{i}"))).expect("copy");
             }
@@ -651,5 +934,24 @@ fn loop_tune_kernel_written_files_parity() {
         drop(lo);
     }
     fsck_clean(&base);
-    parity_on(dir.path(), &base, "1k kernel-written 200M");
+    parity_on(dir.path(), &base, "1k kernel-written 200M", Via::File);
+}
+
+/// 1 KiB superblocks and blocks on a 4 KiB-sector block device: every write is a
+/// read-modify-write of the covering sectors, and the `O_EXCL` probe runs.
+#[test]
+fn loop_tune_4k_sector_device_parity() {
+    if !loop_ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = dir.path().join("base.img");
+    mkfs(&base, "100M", &["-b", "1024"]);
+    populate(dir.path(), &base, Populate::DebugfsFiles);
+    parity_on(
+        dir.path(),
+        &base,
+        "1k fs on a 4k-sector loop device",
+        Via::Loop(4096),
+    );
 }

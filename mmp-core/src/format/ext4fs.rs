@@ -129,11 +129,19 @@ impl fmt::Display for FsError {
             FsError::BadGeometry(what) => write!(f, "impossible ext4 geometry: {what}"),
             FsError::BadLength(what) => write!(f, "wrong buffer length for {what}"),
             FsError::NoSuchGroup(g) => write!(f, "block group {g} does not exist"),
-            FsError::BadDescChecksum { group, stored, computed } => write!(
+            FsError::BadDescChecksum {
+                group,
+                stored,
+                computed,
+            } => write!(
                 f,
                 "group descriptor {group} checksum does not match (stored {stored:#06x}, computed {computed:#06x})"
             ),
-            FsError::BadBitmapChecksum { group, stored, computed } => write!(
+            FsError::BadBitmapChecksum {
+                group,
+                stored,
+                computed,
+            } => write!(
                 f,
                 "block bitmap checksum of group {group} does not match (stored {stored:#010x}, computed {computed:#010x})"
             ),
@@ -204,7 +212,11 @@ pub fn crc16(mut crc: u16, data: &[u8]) -> u16 {
     for &b in data {
         crc ^= u16::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xA001 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xA001
+            } else {
+                crc >> 1
+            };
         }
     }
     crc
@@ -279,22 +291,34 @@ impl Layout {
         let block_size = 1024u32 << log;
         let is64 = feature_incompat & INCOMPAT_64BIT != 0;
         let hi = |f: Range<usize>| -> Result<u64, FsError> {
-            if is64 { Ok(u64::from(g32(f)?) << 32) } else { Ok(0) }
+            if is64 {
+                Ok(u64::from(g32(f)?) << 32)
+            } else {
+                Ok(0)
+            }
         };
-        let blocks_count = u64::from(g32(sb_field::BLOCKS_COUNT_LO)?) | hi(sb_field::BLOCKS_COUNT_HI)?;
+        let blocks_count =
+            u64::from(g32(sb_field::BLOCKS_COUNT_LO)?) | hi(sb_field::BLOCKS_COUNT_HI)?;
         let first_data_block = g32(sb_field::FIRST_DATA_BLOCK)?;
         if first_data_block != u32::from(block_size == 1024) {
             return Err(FsError::BadGeometry("s_first_data_block"));
         }
-        if blocks_count <= u64::from(first_data_block) || blocks_count.checked_mul(u64::from(block_size)).is_none() {
+        if blocks_count <= u64::from(first_data_block)
+            || blocks_count.checked_mul(u64::from(block_size)).is_none()
+        {
             return Err(FsError::BadGeometry("s_blocks_count"));
         }
         let blocks_per_group = g32(sb_field::BLOCKS_PER_GROUP)?;
-        if blocks_per_group == 0 || blocks_per_group % 8 != 0 || blocks_per_group > block_size * 8 {
+        if blocks_per_group == 0
+            || !blocks_per_group.is_multiple_of(8)
+            || blocks_per_group > block_size * 8
+        {
             return Err(FsError::BadGeometry("s_blocks_per_group"));
         }
         if g32(sb_field::LOG_CLUSTER_SIZE)? != log {
-            return Err(FsError::BadGeometry("s_log_cluster_size differs from the block size"));
+            return Err(FsError::BadGeometry(
+                "s_log_cluster_size differs from the block size",
+            ));
         }
         let inodes_per_group = g32(sb_field::INODES_PER_GROUP)?;
         let inode_size = g16(sb_extra::INODE_SIZE)?;
@@ -314,18 +338,24 @@ impl Layout {
         } else {
             DESC_SIZE_32
         };
-        let groups = (blocks_count - u64::from(first_data_block)).div_ceil(u64::from(blocks_per_group));
+        let groups =
+            (blocks_count - u64::from(first_data_block)).div_ceil(u64::from(blocks_per_group));
         let group_count = u32::try_from(groups).map_err(|_| FsError::BadGeometry("group count"))?;
         let table_bytes = groups * u64::from(desc_size);
         if table_bytes > MAX_DESC_TABLE_BYTES {
-            return Err(FsError::Unsupported("a descriptor table larger than 256 MiB"));
+            return Err(FsError::Unsupported(
+                "a descriptor table larger than 256 MiB",
+            ));
         }
         let gdt_blocks = u32::try_from(table_bytes.div_ceil(u64::from(block_size)))
             .map_err(|_| FsError::BadGeometry("descriptor table size"))?;
         let reserved_gdt_blocks = g16(sb_extra::RESERVED_GDT_BLOCKS)?;
         // Without meta_bg, group 0 holds the superblock, the table and the reserved blocks.
-        if u64::from(gdt_blocks) + u64::from(reserved_gdt_blocks) + 1 >= u64::from(blocks_per_group) {
-            return Err(FsError::BadGeometry("descriptor table does not fit in group 0"));
+        if u64::from(gdt_blocks) + u64::from(reserved_gdt_blocks) + 1 >= u64::from(blocks_per_group)
+        {
+            return Err(FsError::BadGeometry(
+                "descriptor table does not fit in group 0",
+            ));
         }
         let mut uuid = [0u8; 16];
         if !sb.get(sb_field::UUID).is_some_and(|u| {
@@ -399,7 +429,8 @@ impl Layout {
     /// Blocks of one group's inode table.
     #[must_use]
     pub fn inode_table_blocks(&self) -> u64 {
-        (u64::from(self.inodes_per_group) * u64::from(self.inode_size)).div_ceil(u64::from(self.block_size))
+        (u64::from(self.inodes_per_group) * u64::from(self.inode_size))
+            .div_ceil(u64::from(self.block_size))
     }
 
     /// Length of the descriptor table in bytes (whole blocks).
@@ -430,7 +461,8 @@ impl Layout {
         if block < u64::from(self.first_data_block) || block >= self.blocks_count {
             return None;
         }
-        u32::try_from((block - u64::from(self.first_data_block)) / u64::from(self.blocks_per_group)).ok()
+        u32::try_from((block - u64::from(self.first_data_block)) / u64::from(self.blocks_per_group))
+            .ok()
     }
 
     /// Whether group `g` holds a superblock copy and a descriptor table copy (group 0 always;
@@ -450,7 +482,7 @@ impl Layout {
         if self.feature_ro_compat & RO_COMPAT_SPARSE_SUPER == 0 || g == 1 {
             return true;
         }
-        if g % 2 == 0 {
+        if g.is_multiple_of(2) {
             return false;
         }
         [3u32, 5, 7].iter().any(|&base| {
@@ -549,8 +581,14 @@ impl Layout {
     /// # Errors
     /// [`FsError::BadLength`] if `bitmap` is too short.
     pub fn bitmap_checksum(&self, bitmap: &[u8]) -> Result<Option<u32>, FsError> {
-        let b = bitmap.get(..self.bitmap_bytes()).ok_or(FsError::BadLength("block bitmap"))?;
-        Ok(if self.metadata_csum() { Some(crc32c_raw(self.csum_seed.unwrap_or(!0), b)) } else { None })
+        let b = bitmap
+            .get(..self.bitmap_bytes())
+            .ok_or(FsError::BadLength("block bitmap"))?;
+        Ok(if self.metadata_csum() {
+            Some(crc32c_raw(self.csum_seed.unwrap_or(!0), b))
+        } else {
+            None
+        })
     }
 }
 
@@ -562,7 +600,12 @@ pub struct Desc<'a> {
 }
 
 fn combine(lo: Option<u32>, hi: Option<u32>, wide: bool) -> u64 {
-    u64::from(lo.unwrap_or(0)) | if wide { u64::from(hi.unwrap_or(0)) << 32 } else { 0 }
+    u64::from(lo.unwrap_or(0))
+        | if wide {
+            u64::from(hi.unwrap_or(0)) << 32
+        } else {
+            0
+        }
 }
 
 impl<'a> Desc<'a> {
@@ -571,7 +614,9 @@ impl<'a> Desc<'a> {
     /// # Errors
     /// [`FsError::NoSuchGroup`] or [`FsError::BadLength`] if the table is too short.
     pub fn of(layout: &'a Layout, table: &'a [u8], g: u32) -> Result<Self, FsError> {
-        let bytes = table.get(layout.desc_range(g)?).ok_or(FsError::BadLength("descriptor table"))?;
+        let bytes = table
+            .get(layout.desc_range(g)?)
+            .ok_or(FsError::BadLength("descriptor table"))?;
         Ok(Desc { layout, bytes })
     }
 
@@ -585,21 +630,33 @@ impl<'a> Desc<'a> {
     #[must_use]
     pub fn block_bitmap(&self) -> u64 {
         let w = self.layout.is_64bit();
-        combine(get_le32(self.bytes, desc_field::BLOCK_BITMAP_LO), get_le32(self.bytes, desc_field::BLOCK_BITMAP_HI), w)
+        combine(
+            get_le32(self.bytes, desc_field::BLOCK_BITMAP_LO),
+            get_le32(self.bytes, desc_field::BLOCK_BITMAP_HI),
+            w,
+        )
     }
 
     /// `bg_inode_bitmap`.
     #[must_use]
     pub fn inode_bitmap(&self) -> u64 {
         let w = self.layout.is_64bit();
-        combine(get_le32(self.bytes, desc_field::INODE_BITMAP_LO), get_le32(self.bytes, desc_field::INODE_BITMAP_HI), w)
+        combine(
+            get_le32(self.bytes, desc_field::INODE_BITMAP_LO),
+            get_le32(self.bytes, desc_field::INODE_BITMAP_HI),
+            w,
+        )
     }
 
     /// `bg_inode_table`.
     #[must_use]
     pub fn inode_table(&self) -> u64 {
         let w = self.layout.is_64bit();
-        combine(get_le32(self.bytes, desc_field::INODE_TABLE_LO), get_le32(self.bytes, desc_field::INODE_TABLE_HI), w)
+        combine(
+            get_le32(self.bytes, desc_field::INODE_TABLE_LO),
+            get_le32(self.bytes, desc_field::INODE_TABLE_HI),
+            w,
+        )
     }
 
     /// `bg_free_blocks_count`.
@@ -655,7 +712,11 @@ pub fn verify_desc(layout: &Layout, table: &[u8], g: u32) -> Result<(), FsError>
     if let Some(computed) = layout.desc_checksum(g, d.bytes())? {
         let stored = d.checksum();
         if stored != computed {
-            return Err(FsError::BadDescChecksum { group: g, stored, computed });
+            return Err(FsError::BadDescChecksum {
+                group: g,
+                stored,
+                computed,
+            });
         }
     }
     Ok(())
@@ -673,7 +734,11 @@ pub fn verify_bitmap(layout: &Layout, table: &[u8], g: u32, bitmap: &[u8]) -> Re
         let mask = if layout.is_64bit() { u32::MAX } else { 0xFFFF };
         let (stored, computed) = (d.block_bitmap_csum() & mask, c & mask);
         if stored != computed {
-            return Err(FsError::BadBitmapChecksum { group: g, stored, computed });
+            return Err(FsError::BadBitmapChecksum {
+                group: g,
+                stored,
+                computed,
+            });
         }
     }
     Ok(())
@@ -694,14 +759,23 @@ impl<'a> DescMut<'a> {
     /// # Errors
     /// [`FsError::NoSuchGroup`] or [`FsError::BadLength`].
     pub fn of(layout: &'a Layout, table: &'a mut [u8], g: u32) -> Result<Self, FsError> {
-        let bytes = table.get_mut(layout.desc_range(g)?).ok_or(FsError::BadLength("descriptor table"))?;
-        Ok(DescMut { layout, bytes, group: g })
+        let bytes = table
+            .get_mut(layout.desc_range(g)?)
+            .ok_or(FsError::BadLength("descriptor table"))?;
+        Ok(DescMut {
+            layout,
+            bytes,
+            group: g,
+        })
     }
 
     /// A read-only view.
     #[must_use]
     pub fn view(&self) -> Desc<'_> {
-        Desc { layout: self.layout, bytes: self.bytes }
+        Desc {
+            layout: self.layout,
+            bytes: self.bytes,
+        }
     }
 
     /// Sets `bg_free_blocks_count` (the high half only with 64-byte descriptors).
@@ -712,9 +786,17 @@ impl<'a> DescMut<'a> {
         if !self.layout.is_64bit() && v > 0xFFFF {
             return Err(FsError::BadGeometry("group free block count"));
         }
-        write_bytes(self.bytes, desc_field::FREE_BLOCKS_LO, &((v & 0xFFFF) as u16).to_le_bytes());
+        write_bytes(
+            self.bytes,
+            desc_field::FREE_BLOCKS_LO,
+            &((v & 0xFFFF) as u16).to_le_bytes(),
+        );
         if self.layout.is_64bit() {
-            write_bytes(self.bytes, desc_field::FREE_BLOCKS_HI, &((v >> 16) as u16).to_le_bytes());
+            write_bytes(
+                self.bytes,
+                desc_field::FREE_BLOCKS_HI,
+                &((v >> 16) as u16).to_le_bytes(),
+            );
         }
         Ok(())
     }
@@ -730,9 +812,17 @@ impl<'a> DescMut<'a> {
     /// [`FsError::BadLength`] if `bitmap` is too short.
     pub fn set_bitmap_checksum(&mut self, bitmap: &[u8]) -> Result<(), FsError> {
         if let Some(c) = self.layout.bitmap_checksum(bitmap)? {
-            write_bytes(self.bytes, desc_field::BLOCK_BITMAP_CSUM_LO, &((c & 0xFFFF) as u16).to_le_bytes());
+            write_bytes(
+                self.bytes,
+                desc_field::BLOCK_BITMAP_CSUM_LO,
+                &((c & 0xFFFF) as u16).to_le_bytes(),
+            );
             if self.layout.is_64bit() {
-                write_bytes(self.bytes, desc_field::BLOCK_BITMAP_CSUM_HI, &((c >> 16) as u16).to_le_bytes());
+                write_bytes(
+                    self.bytes,
+                    desc_field::BLOCK_BITMAP_CSUM_HI,
+                    &((c >> 16) as u16).to_le_bytes(),
+                );
             }
         }
         Ok(())
@@ -759,7 +849,9 @@ pub fn test_bit(bitmap: &[u8], i: u64) -> Option<bool> {
 
 /// Sets or clears bit `i`; `false` (nothing changed) if out of range.
 pub fn put_bit(bitmap: &mut [u8], i: u64, on: bool) -> bool {
-    let Ok(byte) = usize::try_from(i / 8) else { return false };
+    let Ok(byte) = usize::try_from(i / 8) else {
+        return false;
+    };
     match bitmap.get_mut(byte) {
         Some(b) => {
             if on {
@@ -804,7 +896,12 @@ fn mark_range(layout: &Layout, g: u32, bitmap: &mut [u8], start: u64, len: u64) 
 ///
 /// # Errors
 /// [`FsError::BadLength`] if `out` is not one block, or the errors of [`Desc::of`].
-pub fn uninit_block_bitmap(layout: &Layout, table: &[u8], g: u32, out: &mut [u8]) -> Result<(), FsError> {
+pub fn uninit_block_bitmap(
+    layout: &Layout,
+    table: &[u8],
+    g: u32,
+    out: &mut [u8],
+) -> Result<(), FsError> {
     if out.len() != layout.block_size as usize {
         return Err(FsError::BadLength("block bitmap block"));
     }
@@ -813,7 +910,13 @@ pub fn uninit_block_bitmap(layout: &Layout, table: &[u8], g: u32, out: &mut [u8]
     }
     out.fill(0);
     let first = layout.group_first_block(g);
-    mark_range(layout, g, out, first, u64::from(layout.super_and_gdt_blocks(g)));
+    mark_range(
+        layout,
+        g,
+        out,
+        first,
+        u64::from(layout.super_and_gdt_blocks(g)),
+    );
     let itb = layout.inode_table_blocks();
     for h in 0..layout.group_count {
         let d = Desc::of(layout, table, h)?;
@@ -847,7 +950,10 @@ pub fn is_metadata_block(layout: &Layout, table: &[u8], block: u64) -> Result<bo
     for h in 0..layout.group_count {
         let d = Desc::of(layout, table, h)?;
         let it = d.inode_table();
-        if block == d.block_bitmap() || block == d.inode_bitmap() || (block >= it && block < it.saturating_add(itb)) {
+        if block == d.block_bitmap()
+            || block == d.inode_bitmap()
+            || (block >= it && block < it.saturating_add(itb))
+        {
             return Ok(true);
         }
     }
@@ -862,15 +968,20 @@ pub fn is_metadata_block(layout: &Layout, table: &[u8], block: u64) -> Result<bo
 /// [`FsError::BadLength`] if either buffer is shorter than 1024 bytes or `g` does not fit
 /// in 16 bits.
 pub fn superblock_copy(primary: &[u8], g: u32, out: &mut [u8]) -> Result<(), FsError> {
-    let src = primary.get(..SUPERBLOCK_LEN).ok_or(FsError::BadLength("superblock"))?;
-    let dst = out.get_mut(..SUPERBLOCK_LEN).ok_or(FsError::BadLength("superblock"))?;
+    let src = primary
+        .get(..SUPERBLOCK_LEN)
+        .ok_or(FsError::BadLength("superblock"))?;
+    let dst = out
+        .get_mut(..SUPERBLOCK_LEN)
+        .ok_or(FsError::BadLength("superblock"))?;
     dst.copy_from_slice(src);
     let nr = u16::try_from(g).map_err(|_| FsError::BadLength("block group number"))?;
     write_bytes(dst, sb_extra::BLOCK_GROUP_NR, &nr.to_le_bytes());
     if g > 0 {
         let state = get_le16(dst, sb_field::STATE).unwrap_or(0) & !STATE_VALID;
         write_bytes(dst, sb_field::STATE, &state.to_le_bytes());
-        let incompat = get_le32(dst, sb_field::FEATURE_INCOMPAT).unwrap_or(0) & !super::ext4::INCOMPAT_RECOVER;
+        let incompat =
+            get_le32(dst, sb_field::FEATURE_INCOMPAT).unwrap_or(0) & !super::ext4::INCOMPAT_RECOVER;
         write_bytes(dst, sb_field::FEATURE_INCOMPAT, &incompat.to_le_bytes());
     }
     update_superblock_checksum(dst);
@@ -956,7 +1067,11 @@ mod tests {
 
     #[test]
     fn parse_never_panics_on_mutations() {
-        let base = sb_1k(3, RO_COMPAT_METADATA_CSUM | RO_COMPAT_SPARSE_SUPER, INCOMPAT_64BIT);
+        let base = sb_1k(
+            3,
+            RO_COMPAT_METADATA_CSUM | RO_COMPAT_SPARSE_SUPER,
+            INCOMPAT_64BIT,
+        );
         let mut x: u32 = 12345;
         for _ in 0..20000 {
             let mut sb = base;
@@ -980,7 +1095,11 @@ mod tests {
 
     #[test]
     fn descriptor_checksums_and_bitmap() {
-        let sb = sb_1k(3, RO_COMPAT_METADATA_CSUM | RO_COMPAT_SPARSE_SUPER, INCOMPAT_64BIT);
+        let sb = sb_1k(
+            3,
+            RO_COMPAT_METADATA_CSUM | RO_COMPAT_SPARSE_SUPER,
+            INCOMPAT_64BIT,
+        );
         let l = Layout::parse(&sb).expect("layout");
         let mut table = [0u8; 1024];
         // Group 1: bitmaps and inode table inside group 0 (flex_bg style), BLOCK_UNINIT.
@@ -1000,7 +1119,10 @@ mod tests {
         assert_eq!(d.free_blocks(), 8002);
         assert!(d.block_uninit());
         table[2 * 64 + 3] ^= 1;
-        assert!(matches!(verify_desc(&l, &table, 2), Err(FsError::BadDescChecksum { group: 2, .. })));
+        assert!(matches!(
+            verify_desc(&l, &table, 2),
+            Err(FsError::BadDescChecksum { group: 2, .. })
+        ));
         table[2 * 64 + 3] ^= 1;
 
         let mut bm = [0u8; 1024];
@@ -1029,7 +1151,10 @@ mod tests {
         dm.update_checksum().expect("csum");
         verify_bitmap(&l, &table, 0, &bm).expect("valid");
         put_bit(&mut bm, 5000, true);
-        assert!(matches!(verify_bitmap(&l, &table, 0, &bm), Err(FsError::BadBitmapChecksum { group: 0, .. })));
+        assert!(matches!(
+            verify_bitmap(&l, &table, 0, &bm),
+            Err(FsError::BadBitmapChecksum { group: 0, .. })
+        ));
     }
 
     #[test]
@@ -1046,14 +1171,21 @@ mod tests {
 
     #[test]
     fn superblock_copies() {
-        let mut sb = sb_1k(3, RO_COMPAT_METADATA_CSUM, super::super::ext4::INCOMPAT_RECOVER);
+        let mut sb = sb_1k(
+            3,
+            RO_COMPAT_METADATA_CSUM,
+            super::super::ext4::INCOMPAT_RECOVER,
+        );
         sb[sb_field::STATE].copy_from_slice(&1u16.to_le_bytes());
         let mut out = [0u8; 1024];
         superblock_copy(&sb, 1, &mut out).expect("copy");
         assert_eq!(read_le16(&out, sb_extra::BLOCK_GROUP_NR), Some(1));
         assert_eq!(read_le16(&out, sb_field::STATE), Some(0));
         assert_eq!(read_le32(&out, sb_field::FEATURE_INCOMPAT), Some(0));
-        assert_eq!(read_le32(&out, sb_field::CHECKSUM), Some(super::super::ext4::superblock_checksum(&out)));
+        assert_eq!(
+            read_le32(&out, sb_field::CHECKSUM),
+            Some(super::super::ext4::superblock_checksum(&out))
+        );
         superblock_copy(&sb, 0, &mut out).expect("copy");
         assert_eq!(read_le16(&out, sb_field::STATE), Some(1));
     }

@@ -74,12 +74,13 @@ use rustix::io::Errno;
 
 use super::blockdev::{Device, DeviceError, DeviceKind};
 use crate::format::ext4::{
-    Block, INCOMPAT_JOURNAL_DEV, INCOMPAT_MMP, INCOMPAT_RECOVER, MAX_UPDATE_INTERVAL_S, MIN_CHECK_INTERVAL_S,
-    SEQ_CLEAN, SUPERBLOCK_LEN, SUPERBLOCK_OFFSET, Superblock, SuperblockError, sb_field,
+    Block, INCOMPAT_JOURNAL_DEV, INCOMPAT_MMP, INCOMPAT_RECOVER, MAX_UPDATE_INTERVAL_S,
+    MIN_CHECK_INTERVAL_S, SEQ_CLEAN, SUPERBLOCK_LEN, SUPERBLOCK_OFFSET, Superblock,
+    SuperblockError, sb_field,
 };
 use crate::format::ext4fs::{
-    self, BG_BLOCK_UNINIT, Desc, DescMut, FsError, Layout, STATE_ERROR, first_clear_bit, put_bit, test_bit,
-    write_bytes,
+    self, BG_BLOCK_UNINIT, Desc, DescMut, FsError, Layout, STATE_ERROR, first_clear_bit, put_bit,
+    test_bit, write_bytes,
 };
 
 /// The default `s_mmp_update_interval` (seconds), as e2fsprogs.
@@ -135,7 +136,7 @@ pub struct EnableReport {
     /// `mmp_check_interval` written into the CLEAN block: `max(interval, 5)`.
     pub check_interval_s: u16,
     /// Whether the group's bitmap was uninitialised (`BLOCK_UNINIT`) before.
-    pub initialized_group: bool,
+    pub was_block_uninit: bool,
 }
 
 /// What [`disable`] did.
@@ -191,7 +192,9 @@ pub enum TuneError {
     },
     /// A block device that another holder has open exclusively (a mount in another
     /// namespace, device-mapper, md, ...).
-    #[error("{path} is in use (exclusive open failed with EBUSY): mounted or held by another driver")]
+    #[error(
+        "{path} is in use (exclusive open failed with EBUSY): mounted or held by another driver"
+    )]
     InUse {
         /// The device path.
         path: String,
@@ -246,9 +249,13 @@ pub enum TuneError {
 impl From<FsError> for TuneError {
     fn from(e: FsError) -> Self {
         match e {
-            FsError::NotExt4 => TuneError::NotExt4 { found: "no ext2/3/4 superblock".into() },
+            FsError::NotExt4 => TuneError::NotExt4 {
+                found: "no ext2/3/4 superblock".into(),
+            },
             FsError::Unsupported(feature) => TuneError::Unsupported { feature },
-            other => TuneError::Corrupt { what: other.to_string() },
+            other => TuneError::Corrupt {
+                what: other.to_string(),
+            },
         }
     }
 }
@@ -325,7 +332,9 @@ impl Fs {
     /// past the superblock.
     fn check_block(&self, block: u64, what: &str) -> Result<(), TuneError> {
         if block <= u64::from(self.layout.first_data_block) || block >= self.layout.blocks_count {
-            return Err(corrupt(format!("{what} at block {block} is outside the file system")));
+            return Err(corrupt(format!(
+                "{what} at block {block} is outside the file system"
+            )));
         }
         Ok(())
     }
@@ -372,9 +381,17 @@ impl Fs {
         if !is64 && free > u64::from(u32::MAX) {
             return Err(corrupt("free block count overflows".into()));
         }
-        put(&mut self.sb_bytes, sb_field::FREE_BLOCKS_LO, &((free & 0xFFFF_FFFF) as u32).to_le_bytes());
+        put(
+            &mut self.sb_bytes,
+            sb_field::FREE_BLOCKS_LO,
+            &((free & 0xFFFF_FFFF) as u32).to_le_bytes(),
+        );
         if is64 {
-            put(&mut self.sb_bytes, sb_field::FREE_BLOCKS_HI, &((free >> 32) as u32).to_le_bytes());
+            put(
+                &mut self.sb_bytes,
+                sb_field::FREE_BLOCKS_HI,
+                &((free >> 32) as u32).to_le_bytes(),
+            );
         }
         self.sb.free_blocks_count = free;
         Ok(())
@@ -386,9 +403,21 @@ impl Fs {
         } else {
             self.sb.feature_incompat & !INCOMPAT_MMP
         };
-        put(&mut self.sb_bytes, sb_field::FEATURE_INCOMPAT, &incompat.to_le_bytes());
-        put(&mut self.sb_bytes, sb_field::MMP_BLOCK, &block.to_le_bytes());
-        put(&mut self.sb_bytes, sb_field::MMP_UPDATE_INTERVAL, &interval.to_le_bytes());
+        put(
+            &mut self.sb_bytes,
+            sb_field::FEATURE_INCOMPAT,
+            &incompat.to_le_bytes(),
+        );
+        put(
+            &mut self.sb_bytes,
+            sb_field::MMP_BLOCK,
+            &block.to_le_bytes(),
+        );
+        put(
+            &mut self.sb_bytes,
+            sb_field::MMP_UPDATE_INTERVAL,
+            &interval.to_le_bytes(),
+        );
         self.sb.feature_incompat = incompat;
         self.sb.mmp_block = block;
         self.sb.mmp_update_interval = interval;
@@ -442,7 +471,9 @@ fn exclusive_probe(path: &Path) -> Result<(), TuneError> {
             drop(fd);
             Ok(())
         }
-        Err(Errno::BUSY) => Err(TuneError::InUse { path: path.display().to_string() }),
+        Err(Errno::BUSY) => Err(TuneError::InUse {
+            path: path.display().to_string(),
+        }),
         Err(e) => Err(TuneError::MountCheck(e.into())),
     }
 }
@@ -463,33 +494,48 @@ fn load(dev: &Device, want: Op) -> Result<Fs, TuneError> {
         };
         TuneError::NotExt4 { found }
     };
-    let Some(sb_bytes) = head.get(SUPERBLOCK_OFFSET as usize..SUPERBLOCK_OFFSET as usize + SUPERBLOCK_LEN) else {
+    let Some(sb_bytes) =
+        head.get(SUPERBLOCK_OFFSET as usize..SUPERBLOCK_OFFSET as usize + SUPERBLOCK_LEN)
+    else {
         return Err(not_ext4(&head, "the device is smaller than 2 KiB"));
     };
     let sb_bytes = sb_bytes.to_vec();
     let sb = match Superblock::parse(&sb_bytes) {
         Ok(sb) => sb,
         Err(SuperblockError::BadMagic(m)) => {
-            return Err(not_ext4(&head, &format!("no ext2/3/4 superblock (magic {m:#06x})")));
+            return Err(not_ext4(
+                &head,
+                &format!("no ext2/3/4 superblock (magic {m:#06x})"),
+            ));
         }
         Err(SuperblockError::TooShort) => return Err(not_ext4(&head, "the device is too small")),
         Err(e) => return Err(corrupt(e.to_string())),
     };
     if sb.feature_incompat & INCOMPAT_JOURNAL_DEV != 0 {
-        return Err(TuneError::NotExt4 { found: "an ext4 external journal device".into() });
+        return Err(TuneError::NotExt4 {
+            found: "an ext4 external journal device".into(),
+        });
     }
     if sb.feature_incompat & 0x0001 != 0 {
-        return Err(TuneError::Unsupported { feature: "compression" });
+        return Err(TuneError::Unsupported {
+            feature: "compression",
+        });
     }
     if sb.feature_ro_compat & 0x0080 != 0 {
-        return Err(TuneError::Unsupported { feature: "has_snapshot" });
+        return Err(TuneError::Unsupported {
+            feature: "has_snapshot",
+        });
     }
     let layout = Layout::parse(&sb_bytes)?;
     if sb.feature_incompat & !KNOWN_INCOMPAT != 0 {
-        return Err(TuneError::Unsupported { feature: "an unknown incompatible feature" });
+        return Err(TuneError::Unsupported {
+            feature: "an unknown incompatible feature",
+        });
     }
     if sb.feature_ro_compat & !KNOWN_RO_COMPAT != 0 {
-        return Err(TuneError::Unsupported { feature: "an unknown read-only-compatible feature" });
+        return Err(TuneError::Unsupported {
+            feature: "an unknown read-only-compatible feature",
+        });
     }
     if sb.feature_incompat & INCOMPAT_RECOVER != 0 {
         return Err(TuneError::NeedsRecovery);
@@ -498,13 +544,21 @@ fn load(dev: &Device, want: Op) -> Result<Fs, TuneError> {
         return Err(TuneError::HasErrors);
     }
     match want {
-        Op::Enable if sb.has_mmp() => return Err(TuneError::AlreadyEnabled { block: sb.mmp_block }),
+        Op::Enable if sb.has_mmp() => {
+            return Err(TuneError::AlreadyEnabled {
+                block: sb.mmp_block,
+            });
+        }
         Op::Disable | Op::SetInterval if !sb.has_mmp() => return Err(TuneError::NotEnabled),
         _ => {}
     }
-    let fs_bytes = layout.blocks_count.saturating_mul(u64::from(layout.block_size));
+    let fs_bytes = layout
+        .blocks_count
+        .saturating_mul(u64::from(layout.block_size));
     if fs_bytes > size {
-        return Err(corrupt(format!("the file system ({fs_bytes} bytes) is larger than the device ({size} bytes)")));
+        return Err(corrupt(format!(
+            "the file system ({fs_bytes} bytes) is larger than the device ({size} bytes)"
+        )));
     }
     let mut table = vec![0u8; layout.desc_table_len()];
     let gdt_at = layout.gdt_first_block(0) * u64::from(layout.block_size);
@@ -516,9 +570,16 @@ fn load(dev: &Device, want: Op) -> Result<Fs, TuneError> {
         .map(|g| Desc::of(&layout, &table, g).map(|d| u64::from(d.free_blocks())))
         .sum::<Result<u64, FsError>>()?;
     if total > layout.blocks_count {
-        return Err(corrupt(format!("group free counts add up to {total}, more than the block count")));
+        return Err(corrupt(format!(
+            "group free counts add up to {total}, more than the block count"
+        )));
     }
-    Ok(Fs { layout, sb, sb_bytes, table })
+    Ok(Fs {
+        layout,
+        sb,
+        sb_bytes,
+        table,
+    })
 }
 
 /// Makes every refusal check for `want` without writing anything, and describes the file
@@ -563,7 +624,9 @@ pub fn enable(dev: &Device, opts: &EnableOptions) -> Result<EnableReport, TuneEr
     };
     let block = fs.layout.group_first_block(group) + bit;
     if ext4fs::is_metadata_block(&fs.layout, &fs.table, block)? {
-        return Err(corrupt(format!("the block bitmap marks metadata block {block} free")));
+        return Err(corrupt(format!(
+            "the block bitmap marks metadata block {block} free"
+        )));
     }
     let was_uninit;
     let bitmap_at;
@@ -573,7 +636,9 @@ pub fn enable(dev: &Device, opts: &EnableOptions) -> Result<EnableReport, TuneEr
         bitmap_at = d.block_bitmap();
         fs.check_block(bitmap_at, &format!("block bitmap of group {group}"))?;
         if d.free_blocks() == 0 {
-            return Err(corrupt(format!("group {group} has a free block but a free count of 0")));
+            return Err(corrupt(format!(
+                "group {group} has a free block but a free count of 0"
+            )));
         }
         if fs.sb.free_blocks_count == 0 {
             return Err(corrupt("the superblock free block count is 0".into()));
@@ -596,8 +661,14 @@ pub fn enable(dev: &Device, opts: &EnableOptions) -> Result<EnableReport, TuneEr
     fs.set_mmp_fields(true, block, opts.update_interval_s);
     let check_interval_s = opts.update_interval_s.max(MIN_CHECK_INTERVAL_S);
     let mut mmp = vec![0u8; bs as usize];
-    Block::new(SEQ_CLEAN, opts.now_unix_s, &opts.nodename, &opts.devname, check_interval_s)
-        .emit(&mut mmp, fs.sb.mmp_csum_seed());
+    Block::new(
+        SEQ_CLEAN,
+        opts.now_unix_s,
+        &opts.nodename,
+        &opts.devname,
+        check_interval_s,
+    )
+    .emit(&mut mmp, fs.sb.mmp_csum_seed());
 
     // 1. The MMP block (zeros after the 1024-byte structure).
     write_span(dev, block * bs, &mmp)?;
@@ -615,7 +686,7 @@ pub fn enable(dev: &Device, opts: &EnableOptions) -> Result<EnableReport, TuneEr
         group,
         update_interval_s: opts.update_interval_s,
         check_interval_s,
-        initialized_group: was_uninit,
+        was_block_uninit: was_uninit,
     })
 }
 
@@ -642,7 +713,10 @@ pub fn disable(dev: &Device) -> Result<DisableReport, TuneError> {
             let mut buf = vec![0u8; bs as usize];
             dev.read_at(off, &mut buf)?;
             match Block::parse(&buf, fs.sb.mmp_csum_seed()) {
-                Err(e) => not_freed_reason = Some(format!("block {old_block} does not hold an MMP block: {e}")),
+                Err(e) => {
+                    not_freed_reason =
+                        Some(format!("block {old_block} does not hold an MMP block: {e}"))
+                }
                 Ok(_) => {
                     let group = fs
                         .layout
@@ -651,13 +725,16 @@ pub fn disable(dev: &Device) -> Result<DisableReport, TuneError> {
                     let bit = old_block - fs.layout.group_first_block(group);
                     let d = Desc::of(&fs.layout, &fs.table, group)?;
                     if d.block_uninit() {
-                        not_freed_reason = Some(format!("group {group} of block {old_block} is uninitialised"));
+                        not_freed_reason = Some(format!(
+                            "group {group} of block {old_block} is uninitialised"
+                        ));
                     } else {
                         let bitmap = fs.load_bitmap(dev, group)?;
                         if test_bit(&bitmap, bit) == Some(true) {
                             free_plan = Some((group, bit, bitmap));
                         } else {
-                            not_freed_reason = Some(format!("block {old_block} is already marked free"));
+                            not_freed_reason =
+                                Some(format!("block {old_block} is already marked free"));
                         }
                     }
                 }
@@ -673,7 +750,9 @@ pub fn disable(dev: &Device) -> Result<DisableReport, TuneError> {
             let mut d = DescMut::of(&fs.layout, &mut fs.table, group)?;
             let free = d.view().free_blocks().saturating_add(1);
             if free > fs.layout.group_block_count(group) {
-                return Err(corrupt(format!("group {group} free count exceeds its size")));
+                return Err(corrupt(format!(
+                    "group {group} free count exceeds its size"
+                )));
             }
             d.set_free_blocks(free)?;
             d.set_bitmap_checksum(&bitmap)?;
@@ -695,7 +774,11 @@ pub fn disable(dev: &Device) -> Result<DisableReport, TuneError> {
     // 4. Backup superblocks.
     fs.write_backup_supers(dev)?;
     dev.sync()?;
-    Ok(DisableReport { old_block, freed: bitmap_write.is_some(), not_freed_reason })
+    Ok(DisableReport {
+        old_block,
+        freed: bitmap_write.is_some(),
+        not_freed_reason,
+    })
 }
 
 /// Sets `s_mmp_update_interval` (1..=300 seconds) in every superblock copy. The MMP block is
@@ -707,7 +790,11 @@ pub fn disable(dev: &Device) -> Result<DisableReport, TuneError> {
 pub fn set_interval(dev: &Device, secs: u16) -> Result<(), TuneError> {
     check_interval(secs)?;
     let mut fs = load(dev, Op::SetInterval)?;
-    put(&mut fs.sb_bytes, sb_field::MMP_UPDATE_INTERVAL, &secs.to_le_bytes());
+    put(
+        &mut fs.sb_bytes,
+        sb_field::MMP_UPDATE_INTERVAL,
+        &secs.to_le_bytes(),
+    );
     fs.write_primary_super(dev)?;
     fs.write_backup_supers(dev)?;
     dev.sync()?;

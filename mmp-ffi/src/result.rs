@@ -1,0 +1,335 @@
+//! `mmp_result`: what every fallible C call returns.
+//!
+//! Values are explicit, grouped by range, and never reused: a retired value stays behind as a
+//! "reserved" comment. `0` is success; `1..=99` are refusals (the protocol or a safety check
+//! said no, nothing is broken); `100..=199` are errors (I/O, bad arguments, misuse of the
+//! API); `200..` means this host lost a device it held.
+
+use mmp_core::machine::{Outcome, Refusal};
+use mmp_core::sys::blockdev::DeviceError;
+use mmp_core::sys::hostid::HostidError;
+use mmp_core::sys::target::TargetError;
+use mmp_core::sys::tune::TuneError;
+
+/// The result of a libmmp call.
+///
+/// Functions return it as a plain `uint32_t` (`mmp_result` in C); [`mmp_result_str`]
+/// describes any value, known or not.
+///
+/// [`mmp_result_str`]: crate::api::mmp_result_str
+#[allow(non_camel_case_types)]
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum mmp_result {
+    /// Success.
+    Ok = 0,
+
+    // 1..=99: refusals.
+    /// Refused: another host is active on the device (the block changed during the
+    /// activity test).
+    InUse = 1,
+    /// Refused: the device was last held by another host and not released; acquire with
+    /// `force` to take it (the full activity test still runs).
+    Foreign = 2,
+    /// Refused: ext4 `SEQ_FSCK`: e2fsck or another e2fsprogs tool holds the file system (or
+    /// crashed holding it).
+    Fsck = 3,
+    /// Refused: an ext4 sequence number above `SEQ_MAX` (an unknown operation).
+    UnknownSeq = 4,
+    /// Refused: the native area is reserved for maintenance.
+    Maintenance = 5,
+    /// Refused: the MMP block does not parse (bad magic, bad checksum, torn write); it
+    /// cannot be trusted.
+    Corrupt = 6,
+    /// Refused: this host's hostid is 0 (unset); set one (`mmp hostid --generate`).
+    NoHostid = 7,
+    /// Refused: another host claimed the device at the same time and won.
+    LostRace = 8,
+    /// The operation was cancelled with `mmp_device_cancel`.
+    Aborted = 9,
+    /// Refused: the file system or device is mounted or held open exclusively on this host.
+    Mounted = 10,
+    /// Refused: MMP is already enabled on this file system.
+    AlreadyEnabled = 11,
+    /// Refused: the file system needs e2fsck first (journal recovery pending, errors
+    /// recorded, or inconsistent metadata).
+    NeedsFsck = 12,
+    /// Refused: formatting would overwrite a known signature or a native area that is not
+    /// clean; pass `force` to overwrite.
+    WouldOverwrite = 13,
+
+    // 100..=199: errors.
+    /// A read, write or system call failed.
+    Io = 100,
+    /// The path does not exist.
+    NotFound = 101,
+    /// The operating system denied access (run as root, or check permissions).
+    PermissionDenied = 102,
+    /// The path is neither a block device nor a regular file.
+    NotADevice = 103,
+    /// The device holds neither an ext4/ldiskfs file system with MMP nor a native mmp area
+    /// (or is too small to hold one).
+    NotMmp = 104,
+    /// The device uses a feature or geometry libmmp does not handle.
+    Unsupported = 105,
+    /// An argument is out of range, or an enum value or flag is unknown.
+    InvalidParameter = 106,
+    /// A required pointer argument is NULL.
+    NullParameter = 107,
+    /// The handle was opened with `MMP_OPEN_READ_ONLY`; this call writes.
+    ReadOnly = 108,
+    /// The handle does not hold the device (acquire it first).
+    NotHeld = 109,
+    /// The handle already holds the device (release it first).
+    AlreadyHeld = 110,
+    /// The handle is in use by another call: from another thread, or from inside a
+    /// callback of a call on the same handle.
+    Busy = 111,
+    /// Called from the handle's own loss callback, where this call would wait for itself.
+    InCallback = 112,
+    /// A previous call on this handle panicked; the handle only accepts `mmp_device_free`.
+    /// It no longer heartbeats and must be assumed not to own the device.
+    Poisoned = 113,
+    /// libmmp panicked (a bug); the handle, if any, is now poisoned.
+    Panic = 114,
+    /// The hostid in `MMP_HOSTID` is not 1 to 8 hexadecimal digits.
+    HostidInvalid = 115,
+    /// No free block for the ext4 MMP block.
+    NoSpace = 116,
+    /// The path is not an ext2/3/4 file system.
+    NotExt4 = 117,
+
+    // 200..: ownership lost.
+    /// This host lost a device it held: another host wrote the block, no heartbeat
+    /// succeeded within the fail window (self-fenced), or the release could not verify the
+    /// block. Stop using the device at once.
+    Lost = 200,
+}
+
+/// Every value, in numeric order (for tests and for mapping raw integers).
+pub const ALL: &[mmp_result] = &[
+    mmp_result::Ok,
+    mmp_result::InUse,
+    mmp_result::Foreign,
+    mmp_result::Fsck,
+    mmp_result::UnknownSeq,
+    mmp_result::Maintenance,
+    mmp_result::Corrupt,
+    mmp_result::NoHostid,
+    mmp_result::LostRace,
+    mmp_result::Aborted,
+    mmp_result::Mounted,
+    mmp_result::AlreadyEnabled,
+    mmp_result::NeedsFsck,
+    mmp_result::WouldOverwrite,
+    mmp_result::Io,
+    mmp_result::NotFound,
+    mmp_result::PermissionDenied,
+    mmp_result::NotADevice,
+    mmp_result::NotMmp,
+    mmp_result::Unsupported,
+    mmp_result::InvalidParameter,
+    mmp_result::NullParameter,
+    mmp_result::ReadOnly,
+    mmp_result::NotHeld,
+    mmp_result::AlreadyHeld,
+    mmp_result::Busy,
+    mmp_result::InCallback,
+    mmp_result::Poisoned,
+    mmp_result::Panic,
+    mmp_result::HostidInvalid,
+    mmp_result::NoSpace,
+    mmp_result::NotExt4,
+    mmp_result::Lost,
+];
+
+impl mmp_result {
+    /// The value for a raw integer; unknown integers map to
+    /// [`mmp_result::InvalidParameter`], so C can never hand Rust an invalid enum value.
+    #[must_use]
+    pub fn from_raw(raw: u32) -> mmp_result {
+        ALL.iter()
+            .copied()
+            .find(|r| *r as u32 == raw)
+            .unwrap_or(mmp_result::InvalidParameter)
+    }
+
+    /// A static, NUL-terminated description.
+    #[must_use]
+    pub fn description(self) -> &'static str {
+        match self {
+            mmp_result::Ok => "success\0",
+            mmp_result::InUse => "refused: another host is active on the device\0",
+            mmp_result::Foreign => {
+                "refused: the device was last held by another host and not released; force is needed\0"
+            }
+            mmp_result::Fsck => "refused: e2fsck or another e2fsprogs tool holds the file system\0",
+            mmp_result::UnknownSeq => "refused: the MMP block has an unknown sequence number\0",
+            mmp_result::Maintenance => "refused: the device is reserved for maintenance\0",
+            mmp_result::Corrupt => "refused: the MMP block is corrupt and cannot be trusted\0",
+            mmp_result::NoHostid => "refused: this host's hostid is not set (0)\0",
+            mmp_result::LostRace => "refused: another host claimed the device at the same time\0",
+            mmp_result::Aborted => "the operation was cancelled\0",
+            mmp_result::Mounted => "refused: the device is mounted or in use on this host\0",
+            mmp_result::AlreadyEnabled => "refused: MMP is already enabled\0",
+            mmp_result::NeedsFsck => "refused: the file system needs e2fsck first\0",
+            mmp_result::WouldOverwrite => {
+                "refused: the device carries data or an active MMP area; force is needed\0"
+            }
+            mmp_result::Io => "I/O error\0",
+            mmp_result::NotFound => "no such file or device\0",
+            mmp_result::PermissionDenied => "permission denied\0",
+            mmp_result::NotADevice => "not a block device or regular file\0",
+            mmp_result::NotMmp => "no MMP on this device (neither ext4 with MMP nor a native area)\0",
+            mmp_result::Unsupported => "unsupported feature or geometry\0",
+            mmp_result::InvalidParameter => "invalid parameter\0",
+            mmp_result::NullParameter => "a required pointer is NULL\0",
+            mmp_result::ReadOnly => "the handle was opened read-only\0",
+            mmp_result::NotHeld => "the handle does not hold the device\0",
+            mmp_result::AlreadyHeld => "the handle already holds the device\0",
+            mmp_result::Busy => "the handle is in use by another call\0",
+            mmp_result::InCallback => "not allowed from the handle's own loss callback\0",
+            mmp_result::Poisoned => {
+                "the handle is poisoned by an earlier panic and no longer owns the device\0"
+            }
+            mmp_result::Panic => "internal error (panic) in libmmp\0",
+            mmp_result::HostidInvalid => "MMP_HOSTID is not a valid hostid\0",
+            mmp_result::NoSpace => "no free block for the MMP block\0",
+            mmp_result::NotExt4 => "not an ext2/3/4 file system\0",
+            mmp_result::Lost => "ownership of the device was lost\0",
+        }
+    }
+
+    /// Whether this is a refusal (1..=99).
+    #[must_use]
+    pub fn is_refusal(raw: u32) -> bool {
+        (1..100).contains(&raw)
+    }
+
+    /// Whether this is an error (100..=199).
+    #[must_use]
+    pub fn is_error(raw: u32) -> bool {
+        (100..200).contains(&raw)
+    }
+}
+
+impl From<&Refusal> for mmp_result {
+    fn from(r: &Refusal) -> Self {
+        match r {
+            Refusal::NoHostid => mmp_result::NoHostid,
+            Refusal::Corrupt(_) => mmp_result::Corrupt,
+            Refusal::Fsck(_) => mmp_result::Fsck,
+            Refusal::UnknownSeq(_) => mmp_result::UnknownSeq,
+            Refusal::Maintenance(_) => mmp_result::Maintenance,
+            Refusal::Foreign(_) => mmp_result::Foreign,
+            Refusal::Active(_) => mmp_result::InUse,
+            Refusal::LostRace(_) => mmp_result::LostRace,
+            Refusal::Io(_) => mmp_result::Io,
+        }
+    }
+}
+
+/// The result for an operation that ended with `o` when `want` was the success.
+pub(crate) fn outcome_result(o: Option<Outcome>) -> mmp_result {
+    match o {
+        Some(Outcome::Safe { .. } | Outcome::Released | Outcome::Cleared) => mmp_result::Ok,
+        Some(Outcome::Refused(r)) => mmp_result::from(&r),
+        Some(Outcome::Lost(_)) => mmp_result::Lost,
+        Some(Outcome::Aborted) => mmp_result::Aborted,
+        // Held (an acquire that succeeded) is handled by the caller.
+        None => mmp_result::Ok,
+    }
+}
+
+fn errno_result(errno: Option<i32>) -> mmp_result {
+    match errno {
+        Some(libc::ENOENT | libc::ENOTDIR) => mmp_result::NotFound,
+        Some(libc::EACCES | libc::EPERM | libc::EROFS) => mmp_result::PermissionDenied,
+        Some(libc::EBUSY) => mmp_result::Mounted,
+        _ => mmp_result::Io,
+    }
+}
+
+impl From<&DeviceError> for mmp_result {
+    fn from(e: &DeviceError) -> Self {
+        match e {
+            DeviceError::NotADevice { .. } => mmp_result::NotADevice,
+            DeviceError::TooSmall { .. } => mmp_result::NotMmp,
+            DeviceError::ReadOnly { .. } => mmp_result::ReadOnly,
+            DeviceError::Misaligned { .. } => mmp_result::Unsupported,
+            other => errno_result(other.raw_os_error()),
+        }
+    }
+}
+
+impl From<&TargetError> for mmp_result {
+    fn from(e: &TargetError) -> Self {
+        use mmp_core::format::ext4::SuperblockError;
+        match e {
+            TargetError::Device(d) => d.into(),
+            TargetError::Superblock { error, .. } => match error {
+                SuperblockError::MmpNotEnabled | SuperblockError::TooShort => mmp_result::NotMmp,
+                SuperblockError::BadBlockSize(_) | SuperblockError::BadChecksumType(_) => {
+                    mmp_result::Unsupported
+                }
+                SuperblockError::BadMagic(_)
+                | SuperblockError::BadChecksum { .. }
+                | SuperblockError::MmpBlockOutOfRange { .. } => mmp_result::Corrupt,
+            },
+            TargetError::BeyondDevice { .. } => mmp_result::Corrupt,
+            TargetError::SectorTooLarge { .. } => mmp_result::Unsupported,
+            TargetError::NotMmp { .. } | TargetError::TooSmall { .. } => mmp_result::NotMmp,
+        }
+    }
+}
+
+impl From<&TuneError> for mmp_result {
+    fn from(e: &TuneError) -> Self {
+        match e {
+            TuneError::Mounted { .. } | TuneError::InUse { .. } => mmp_result::Mounted,
+            TuneError::MountCheck(_) => mmp_result::Io,
+            TuneError::NotExt4 { .. } => mmp_result::NotExt4,
+            TuneError::AlreadyEnabled { .. } => mmp_result::AlreadyEnabled,
+            TuneError::NotEnabled => mmp_result::NotMmp,
+            TuneError::NeedsRecovery | TuneError::HasErrors | TuneError::Corrupt { .. } => {
+                mmp_result::NeedsFsck
+            }
+            TuneError::Unsupported { .. } => mmp_result::Unsupported,
+            TuneError::BadInterval(_) => mmp_result::InvalidParameter,
+            TuneError::NoFreeBlock => mmp_result::NoSpace,
+            TuneError::Device(d) => d.into(),
+        }
+    }
+}
+
+impl From<&HostidError> for mmp_result {
+    fn from(e: &HostidError) -> Self {
+        match e {
+            HostidError::Parse { .. } => mmp_result::HostidInvalid,
+            HostidError::AlreadyExists { .. } => mmp_result::InvalidParameter,
+            HostidError::Io { source, .. } => errno_result(source.raw_os_error()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_grouped_and_unique() {
+        let mut seen = std::collections::HashSet::new();
+        for r in ALL {
+            let v = *r as u32;
+            assert!(seen.insert(v), "{r:?} reuses {v}");
+            assert_eq!(mmp_result::from_raw(v), *r);
+            assert!(r.description().ends_with('\0'));
+            assert_eq!(r.description().matches('\0').count(), 1);
+        }
+        assert!(ALL.windows(2).all(|w| (w[0] as u32) < (w[1] as u32)));
+        assert_eq!(mmp_result::from_raw(99_999), mmp_result::InvalidParameter);
+        assert!(mmp_result::is_refusal(mmp_result::InUse as u32));
+        assert!(mmp_result::is_error(mmp_result::Io as u32));
+        assert!(!mmp_result::is_error(mmp_result::Lost as u32));
+    }
+}

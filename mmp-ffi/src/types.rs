@@ -1,0 +1,305 @@
+//! The plain C types: enums, flags, the status and identity structs, the callback types.
+#![allow(non_camel_case_types)]
+
+use core::ffi::{c_char, c_void};
+use mmp_core::format::trim_name;
+use mmp_core::machine::{Class, Layout, Loss, Phase, Snapshot, Timing};
+use mmp_core::sys::target::Format;
+
+/// Open the device read-only: `mmp_device_status` and `mmp_device_check` work, every call
+/// that writes returns `MMP_RESULT_READ_ONLY`.
+pub const MMP_OPEN_READ_ONLY: u32 = 1;
+
+/// Run the heartbeat thread with locked memory (`mlockall`, which affects the whole
+/// process) and `SCHED_FIFO` when the system allows it; failures are ignored.
+pub const MMP_OPEN_REALTIME: u32 = 2;
+
+/// Every flag `mmp_device_open` knows; other bits give `MMP_RESULT_INVALID_PARAMETER`.
+pub const MMP_OPEN_ALL: u32 = MMP_OPEN_READ_ONLY | MMP_OPEN_REALTIME;
+
+/// Size of the name arrays in [`mmp_status`]: up to 64 bytes and a terminating NUL.
+pub const MMP_NAME_SIZE: usize = 65;
+
+/// The on-disk format of a device.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum mmp_format {
+    /// An ext4/ldiskfs file system with the MMP feature.
+    Ext4 = 1,
+    /// A native mmp area (`mmp_native_format`).
+    Native = 2,
+}
+
+impl From<Format> for mmp_format {
+    fn from(f: Format) -> Self {
+        match f {
+            Format::Ext4 => mmp_format::Ext4,
+            Format::Native => mmp_format::Native,
+        }
+    }
+}
+
+/// The state an MMP block records.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum mmp_state {
+    /// Released: nobody holds the device.
+    Clean = 0,
+    /// Held, or held by a host that stopped without releasing.
+    Active = 1,
+    /// ext4: e2fsck or another e2fsprogs tool holds it (`SEQ_FSCK`).
+    Fsck = 2,
+    /// ext4: an unknown sequence value above `SEQ_MAX`.
+    Unknown = 3,
+    /// native: reserved for maintenance.
+    Maintenance = 4,
+}
+
+impl From<Class> for mmp_state {
+    fn from(c: Class) -> Self {
+        match c {
+            Class::Clean => mmp_state::Clean,
+            Class::Active => mmp_state::Active,
+            Class::Fsck => mmp_state::Fsck,
+            Class::Unknown => mmp_state::Unknown,
+            Class::Maintenance => mmp_state::Maintenance,
+        }
+    }
+}
+
+/// What a check or acquire is doing, for progress callbacks.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum mmp_phase {
+    /// The first read.
+    Reading = 0,
+    /// Watching a non-clean block for activity.
+    Watching = 1,
+    /// Our claim is written; waiting to verify nobody else claims.
+    Claiming = 2,
+    /// Held; heartbeating.
+    Held = 3,
+    /// Releasing.
+    Releasing = 4,
+    /// Clearing.
+    Clearing = 5,
+    /// Finished.
+    Done = 6,
+}
+
+impl From<Phase> for mmp_phase {
+    fn from(p: Phase) -> Self {
+        match p {
+            Phase::Reading => mmp_phase::Reading,
+            Phase::Watching => mmp_phase::Watching,
+            Phase::Claiming => mmp_phase::Claiming,
+            Phase::Held => mmp_phase::Held,
+            Phase::Releasing => mmp_phase::Releasing,
+            Phase::Clearing => mmp_phase::Clearing,
+            Phase::Done => mmp_phase::Done,
+        }
+    }
+}
+
+/// Why a held device was lost.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum mmp_loss {
+    /// Another host (or a person) wrote the block: it no longer holds what this host last
+    /// wrote. `found` describes what was there when it parsed.
+    ForeignWrite = 1,
+    /// No heartbeat succeeded within the fail window: this host stopped writing
+    /// (self-fenced). `since_last_write_ms` says how long it had been.
+    Fenced = 2,
+    /// The release could not re-read the block, so CLEAN was not written. `os_error` is
+    /// the errno.
+    ReleaseReadFailed = 3,
+    /// The heartbeat thread stopped unexpectedly (a bug); no more heartbeats are written.
+    HeartbeatStopped = 4,
+}
+
+/// Who this host is, for `mmp_device_open`.
+#[repr(C)]
+#[derive(Debug)]
+pub struct mmp_identity {
+    /// The hostid written to native blocks; 0 (unset) refuses to acquire.
+    pub hostid: u32,
+    /// The node name written to the block (NUL-terminated bytes, at most 64 used), or NULL
+    /// for this host's `uname` node name. Copied by `mmp_device_open`.
+    pub nodename: *const c_char,
+}
+
+/// What a device's MMP block says, plus the timing derived from it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct mmp_status {
+    /// ext4 or native.
+    pub format: mmp_format,
+    /// The recorded state.
+    pub state: mmp_state,
+    /// The sequence value (ext4: `mmp_seq`; native: `seq`).
+    pub seq: u64,
+    /// Wall time of the last write, Unix milliseconds (ext4 stores seconds).
+    pub time_ms: u64,
+    /// The hostid of the last writer (native only; 0 when `has_hostid` is false).
+    pub hostid: u32,
+    /// Whether the format records a hostid (native).
+    pub has_hostid: bool,
+    /// Whether this handle holds the device right now (acquired, not released, not lost).
+    /// Always false in statuses that describe someone else's block (check, loss).
+    pub owned: bool,
+    /// The node name of the last writer, NUL-terminated.
+    pub nodename: [c_char; MMP_NAME_SIZE],
+    /// The device name the last writer recorded, NUL-terminated.
+    pub devname: [c_char; MMP_NAME_SIZE],
+    /// Heartbeat interval, milliseconds.
+    pub interval_ms: u64,
+    /// An owner self-fences after this long without a successful heartbeat, milliseconds.
+    pub fail_window_ms: u64,
+    /// How long an activity test of this block watches it, milliseconds.
+    pub watch_ms: u64,
+    /// How long an acquire waits after writing its claim, milliseconds.
+    pub claim_wait_ms: u64,
+}
+
+/// Details of a loss, valid only during the loss callback.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct mmp_loss_info {
+    /// Why.
+    pub reason: mmp_loss,
+    /// `MMP_LOSS_FENCED`: time since the last successful heartbeat write, milliseconds.
+    pub since_last_write_ms: u64,
+    /// `MMP_LOSS_RELEASE_READ_FAILED`: the errno of the failed read (0 if none).
+    pub os_error: i32,
+    /// `MMP_LOSS_FOREIGN_WRITE`: whether `found` describes the foreign block (false when
+    /// it did not parse).
+    pub found_valid: bool,
+    /// `MMP_LOSS_FOREIGN_WRITE`: the block found, when `found_valid`.
+    pub found: mmp_status,
+}
+
+/// Progress of a check or acquire: `phase`, milliseconds left in the current wait, and
+/// that wait's total length. Called on the thread that called `mmp_device_check` or
+/// `mmp_device_acquire`, while that call runs.
+pub type mmp_progress_cb = Option<
+    unsafe extern "C" fn(userdata: *mut c_void, phase: mmp_phase, remaining_ms: u64, total_ms: u64),
+>;
+
+/// A held device was lost. Called once per loss on the handle's event thread (see
+/// `docs/c-api.md`); `info` is valid only during the call.
+pub type mmp_loss_cb = Option<unsafe extern "C" fn(userdata: *mut c_void, info: *const mmp_loss_info)>;
+
+fn millis(d: core::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn name_array(bytes: &[u8]) -> [c_char; MMP_NAME_SIZE] {
+    let mut out = [0 as c_char; MMP_NAME_SIZE];
+    let name = trim_name(bytes);
+    for (o, b) in out.iter_mut().zip(name.iter().take(MMP_NAME_SIZE - 1)) {
+        *o = c_char::from_ne_bytes([*b]);
+    }
+    out
+}
+
+impl mmp_status {
+    /// The status of a parsed record of a device with `layout` and `format`.
+    #[must_use]
+    pub fn from_snapshot(format: Format, layout: &Layout, snap: &Snapshot, owned: bool) -> Self {
+        let t = Timing::for_snapshot(layout, snap);
+        mmp_status {
+            format: format.into(),
+            state: snap.class().into(),
+            seq: snap.seq(),
+            time_ms: snap.time_ms(),
+            hostid: snap.hostid().unwrap_or(0),
+            has_hostid: snap.hostid().is_some(),
+            owned,
+            nodename: name_array(snap.nodename()),
+            devname: name_array(snap.devname()),
+            interval_ms: millis(t.interval),
+            fail_window_ms: millis(t.fail_window),
+            watch_ms: millis(t.watch),
+            claim_wait_ms: millis(t.claim_wait),
+        }
+    }
+
+    /// The node name as bytes, up to the NUL.
+    #[must_use]
+    pub fn nodename_bytes(&self) -> Vec<u8> {
+        self.nodename
+            .iter()
+            .map(|c| c.to_ne_bytes()[0])
+            .take_while(|&b| b != 0)
+            .collect()
+    }
+}
+
+impl mmp_loss_info {
+    /// The info for a loss on a device with `layout` and `format`.
+    #[must_use]
+    pub fn from_loss(format: Format, layout: &Layout, loss: &Loss) -> Self {
+        let empty = |found: Option<&Snapshot>| match found {
+            Some(s) => (true, mmp_status::from_snapshot(format, layout, s, false)),
+            None => (false, zeroed_status(format)),
+        };
+        match loss {
+            Loss::ForeignWrite(found) => {
+                let (found_valid, found) = empty(found.as_ref());
+                mmp_loss_info {
+                    reason: mmp_loss::ForeignWrite,
+                    since_last_write_ms: 0,
+                    os_error: 0,
+                    found_valid,
+                    found,
+                }
+            }
+            Loss::Fenced { since_last_write } => mmp_loss_info {
+                reason: mmp_loss::Fenced,
+                since_last_write_ms: millis(*since_last_write),
+                os_error: 0,
+                found_valid: false,
+                found: zeroed_status(format),
+            },
+            Loss::ReleaseReadFailed(e) => mmp_loss_info {
+                reason: mmp_loss::ReleaseReadFailed,
+                since_last_write_ms: 0,
+                os_error: e.errno,
+                found_valid: false,
+                found: zeroed_status(format),
+            },
+        }
+    }
+
+    /// The info when the heartbeat thread ended without reporting an outcome.
+    #[must_use]
+    pub fn stopped(format: Format) -> Self {
+        mmp_loss_info {
+            reason: mmp_loss::HeartbeatStopped,
+            since_last_write_ms: 0,
+            os_error: 0,
+            found_valid: false,
+            found: zeroed_status(format),
+        }
+    }
+}
+
+/// A status with every field zero (the name arrays empty).
+fn zeroed_status(format: Format) -> mmp_status {
+    mmp_status {
+        format: format.into(),
+        state: mmp_state::Clean,
+        seq: 0,
+        time_ms: 0,
+        hostid: 0,
+        has_hostid: false,
+        owned: false,
+        nodename: [0; MMP_NAME_SIZE],
+        devname: [0; MMP_NAME_SIZE],
+        interval_ms: 0,
+        fail_window_ms: 0,
+        watch_ms: 0,
+        claim_wait_ms: 0,
+    }
+}

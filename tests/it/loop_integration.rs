@@ -1,0 +1,246 @@
+//! Failover integration (issue 7): the OCF agent under ocf-tester, and the mount helper end
+//! to end on ext4 with MMP and on XFS with a native MMP partition. Root, loop devices,
+//! mount(8), and the tools; each test skips with a printed reason when something is
+//! missing.
+
+use mmp_tests::{Loop, find_tool, is_root, mmp_bin, skip};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn mmp(run_dir: &Path, hostid: &str, node: &str, args: &[&str]) -> Output {
+    Command::new(mmp_bin())
+        .env_remove("MMP_HOSTID")
+        .env("MMP_RUN_DIR", run_dir)
+        .args(["--hostid", hostid, "--nodename", node])
+        .args(args)
+        .output()
+        .expect("run mmp")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn need(tools: &[&str]) -> Option<Vec<PathBuf>> {
+    if !is_root() {
+        skip("needs root (loop devices, mount)");
+        return None;
+    }
+    let mut v = Vec::new();
+    for t in tools {
+        match find_tool(t) {
+            Some(p) => v.push(p),
+            None => {
+                skip(&format!("{t} not installed"));
+                return None;
+            }
+        }
+    }
+    Some(v)
+}
+
+fn sparse(dir: &Path, name: &str, size: u64) -> PathBuf {
+    let p = dir.join(name);
+    let f = std::fs::File::create(&p).expect("create image");
+    f.set_len(size).expect("size image");
+    p
+}
+
+fn run_ok(cmd: &mut Command) {
+    let o = cmd.output().expect("run");
+    assert!(o.status.success(), "{cmd:?}: {}", text(&o));
+}
+
+fn umount_quiet(dir: &Path) {
+    let _ = Command::new("umount").arg(dir).output();
+}
+
+fn ocf_tester(agent_args: &[String]) -> Output {
+    let tester = find_tool("ocf-tester").expect("ocf-tester");
+    let agent = Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/ocf/mmp");
+    Command::new(tester).args(agent_args).arg(agent).output().expect("run ocf-tester")
+}
+
+#[test]
+fn loop_ocf_tester_native() {
+    let Some(_) = need(&["ocf-tester", "losetup"]) else { return };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let img = sparse(tmp.path(), "mmp.img", 1 << 20);
+    let Some(lo) = Loop::attach(&img) else { return };
+    let dev = lo.dev.to_string_lossy().to_string();
+    let o = mmp(tmp.path(), "0x1", "n1", &["format", "--interval-ms", "100", &dev]);
+    assert!(o.status.success(), "{}", text(&o));
+    let args: Vec<String> = [
+        "-n",
+        "mmp_native",
+        "-o",
+        &format!("device={dev}"),
+        "-o",
+        "hostid=0x1234",
+        "-o",
+        &format!("binary={}", mmp_bin().display()),
+        "-o",
+        &format!("state_dir={}", tmp.path().join("state").display()),
+    ]
+    .iter()
+    .map(|s| (*s).to_string())
+    .collect();
+    let o = ocf_tester(&args);
+    assert!(o.status.success() && text(&o).contains("passed all tests"), "{}", text(&o));
+    // The tester stops the resource at the end: the block is clean again.
+    let o = mmp(tmp.path(), "0x1", "n1", &["status", &dev]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}
+
+#[test]
+fn loop_ocf_tester_ext4() {
+    let Some(tools) = need(&["ocf-tester", "losetup", "mke2fs"]) else { return };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let img = sparse(tmp.path(), "fs.img", 64 << 20);
+    run_ok(Command::new(&tools[2]).args(["-F", "-q", "-t", "ext4", "-O", "mmp", "-E", "mmp_update_interval=1"]).arg(&img));
+    let Some(lo) = Loop::attach(&img) else { return };
+    let dev = lo.dev.to_string_lossy().to_string();
+    let args: Vec<String> = [
+        "-n",
+        "mmp_ext4",
+        "-o",
+        &format!("device={dev}"),
+        "-o",
+        "hostid=0x1234",
+        "-o",
+        &format!("binary={}", mmp_bin().display()),
+        "-o",
+        &format!("state_dir={}", tmp.path().join("state").display()),
+    ]
+    .iter()
+    .map(|s| (*s).to_string())
+    .collect();
+    let o = ocf_tester(&args);
+    assert!(o.status.success() && text(&o).contains("passed all tests"), "{}", text(&o));
+    let o = mmp(tmp.path(), "0x1", "n1", &["status", &dev]);
+    assert_eq!(o.status.code(), Some(0), "ext4 block handed back CLEAN: {}", text(&o));
+}
+
+#[test]
+fn loop_mount_xfs_with_native_partition() {
+    let Some(tools) = need(&["losetup", "mkfs.xfs", "mount", "umount"]) else { return };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = sparse(tmp.path(), "data.img", 320 << 20);
+    let area = sparse(tmp.path(), "mmp.img", 1 << 20);
+    run_ok(Command::new(&tools[1]).arg("-q").arg(&data));
+    let (Some(ld), Some(lm)) = (Loop::attach(&data), Loop::attach(&area)) else { return };
+    let (d, m) = (ld.dev.to_string_lossy().to_string(), lm.dev.to_string_lossy().to_string());
+    let rd = tmp.path().join("run");
+    let mnt1 = tmp.path().join("m1");
+    let mnt2 = tmp.path().join("m2");
+    std::fs::create_dir_all(&mnt1).expect("mkdir");
+    std::fs::create_dir_all(&mnt2).expect("mkdir");
+    let (m1, m2) = (mnt1.to_string_lossy().to_string(), mnt2.to_string_lossy().to_string());
+    assert!(mmp(&rd, "0x1", "n1", &["format", "--interval-ms", "100", &m]).status.success());
+
+    let o = mmp(&rd, "0xa1", "host-a", &["mount", "-t", "xfs", "--mmp-device", &m, &d, &m1]);
+    assert!(o.status.success(), "{}", text(&o));
+    std::fs::write(mnt1.join("hello"), b"written by host-a\n").expect("write a file");
+    // The second host is refused while the first holds it.
+    let o = mmp(&rd, "0xb2", "host-b", &["mount", "-t", "xfs", "--mmp-device", &m, &d, &m2]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("host-a"), "names the owner: {}", text(&o));
+    // Unmount releases.
+    let o = mmp(&rd, "0xa1", "host-a", &["umount", &m1]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = mmp(&rd, "0xb2", "host-b", &["status", &m]);
+    assert_eq!(o.status.code(), Some(0), "released clean: {}", text(&o));
+    // Now the second host mounts and reads the file.
+    let o = mmp(&rd, "0xb2", "host-b", &["mount", "-t", "xfs", "--mmp-device", &m, &d, &m2]);
+    assert!(o.status.success(), "{}", text(&o));
+    let got = std::fs::read_to_string(mnt2.join("hello")).expect("read the file");
+    assert_eq!(got, "written by host-a\n");
+    let o = mmp(&rd, "0xb2", "host-b", &["umount", &m2]);
+    assert!(o.status.success(), "{}", text(&o));
+    umount_quiet(&mnt1);
+    umount_quiet(&mnt2);
+}
+
+#[test]
+fn loop_mount_killed_holder_needs_force_and_waits() {
+    let Some(tools) = need(&["losetup", "mkfs.xfs", "mount", "umount"]) else { return };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = sparse(tmp.path(), "data.img", 320 << 20);
+    let area = sparse(tmp.path(), "mmp.img", 1 << 20);
+    run_ok(Command::new(&tools[1]).arg("-q").arg(&data));
+    let (Some(ld), Some(lm)) = (Loop::attach(&data), Loop::attach(&area)) else { return };
+    let (d, m) = (ld.dev.to_string_lossy().to_string(), lm.dev.to_string_lossy().to_string());
+    let rd = tmp.path().join("run");
+    let mnt1 = tmp.path().join("m1");
+    let mnt2 = tmp.path().join("m2");
+    std::fs::create_dir_all(&mnt1).expect("mkdir");
+    std::fs::create_dir_all(&mnt2).expect("mkdir");
+    let (m1, m2) = (mnt1.to_string_lossy().to_string(), mnt2.to_string_lossy().to_string());
+    assert!(mmp(&rd, "0x1", "n1", &["format", "--interval-ms", "100", &m]).status.success());
+    let o = mmp(&rd, "0xa1", "host-a", &["mount", "-t", "xfs", "--mmp-device", &m, &d, &m1]);
+    assert!(o.status.success(), "{}", text(&o));
+    // Host A dies: its holder is killed and (as with a crashed node) its mount is gone.
+    let state = std::fs::read_dir(&rd)
+        .expect("run dir")
+        .filter_map(Result::ok)
+        .find(|e| e.file_name().to_string_lossy().ends_with(".state"))
+        .expect("state file");
+    let body = std::fs::read_to_string(state.path()).expect("state");
+    let pid: i32 = body.lines().find_map(|l| l.strip_prefix("pid=")).expect("pid").parse().expect("pid number");
+    run_ok(Command::new("kill").args(["-KILL", &pid.to_string()]));
+    umount_quiet(&mnt1);
+    std::thread::sleep(Duration::from_millis(200));
+    // Without --force: refused at once, naming host-a.
+    let o = mmp(&rd, "0xb2", "host-b", &["mount", "-t", "xfs", "--mmp-device", &m, &d, &m2]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("--force"), "{}", text(&o));
+    // With --force: waits the window (2 x 10 x 100 ms), then mounts.
+    let t = Instant::now();
+    let o = mmp(&rd, "0xb2", "host-b", &["mount", "--force", "-t", "xfs", "--mmp-device", &m, &d, &m2]);
+    let took = t.elapsed();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(took >= Duration::from_millis(2000), "waited the activity window: {took:?}");
+    eprintln!("mount helper takeover after a killed holder: {:.3} s", took.as_secs_f64());
+    let o = mmp(&rd, "0xb2", "host-b", &["umount", &m2]);
+    assert!(o.status.success(), "{}", text(&o));
+    umount_quiet(&mnt2);
+}
+
+#[test]
+fn loop_mount_ext4_with_mmp() {
+    let Some(tools) = need(&["losetup", "mke2fs", "mount", "umount"]) else { return };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let img = sparse(tmp.path(), "fs.img", 64 << 20);
+    run_ok(Command::new(&tools[1]).args(["-F", "-q", "-t", "ext4", "-O", "mmp", "-E", "mmp_update_interval=1"]).arg(&img));
+    let (Some(l1), Some(l2)) = (Loop::attach(&img), Loop::attach(&img)) else { return };
+    let (d1, d2) = (l1.dev.to_string_lossy().to_string(), l2.dev.to_string_lossy().to_string());
+    let rd = tmp.path().join("run");
+    let mnt1 = tmp.path().join("m1");
+    let mnt2 = tmp.path().join("m2");
+    std::fs::create_dir_all(&mnt1).expect("mkdir");
+    std::fs::create_dir_all(&mnt2).expect("mkdir");
+    let (m1, m2) = (mnt1.to_string_lossy().to_string(), mnt2.to_string_lossy().to_string());
+    let o = mmp(&rd, "0xa1", "host-a", &["mount", "-t", "ext4", &d1, &m1]);
+    assert!(o.status.success(), "{}", text(&o));
+    std::fs::write(mnt1.join("hello"), b"ext4 by host-a\n").expect("write");
+    // The kernel's kmmpd now heartbeats: the second host (other node name, other loop
+    // device) is refused without --force, and with --force after seeing activity.
+    let o = mmp(&rd, "0xb2", "host-b", &["mount", "-t", "ext4", &d2, &m2]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let o = mmp(&rd, "0xb2", "host-b", &["mount", "--force", "-t", "ext4", &d2, &m2]);
+    assert_eq!(o.status.code(), Some(1), "activity seen: {}", text(&o));
+    assert!(text(&o).contains("active on another node"), "{}", text(&o));
+    let o = mmp(&rd, "0xa1", "host-a", &["umount", &m1]);
+    assert!(o.status.success(), "{}", text(&o));
+    // After unmount the kernel wrote CLEAN: the second host mounts (claim + verify wait)
+    // and reads the file.
+    let o = mmp(&rd, "0xb2", "host-b", &["mount", "-t", "ext4", &d2, &m2]);
+    assert!(o.status.success(), "{}", text(&o));
+    let got = std::fs::read_to_string(mnt2.join("hello")).expect("read");
+    assert_eq!(got, "ext4 by host-a\n");
+    let o = mmp(&rd, "0xb2", "host-b", &["umount", &m2]);
+    assert!(o.status.success(), "{}", text(&o));
+    umount_quiet(&mnt1);
+    umount_quiet(&mnt2);
+}

@@ -1,0 +1,188 @@
+//! The deterministic simulator (`mmp_tests::sim`): many seeds, the checker's teeth, a pause
+//! with self-fencing, liveness after healing, and determinism.
+//!
+//! `MMP_SEED=<seed>` reruns one seed (twice, comparing trace hashes); add `MMP_TRACE=1` and
+//! `-- --nocapture` to see every event. `MMP_SEEDS=N` sets how many commit-derived seeds
+//! `sim_commit_seeds` runs (the soak script `bench/sim-soak` uses it).
+
+use mmp_tests::sim::{self, Failure, Options, OutcomeKind, Stats, Totals};
+use std::time::Instant;
+
+/// Seeds derived from a constant base, the same on every commit (with `FIXED_SEEDS`).
+const FIXED_EXTRA: u64 = 5_000;
+/// Commit-derived seeds per `cargo test` run unless `MMP_SEEDS` says otherwise.
+const COMMIT_SEEDS: u64 = 5_000;
+/// Seeds the determinism test runs twice.
+const DETERMINISM_SEEDS: u64 = 300;
+/// Runs of each scripted scenario.
+const SCENARIO_RUNS: u64 = 60;
+/// Crash-heavy runs of the liveness test.
+const LIVENESS_SEEDS: u64 = 300;
+
+fn print_summary(test: &str, stats: &Stats, started: Instant) {
+    eprintln!(
+        "{test}: {stats} | wall={:.2}s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+fn check(test: &str, totals: &Totals) {
+    if let Some(f) = &totals.failure {
+        panic!(
+            "{test}: {} of {} seeds failed (seeds: {:?})\n{f}",
+            totals.failed_seeds.len(),
+            totals.stats.runs,
+            &totals.failed_seeds[..totals.failed_seeds.len().min(20)]
+        );
+    }
+    assert_eq!(totals.stats.double_owners, 0);
+}
+
+/// `MMP_SEED` set: run just that seed (twice) with the swarm options and return true.
+fn single_seed(test: &str) -> bool {
+    let Some(seed) = sim::env_seed() else {
+        return false;
+    };
+    let started = Instant::now();
+    let totals = sim::run_seeds(&[seed], test, true, Options::swarm);
+    eprintln!("{test}: MMP_SEED={seed}\n  options: {}", Options::swarm(seed));
+    print_summary(test, &totals.stats, started);
+    check(test, &totals);
+    true
+}
+
+fn swarm_seeds(test: &str, seeds: &[u64]) -> Stats {
+    let started = Instant::now();
+    let totals = sim::run_seeds(seeds, test, false, Options::swarm);
+    print_summary(test, &totals.stats, started);
+    check(test, &totals);
+    assert_eq!(totals.stats.runs, seeds.len() as u64);
+    assert_eq!(
+        totals.stats.liveness_ok, totals.stats.runs,
+        "every run ends with a passed liveness phase"
+    );
+    totals.stats
+}
+
+#[test]
+fn sim_fixed_seeds() {
+    if single_seed("sim_fixed_seeds") {
+        return;
+    }
+    let mut seeds = sim::FIXED_SEEDS.to_vec();
+    seeds.extend(sim::derived_seeds(0x4D4D_5F46_4958_4544, FIXED_EXTRA));
+    let stats = swarm_seeds("sim_fixed_seeds", &seeds);
+    // The swarm really injects every fault kind.
+    for (name, n) in [
+        ("eio_reads", stats.eio_reads),
+        ("eio_writes", stats.eio_writes),
+        ("lost_writes", stats.lost_writes),
+        ("torn_writes", stats.torn_writes),
+        ("spikes", stats.spikes),
+        ("pauses", stats.pauses),
+        ("crashes", stats.crashes),
+        ("drift_runs", stats.drift_runs),
+        ("operator_repairs", stats.operator_repairs),
+        ("fenced", stats.fenced),
+        ("lost_foreign", stats.lost_foreign),
+    ] {
+        assert!(n > 0, "no {name} in {} runs", stats.runs);
+    }
+}
+
+#[test]
+fn sim_commit_seeds() {
+    if single_seed("sim_commit_seeds") {
+        return;
+    }
+    let commit = sim::commit();
+    let base = commit
+        .as_deref()
+        .and_then(sim::parse_seed)
+        .unwrap_or(0x00C0_FFEE_0000_0000);
+    let n = sim::env_seed_count().unwrap_or(COMMIT_SEEDS);
+    eprintln!(
+        "sim_commit_seeds: commit {} -> base seed {base}, {n} seeds",
+        commit.as_deref().unwrap_or("(none)")
+    );
+    swarm_seeds("sim_commit_seeds", &sim::derived_seeds(base, n));
+}
+
+#[test]
+fn sim_determinism() {
+    let started = Instant::now();
+    let mut seeds = sim::derived_seeds(0xD7E7_0000, DETERMINISM_SEEDS);
+    seeds.extend(sim::FIXED_SEEDS);
+    let totals = sim::run_seeds(&seeds, "sim_determinism", true, Options::swarm);
+    print_summary("sim_determinism", &totals.stats, started);
+    check("sim_determinism", &totals);
+    // Different seeds give different traces (the hash sees the run).
+    let a = sim::run(&Options::swarm(1)).hash;
+    let b = sim::run(&Options::swarm(2)).hash;
+    assert_ne!(a, b);
+}
+
+#[test]
+fn sim_checker_has_teeth() {
+    // No self-fencing, and a holder frozen for five takeover windows while another host
+    // takes over with force: the checker must catch two owners, every time.
+    let started = Instant::now();
+    let mut stats = Stats::default();
+    for seed in 0..SCENARIO_RUNS {
+        let o = Options::pause_takeover(seed, false);
+        let r = sim::run(&o);
+        stats.add(&r.stats);
+        match &r.failure {
+            Some(Failure::DoubleOwner { hosts, .. }) => assert_eq!(hosts, &[0, 1]),
+            other => panic!(
+                "seed {seed}: expected a double owner, got {other:?}\n{}",
+                r.explain("sim_checker_has_teeth")
+            ),
+        }
+        // Deterministic failures too.
+        assert_eq!(sim::run(&o).hash, r.hash);
+    }
+    print_summary("sim_checker_has_teeth", &stats, started);
+    assert_eq!(stats.double_owners, SCENARIO_RUNS);
+}
+
+#[test]
+fn sim_pause_with_fence_is_safe() {
+    // The same freeze with self-fencing on: the holder's lease runs out by its own clock
+    // during the pause, the other host takes over, and nobody sees two owners.
+    let started = Instant::now();
+    let mut stats = Stats::default();
+    for seed in 0..SCENARIO_RUNS {
+        let o = Options::pause_takeover(seed, true);
+        let r = sim::run(&o);
+        stats.add(&r.stats);
+        assert!(
+            r.failure.is_none(),
+            "{}",
+            r.explain("sim_pause_with_fence_is_safe")
+        );
+        assert_eq!(r.acquired, [1, 1, 0], "{}", r.explain("sim_pause_with_fence_is_safe"));
+        assert!(
+            matches!(
+                r.last_outcome[0],
+                Some(OutcomeKind::LostFenced | OutcomeKind::LostForeign)
+            ),
+            "the frozen holder must give up: {:?}\n{}",
+            r.last_outcome,
+            r.explain("sim_pause_with_fence_is_safe")
+        );
+    }
+    print_summary("sim_pause_with_fence_is_safe", &stats, started);
+    assert_eq!(stats.double_owners, 0);
+}
+
+#[test]
+fn sim_liveness_after_heal() {
+    let started = Instant::now();
+    let seeds = sim::derived_seeds(0x11FE_0000, LIVENESS_SEEDS);
+    let totals = sim::run_seeds(&seeds, "sim_liveness_after_heal", false, Options::crashy);
+    print_summary("sim_liveness_after_heal", &totals.stats, started);
+    check("sim_liveness_after_heal", &totals);
+    assert_eq!(totals.stats.liveness_ok, totals.stats.runs);
+    assert!(totals.stats.torn_writes > 0 && totals.stats.operator_repairs > 0);
+}

@@ -1,0 +1,2245 @@
+//! A deterministic discrete-event simulator for the MMP protocol, after TigerBeetle's VOPR.
+//!
+//! N hosts (2..=5) each run the real [`Machine`] from `mmp-core` (acquire, hold for a random
+//! time, release, repeat; some hosts use `force`) against one simulated shared disk (a byte
+//! array holding an ext4 MMP block with or without the metadata_csum seed, or a native
+//! record) in virtual time (`u64` microseconds). Nothing else is real: every host has its own
+//! monotonic clock with a rate (drift within ±1 %) and an offset, and the machine only ever
+//! sees the host-local time. A run depends only on its seed.
+//!
+//! # Fault atlas
+//!
+//! Each seed draws which faults are on and how often (swarm testing, [`Options::swarm`]):
+//!
+//! | fault | model | in the safety envelope? |
+//! |---|---|---|
+//! | I/O latency | `min + exp(mean)` (capped at 10× mean), rare spikes up to a quarter of the fail window | yes |
+//! | EIO | a read returns no data; a failed write may or may not have landed | yes (machine refuses or retries) |
+//! | lost write | the disk acknowledges a write that never lands | yes (the writer's next read sees it) |
+//! | torn write | only at a crash with a write in flight: a prefix of 512-byte sectors lands | yes (corrupt record: refused; operator clears in the liveness phase) |
+//! | pause | SIGSTOP-like: the host processes nothing; also right before or right after `emit_block` | pauses are shorter than the fail window |
+//! | crash | the machine is dropped, the in-flight write is dropped, torn or lands; restart later with a fresh machine | yes |
+//! | clock drift | per-host rate within ±10 000 ppm, arbitrary offsets | yes |
+//!
+//! An I/O in flight completes at a scheduled virtual time; a read samples the disk and a
+//! write lands at an instant between issue and completion.
+//!
+//! # Checkers
+//!
+//! * **Safety**, after every event: at most one host has `machine.is_owner(host_local_now)`.
+//!   A paused host still counts while its lease, by its own clock, is valid.
+//! * Every write comes from a machine request in a writing phase (claiming, held, releasing,
+//!   clearing); a heartbeat write is only emitted inside the lease; CLEAN is only written by
+//!   an acquiring machine that owned the device when it decided to release.
+//! * **Liveness**: after the fault phase everything heals (no more faults; paused hosts
+//!   resume, crashed hosts restart); if the record is corrupt the operator runs
+//!   [`Op::Clear`] once (or, for a native record that does not parse, re-formats the area as
+//!   `mmp format --force` would). Then some host must acquire within ten watch windows.
+//! * **Determinism**: [`Report::hash`] hashes every trace line; a seed run twice must give
+//!   the same hash.
+//!
+//! # Environment
+//!
+//! * `MMP_SEED=<u64 | 0xHEX | 40-hex commit>`: run only that seed (twice, for determinism).
+//! * `MMP_SEEDS=N`: the number of commit-derived seeds `sim_commit_seeds` runs.
+//! * `MMP_COMMIT` / `GITHUB_SHA` / `CI_COMMIT_SHA`: the commit the derived seeds come from
+//!   (else `git rev-parse HEAD`, else a constant).
+//! * `MMP_TRACE=1`: print every trace line as it happens (use with `MMP_SEED`).
+//!
+//! A "schedule" is one seed's run: a short fault phase (a few acquisitions, bounded virtual
+//! time) followed by the liveness phase.
+
+use mmp_core::format::{ext4, native};
+use mmp_core::machine::{
+    self, Class, Config, Event, IoError, IoRequest, Layout, Loss, MAX_RECORD_LEN, Machine, Op,
+    Outcome, Phase, Refusal,
+};
+use mmp_core::time::{Instant, Now};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::fmt;
+use std::hash::{Hash, Hasher};
+
+/// Most hosts a run has.
+pub const MAX_HOSTS: usize = 5;
+/// Sector size for torn writes.
+pub const SECTOR: usize = 512;
+/// Trace lines kept for failure reports.
+pub const TRACE_TAIL: usize = 300;
+/// Byte offset of the ext4 MMP block on the simulated disk (block 8 of a 1 KiB file system).
+const EXT4_OFFSET: u64 = 8192;
+/// The operator's hostid (it only ever clears).
+const OPERATOR_HOSTID: u32 = 0xFFFF;
+/// Events per run before the run is declared stuck (a livelock guard).
+const MAX_EVENTS: u64 = 2_000_000;
+/// ext4 metadata_csum seed used by the csum layouts (the worked vector's UUID).
+const CSUM_SEED: u32 = 0x643D_BF5B;
+/// Wall clock base (informational time stamps written into blocks).
+const WALL_BASE_MS: u64 = 1_700_000_000_000;
+
+// ----- random numbers ----------------------------------------------------------------------
+
+/// The splitmix64 finaliser: a bijective mix, used to derive seeds.
+#[must_use]
+pub fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// splitmix64: tiny, fast, deterministic; all simulator randomness comes from here.
+#[derive(Clone, Debug)]
+pub struct SimRng(u64);
+
+impl SimRng {
+    /// A generator for `seed`.
+    #[must_use]
+    pub fn new(seed: u64) -> Self {
+        SimRng(seed)
+    }
+
+    /// 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        mix(self.0)
+    }
+
+    /// Uniform in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        assert!(n > 0, "below(0)");
+        let v = ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64;
+        debug_assert!(v < n);
+        v
+    }
+
+    /// Uniform in `lo..=hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        assert!(lo <= hi, "range({lo}, {hi})");
+        if hi - lo == u64::MAX {
+            return self.next_u64();
+        }
+        lo + self.below(hi - lo + 1)
+    }
+
+    /// Uniform in `[0, 1)`.
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// `true` with probability `p` (draws nothing when `p <= 0`).
+    pub fn chance(&mut self, p: f64) -> bool {
+        p > 0.0 && self.unit() < p
+    }
+
+    /// Exponentially distributed with `mean`, capped at ten means.
+    pub fn exp(&mut self, mean: u64) -> u64 {
+        if mean == 0 {
+            return 0;
+        }
+        let v = -(1.0 - self.unit()).ln() * mean as f64;
+        (v as u64).min(mean.saturating_mul(10))
+    }
+}
+
+// ----- seeds -------------------------------------------------------------------------------
+
+/// Parses a seed: a decimal `u64`, `0x`-prefixed hex, or a 40-hex-digit git commit (its first
+/// 16 hex digits, as TigerBeetle's `parse_seed` does).
+#[must_use]
+pub fn parse_seed(s: &str) -> Option<u64> {
+    let s = s.trim();
+    if s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return u64::from_str_radix(&s[..16], 16).ok();
+    }
+    if let Some(hex) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        return u64::from_str_radix(hex, 16).ok();
+    }
+    s.parse().ok()
+}
+
+/// `MMP_SEED`, if set. Panics on an unparsable value (a typo must not run other seeds).
+#[must_use]
+pub fn env_seed() -> Option<u64> {
+    let v = std::env::var("MMP_SEED").ok()?;
+    Some(parse_seed(&v).unwrap_or_else(|| {
+        panic!("MMP_SEED={v:?}: expected a u64, 0x-hex or a 40-hex commit")
+    }))
+}
+
+/// `MMP_SEEDS`, if set.
+#[must_use]
+pub fn env_seed_count() -> Option<u64> {
+    let v = std::env::var("MMP_SEEDS").ok()?;
+    Some(
+        v.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("MMP_SEEDS={v:?}: expected a count")),
+    )
+}
+
+/// The commit the derived seeds come from: `MMP_COMMIT`, `GITHUB_SHA`, `CI_COMMIT_SHA`, else
+/// `git rev-parse HEAD` in this repository, else `None`.
+#[must_use]
+pub fn commit() -> Option<String> {
+    for var in ["MMP_COMMIT", "GITHUB_SHA", "CI_COMMIT_SHA"] {
+        if let Ok(v) = std::env::var(var)
+            && !v.trim().is_empty()
+        {
+            return Some(v.trim().to_string());
+        }
+    }
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let s = String::from_utf8(out.stdout).ok()?;
+    let s = s.trim();
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+/// `count` seeds derived from `base` (each one reproducible on its own with `MMP_SEED`).
+#[must_use]
+pub fn derived_seeds(base: u64, count: u64) -> Vec<u64> {
+    (0..count)
+        .map(|i| mix(base ^ mix(i.wrapping_add(0x4D4D_50))))
+        .collect()
+}
+
+// ----- options -----------------------------------------------------------------------------
+
+/// The shared disk's format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiskKind {
+    /// An ext4 MMP block.
+    Ext4 {
+        /// metadata_csum (checksummed block) or not.
+        csum: bool,
+        /// `s_mmp_update_interval`, seconds.
+        update_interval_s: u16,
+    },
+    /// A native record.
+    Native {
+        /// Heartbeat interval.
+        interval_ms: u32,
+        /// Fail intervals.
+        fail_intervals: u16,
+    },
+}
+
+impl DiskKind {
+    /// The machine layout.
+    #[must_use]
+    pub fn layout(self) -> Layout {
+        match self {
+            DiskKind::Ext4 {
+                csum,
+                update_interval_s,
+            } => Layout::Ext4 {
+                offset_bytes: EXT4_OFFSET,
+                csum_seed: csum.then_some(CSUM_SEED),
+                update_interval_s,
+            },
+            DiskKind::Native { .. } => Layout::Native { offset_bytes: 0 },
+        }
+    }
+
+    /// Heartbeat interval, microseconds.
+    #[must_use]
+    pub fn interval_us(self) -> u64 {
+        match self {
+            DiskKind::Ext4 {
+                update_interval_s, ..
+            } => u64::from(update_interval_s.max(1)) * 1_000_000,
+            DiskKind::Native { interval_ms, .. } => u64::from(interval_ms) * 1000,
+        }
+    }
+
+    /// The owner's fail window (lease length), microseconds: the "safety window".
+    #[must_use]
+    pub fn fail_window_us(self) -> u64 {
+        match self {
+            DiskKind::Ext4 {
+                update_interval_s, ..
+            } => {
+                let base = u32::from(update_interval_s.max(ext4::MIN_CHECK_INTERVAL_S));
+                u64::from(ext4::wait_time_s(base)) * 1_000_000
+            }
+            DiskKind::Native {
+                interval_ms,
+                fail_intervals,
+            } => u64::from(interval_ms) * u64::from(fail_intervals) * 1000,
+        }
+    }
+
+    /// A waiter's watch plus claim wait on a freshly written block, microseconds.
+    #[must_use]
+    pub fn takeover_us(self) -> u64 {
+        match self {
+            DiskKind::Ext4 { .. } => 2 * self.fail_window_us(),
+            DiskKind::Native { .. } => 2 * self.fail_window_us() + 2 * self.interval_us(),
+        }
+    }
+}
+
+impl fmt::Display for DiskKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            DiskKind::Ext4 {
+                csum,
+                update_interval_s,
+            } => write!(
+                f,
+                "ext4({}, update_interval={update_interval_s}s)",
+                if csum { "csum" } else { "no-csum" }
+            ),
+            DiskKind::Native {
+                interval_ms,
+                fail_intervals,
+            } => write!(
+                f,
+                "native(interval={interval_ms}ms, fail_intervals={fail_intervals})"
+            ),
+        }
+    }
+}
+
+/// Fault probabilities and magnitudes (all zero: a perfect world).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Faults {
+    /// Smallest I/O latency.
+    pub lat_min_us: u64,
+    /// Mean of the exponential extra latency.
+    pub lat_mean_us: u64,
+    /// Probability of a latency spike per I/O.
+    pub spike_p: f64,
+    /// Largest spike.
+    pub spike_max_us: u64,
+    /// EIO probability per read.
+    pub eio_read_p: f64,
+    /// EIO probability per write.
+    pub eio_write_p: f64,
+    /// Probability that a write is acknowledged but never lands.
+    pub lost_write_p: f64,
+    /// Mean time between random pauses of one host (0: no random pauses).
+    pub pause_gap_us: u64,
+    /// Probability of a pause right before (or right after) emitting a write, or before a read.
+    pub io_pause_p: f64,
+    /// Longest pause.
+    pub pause_max_us: u64,
+    /// Mean time between crashes of one host (0: no crashes).
+    pub crash_gap_us: u64,
+    /// Longest time a crashed host stays down.
+    pub down_max_us: u64,
+    /// Whether clocks drift.
+    pub drift: bool,
+}
+
+impl Faults {
+    fn any(&self) -> bool {
+        *self != Faults::default()
+    }
+}
+
+/// A scripted pause (scenario tests).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScriptedPause {
+    /// Host index.
+    pub host: usize,
+    /// Global virtual time it starts.
+    pub at_us: u64,
+    /// How long.
+    pub dur_us: u64,
+}
+
+/// Everything a run depends on; [`Options::swarm`] derives it all from a seed.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The seed (also drives every random choice during the run).
+    pub seed: u64,
+    /// Number of hosts.
+    pub hosts: usize,
+    /// The disk.
+    pub disk: DiskKind,
+    /// Hosts that acquire with `force`.
+    pub force: [bool; MAX_HOSTS],
+    /// Self-fencing (the lease); off only in the checker-has-teeth scenario.
+    pub self_fence: bool,
+    /// Clock rate error per host, parts per million (|ppm| <= 10 000).
+    pub drift_ppm: [i32; MAX_HOSTS],
+    /// Monotonic clock offset per host.
+    pub clock_offset_us: [u64; MAX_HOSTS],
+    /// Faults of the fault phase.
+    pub faults: Faults,
+    /// The fault phase ends after this many acquisitions...
+    pub acquisitions: u64,
+    /// ...or at this virtual time.
+    pub fault_phase_us: u64,
+    /// Hold time range (inclusive).
+    pub hold_us: (u64, u64),
+    /// Idle time between attempts (inclusive).
+    pub idle_us: (u64, u64),
+    /// Per host: first attempt at this time instead of a random one.
+    pub start_at_us: [Option<u64>; MAX_HOSTS],
+    /// Per host: never release (scenario tests).
+    pub hold_forever: [bool; MAX_HOSTS],
+    /// Per host: make one attempt only.
+    pub single_attempt: [bool; MAX_HOSTS],
+    /// Scripted pauses.
+    pub pauses: Vec<ScriptedPause>,
+    /// Run the liveness phase after the fault phase.
+    pub liveness: bool,
+}
+
+impl Options {
+    /// A fault-free baseline for `disk` with `hosts` hosts (scenario tests build on it).
+    #[must_use]
+    pub fn quiet(seed: u64, hosts: usize, disk: DiskKind) -> Self {
+        assert!((1..=MAX_HOSTS).contains(&hosts));
+        let i = disk.interval_us();
+        assert!(i > 0 && disk.fail_window_us() > i);
+        Options {
+            seed,
+            hosts,
+            disk,
+            force: [false; MAX_HOSTS],
+            self_fence: true,
+            drift_ppm: [0; MAX_HOSTS],
+            clock_offset_us: [0; MAX_HOSTS],
+            faults: Faults {
+                lat_min_us: 100,
+                ..Faults::default()
+            },
+            acquisitions: 3,
+            fault_phase_us: 30 * disk.takeover_us(),
+            hold_us: (i, 6 * i),
+            idle_us: (0, 2 * i),
+            start_at_us: [None; MAX_HOSTS],
+            hold_forever: [false; MAX_HOSTS],
+            single_attempt: [false; MAX_HOSTS],
+            pauses: Vec::new(),
+            liveness: true,
+        }
+    }
+
+    /// Everything drawn from `seed` (swarm testing: which faults are on and how often).
+    #[must_use]
+    pub fn swarm(seed: u64) -> Self {
+        let mut r = SimRng::new(mix(seed ^ 0x5357_4152_4D21));
+        let hosts = r.range(2, MAX_HOSTS as u64) as usize;
+        let disk = match r.below(4) {
+            k @ (0 | 1) => DiskKind::Ext4 {
+                csum: k == 1,
+                update_interval_s: r.range(1, 5) as u16,
+            },
+            _ => DiskKind::Native {
+                interval_ms: r.range(100, 1000) as u32,
+                fail_intervals: [2, 3, 5, 10][r.below(4) as usize],
+            },
+        };
+        let mut o = Options::quiet(seed, hosts, disk);
+        let i = disk.interval_us();
+        let w = disk.fail_window_us();
+        let all_force = r.chance(0.25);
+        for h in 0..hosts {
+            o.force[h] = all_force || r.chance(0.4);
+            o.clock_offset_us[h] = r.below(1 << 40);
+        }
+        let mut f = Faults {
+            lat_min_us: r.range(10, 1000),
+            ..Faults::default()
+        };
+        if r.chance(0.5) {
+            f.lat_mean_us = r.range(100, (i / 10).max(200));
+        }
+        if r.chance(0.5) {
+            f.spike_p = r.range(1, 20) as f64 / 1000.0;
+            f.spike_max_us = r.range(i / 4, (w / 4).max(i / 4));
+        }
+        if r.chance(0.5) {
+            f.eio_read_p = r.range(1, 50) as f64 / 1000.0;
+        }
+        if r.chance(0.5) {
+            f.eio_write_p = r.range(1, 50) as f64 / 1000.0;
+        }
+        if r.chance(0.4) {
+            f.lost_write_p = r.range(1, 20) as f64 / 1000.0;
+        }
+        if r.chance(0.5) {
+            f.pause_max_us = r.range(w / 10, w * 9 / 10);
+            if r.chance(0.7) {
+                f.pause_gap_us = r.range(3 * w, 30 * w);
+            }
+            if r.chance(0.5) {
+                f.io_pause_p = r.range(1, 20) as f64 / 1000.0;
+            }
+        }
+        if r.chance(0.4) {
+            f.crash_gap_us = r.range(5 * w, 50 * w);
+            f.down_max_us = r.range(i, 4 * w);
+        }
+        if r.chance(0.5) {
+            f.drift = true;
+            for h in 0..hosts {
+                o.drift_ppm[h] = r.range(0, 20_000) as i32 - 10_000;
+            }
+        }
+        o.faults = f;
+        o.acquisitions = r.range(2, 4);
+        o
+    }
+
+    /// The scenario that breaks the timing assumption: host 0 holds, is paused for five
+    /// takeover windows, and host 1 takes over with force meanwhile. With `self_fence` off
+    /// the checker must see two owners; with it on, none.
+    #[must_use]
+    pub fn pause_takeover(seed: u64, self_fence: bool) -> Self {
+        let mut r = SimRng::new(mix(seed ^ 0x7EE7));
+        let disk = match r.below(3) {
+            0 => DiskKind::Native {
+                interval_ms: r.range(100, 1000) as u32,
+                fail_intervals: [2, 3, 5, 10][r.below(4) as usize],
+            },
+            k => DiskKind::Ext4 {
+                csum: k == 1,
+                update_interval_s: r.range(1, 5) as u16,
+            },
+        };
+        let mut o = Options::quiet(seed, 2, disk);
+        let w = disk.fail_window_us();
+        let take = disk.takeover_us();
+        o.self_fence = self_fence;
+        o.force = [false, true, false, false, false];
+        o.hold_forever[0] = true;
+        o.single_attempt = [true; MAX_HOSTS];
+        o.start_at_us[0] = Some(0);
+        // Host 0 has acquired (one claim wait of at most a takeover window) and heartbeated
+        // for a while before it freezes; host 1 starts watching right after.
+        let freeze = 2 * take + r.below(w);
+        o.start_at_us[1] = Some(freeze + r.below(w / 2 + 1));
+        o.pauses.push(ScriptedPause {
+            host: 0,
+            at_us: freeze,
+            dur_us: 5 * take,
+        });
+        if r.chance(0.5) {
+            o.faults.drift = true;
+            o.drift_ppm[0] = r.range(0, 20_000) as i32 - 10_000;
+            o.drift_ppm[1] = r.range(0, 20_000) as i32 - 10_000;
+        }
+        o.clock_offset_us[0] = r.below(1 << 40);
+        o.clock_offset_us[1] = r.below(1 << 40);
+        o.acquisitions = u64::MAX;
+        o.fault_phase_us = freeze + 7 * take;
+        o.liveness = false;
+        o
+    }
+}
+
+impl Options {
+    /// A swarm run where hosts crash often (so writes tear) and the liveness phase has
+    /// something to repair: checksummed ext4 or native, always crashes, often pauses.
+    #[must_use]
+    pub fn crashy(seed: u64) -> Self {
+        let mut o = Options::swarm(seed);
+        let mut r = SimRng::new(mix(seed ^ 0xC2A5));
+        if let DiskKind::Ext4 { csum, .. } = &mut o.disk {
+            *csum = true;
+        }
+        let w = o.disk.fail_window_us();
+        let i = o.disk.interval_us();
+        o.faults.crash_gap_us = r.range(w, 5 * w);
+        o.faults.down_max_us = r.range(i, 2 * w);
+        o.faults.lat_mean_us = o.faults.lat_mean_us.max(i / 20);
+        o.acquisitions = 4;
+        o
+    }
+}
+
+impl fmt::Display for Options {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let fl = &self.faults;
+        write!(
+            f,
+            "seed={} hosts={} disk={} self_fence={} force={:?} drift_ppm={:?}\n  \
+             latency: min={}us mean={}us spikes p={} max={}us | eio read p={} write p={} | \
+             lost writes p={} | pauses gap={}us io_p={} max={}us | crashes gap={}us down<={}us\n  \
+             fault phase: {} acquisitions or {}us; hold {:?}us idle {:?}us; liveness={}",
+            self.seed,
+            self.hosts,
+            self.disk,
+            self.self_fence,
+            &self.force[..self.hosts],
+            &self.drift_ppm[..self.hosts],
+            fl.lat_min_us,
+            fl.lat_mean_us,
+            fl.spike_p,
+            fl.spike_max_us,
+            fl.eio_read_p,
+            fl.eio_write_p,
+            fl.lost_write_p,
+            fl.pause_gap_us,
+            fl.io_pause_p,
+            fl.pause_max_us,
+            fl.crash_gap_us,
+            fl.down_max_us,
+            self.acquisitions,
+            self.fault_phase_us,
+            self.hold_us,
+            self.idle_us,
+            self.liveness,
+        )
+    }
+}
+
+// ----- trace -------------------------------------------------------------------------------
+
+/// What a record says, for trace lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Summary {
+    /// 0 corrupt, 1 clean, 2 active, 3 other.
+    pub class: u8,
+    /// Sequence.
+    pub seq: u64,
+    /// Host index of the last writer (255 operator, 254 nobody or unknown).
+    pub owner: u8,
+}
+
+impl Summary {
+    const CORRUPT: Summary = Summary {
+        class: 0,
+        seq: 0,
+        owner: 254,
+    };
+
+    fn of(layout: &Layout, bytes: &[u8]) -> Summary {
+        let Ok(snap) = machine::parse(layout, bytes) else {
+            return Summary::CORRUPT;
+        };
+        let class = match snap.class() {
+            Class::Clean => 1,
+            Class::Active => 2,
+            _ => 3,
+        };
+        let owner = match snap.hostid() {
+            Some(OPERATOR_HOSTID) => 255,
+            Some(id @ 1..=5) => (id - 1) as u8,
+            Some(_) => 254,
+            None => match snap.nodename() {
+                b"operator" => 255,
+                [b'h', b'o', b's', b't', d @ b'0'..=b'4'] => d - b'0',
+                _ => 254,
+            },
+        };
+        Summary {
+            class,
+            seq: snap.seq(),
+            owner,
+        }
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let class = ["corrupt", "clean", "active", "other"][usize::from(self.class.min(3))];
+        if self.class == 0 {
+            return f.write_str(class);
+        }
+        write!(f, "{class} seq={:#x} by=", self.seq)?;
+        match self.owner {
+            255 => f.write_str("operator"),
+            254 => f.write_str("-"),
+            h => write!(f, "h{h}"),
+        }
+    }
+}
+
+/// What happened to an in-flight write at a crash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CrashFate {
+    /// No write in flight (or it had already landed).
+    Nothing,
+    /// The write never reaches the disk.
+    Dropped,
+    /// The first `n` sectors landed.
+    Torn(u8),
+    /// The whole write landed.
+    Landed,
+}
+
+/// One trace line's content.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TraceKind {
+    /// A machine starts (op 0 acquire, 2 clear).
+    Start {
+        /// Clear (operator) or acquire.
+        clear: bool,
+        /// Force.
+        force: bool,
+    },
+    /// A read is issued.
+    Read {
+        /// I/O id.
+        id: u32,
+        /// It will fail with EIO.
+        eio: bool,
+        /// Completion delay.
+        lat_us: u64,
+    },
+    /// A read completed.
+    ReadDone {
+        /// I/O id.
+        id: u32,
+        /// What it returned (`None`: EIO).
+        got: Option<Summary>,
+    },
+    /// A write is issued.
+    Write {
+        /// I/O id.
+        id: u32,
+        /// What it writes.
+        what: Summary,
+        /// 0 normal, 1 lost, 2 EIO and lands, 3 EIO and dropped.
+        fate: u8,
+        /// Completion delay.
+        lat_us: u64,
+    },
+    /// `emit_block` refused the write (self-fenced).
+    WriteCancelled,
+    /// A write landed on the disk (disk now holds `now`).
+    Landed {
+        /// I/O id.
+        id: u32,
+        /// Disk content after landing.
+        now: Summary,
+    },
+    /// A write completed (`ok` false: EIO).
+    WriteDone {
+        /// I/O id.
+        id: u32,
+        /// Success.
+        ok: bool,
+    },
+    /// The machine acquired.
+    Acquired,
+    /// The host asked to release.
+    ReleaseAsked,
+    /// The machine finished.
+    Finished(OutcomeKind),
+    /// The host froze (`at_emit`: 0 random, 1 before a read or emit, 2 after emit).
+    Pause {
+        /// Until (global).
+        until_us: u64,
+        /// Where it froze.
+        at_emit: u8,
+    },
+    /// The host resumed.
+    Resume,
+    /// The host crashed.
+    Crash(CrashFate),
+    /// The host restarted.
+    Restart,
+    /// Faults healed; liveness phase begins with this deadline.
+    Heal {
+        /// Deadline (global).
+        deadline_us: u64,
+    },
+    /// The record did not parse after healing: the operator runs a clear.
+    OperatorClear,
+    /// The native record did not parse: the operator re-formats the area.
+    OperatorFormat,
+    /// Two or more owners at once (bit mask of host indexes).
+    DoubleOwner(u8),
+    /// A write-rule violation.
+    BadWrite(u8),
+    /// Some host acquired after healing.
+    LivenessOk,
+}
+
+/// How a machine finished, for traces and counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OutcomeKind {
+    /// Released.
+    Released,
+    /// Cleared.
+    Cleared,
+    /// Aborted.
+    Aborted,
+    /// Lost: foreign write.
+    LostForeign,
+    /// Lost: self-fenced.
+    LostFenced,
+    /// Lost: release re-read failed.
+    LostRelease,
+    /// Refused: corrupt record.
+    RefusedCorrupt,
+    /// Refused: foreign, needs force.
+    RefusedForeign,
+    /// Refused: someone is alive.
+    RefusedActive,
+    /// Refused: lost the claim race.
+    RefusedLostRace,
+    /// Refused: I/O error.
+    RefusedIo,
+    /// Refused: other.
+    RefusedOther,
+    /// Check: safe.
+    Safe,
+}
+
+impl OutcomeKind {
+    fn of(o: &Outcome) -> Self {
+        match o {
+            Outcome::Released => OutcomeKind::Released,
+            Outcome::Cleared => OutcomeKind::Cleared,
+            Outcome::Aborted => OutcomeKind::Aborted,
+            Outcome::Safe { .. } => OutcomeKind::Safe,
+            Outcome::Lost(Loss::ForeignWrite(_)) => OutcomeKind::LostForeign,
+            Outcome::Lost(Loss::Fenced { .. }) => OutcomeKind::LostFenced,
+            Outcome::Lost(Loss::ReleaseReadFailed(_)) => OutcomeKind::LostRelease,
+            Outcome::Refused(Refusal::Corrupt(_)) => OutcomeKind::RefusedCorrupt,
+            Outcome::Refused(Refusal::Foreign(_)) => OutcomeKind::RefusedForeign,
+            Outcome::Refused(Refusal::Active(_)) => OutcomeKind::RefusedActive,
+            Outcome::Refused(Refusal::LostRace(_)) => OutcomeKind::RefusedLostRace,
+            Outcome::Refused(Refusal::Io(_)) => OutcomeKind::RefusedIo,
+            Outcome::Refused(_) => OutcomeKind::RefusedOther,
+        }
+    }
+}
+
+/// One trace line: `t=12.345678 host=2 ...`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TraceLine {
+    /// Global virtual time.
+    pub t_us: u64,
+    /// Host index (255: the simulator itself; `hosts`: the operator).
+    pub host: u8,
+    /// The host's local monotonic time.
+    pub local_us: u64,
+    /// What happened.
+    pub kind: TraceKind,
+}
+
+impl fmt::Display for TraceLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "t={}.{:06} ",
+            self.t_us / 1_000_000,
+            self.t_us % 1_000_000
+        )?;
+        if self.host == 255 {
+            f.write_str("sim    ")?;
+        } else {
+            write!(
+                f,
+                "host={} [local {}.{:06}] ",
+                self.host,
+                self.local_us / 1_000_000,
+                self.local_us % 1_000_000
+            )?;
+        }
+        match self.kind {
+            TraceKind::Start { clear, force } => write!(
+                f,
+                "start {}{}",
+                if clear { "clear" } else { "acquire" },
+                if force { " --force" } else { "" }
+            ),
+            TraceKind::Read { id, eio, lat_us } => write!(
+                f,
+                "read #{id} issued (completes in {lat_us}us{})",
+                if eio { ", will fail EIO" } else { "" }
+            ),
+            TraceKind::ReadDone { id, got: Some(s) } => write!(f, "read #{id} -> {s}"),
+            TraceKind::ReadDone { id, got: None } => write!(f, "read #{id} -> EIO"),
+            TraceKind::Write {
+                id,
+                what,
+                fate,
+                lat_us,
+            } => write!(
+                f,
+                "write #{id} issued: {what} (completes in {lat_us}us{})",
+                ["", ", will be LOST", ", EIO but lands", ", EIO, dropped"][usize::from(fate & 3)]
+            ),
+            TraceKind::WriteCancelled => f.write_str("write cancelled by emit_block (lease over)"),
+            TraceKind::Landed { id, now } => write!(f, "write #{id} landed; disk: {now}"),
+            TraceKind::WriteDone { id, ok } => {
+                write!(f, "write #{id} -> {}", if ok { "ok" } else { "EIO" })
+            }
+            TraceKind::Acquired => f.write_str("ACQUIRED"),
+            TraceKind::ReleaseAsked => f.write_str("release requested"),
+            TraceKind::Finished(k) => write!(f, "finished: {k:?}"),
+            TraceKind::Pause { until_us, at_emit } => write!(
+                f,
+                "PAUSED{} until t={}.{:06}",
+                ["", " before I/O", " after emit_block"][usize::from(at_emit.min(2))],
+                until_us / 1_000_000,
+                until_us % 1_000_000
+            ),
+            TraceKind::Resume => f.write_str("resumed"),
+            TraceKind::Crash(fate) => write!(f, "CRASHED (write in flight: {fate:?})"),
+            TraceKind::Restart => f.write_str("restarted"),
+            TraceKind::Heal { deadline_us } => write!(
+                f,
+                "faults healed; someone must acquire by t={}.{:06}",
+                deadline_us / 1_000_000,
+                deadline_us % 1_000_000
+            ),
+            TraceKind::OperatorClear => f.write_str("record corrupt: operator runs clear"),
+            TraceKind::OperatorFormat => {
+                f.write_str("native record unreadable: operator re-formats the area")
+            }
+            TraceKind::DoubleOwner(mask) => write!(f, "DOUBLE OWNER: host mask {mask:#07b}"),
+            TraceKind::BadWrite(code) => write!(
+                f,
+                "BAD WRITE: {}",
+                [
+                    "write requested outside claiming/held/releasing/clearing",
+                    "heartbeat emitted outside the lease",
+                    "CLEAN written by a machine that did not own the device",
+                ][usize::from(code.min(2))]
+            ),
+            TraceKind::LivenessOk => f.write_str("liveness: acquired after healing"),
+        }
+    }
+}
+
+/// A deterministic 64-bit FNV-1a hasher for the trace hash.
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01B3);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 ^= v;
+        self.0 = mix(self.0);
+    }
+}
+
+// ----- counters and report -------------------------------------------------------------------
+
+/// Counters of one run (summed over runs by [`Totals`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Runs.
+    pub runs: u64,
+    /// Events processed.
+    pub events: u64,
+    /// Virtual time simulated, microseconds.
+    pub virtual_us: u64,
+    /// Acquisitions.
+    pub acquisitions: u64,
+    /// Clean releases.
+    pub releases: u64,
+    /// Losses after a foreign write.
+    pub lost_foreign: u64,
+    /// Self-fences.
+    pub fenced: u64,
+    /// Refused acquisitions (any reason).
+    pub refusals: u64,
+    /// Read EIOs injected.
+    pub eio_reads: u64,
+    /// Write EIOs injected.
+    pub eio_writes: u64,
+    /// Lost writes injected.
+    pub lost_writes: u64,
+    /// Torn writes (crash with a write in flight, a strict prefix of sectors landed).
+    pub torn_writes: u64,
+    /// Latency spikes.
+    pub spikes: u64,
+    /// Pauses (random and at I/O).
+    pub pauses: u64,
+    /// Crashes.
+    pub crashes: u64,
+    /// Runs with drifting clocks.
+    pub drift_runs: u64,
+    /// Operator clears or formats after healing.
+    pub operator_repairs: u64,
+    /// Double owners found.
+    pub double_owners: u64,
+    /// Liveness phases passed.
+    pub liveness_ok: u64,
+}
+
+impl Stats {
+    /// Adds another run's counters.
+    pub fn add(&mut self, o: &Stats) {
+        self.runs += o.runs;
+        self.events += o.events;
+        self.virtual_us += o.virtual_us;
+        self.acquisitions += o.acquisitions;
+        self.releases += o.releases;
+        self.lost_foreign += o.lost_foreign;
+        self.fenced += o.fenced;
+        self.refusals += o.refusals;
+        self.eio_reads += o.eio_reads;
+        self.eio_writes += o.eio_writes;
+        self.lost_writes += o.lost_writes;
+        self.torn_writes += o.torn_writes;
+        self.spikes += o.spikes;
+        self.pauses += o.pauses;
+        self.crashes += o.crashes;
+        self.drift_runs += o.drift_runs;
+        self.operator_repairs += o.operator_repairs;
+        self.double_owners += o.double_owners;
+        self.liveness_ok += o.liveness_ok;
+    }
+}
+
+impl fmt::Display for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "seeds={} events={} virtual={}s acquisitions={} releases={} lost_foreign={} \
+             fenced={} refusals={} | faults: eio_read={} eio_write={} lost_write={} torn={} \
+             spikes={} pauses={} crashes={} drift_runs={} | operator_repairs={} liveness_ok={} \
+             double_owners={}",
+            self.runs,
+            self.events,
+            self.virtual_us / 1_000_000,
+            self.acquisitions,
+            self.releases,
+            self.lost_foreign,
+            self.fenced,
+            self.refusals,
+            self.eio_reads,
+            self.eio_writes,
+            self.lost_writes,
+            self.torn_writes,
+            self.spikes,
+            self.pauses,
+            self.crashes,
+            self.drift_runs,
+            self.operator_repairs,
+            self.liveness_ok,
+            self.double_owners,
+        )
+    }
+}
+
+/// Why a run failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// Two hosts owned the device at once.
+    DoubleOwner {
+        /// When.
+        t_us: u64,
+        /// Which hosts.
+        hosts: Vec<usize>,
+    },
+    /// A write broke a rule.
+    BadWrite {
+        /// When.
+        t_us: u64,
+        /// Which host.
+        host: usize,
+        /// What rule.
+        what: &'static str,
+    },
+    /// Nobody acquired within the liveness budget after healing.
+    Liveness {
+        /// Healed at.
+        healed_us: u64,
+        /// Budget.
+        budget_us: u64,
+    },
+    /// The event budget ran out (a livelock).
+    Stuck,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::DoubleOwner { t_us, hosts } => write!(
+                f,
+                "SAFETY: hosts {hosts:?} own the device at the same time (t={}.{:06})",
+                t_us / 1_000_000,
+                t_us % 1_000_000
+            ),
+            Failure::BadWrite { t_us, host, what } => write!(
+                f,
+                "SAFETY: host {host} at t={}.{:06}: {what}",
+                t_us / 1_000_000,
+                t_us % 1_000_000
+            ),
+            Failure::Liveness {
+                healed_us,
+                budget_us,
+            } => write!(
+                f,
+                "LIVENESS: nobody acquired within {}us after healing at t={}.{:06}",
+                budget_us,
+                healed_us / 1_000_000,
+                healed_us % 1_000_000
+            ),
+            Failure::Stuck => write!(f, "STUCK: more than {MAX_EVENTS} events"),
+        }
+    }
+}
+
+/// The result of one run.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// The options that ran.
+    pub options: Options,
+    /// Hash of every trace line.
+    pub hash: u64,
+    /// Counters.
+    pub stats: Stats,
+    /// The first failure, if any.
+    pub failure: Option<Failure>,
+    /// The last [`TRACE_TAIL`] trace lines.
+    pub tail: Vec<TraceLine>,
+    /// Per host: how its last machine finished.
+    pub last_outcome: Vec<Option<OutcomeKind>>,
+    /// Per host: acquisitions.
+    pub acquired: Vec<u64>,
+}
+
+impl Report {
+    /// The failure report: options, trace tail, and how to reproduce.
+    #[must_use]
+    pub fn explain(&self, test: &str) -> String {
+        let mut s = String::new();
+        if let Some(fail) = &self.failure {
+            s.push_str(&format!("MMP simulator failure: {fail}\n"));
+        }
+        s.push_str(&format!("options: {}\n", self.options));
+        s.push_str(&format!("trace tail ({} lines):\n", self.tail.len()));
+        for l in &self.tail {
+            s.push_str(&format!("  {l}\n"));
+        }
+        s.push_str(&format!(
+            "MMP_SEED={} to reproduce: MMP_SEED={} MMP_TRACE=1 cargo test -p mmp-tests {test} -- --nocapture\n",
+            self.options.seed, self.options.seed
+        ));
+        s
+    }
+}
+
+// ----- the simulation ----------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Ev {
+    /// Service the host (timer, release, start).
+    Wake { host: usize, epoch: u64 },
+    /// A read samples the disk.
+    Sample { host: usize, epoch: u64, id: u32 },
+    /// A write lands.
+    Land { host: usize, epoch: u64, id: u32 },
+    /// An I/O completes.
+    Done { host: usize, epoch: u64, id: u32 },
+    /// A random pause starts.
+    PauseStart { host: usize, epoch: u64, scripted_us: u64 },
+    /// A pause ends.
+    Resume { host: usize, epoch: u64 },
+    /// A crash.
+    Crash { host: usize, epoch: u64 },
+    /// A restart.
+    Restart { host: usize, epoch: u64 },
+    /// The fault phase ends.
+    PhaseEnd,
+    /// The liveness deadline.
+    Deadline,
+    /// After healing and settling: the operator looks at the record.
+    OperatorCheck,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Clock {
+    ppm: i64,
+    offset_us: u64,
+}
+
+impl Clock {
+    fn local(&self, t: u64) -> u64 {
+        let t = i128::from(t);
+        let v = i128::from(self.offset_us) + t + t * i128::from(self.ppm) / 1_000_000;
+        u64::try_from(v).unwrap_or(u64::MAX)
+    }
+
+    /// The first global instant at which the local clock reads at least `local`.
+    fn global(&self, local: u64) -> u64 {
+        if local <= self.local(0) {
+            return 0;
+        }
+        let d = i128::from(local - self.offset_us);
+        let mut g = u64::try_from(d * 1_000_000 / i128::from(1_000_000 + self.ppm)).unwrap_or(0);
+        for _ in 0..64 {
+            if self.local(g) >= local {
+                break;
+            }
+            g += 1;
+        }
+        for _ in 0..64 {
+            if g == 0 || self.local(g - 1) < local {
+                break;
+            }
+            g -= 1;
+        }
+        debug_assert!(self.local(g) >= local);
+        g
+    }
+
+    fn now(&self, t: u64) -> Now {
+        let l = self.local(t);
+        Now::new(Instant::from_micros(l), WALL_BASE_MS + l / 1000)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum IoKind {
+    Read,
+    Write,
+}
+
+#[derive(Clone, Debug)]
+struct InFlight {
+    id: u32,
+    kind: IoKind,
+    len: usize,
+    buf: [u8; MAX_RECORD_LEN],
+    err: bool,
+    /// The write reaches the disk (not lost, not a dropped EIO) and has not yet.
+    will_land: bool,
+    done: bool,
+    /// Read: what the disk held when sampled; write: what it writes.
+    what: Summary,
+}
+
+#[derive(Clone, Debug)]
+enum Deferred {
+    /// Frozen before the request was carried out (before the read, or before emit_block).
+    Before(IoRequest),
+    /// Frozen after emit_block, before the write went out.
+    AfterEmit {
+        buf: [u8; MAX_RECORD_LEN],
+        len: usize,
+    },
+}
+
+struct Host {
+    operator: bool,
+    clock: Clock,
+    force: bool,
+    machine: Option<Machine>,
+    epoch: u64,
+    io: Option<InFlight>,
+    deferred: Option<Deferred>,
+    paused_until: Option<u64>,
+    down: bool,
+    wake_at: Option<u64>,
+    release_at: Option<u64>,
+    start_at: Option<u64>,
+    /// The lease before the last machine input (for the CLEAN rule).
+    lease_seen: Option<Instant>,
+    attempts: u64,
+    last_outcome: Option<OutcomeKind>,
+    acquired: u64,
+}
+
+struct Sim {
+    o: Options,
+    layout: Layout,
+    rng: SimRng,
+    t: u64,
+    seq: u64,
+    queue: BinaryHeap<Reverse<(u64, u64, Ev)>>,
+    disk: Vec<u8>,
+    disk_summary: Summary,
+    hosts: Vec<Host>,
+    next_io: u32,
+    faults_on: bool,
+    healed_at: Option<u64>,
+    done: bool,
+    stats: Stats,
+    failure: Option<Failure>,
+    hash: Fnv,
+    tail: VecDeque<TraceLine>,
+    print: bool,
+    owner_mask: u8,
+}
+
+/// Runs one schedule.
+#[must_use]
+pub fn run(o: &Options) -> Report {
+    let mut sim = Sim::new(o.clone());
+    sim.main_loop();
+    sim.report()
+}
+
+impl Sim {
+    fn new(o: Options) -> Self {
+        assert!((1..=MAX_HOSTS).contains(&o.hosts), "hosts {}", o.hosts);
+        let layout = o.disk.layout();
+        let mut rng = SimRng::new(mix(o.seed ^ 0x52_554E));
+        let mut disk = vec![0u8; 16384];
+        let off = usize::try_from(layout.offset_bytes()).expect("offset");
+        match o.disk {
+            DiskKind::Ext4 { csum, .. } => {
+                let mut b = ext4::Block::new(ext4::SEQ_CLEAN, 1_700_000_000, b"mkfs", b"sim", 5);
+                b.emit(&mut disk[off..off + ext4::STRUCT_LEN], csum.then_some(CSUM_SEED));
+            }
+            DiskKind::Native {
+                interval_ms,
+                fail_intervals,
+            } => {
+                let r = native::Record::formatted([7; 16], interval_ms, fail_intervals, 0);
+                r.emit(&mut disk[off..off + native::RECORD_LEN]);
+            }
+        }
+        let len = layout.record_len();
+        let disk_summary = Summary::of(&layout, &disk[off..off + len]);
+        assert_eq!(disk_summary.class, 1, "the disk starts clean");
+        let mut hosts = Vec::new();
+        for h in 0..=o.hosts {
+            let operator = h == o.hosts;
+            let ppm = if operator || !o.faults.drift {
+                0
+            } else {
+                i64::from(o.drift_ppm[h])
+            };
+            assert!(ppm.abs() <= 10_000, "drift outside ±1 %");
+            hosts.push(Host {
+                operator,
+                clock: Clock {
+                    ppm,
+                    offset_us: if operator { 0 } else { o.clock_offset_us[h] },
+                },
+                force: !operator && o.force[h],
+                machine: None,
+                epoch: 0,
+                io: None,
+                deferred: None,
+                paused_until: None,
+                down: false,
+                wake_at: None,
+                release_at: None,
+                start_at: None,
+                lease_seen: None,
+                attempts: 0,
+                last_outcome: None,
+                acquired: 0,
+            });
+        }
+        let faults_on = o.faults.any();
+        let mut sim = Sim {
+            layout,
+            rng: SimRng::new(rng.next_u64()),
+            t: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            disk,
+            disk_summary,
+            hosts,
+            next_io: 0,
+            faults_on,
+            healed_at: None,
+            done: false,
+            stats: Stats {
+                runs: 1,
+                drift_runs: u64::from(o.faults.drift),
+                ..Stats::default()
+            },
+            failure: None,
+            hash: Fnv(0xCBF2_9CE4_8422_2325),
+            tail: VecDeque::with_capacity(TRACE_TAIL),
+            print: std::env::var("MMP_TRACE").is_ok_and(|v| v == "1"),
+            owner_mask: 0,
+            o,
+        };
+        for h in 0..sim.o.hosts {
+            let start = sim.o.start_at_us[h].unwrap_or_else(|| {
+                let (lo, hi) = sim.o.idle_us;
+                sim.rng.range(lo, hi)
+            });
+            sim.hosts[h].start_at = Some(start);
+            sim.schedule_wake(h);
+            if sim.o.faults.pause_gap_us > 0 {
+                let at = sim.rng.exp(sim.o.faults.pause_gap_us);
+                sim.push(at, Ev::PauseStart { host: h, epoch: 0, scripted_us: 0 });
+            }
+            if sim.o.faults.crash_gap_us > 0 {
+                let at = sim.rng.exp(sim.o.faults.crash_gap_us);
+                sim.push(at, Ev::Crash { host: h, epoch: 0 });
+            }
+        }
+        for p in sim.o.pauses.clone() {
+            assert!(p.host < sim.o.hosts && p.dur_us > 0);
+            sim.push(
+                p.at_us,
+                Ev::PauseStart {
+                    host: p.host,
+                    epoch: 0,
+                    scripted_us: p.dur_us,
+                },
+            );
+        }
+        let end = sim.o.fault_phase_us;
+        sim.push(end, Ev::PhaseEnd);
+        sim
+    }
+
+    fn push(&mut self, t: u64, ev: Ev) {
+        debug_assert!(t >= self.t, "event in the past");
+        self.seq += 1;
+        self.queue.push(Reverse((t.max(self.t), self.seq, ev)));
+    }
+
+    fn trace(&mut self, host: usize, kind: TraceKind) {
+        let (h, local_us) = if host == usize::MAX {
+            (255u8, 0)
+        } else {
+            (host as u8, self.hosts[host].clock.local(self.t))
+        };
+        let line = TraceLine {
+            t_us: self.t,
+            host: h,
+            local_us,
+            kind,
+        };
+        line.hash(&mut self.hash);
+        if self.print {
+            eprintln!("{line}");
+        }
+        if self.tail.len() == TRACE_TAIL {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(line);
+    }
+
+    fn fail(&mut self, f: Failure) {
+        if self.failure.is_none() {
+            self.failure = Some(f);
+        }
+        self.done = true;
+    }
+
+    fn main_loop(&mut self) {
+        while !self.done {
+            let Some(Reverse((t, _, ev))) = self.queue.pop() else {
+                break;
+            };
+            assert!(t >= self.t, "time went backwards");
+            self.t = t;
+            self.stats.events += 1;
+            if self.stats.events > MAX_EVENTS {
+                self.fail(Failure::Stuck);
+                break;
+            }
+            self.dispatch(ev);
+            self.check_owners();
+            if self.healed_at.is_none()
+                && self.o.liveness
+                && self.stats.acquisitions >= self.o.acquisitions
+            {
+                self.heal();
+            }
+        }
+        self.stats.virtual_us = self.t;
+    }
+
+    fn dispatch(&mut self, ev: Ev) {
+        match ev {
+            Ev::Wake { host, epoch } => {
+                let hs = &mut self.hosts[host];
+                if epoch != hs.epoch || hs.wake_at != Some(self.t) {
+                    return;
+                }
+                hs.wake_at = None;
+                self.service(host);
+            }
+            Ev::Sample { host, epoch, id } => {
+                if epoch != self.hosts[host].epoch {
+                    return;
+                }
+                let off = self.off();
+                let disk = &self.disk;
+                if let Some(io) = self.hosts[host].io.as_mut()
+                    && io.id == id
+                {
+                    io.buf[..io.len].copy_from_slice(&disk[off..off + io.len]);
+                    io.what = self.disk_summary;
+                }
+            }
+            Ev::Land { host, epoch, id } => {
+                if epoch != self.hosts[host].epoch {
+                    return;
+                }
+                let Some(io) = self.hosts[host].io.as_mut() else {
+                    return;
+                };
+                if io.id != id || !io.will_land {
+                    return;
+                }
+                io.will_land = false;
+                let (buf, len, what) = (io.buf, io.len, io.what);
+                self.land(host, id, &buf[..len], len, Some(what));
+            }
+            Ev::Done { host, epoch, id } => {
+                if epoch != self.hosts[host].epoch {
+                    return;
+                }
+                if let Some(io) = self.hosts[host].io.as_mut()
+                    && io.id == id
+                {
+                    io.done = true;
+                    self.service(host);
+                }
+            }
+            Ev::PauseStart {
+                host,
+                epoch,
+                scripted_us,
+            } => self.pause_start(host, epoch, scripted_us),
+            Ev::Resume { host, epoch } => {
+                let hs = &mut self.hosts[host];
+                if epoch != hs.epoch || hs.paused_until != Some(self.t) {
+                    return;
+                }
+                hs.paused_until = None;
+                self.trace(host, TraceKind::Resume);
+                self.service(host);
+            }
+            Ev::Crash { host, epoch } => self.crash(host, epoch),
+            Ev::Restart { host, epoch } => {
+                if epoch != self.hosts[host].epoch || !self.hosts[host].down {
+                    return;
+                }
+                self.restart(host);
+            }
+            Ev::PhaseEnd => {
+                if self.healed_at.is_none() {
+                    if self.o.liveness {
+                        self.heal();
+                    } else {
+                        self.done = true;
+                    }
+                }
+            }
+            Ev::Deadline => {
+                if !self.done {
+                    let healed_us = self.healed_at.unwrap_or(0);
+                    self.fail(Failure::Liveness {
+                        healed_us,
+                        budget_us: self.t - healed_us,
+                    });
+                }
+            }
+            Ev::OperatorCheck => {
+                let off = self.off();
+                let len = self.layout.record_len();
+                if machine::parse(&self.layout, &self.disk[off..off + len]).is_err() {
+                    self.stats.operator_repairs += 1;
+                    let op = self.o.hosts;
+                    self.trace(op, TraceKind::OperatorClear);
+                    self.hosts[op].start_at = Some(self.t);
+                    self.service(op);
+                }
+            }
+        }
+    }
+
+    fn off(&self) -> usize {
+        usize::try_from(self.layout.offset_bytes()).expect("offset")
+    }
+
+    /// Writes `data` (a prefix of the record when torn) to the disk; `what` is the
+    /// summary of a whole record, when known.
+    fn land(&mut self, host: usize, id: u32, data: &[u8], len: usize, what: Option<Summary>) {
+        let off = self.off();
+        self.disk[off..off + data.len()].copy_from_slice(data);
+        self.disk_summary = match what {
+            Some(w) if data.len() == len => w,
+            _ => Summary::of(&self.layout, &self.disk[off..off + len]),
+        };
+        let now = self.disk_summary;
+        self.trace(host, TraceKind::Landed { id, now });
+    }
+
+    fn schedule_wake(&mut self, h: usize) {
+        let hs = &self.hosts[h];
+        if hs.down {
+            return;
+        }
+        let mut next: Option<u64> = None;
+        let mut consider = |t: Option<u64>| {
+            if let Some(t) = t {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        };
+        if hs.io.is_none() && hs.deferred.is_none() {
+            if let Some(m) = &hs.machine {
+                consider(m.poll_timeout().map(|d| hs.clock.global(d.as_micros())));
+                consider(hs.release_at);
+            } else {
+                consider(hs.start_at);
+            }
+        }
+        let Some(t) = next else { return };
+        let t = t.max(self.t);
+        if hs.wake_at == Some(t) {
+            return;
+        }
+        let epoch = hs.epoch;
+        self.hosts[h].wake_at = Some(t);
+        self.push(t, Ev::Wake { host: h, epoch });
+    }
+
+    fn config(&mut self, h: usize) -> Config {
+        let hs = &self.hosts[h];
+        let (hostid, name) = if hs.operator {
+            (OPERATOR_HOSTID, "operator".to_string())
+        } else {
+            (h as u32 + 1, format!("host{h}"))
+        };
+        let ident = machine::Identity::new(hostid, name.as_bytes(), b"/dev/sim");
+        let mut cfg = Config::new(self.layout, ident, self.rng.next_u64());
+        cfg.force = hs.force;
+        cfg.self_fence = self.o.self_fence;
+        cfg
+    }
+
+    /// Gives the host everything that is due: a start, an I/O completion, a resumed I/O, a
+    /// release, a timeout; then carries out the machine's requests.
+    fn service(&mut self, h: usize) {
+        if self.done {
+            return;
+        }
+        {
+            let hs = &self.hosts[h];
+            if hs.down || hs.paused_until.is_some() {
+                return;
+            }
+        }
+        let now = self.hosts[h].clock.now(self.t);
+        if self.hosts[h].machine.is_none()
+            && self.hosts[h].io.is_none()
+            && self.hosts[h].start_at.is_some_and(|s| s <= self.t)
+        {
+            self.hosts[h].start_at = None;
+            self.hosts[h].attempts += 1;
+            let op = if self.hosts[h].operator {
+                Op::Clear
+            } else {
+                Op::Acquire
+            };
+            let cfg = self.config(h);
+            self.trace(
+                h,
+                TraceKind::Start {
+                    clear: op == Op::Clear,
+                    force: cfg.force,
+                },
+            );
+            self.hosts[h].machine = Some(Machine::new(cfg, op, now));
+        }
+        let Some(mut m) = self.hosts[h].machine.take() else {
+            self.schedule_wake(h);
+            return;
+        };
+        // A completed I/O.
+        if self.hosts[h].io.as_ref().is_some_and(|io| io.done) {
+            let io = self.hosts[h].io.take().expect("io");
+            self.hosts[h].lease_seen = m.owned_until();
+            match (io.kind, io.err) {
+                (IoKind::Read, false) => {
+                    self.trace(
+                        h,
+                        TraceKind::ReadDone {
+                            id: io.id,
+                            got: Some(io.what),
+                        },
+                    );
+                    m.handle_read_done(now, &io.buf[..io.len]);
+                }
+                (IoKind::Read, true) => {
+                    self.trace(h, TraceKind::ReadDone { id: io.id, got: None });
+                    m.handle_io_error(now, IoError { errno: 5 });
+                }
+                (IoKind::Write, err) => {
+                    self.trace(h, TraceKind::WriteDone { id: io.id, ok: !err });
+                    if err {
+                        m.handle_io_error(now, IoError { errno: 5 });
+                    } else {
+                        m.handle_write_done(now);
+                    }
+                }
+            }
+        }
+        // An I/O frozen by a pause goes out now.
+        if self.hosts[h].io.is_none()
+            && let Some(d) = self.hosts[h].deferred.take()
+        {
+            match d {
+                Deferred::Before(req) => self.carry_out(h, &mut m, req, now, false),
+                Deferred::AfterEmit { buf, len } => self.issue_write(h, &buf, len),
+            }
+        }
+        if self.hosts[h].io.is_none() && self.hosts[h].deferred.is_none() {
+            if self.hosts[h].release_at.is_some_and(|r| r <= self.t) && m.is_held() {
+                self.hosts[h].release_at = None;
+                self.hosts[h].lease_seen = m.owned_until();
+                self.trace(h, TraceKind::ReleaseAsked);
+                m.release(now);
+            }
+            if m.poll_timeout().is_some_and(|d| d <= now.mono) {
+                self.hosts[h].lease_seen = m.owned_until();
+                m.handle_timeout(now);
+            }
+        }
+        self.pump(h, &mut m, now);
+        if let Some(outcome) = m.outcome() {
+            self.finished(h, &outcome);
+        } else {
+            self.hosts[h].machine = Some(m);
+        }
+        self.schedule_wake(h);
+    }
+
+    /// Drains events and issues requests until the machine waits for an I/O or time.
+    fn pump(&mut self, h: usize, m: &mut Machine, now: Now) {
+        for _ in 0..16 {
+            while let Some(e) = m.poll_event() {
+                if e == Event::Acquired {
+                    self.acquired(h);
+                }
+            }
+            if self.hosts[h].io.is_some()
+                || self.hosts[h].deferred.is_some()
+                || self.hosts[h].paused_until.is_some()
+                || self.done
+            {
+                return;
+            }
+            let Some(req) = m.poll_io() else { return };
+            self.carry_out(h, m, req, now, true);
+        }
+        panic!("pump did not settle");
+    }
+
+    fn acquired(&mut self, h: usize) {
+        self.stats.acquisitions += 1;
+        self.hosts[h].acquired += 1;
+        self.trace(h, TraceKind::Acquired);
+        if !self.o.hold_forever[h] {
+            let (lo, hi) = self.o.hold_us;
+            let hold = self.rng.range(lo, hi);
+            self.hosts[h].release_at = Some(self.t + hold);
+        }
+        if self.healed_at.is_some() && !self.done {
+            self.stats.liveness_ok += 1;
+            self.trace(usize::MAX, TraceKind::LivenessOk);
+            self.done = true;
+        }
+    }
+
+    fn finished(&mut self, h: usize, outcome: &Outcome) {
+        let k = OutcomeKind::of(outcome);
+        match k {
+            OutcomeKind::Released => self.stats.releases += 1,
+            OutcomeKind::LostForeign => self.stats.lost_foreign += 1,
+            OutcomeKind::LostFenced => self.stats.fenced += 1,
+            OutcomeKind::LostRelease | OutcomeKind::Cleared | OutcomeKind::Safe => {}
+            OutcomeKind::Aborted => {}
+            _ => self.stats.refusals += 1,
+        }
+        self.trace(h, TraceKind::Finished(k));
+        let hs = &mut self.hosts[h];
+        hs.last_outcome = Some(k);
+        hs.release_at = None;
+        hs.lease_seen = None;
+        if hs.operator {
+            if k == OutcomeKind::RefusedCorrupt {
+                // `mmp clear` cannot keep the parameters of an unreadable native record; the
+                // operator re-formats the area (`mmp format --force`).
+                if let DiskKind::Native {
+                    interval_ms,
+                    fail_intervals,
+                } = self.o.disk
+                {
+                    let r = native::Record::formatted([7; 16], interval_ms, fail_intervals, 0);
+                    let mut buf = [0u8; native::RECORD_LEN];
+                    r.emit(&mut buf);
+                    self.trace(h, TraceKind::OperatorFormat);
+                    self.land(h, 0, &buf, native::RECORD_LEN, None);
+                }
+            }
+            return;
+        }
+        if self.o.single_attempt[h] {
+            return;
+        }
+        let (lo, hi) = self.o.idle_us;
+        let idle = self.rng.range(lo, hi);
+        self.hosts[h].start_at = Some(self.t + idle);
+    }
+
+    /// Carries out a request: maybe freezes first (fault), else issues the read, or emits
+    /// and issues the write.
+    fn carry_out(&mut self, h: usize, m: &mut Machine, req: IoRequest, now: Now, may_pause: bool) {
+        let f = self.o.faults;
+        if may_pause && self.faults_on && f.pause_max_us > 0 && self.rng.chance(f.io_pause_p) {
+            self.hosts[h].deferred = Some(Deferred::Before(req));
+            self.pause(h, 1, 0);
+            return;
+        }
+        match req {
+            IoRequest::Read { offset_bytes, len } => {
+                assert_eq!(offset_bytes, self.layout.offset_bytes());
+                assert_eq!(len, self.layout.record_len());
+                self.issue_read(h, len);
+            }
+            IoRequest::Write { offset_bytes, len } => {
+                assert_eq!(offset_bytes, self.layout.offset_bytes());
+                assert_eq!(len, self.layout.record_len());
+                let phase = m.phase();
+                if !matches!(
+                    phase,
+                    Phase::Claiming | Phase::Held | Phase::Releasing | Phase::Clearing
+                ) {
+                    self.bad_write(h, 0);
+                    return;
+                }
+                let mut buf = [0u8; MAX_RECORD_LEN];
+                if !m.emit_block(now, &mut buf) {
+                    self.trace(h, TraceKind::WriteCancelled);
+                    return;
+                }
+                if phase == Phase::Held && !m.is_owner(now.mono) {
+                    self.bad_write(h, 1);
+                    return;
+                }
+                let what = Summary::of(&self.layout, &buf[..len]);
+                if what.class == 1
+                    && m.op() == Op::Acquire
+                    && !(phase == Phase::Releasing
+                        && self.hosts[h].lease_seen.is_some_and(|l| now.mono < l))
+                {
+                    self.bad_write(h, 2);
+                    return;
+                }
+                if self.faults_on
+                    && f.pause_max_us > 0
+                    && self.rng.chance(f.io_pause_p / 2.0)
+                {
+                    self.hosts[h].deferred = Some(Deferred::AfterEmit { buf, len });
+                    self.pause(h, 2, 0);
+                    return;
+                }
+                self.issue_write(h, &buf, len);
+            }
+        }
+    }
+
+    fn bad_write(&mut self, h: usize, code: u8) {
+        self.trace(h, TraceKind::BadWrite(code));
+        let what = [
+            "write requested outside claiming/held/releasing/clearing",
+            "heartbeat emitted outside the lease",
+            "CLEAN written by a machine that did not own the device",
+        ][usize::from(code)];
+        self.fail(Failure::BadWrite {
+            t_us: self.t,
+            host: h,
+            what,
+        });
+    }
+
+    fn latency(&mut self) -> u64 {
+        let f = self.o.faults;
+        let mut lat = f.lat_min_us + self.rng.exp(f.lat_mean_us);
+        if self.faults_on && self.rng.chance(f.spike_p) {
+            self.stats.spikes += 1;
+            lat += self.rng.range(0, f.spike_max_us);
+        }
+        lat.max(1)
+    }
+
+    fn new_io(&mut self) -> u32 {
+        self.next_io += 1;
+        self.next_io
+    }
+
+    fn issue_read(&mut self, h: usize, len: usize) {
+        let id = self.new_io();
+        let lat = self.latency();
+        let eio = self.faults_on && self.rng.chance(self.o.faults.eio_read_p);
+        let epoch = self.hosts[h].epoch;
+        if eio {
+            self.stats.eio_reads += 1;
+        } else {
+            let at = self.t + self.rng.below(lat + 1);
+            self.push(at, Ev::Sample { host: h, epoch, id });
+        }
+        self.push(self.t + lat, Ev::Done { host: h, epoch, id });
+        self.hosts[h].io = Some(InFlight {
+            id,
+            kind: IoKind::Read,
+            len,
+            buf: [0; MAX_RECORD_LEN],
+            err: eio,
+            will_land: false,
+            done: false,
+            what: Summary::CORRUPT,
+        });
+        self.trace(
+            h,
+            TraceKind::Read {
+                id,
+                eio,
+                lat_us: lat,
+            },
+        );
+    }
+
+    fn issue_write(&mut self, h: usize, data: &[u8; MAX_RECORD_LEN], len: usize) {
+        let id = self.new_io();
+        let lat = self.latency();
+        let f = self.o.faults;
+        let fate = if !self.faults_on {
+            0
+        } else if self.rng.chance(f.eio_write_p) {
+            self.stats.eio_writes += 1;
+            if self.rng.chance(0.5) { 2 } else { 3 }
+        } else if self.rng.chance(f.lost_write_p) {
+            self.stats.lost_writes += 1;
+            1
+        } else {
+            0
+        };
+        let epoch = self.hosts[h].epoch;
+        let will_land = fate == 0 || fate == 2;
+        if will_land {
+            let at = self.t + self.rng.below(lat + 1);
+            self.push(at, Ev::Land { host: h, epoch, id });
+        }
+        self.push(self.t + lat, Ev::Done { host: h, epoch, id });
+        let what = Summary::of(&self.layout, &data[..len]);
+        self.hosts[h].io = Some(InFlight {
+            id,
+            kind: IoKind::Write,
+            len,
+            buf: *data,
+            err: fate >= 2,
+            will_land,
+            done: false,
+            what,
+        });
+        self.trace(
+            h,
+            TraceKind::Write {
+                id,
+                what,
+                fate,
+                lat_us: lat,
+            },
+        );
+    }
+
+    /// Freezes host `h` (`at`: 0 random, 1 before I/O, 2 after emit).
+    fn pause(&mut self, h: usize, at: u8, dur_us: u64) {
+        let dur = if dur_us > 0 {
+            dur_us
+        } else {
+            self.rng.range(1, self.o.faults.pause_max_us.max(1))
+        };
+        let until = self.t + dur;
+        self.stats.pauses += 1;
+        self.hosts[h].paused_until = Some(until);
+        let epoch = self.hosts[h].epoch;
+        self.push(until, Ev::Resume { host: h, epoch });
+        self.trace(
+            h,
+            TraceKind::Pause {
+                until_us: until,
+                at_emit: at,
+            },
+        );
+    }
+
+    fn pause_start(&mut self, h: usize, epoch: u64, scripted_us: u64) {
+        let scripted = scripted_us > 0;
+        if !scripted && (epoch != self.hosts[h].epoch || !self.faults_on) {
+            return;
+        }
+        let busy = self.hosts[h].down || self.hosts[h].paused_until.is_some();
+        if !busy {
+            self.pause(h, 0, scripted_us);
+        }
+        if !scripted {
+            let gap = self.rng.exp(self.o.faults.pause_gap_us);
+            let at = self.hosts[h].paused_until.unwrap_or(self.t) + gap.max(1);
+            let epoch = self.hosts[h].epoch;
+            self.push(
+                at,
+                Ev::PauseStart {
+                    host: h,
+                    epoch,
+                    scripted_us: 0,
+                },
+            );
+        }
+    }
+
+    fn crash(&mut self, h: usize, epoch: u64) {
+        if epoch != self.hosts[h].epoch || !self.faults_on || self.hosts[h].down {
+            return;
+        }
+        self.stats.crashes += 1;
+        let mut fate = CrashFate::Nothing;
+        if let Some(io) = self.hosts[h].io.take()
+            && io.kind == IoKind::Write
+            && io.will_land
+        {
+            let sectors = io.len / SECTOR;
+            fate = match self.rng.below(3) {
+                0 => CrashFate::Dropped,
+                1 if sectors > 1 => CrashFate::Torn(self.rng.range(1, sectors as u64 - 1) as u8),
+                _ => CrashFate::Landed,
+            };
+            let n = match fate {
+                CrashFate::Torn(k) => usize::from(k) * SECTOR,
+                CrashFate::Landed => io.len,
+                _ => 0,
+            };
+            if let CrashFate::Torn(_) = fate {
+                self.stats.torn_writes += 1;
+            }
+            if n > 0 {
+                self.land(h, io.id, &io.buf[..n], io.len, Some(io.what));
+            }
+        }
+        let hs = &mut self.hosts[h];
+        hs.machine = None;
+        hs.epoch += 1;
+        hs.down = true;
+        hs.deferred = None;
+        hs.paused_until = None;
+        hs.wake_at = None;
+        hs.release_at = None;
+        hs.start_at = None;
+        hs.lease_seen = None;
+        let epoch = hs.epoch;
+        self.trace(h, TraceKind::Crash(fate));
+        let down = self
+            .rng
+            .range(1, self.o.faults.down_max_us.max(1));
+        self.push(self.t + down, Ev::Restart { host: h, epoch });
+    }
+
+    fn restart(&mut self, h: usize) {
+        let hs = &mut self.hosts[h];
+        hs.down = false;
+        hs.start_at = Some(self.t);
+        let epoch = hs.epoch;
+        self.trace(h, TraceKind::Restart);
+        if self.faults_on {
+            let f = self.o.faults;
+            if f.crash_gap_us > 0 {
+                let at = self.t + self.rng.exp(f.crash_gap_us).max(1);
+                self.push(at, Ev::Crash { host: h, epoch });
+            }
+            if f.pause_gap_us > 0 {
+                let at = self.t + self.rng.exp(f.pause_gap_us).max(1);
+                self.push(
+                    at,
+                    Ev::PauseStart {
+                        host: h,
+                        epoch,
+                        scripted_us: 0,
+                    },
+                );
+            }
+        }
+        self.service(h);
+    }
+
+    /// Ends the fault phase: no more faults, everyone resumes or restarts now, the operator
+    /// looks at the record once in-flight I/O has settled, and someone must acquire in
+    /// time.
+    fn heal(&mut self) {
+        self.faults_on = false;
+        self.healed_at = Some(self.t);
+        let f = self.o.faults;
+        let settle = f.lat_min_us + 10 * f.lat_mean_us + f.spike_max_us + f.pause_max_us + 1000;
+        // The longest wait any host may face: a watch and a claim wait on the worst record
+        // the fault phase can leave (ext4 check interval up to 300 s), plus holds and idles.
+        let off = self.off();
+        let len = self.layout.record_len();
+        let recorded = machine::parse(&self.layout, &self.disk[off..off + len])
+            .map(|snap| {
+                let t = machine::Timing::for_snapshot(&self.layout, &snap);
+                u64::try_from((t.watch + t.claim_wait).as_micros()).unwrap_or(u64::MAX)
+            })
+            .unwrap_or(0);
+        let window = recorded.max(self.o.disk.takeover_us());
+        let budget = settle + 10 * window + self.o.hold_us.1 + self.o.idle_us.1;
+        self.trace(
+            usize::MAX,
+            TraceKind::Heal {
+                deadline_us: self.t + budget,
+            },
+        );
+        self.push(self.t + budget, Ev::Deadline);
+        self.push(self.t + settle, Ev::OperatorCheck);
+        for h in 0..self.o.hosts {
+            if self.hosts[h].down {
+                self.hosts[h].epoch += 1;
+                self.restart(h);
+            } else if self.hosts[h].paused_until.is_some() {
+                // Resume now: re-arm with a fresh generation so the old resume is ignored.
+                self.hosts[h].paused_until = None;
+                self.trace(h, TraceKind::Resume);
+                self.service(h);
+            }
+        }
+    }
+
+    fn check_owners(&mut self) {
+        let mut mask = 0u8;
+        for (h, hs) in self.hosts.iter().enumerate() {
+            if let Some(m) = &hs.machine
+                && m.is_owner(Instant::from_micros(hs.clock.local(self.t)))
+            {
+                mask |= 1 << h;
+            }
+        }
+        if mask.count_ones() > 1 && mask != self.owner_mask {
+            let owners = (0..self.hosts.len()).filter(|h| mask & (1 << h) != 0).collect();
+            self.stats.double_owners += 1;
+            self.trace(usize::MAX, TraceKind::DoubleOwner(mask));
+            self.fail(Failure::DoubleOwner {
+                t_us: self.t,
+                hosts: owners,
+            });
+        }
+        self.owner_mask = mask;
+    }
+
+    fn report(self) -> Report {
+        Report {
+            hash: self.hash.finish(),
+            stats: self.stats,
+            failure: self.failure,
+            tail: self.tail.into_iter().collect(),
+            last_outcome: self.hosts.iter().map(|h| h.last_outcome).collect(),
+            acquired: self.hosts.iter().map(|h| h.acquired).collect(),
+            options: self.o,
+        }
+    }
+}
+
+// ----- running many seeds ------------------------------------------------------------------
+
+/// The sum of many runs, and the first failure.
+#[derive(Clone, Debug, Default)]
+pub struct Totals {
+    /// Summed counters.
+    pub stats: Stats,
+    /// The explained first failure (by seed order), if any.
+    pub failure: Option<String>,
+    /// Seeds whose run failed.
+    pub failed_seeds: Vec<u64>,
+}
+
+/// Runs `make(seed)` for every seed on all cores; with `twice`, each seed runs twice and
+/// the trace hashes must agree. Failures are collected, never panicked inside a worker.
+#[must_use]
+pub fn run_seeds(
+    seeds: &[u64],
+    test: &str,
+    twice: bool,
+    make: fn(u64) -> Options,
+) -> Totals {
+    let threads = std::thread::available_parallelism()
+        .map(usize::from)
+        .unwrap_or(1)
+        .clamp(1, 8)
+        .min(seeds.len().max(1));
+    let chunks: Vec<&[u64]> = seeds.chunks(seeds.len().div_ceil(threads).max(1)).collect();
+    let results: Vec<Totals> = std::thread::scope(|s| {
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| {
+                s.spawn(move || {
+                    let mut t = Totals::default();
+                    for &seed in chunk {
+                        let o = make(seed);
+                        let r = run(&o);
+                        let mut err = r.failure.as_ref().map(|_| r.explain(test));
+                        if twice && err.is_none() {
+                            let r2 = run(&o);
+                            if r2.hash != r.hash || r2.stats != r.stats {
+                                err = Some(format!(
+                                    "NONDETERMINISM: seed {seed} gave trace hashes {:#x} and {:#x}\n{}",
+                                    r.hash,
+                                    r2.hash,
+                                    r2.explain(test)
+                                ));
+                            }
+                        }
+                        t.stats.add(&r.stats);
+                        if let Some(e) = err {
+                            t.failed_seeds.push(seed);
+                            if t.failure.is_none() {
+                                t.failure = Some(e);
+                            }
+                        }
+                    }
+                    t
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("simulator worker panicked"))
+            .collect()
+    });
+    let mut all = Totals::default();
+    for t in results {
+        all.stats.add(&t.stats);
+        all.failed_seeds.extend(t.failed_seeds);
+        if all.failure.is_none() {
+            all.failure = t.failure;
+        }
+    }
+    all
+}
+
+/// The fixed seed list every run checks (found interesting once, kept forever).
+pub const FIXED_SEEDS: [u64; 20] = [
+    0,
+    1,
+    2,
+    3,
+    42,
+    1337,
+    0xDEAD_BEEF,
+    0x4D4D_5000,
+    7_777_777,
+    123_456_789,
+    0xFFFF_FFFF_FFFF_FFFF,
+    0x0123_4567_89AB_CDEF,
+    31_415_926_535,
+    27_182_818_284,
+    0x5EED,
+    0xC0FFEE,
+    0xBAD_5EED,
+    86_400,
+    65_536,
+    1_000_000_007,
+];
