@@ -16,16 +16,29 @@ struct Host {
     hostid: u32,
 }
 
-const A: Host = Host { name: "node-a", hostid: 0xA11C_E001 };
-const B: Host = Host { name: "node-b", hostid: 0xB0B0_0002 };
+const A: Host = Host {
+    name: "node-a",
+    hostid: 0xA11C_E001,
+};
+const B: Host = Host {
+    name: "node-b",
+    hostid: 0xB0B0_0002,
+};
 
 fn start(host: &Host, path: &Path, force: bool) -> Result<(Engine, Receiver<EngineEvent>), String> {
     let t = target::open(path, true).map_err(|e| e.to_string())?;
-    let id = Identity::new(host.hostid, host.name.as_bytes(), path.as_os_str().as_encoded_bytes());
+    let id = Identity::new(
+        host.hostid,
+        host.name.as_bytes(),
+        path.as_os_str().as_encoded_bytes(),
+    );
     let mut cfg = Config::new(t.layout, id, clock::random_seed());
     cfg.force = force;
     let (tx, rx) = mpsc::channel();
-    let opts = engine::Options { realtime: false, ..engine::Options::default() };
+    let opts = engine::Options {
+        realtime: false,
+        ..engine::Options::default()
+    };
     let mut e = Engine::start(opts, tx);
     e.add(t, Machine::new(cfg, Op::Acquire, clock::now()));
     Ok((e, rx))
@@ -35,11 +48,20 @@ fn start(host: &Host, path: &Path, force: bool) -> Result<(Engine, Receiver<Engi
 fn wait_acquired(rx: &Receiver<EngineEvent>) -> Result<(), String> {
     loop {
         match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(EngineEvent { event: Event::Acquired, .. }) => return Ok(()),
-            Ok(EngineEvent { event: Event::Finished(Outcome::Refused(r)), .. }) => {
+            Ok(EngineEvent {
+                event: Event::Acquired,
+                ..
+            }) => return Ok(()),
+            Ok(EngineEvent {
+                event: Event::Finished(Outcome::Refused(r)),
+                ..
+            }) => {
                 return Err(out::refusal("demo device", &r));
             }
-            Ok(EngineEvent { event: Event::Finished(o), .. }) => return Err(format!("{o:?}")),
+            Ok(EngineEvent {
+                event: Event::Finished(o),
+                ..
+            }) => return Err(format!("{o:?}")),
             Ok(_) => {}
             Err(_) => return Err("timed out".into()),
         }
@@ -47,8 +69,12 @@ fn wait_acquired(rx: &Receiver<EngineEvent>) -> Result<(), String> {
 }
 
 fn status_line(path: &Path) -> String {
-    let Ok(t) = target::open(path, false) else { return "unreadable".into() };
-    let Ok(raw) = t.read_record() else { return "unreadable".into() };
+    let Ok(t) = target::open(path, false) else {
+        return "unreadable".into();
+    };
+    let Ok(raw) = t.read_record() else {
+        return "unreadable".into();
+    };
     match mmp_core::machine::parse(&t.layout, &raw) {
         Ok(s) => format!("{}, {}", s.class().name(), out::who(&s)),
         Err(e) => e.to_string(),
@@ -70,18 +96,28 @@ fn run_demo(path: &Path) -> Result<u8, String> {
     {
         let dev = mmp_core::sys::blockdev::Device::open(path, true).map_err(|e| e.to_string())?;
         let mut area = vec![0u8; 4096];
-        native::Record::formatted([0x42; 16], interval_ms, fail, clock::now().wall_ms).emit(&mut area);
+        native::Record::formatted([0x42; 16], interval_ms, fail, clock::now().wall_ms)
+            .emit(&mut area);
         dev.write_at(0, &area).map_err(|e| e.to_string())?;
     }
-    println!("mmp demo: native MMP area on {} (interval {interval_ms} ms, fail intervals {fail})", path.display());
-    println!("  two hosts: {} (hostid 0x{:08x}) and {} (hostid 0x{:08x})\n", A.name, A.hostid, B.name, B.hostid);
+    println!(
+        "mmp demo: native MMP area on {} (interval {interval_ms} ms, fail intervals {fail})",
+        path.display()
+    );
+    println!(
+        "  two hosts: {} (hostid 0x{:08x}) and {} (hostid 0x{:08x})\n",
+        A.name, A.hostid, B.name, B.hostid
+    );
 
     println!("1. {} acquires the clean device", A.name);
     let t = Instant::now();
     let (ea, rxa) = start(&A, path, false)?;
     wait_acquired(&rxa)?;
     let first = t.elapsed();
-    println!("   acquired in {:.3} s (claim, wait 2 intervals, verify)", first.as_secs_f64());
+    println!(
+        "   acquired in {:.3} s (claim, wait 2 intervals, verify)",
+        first.as_secs_f64()
+    );
     println!("   status: {}\n", status_line(path));
 
     println!("2. {} tries to take it while {} is alive", B.name, A.name);
@@ -95,11 +131,17 @@ fn run_demo(path: &Path) -> Result<u8, String> {
     let (eb, rxb) = start(&B, path, true)?;
     match wait_acquired(&rxb) {
         Ok(()) => return Err("node-b acquired a held device with --force: this is a bug".into()),
-        Err(e) => println!("   refused with --force after {:.3} s of watching: {e}\n", t.elapsed().as_secs_f64()),
+        Err(e) => println!(
+            "   refused with --force after {:.3} s of watching: {e}\n",
+            t.elapsed().as_secs_f64()
+        ),
     }
     let _ = eb.shutdown();
 
-    println!("3. clean handover: {} releases, {} acquires", A.name, B.name);
+    println!(
+        "3. clean handover: {} releases, {} acquires",
+        A.name, B.name
+    );
     let t = Instant::now();
     let _ = ea.shutdown();
     let (eb, rxb) = start(&B, path, false)?;
@@ -108,13 +150,19 @@ fn run_demo(path: &Path) -> Result<u8, String> {
     println!("   handover took {:.3} s", handover.as_secs_f64());
     println!("   status: {}\n", status_line(path));
 
-    println!("4. crash takeover: {} dies without releasing, {} takes over with --force", B.name, A.name);
+    println!(
+        "4. crash takeover: {} dies without releasing, {} takes over with --force",
+        B.name, A.name
+    );
     eb.abandon();
     let t = Instant::now();
     let (ea, rxa) = start(&A, path, true)?;
     wait_acquired(&rxa)?;
     let takeover = t.elapsed();
-    println!("   takeover took {:.3} s (watch 2 x fail window, then claim and verify)", takeover.as_secs_f64());
+    println!(
+        "   takeover took {:.3} s (watch 2 x fail window, then claim and verify)",
+        takeover.as_secs_f64()
+    );
     println!("   status: {}\n", status_line(path));
     let _ = ea.shutdown();
     println!("5. {} releases: {}\n", A.name, status_line(path));
@@ -123,8 +171,13 @@ fn run_demo(path: &Path) -> Result<u8, String> {
     println!("|---|---|");
     println!("| first acquire (clean) | {:.3} s |", first.as_secs_f64());
     println!("| clean handover | {:.3} s |", handover.as_secs_f64());
-    println!("| crash takeover (--force) | {:.3} s |", takeover.as_secs_f64());
-    println!("\nFor comparison: e2fsprogs needs 11 s to open a clean ext4 MMP file system at interval 5,");
+    println!(
+        "| crash takeover (--force) | {:.3} s |",
+        takeover.as_secs_f64()
+    );
+    println!(
+        "\nFor comparison: e2fsprogs needs 11 s to open a clean ext4 MMP file system at interval 5,"
+    );
     println!("and the kernel waits 22 s before mounting one whose holder crashed.");
     Ok(0)
 }

@@ -213,7 +213,12 @@ pub(crate) fn hold(
     for d in devices {
         let t = target::open(d, true).map_err(|e| e.to_string())?;
         if c.verbose {
-            eprintln!("mmp: {}: {} format, I/O mode {}", show(d), t.format.name(), t.device.io_mode());
+            eprintln!(
+                "mmp: {}: {} format, I/O mode {}",
+                show(d),
+                t.format.name(),
+                t.device.io_mode()
+            );
         }
         targets.push(t);
     }
@@ -370,7 +375,11 @@ pub(crate) fn hold(
                 && !releasing
             {
                 use std::os::unix::process::CommandExt;
-                match Command::new(&cmd[0]).args(&cmd[1..]).process_group(0).spawn() {
+                match Command::new(&cmd[0])
+                    .args(&cmd[1..])
+                    .process_group(0)
+                    .spawn()
+                {
                     Ok(ch) => child = Some(ch),
                     Err(e) => {
                         eprintln!("mmp: cannot run {}: {e}; releasing", cmd[0]);
@@ -433,20 +442,28 @@ fn warn_realtime(eng: &Engine, opts: &HoldOpts) {
         return;
     }
     let r = eng.report().realtime;
-    for (what, res) in [("memory locking", r.mlock), ("real-time scheduling", r.fifo)] {
+    for (what, res) in [
+        ("memory locking", r.mlock),
+        ("real-time scheduling", r.fifo),
+    ] {
         if let Some(Err(e)) = res {
-            eprintln!("mmp: warning: {what} not available ({e}); heartbeats may be delayed under load");
+            eprintln!(
+                "mmp: warning: {what} not available ({e}); heartbeats may be delayed under load"
+            );
         }
     }
 }
 
-fn watchdog_timeout(opts: &HoldOpts, targets: &[target::Target], wd: &Path) -> Result<Duration, String> {
+fn watchdog_timeout(
+    opts: &HoldOpts,
+    targets: &[target::Target],
+    wd: &Path,
+) -> Result<Duration, String> {
     let mut min_fail: Option<Duration> = None;
     for t in targets {
         let raw = t.read_record().map_err(|e| e.to_string())?;
-        let snap = mmp_core::machine::parse(&t.layout, &raw).map_err(|e| {
-            format!("{}: {e}", show(t.device.path()))
-        })?;
+        let snap = mmp_core::machine::parse(&t.layout, &raw)
+            .map_err(|e| format!("{}: {e}", show(t.device.path())))?;
         let f = mmp_core::machine::Timing::for_snapshot(&t.layout, &snap).fail_window;
         min_fail = Some(min_fail.map_or(f, |m| m.min(f)));
     }
@@ -478,7 +495,10 @@ mod tests {
     #[test]
     fn loss_actions_parse() {
         assert_eq!(parse_loss("exit"), Ok(LossAction::Exit));
-        assert_eq!(parse_loss("exec:echo hi"), Ok(LossAction::Exec("echo hi".into())));
+        assert_eq!(
+            parse_loss("exec:echo hi"),
+            Ok(LossAction::Exec("echo hi".into()))
+        );
         assert!(parse_loss("exec:").is_err());
         assert!(parse_loss("shutdown").is_err());
     }

@@ -85,7 +85,9 @@ enum Cmd {
     },
     /// Acquire every device concurrently, print `acquired DEVICE`, heartbeat until
     /// SIGTERM/SIGINT, then release CLEAN.
-    #[command(after_help = "Example:\n  mmp hold --force /dev/mapper/ost0 /dev/mapper/ost1\n\nSIGHUP prints per-device state to stderr (and --status-file).")]
+    #[command(
+        after_help = "Example:\n  mmp hold --force /dev/mapper/ost0 /dev/mapper/ost1\n\nSIGHUP prints per-device state to stderr (and --status-file)."
+    )]
     Hold {
         #[command(flatten)]
         opts: hold::HoldOpts,
@@ -94,7 +96,9 @@ enum Cmd {
         devices: Vec<PathBuf>,
     },
     /// Hold the devices while a command runs; release when it exits.
-    #[command(after_help = "Example:\n  mmp run /dev/sdb -- sh -c 'mount /dev/sdb /mnt && do-work; umount /mnt'")]
+    #[command(
+        after_help = "Example:\n  mmp run /dev/sdb -- sh -c 'mount /dev/sdb /mnt && do-work; umount /mnt'"
+    )]
     Run {
         #[command(flatten)]
         opts: hold::HoldOpts,
@@ -168,7 +172,10 @@ enum Cmd {
         device: PathBuf,
     },
     /// Change the ext4 MMP update interval (1..=300 s).
-    #[command(name = "set-interval", after_help = "Example:\n  mmp set-interval 10 /dev/sdb")]
+    #[command(
+        name = "set-interval",
+        after_help = "Example:\n  mmp set-interval 10 /dev/sdb"
+    )]
     SetInterval {
         /// Seconds.
         secs: u16,
@@ -177,7 +184,9 @@ enum Cmd {
     },
     /// Acquire the device (or its --mmp-device), mount it, and keep the heartbeat in a
     /// detached holder (state under /run/mmp); ext4 MMP is handed to the kernel's kmmpd.
-    #[command(after_help = "Examples:\n  mmp mount -t xfs --mmp-device /dev/sdc1 /dev/sdb /srv/data\n  mmp mount /dev/mapper/ost0 /mnt/ost0   # ext4/ldiskfs with MMP")]
+    #[command(
+        after_help = "Examples:\n  mmp mount -t xfs --mmp-device /dev/sdc1 /dev/sdb /srv/data\n  mmp mount /dev/mapper/ost0 /mnt/ost0   # ext4/ldiskfs with MMP"
+    )]
     Mount {
         #[command(flatten)]
         args: mount::MountArgs,
@@ -189,6 +198,7 @@ enum Cmd {
         dir: PathBuf,
     },
     /// Show a clean handover and a crash takeover between two hosts on a temporary file.
+    #[command(after_help = "Example:\n  mmp demo --dir /var/tmp")]
     Demo {
         /// Directory for the temporary device (default: the system temp directory).
         #[arg(long)]
@@ -208,7 +218,11 @@ pub(crate) struct Ctx {
 
 impl Ctx {
     pub(crate) fn identity(&self, path: &Path) -> Identity {
-        Identity::new(self.hostid, &self.nodename, path.as_os_str().as_encoded_bytes())
+        Identity::new(
+            self.hostid,
+            &self.nodename,
+            path.as_os_str().as_encoded_bytes(),
+        )
     }
 }
 
@@ -217,11 +231,19 @@ fn ctx(g: &Global) -> Result<Ctx, String> {
         Ok(h) => (h.value, None),
         Err(e) => (0, Some(e.to_string())),
     };
-    let nodename = g.nodename.clone().map_or_else(clock::nodename, String::into_bytes);
+    let nodename = g
+        .nodename
+        .clone()
+        .map_or_else(clock::nodename, String::into_bytes);
     if nodename.is_empty() {
         return Err("the node name is empty: give --nodename".into());
     }
-    Ok(Ctx { hostid, hostid_error, nodename, verbose: g.verbose })
+    Ok(Ctx {
+        hostid,
+        hostid_error,
+        nodename,
+        verbose: g.verbose,
+    })
 }
 
 fn main() -> ExitCode {
@@ -242,13 +264,24 @@ fn run(cli: Cli) -> Result<u8, String> {
         Cmd::Status { json, devices } => Ok(status(&c, json, &devices)),
         Cmd::Check { json, device } => check(&c, json, &device),
         Cmd::Hold { opts, devices } => hold::hold(&c, &opts, &devices, None),
-        Cmd::Run { opts, devices, command } => hold::hold(&c, &opts, &devices, Some(&command)),
+        Cmd::Run {
+            opts,
+            devices,
+            command,
+        } => hold::hold(&c, &opts, &devices, Some(&command)),
         Cmd::Clear { force, device } => clear(&c, force, &device),
         Cmd::Dump { device } => dump(&device),
-        Cmd::Format { interval_ms, fail_intervals, force, device } => {
-            format_native(&c, interval_ms, fail_intervals, force, &device)
-        }
-        Cmd::Hostid { generate, force, file } => hostid_cmd(&cli.global, generate, force, &file),
+        Cmd::Format {
+            interval_ms,
+            fail_intervals,
+            force,
+            device,
+        } => format_native(&c, interval_ms, fail_intervals, force, &device),
+        Cmd::Hostid {
+            generate,
+            force,
+            file,
+        } => hostid_cmd(&cli.global, generate, force, &file),
         Cmd::Enable { interval, device } => tune::enable(&c, interval, &device),
         Cmd::Disable { force, device } => tune::disable(&c, force, &device),
         Cmd::SetInterval { secs, device } => tune::set_interval(&c, secs, &device),
@@ -270,10 +303,12 @@ fn status(c: &Ctx, json: bool, devices: &[PathBuf]) -> u8 {
     let mut code = 0u8;
     for d in devices {
         let path = show(d);
-        let res = target::open(d, false).map_err(|e| e.to_string()).and_then(|t| {
-            let raw = t.read_record().map_err(|e| format!("{path}: {e}"))?;
-            Ok((t, raw))
-        });
+        let res = target::open(d, false)
+            .map_err(|e| e.to_string())
+            .and_then(|t| {
+                let raw = t.read_record().map_err(|e| format!("{path}: {e}"))?;
+                Ok((t, raw))
+            });
         match res {
             Ok((t, raw)) => {
                 if c.verbose && !json {
@@ -325,14 +360,24 @@ pub(crate) struct Progress {
 
 impl Progress {
     pub(crate) fn new(label: String) -> Self {
-        Progress { label, last_phase: None, last_print_s: None, quiet: false }
+        Progress {
+            label,
+            last_phase: None,
+            last_print_s: None,
+            quiet: false,
+        }
     }
 
     pub(crate) fn event(&mut self, e: &Event) {
         if self.quiet {
             return;
         }
-        if let Event::Progress { phase, remaining, total } = *e {
+        if let Event::Progress {
+            phase,
+            remaining,
+            total,
+        } = *e
+        {
             let left = remaining.as_secs();
             let new_phase = self.last_phase != Some(phase);
             let tick = self.last_print_s.is_some_and(|p| p >= left + 5);
@@ -342,7 +387,11 @@ impl Progress {
                     Phase::Claiming => "claimed; verifying nobody else claims",
                     _ => phase.name(),
                 };
-                eprintln!("mmp: {}: {what} for {:.1} s", self.label, total.as_secs_f64());
+                eprintln!(
+                    "mmp: {}: {what} for {:.1} s",
+                    self.label,
+                    total.as_secs_f64()
+                );
                 self.last_phase = Some(phase);
                 self.last_print_s = Some(left);
             } else if tick {
@@ -366,10 +415,20 @@ fn check(c: &Ctx, json: bool, device: &Path) -> Result<u8, String> {
     progress.quiet = json;
     let outcome = driver::run_until_settled(&mut m, &t.device, &stop, &mut |e| progress.event(e));
     let (code, text) = match outcome {
-        Some(Outcome::Safe { stale: false, snapshot }) => {
-            (0, format!("{path}: safe to take: MMP is clean; {}", out::who(&snapshot)))
-        }
-        Some(Outcome::Safe { stale: true, snapshot }) => (
+        Some(Outcome::Safe {
+            stale: false,
+            snapshot,
+        }) => (
+            0,
+            format!(
+                "{path}: safe to take: MMP is clean; {}",
+                out::who(&snapshot)
+            ),
+        ),
+        Some(Outcome::Safe {
+            stale: true,
+            snapshot,
+        }) => (
             0,
             format!(
                 "{path}: safe to take: not clean but silent for the whole {:.1} s window; {}",
@@ -439,7 +498,13 @@ fn dump(device: &Path) -> Result<u8, String> {
     Ok(0)
 }
 
-fn format_native(c: &Ctx, interval_ms: u32, fail: u16, force: bool, device: &Path) -> Result<u8, String> {
+fn format_native(
+    c: &Ctx,
+    interval_ms: u32,
+    fail: u16,
+    force: bool,
+    device: &Path,
+) -> Result<u8, String> {
     use mmp_core::format::{Detected, detect};
     use mmp_core::sys::blockdev::Device;
     let path = show(device);
@@ -470,7 +535,8 @@ fn format_native(c: &Ctx, interval_ms: u32, fail: u16, force: bool, device: &Pat
     }
     let n = usize::try_from(dev.size_bytes().min(target::PROBE_LEN as u64)).unwrap_or(4096);
     let mut head = vec![0u8; n];
-    dev.read_at(0, &mut head).map_err(|e| format!("{path}: {e}"))?;
+    dev.read_at(0, &mut head)
+        .map_err(|e| format!("{path}: {e}"))?;
     match detect(&head) {
         Detected::Native => match native::Record::parse(&head) {
             Ok(r) if r.state == native::State::Clean => {}
@@ -483,7 +549,9 @@ fn format_native(c: &Ctx, interval_ms: u32, fail: u16, force: bool, device: &Pat
                 return Ok(1);
             }
             Err(e) if !force => {
-                eprintln!("mmp: {path}: holds a native MMP area that does not parse ({e}); refusing without --force");
+                eprintln!(
+                    "mmp: {path}: holds a native MMP area that does not parse ({e}); refusing without --force"
+                );
                 return Ok(1);
             }
             _ => {}
@@ -527,7 +595,10 @@ fn hostid_cmd(g: &Global, generate: bool, force: bool, file: &Path) -> Result<u8
     if h.is_set() {
         println!("hostid 0x{:08x} (from {})", h.value, h.source);
     } else {
-        println!("hostid not set (0; from {}): run `mmp hostid --generate`", h.source);
+        println!(
+            "hostid not set (0; from {}): run `mmp hostid --generate`",
+            h.source
+        );
     }
     let _ = std::io::stdout().flush();
     Ok(0)

@@ -82,11 +82,16 @@ fn mount_cmd(a: &MountArgs) -> Command {
 }
 
 fn run_mount(a: &MountArgs) -> Result<(), String> {
-    let out = mount_cmd(a).output().map_err(|e| format!("cannot run mount: {e}"))?;
+    let out = mount_cmd(a)
+        .output()
+        .map_err(|e| format!("cannot run mount: {e}"))?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!("mount failed: {}", String::from_utf8_lossy(&out.stderr).trim()))
+        Err(format!(
+            "mount failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }
 
@@ -125,11 +130,17 @@ fn mount_ext4(c: &Ctx, a: &MountArgs, t: target::Target) -> Result<u8, String> {
     let never = AtomicBool::new(false);
     let end = driver::run_until_settled(&mut m, &t.device, &never, &mut |_| {});
     if end != Some(Outcome::Released) {
-        return Err(format!("{path}: could not hand the device to the kernel: {end:?}"));
+        return Err(format!(
+            "{path}: could not hand the device to the kernel: {end:?}"
+        ));
     }
     drop(t);
     run_mount(a)?;
-    println!("mounted {} on {} (ext4 MMP: the kernel heartbeats now)", path, show(&a.dir));
+    println!(
+        "mounted {} on {} (ext4 MMP: the kernel heartbeats now)",
+        path,
+        show(&a.dir)
+    );
     Ok(0)
 }
 
@@ -169,9 +180,14 @@ fn mount_native(c: &Ctx, a: &MountArgs, mmp_dev: &Path) -> Result<u8, String> {
     let stderr = std::fs::File::create(&logf).map_err(|e| format!("{}: {e}", logf.display()))?;
     {
         use std::os::unix::process::CommandExt;
-        cmd.stdin(Stdio::null()).stdout(stdout).stderr(stderr).process_group(0);
+        cmd.stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .process_group(0);
     }
-    let mut child = cmd.spawn().map_err(|e| format!("cannot start the holder: {e}"))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start the holder: {e}"))?;
     let start = Instant::now();
     let mut shown = 0usize;
     // Wait for `acquired`, relaying the holder's progress.
@@ -232,19 +248,28 @@ fn stop_holder(pid: u32) {
 
 fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
-        && std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .is_ok_and(|s| !s.contains(") Z "))
+        && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
 }
 
 /// `mmp umount DIR`.
 pub(crate) fn umount(dir: &Path) -> Result<u8, String> {
     let state = run_dir().join(format!("{}.state", key(dir)));
-    let out = Command::new("umount").arg(dir).output().map_err(|e| format!("cannot run umount: {e}"))?;
+    let out = Command::new("umount")
+        .arg(dir)
+        .output()
+        .map_err(|e| format!("cannot run umount: {e}"))?;
     if !out.status.success() {
-        return Err(format!("umount {} failed: {}", show(dir), String::from_utf8_lossy(&out.stderr).trim()));
+        return Err(format!(
+            "umount {} failed: {}",
+            show(dir),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
     }
     let Ok(body) = std::fs::read_to_string(&state) else {
-        println!("unmounted {} (no mmp holder recorded: ext4 MMP is released by the kernel)", show(dir));
+        println!(
+            "unmounted {} (no mmp holder recorded: ext4 MMP is released by the kernel)",
+            show(dir)
+        );
         return Ok(0);
     };
     let pid: u32 = body

@@ -73,7 +73,10 @@ pub(crate) fn utc(secs: u64) -> String {
 /// A short human age: `3.2 s`, `4 min`, `2.5 h`, `3 days`.
 pub(crate) fn age(ms: i128) -> String {
     if ms < 0 {
-        return format!("{:.1} s in the future (clocks disagree)", -ms as f64 / 1000.0);
+        return format!(
+            "{:.1} s in the future (clocks disagree)",
+            -ms as f64 / 1000.0
+        );
     }
     let s = ms as f64 / 1000.0;
     if s < 120.0 {
@@ -118,9 +121,11 @@ pub(crate) fn state_name(snap: &Snapshot) -> &'static str {
 /// One-line explanation of a refusal, with what the operator can do next.
 pub(crate) fn refusal(path: &str, r: &Refusal) -> String {
     match r {
-        Refusal::NoHostid => "this host has no hostid (0): set a unique one with `mmp hostid --generate`, \
+        Refusal::NoHostid => {
+            "this host has no hostid (0): set a unique one with `mmp hostid --generate`, \
              or give --hostid / MMP_HOSTID; --force cannot override this"
-            .to_string(),
+                .to_string()
+        }
         Refusal::Corrupt(c) => format!(
             "{path}: {c}; refusing to act on a block that cannot be trusted. If no other host uses \
              it, reset it with `mmp clear --force {path}` (ext4: or `e2fsck -f`)"
@@ -266,7 +271,9 @@ pub(crate) fn error_json(path: &str, format: Option<Format>, err: &str) -> Strin
 pub(crate) fn status_text(path: &str, t: &Target, snap: &Snapshot) -> String {
     let what = match snap.class() {
         Class::Clean => "clean: safe to take".to_string(),
-        Class::Active => "active (held, or its holder stopped without releasing; `mmp check` tells)".to_string(),
+        Class::Active => {
+            "active (held, or its holder stopped without releasing; `mmp check` tells)".to_string()
+        }
         Class::Fsck => "fsck: an e2fsprogs tool holds it".to_string(),
         Class::Unknown => "unknown sequence: refused".to_string(),
         Class::Maintenance => "maintenance".to_string(),
@@ -295,7 +302,12 @@ pub(crate) fn status_text(path: &str, t: &Target, snap: &Snapshot) -> String {
 }
 
 /// `mmp dump`: every raw field.
-pub(crate) fn dump(path: &str, t: &Target, raw: &[u8], parsed: Result<Snapshot, Corrupt>) -> String {
+pub(crate) fn dump(
+    path: &str,
+    t: &Target,
+    raw: &[u8],
+    parsed: Result<Snapshot, Corrupt>,
+) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "device: {path}");
     let _ = writeln!(o, "format: {}", t.format.name());
@@ -308,7 +320,12 @@ pub(crate) fn dump(path: &str, t: &Target, raw: &[u8], parsed: Result<Snapshot, 
         let _ = writeln!(o, "  s_blocks_count: {}", sb.blocks_count);
         let _ = writeln!(o, "  s_free_blocks_count: {}", sb.free_blocks_count);
         let _ = writeln!(o, "  s_first_data_block: {}", sb.first_data_block);
-        let _ = writeln!(o, "  s_log_block_size: {} (block size {})", sb.log_block_size, sb.block_size());
+        let _ = writeln!(
+            o,
+            "  s_log_block_size: {} (block size {})",
+            sb.log_block_size,
+            sb.block_size()
+        );
         let _ = writeln!(o, "  s_state: {:#06x}", sb.state);
         let _ = writeln!(o, "  s_errors: {}", sb.errors);
         let _ = writeln!(o, "  s_feature_compat: {:#010x}", sb.feature_compat);
@@ -320,10 +337,20 @@ pub(crate) fn dump(path: &str, t: &Target, raw: &[u8], parsed: Result<Snapshot, 
         let _ = writeln!(o, "  s_checksum_type: {}", sb.checksum_type);
         let _ = writeln!(o, "  s_checksum_seed: {:#010x}", sb.checksum_seed);
         let _ = writeln!(o, "  s_checksum: {:#010x}", sb.checksum);
-        let _ = writeln!(o, "  csum_seed: {}", sb.csum_seed().map_or("none".to_string(), |s| format!("{s:#010x}")));
+        let _ = writeln!(
+            o,
+            "  csum_seed: {}",
+            sb.csum_seed()
+                .map_or("none".to_string(), |s| format!("{s:#010x}"))
+        );
         let _ = writeln!(o, "  mmp_offset_bytes: {}", t.layout.offset_bytes());
     }
-    let _ = writeln!(o, "record (offset {}, {} bytes):", t.layout.offset_bytes(), raw.len());
+    let _ = writeln!(
+        o,
+        "record (offset {}, {} bytes):",
+        t.layout.offset_bytes(),
+        raw.len()
+    );
     let le32 = |r: std::ops::Range<usize>| u32::from_le_bytes(raw[r].try_into().unwrap_or([0; 4]));
     let le64 = |r: std::ops::Range<usize>| u64::from_le_bytes(raw[r].try_into().unwrap_or([0; 8]));
     let le16 = |r: std::ops::Range<usize>| u16::from_le_bytes(raw[r].try_into().unwrap_or([0; 2]));
@@ -335,8 +362,16 @@ pub(crate) fn dump(path: &str, t: &Target, raw: &[u8], parsed: Result<Snapshot, 
             let _ = writeln!(o, "  mmp_seq: {seq:#010x} ({:?})", ext4::SeqClass::of(seq));
             let time = le64(f::TIME);
             let _ = writeln!(o, "  mmp_time: {time} ({})", utc(time));
-            let _ = writeln!(o, "  mmp_nodename: {}", esc(mmp_core::format::trim_name(&raw[f::NODENAME])));
-            let _ = writeln!(o, "  mmp_bdevname: {}", esc(mmp_core::format::trim_name(&raw[f::BDEVNAME])));
+            let _ = writeln!(
+                o,
+                "  mmp_nodename: {}",
+                esc(mmp_core::format::trim_name(&raw[f::NODENAME]))
+            );
+            let _ = writeln!(
+                o,
+                "  mmp_bdevname: {}",
+                esc(mmp_core::format::trim_name(&raw[f::BDEVNAME]))
+            );
             let _ = writeln!(o, "  mmp_check_interval: {}", le16(f::CHECK_INTERVAL));
             let _ = writeln!(o, "  mmp_pad1: {}", le16(f::PAD1));
             let nz = raw[f::PAD2].iter().filter(|&&b| b != 0).count();
@@ -359,8 +394,16 @@ pub(crate) fn dump(path: &str, t: &Target, raw: &[u8], parsed: Result<Snapshot, 
             let _ = writeln!(o, "  hostid: {:#010x}", le32(f::HOSTID));
             let _ = writeln!(o, "  flags: {:#010x}", le32(f::FLAGS));
             let _ = writeln!(o, "  area_id: {}", uuid(&raw[f::AREA_ID]));
-            let _ = writeln!(o, "  nodename: {}", esc(mmp_core::format::trim_name(&raw[f::NODENAME])));
-            let _ = writeln!(o, "  devname: {}", esc(mmp_core::format::trim_name(&raw[f::DEVNAME])));
+            let _ = writeln!(
+                o,
+                "  nodename: {}",
+                esc(mmp_core::format::trim_name(&raw[f::NODENAME]))
+            );
+            let _ = writeln!(
+                o,
+                "  devname: {}",
+                esc(mmp_core::format::trim_name(&raw[f::DEVNAME]))
+            );
             let since = le64(f::SINCE_MS);
             let _ = writeln!(o, "  since_ms: {since} ({})", utc(since / 1000));
             let nz = raw[f::RESERVED].iter().filter(|&&b| b != 0).count();

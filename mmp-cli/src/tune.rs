@@ -15,7 +15,11 @@ pub(crate) fn enable(c: &Ctx, interval: u16, device: &Path) -> Result<u8, String
         return Err(format!("--interval {interval} is outside 1..=300 seconds"));
     }
     let dev = Device::open(device, true).map_err(|e| e.to_string())?;
-    let mut opts = EnableOptions::new(&c.nodename, device.as_os_str().as_encoded_bytes(), clock::now().wall_ms / 1000);
+    let mut opts = EnableOptions::new(
+        &c.nodename,
+        device.as_os_str().as_encoded_bytes(),
+        clock::now().wall_ms / 1000,
+    );
     opts.update_interval_s = interval;
     let r = tune::enable(&dev, &opts).map_err(|e| format!("{path}: {e}"))?;
     println!(
@@ -54,12 +58,19 @@ pub(crate) fn disable(c: &Ctx, force: bool, device: &Path) -> Result<u8, String>
     tune::preflight(&t.device, tune::Op::Disable).map_err(|e| format!("{path}: {e}"))?;
     // Holding the device while the superblock changes; after MMP is off the block is freed,
     // so the machine is dropped without writing to it again (never CLEAN into a freed block).
-    let held = if force { None } else { Some(prove_unused(c, &t, device)?) };
+    let held = if force {
+        None
+    } else {
+        Some(prove_unused(c, &t, device)?)
+    };
     match tune::disable(&t.device) {
         Ok(r) => {
             drop(held);
             if r.freed {
-                println!("{path}: multiple mount protection disabled (MMP block {} freed)", r.old_block);
+                println!(
+                    "{path}: multiple mount protection disabled (MMP block {} freed)",
+                    r.old_block
+                );
             } else {
                 println!(
                     "{path}: multiple mount protection disabled; MMP block {} not freed ({}): run e2fsck to reclaim it",

@@ -5,7 +5,8 @@
 
 const POLY: u32 = 0x82F6_3B78;
 
-const TABLE: [[u32; 256]; 4] = build_tables();
+// `static`, not `const`: indexing a `const` array copies all 4 KiB of it in debug builds.
+static TABLE: [[u32; 256]; 4] = build_tables();
 
 const fn build_tables() -> [[u32; 256]; 4] {
     let mut t = [[0u32; 256]; 4];

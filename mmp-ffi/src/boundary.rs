@@ -11,11 +11,12 @@ use crate::types::{mmp_loss_cb, mmp_loss_info, mmp_phase, mmp_progress_cb};
 use core::ffi::{CStr, c_char, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-/// The opaque handle C code holds as `struct mmp_device *`: one open device.
+/// An open device: the opaque handle C code holds as `struct mmp_device *`.
 ///
-/// Ownership: created by `mmp_device_open` as a `Box`, freed exactly once by
-/// `mmp_device_free`. Calls take it by shared reference; the state inside sits behind a
-/// mutex, so two overlapping calls on one handle get `MMP_RESULT_BUSY` instead of racing.
+/// Ownership: `mmp_device_open` creates it, `mmp_device_free` frees it, exactly once.
+/// Overlapping calls on one handle (from two threads, or from a callback) get
+/// `MMP_RESULT_BUSY` instead of racing.
+#[allow(non_camel_case_types)]
 pub struct mmp_device {
     pub(crate) handle: Handle,
 }

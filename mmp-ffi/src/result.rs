@@ -13,10 +13,8 @@ use mmp_core::sys::tune::TuneError;
 
 /// The result of a libmmp call.
 ///
-/// Functions return it as a plain `uint32_t` (`mmp_result` in C); [`mmp_result_str`]
+/// Functions return it as a plain `uint32_t` (`mmp_result` in C); `mmp_result_str`
 /// describes any value, known or not.
-///
-/// [`mmp_result_str`]: crate::api::mmp_result_str
 #[allow(non_camel_case_types)]
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -180,7 +178,9 @@ impl mmp_result {
             mmp_result::NotFound => "no such file or device\0",
             mmp_result::PermissionDenied => "permission denied\0",
             mmp_result::NotADevice => "not a block device or regular file\0",
-            mmp_result::NotMmp => "no MMP on this device (neither ext4 with MMP nor a native area)\0",
+            mmp_result::NotMmp => {
+                "no MMP on this device (neither ext4 with MMP nor a native area)\0"
+            }
             mmp_result::Unsupported => "unsupported feature or geometry\0",
             mmp_result::InvalidParameter => "invalid parameter\0",
             mmp_result::NullParameter => "a required pointer is NULL\0",

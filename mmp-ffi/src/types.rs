@@ -17,7 +17,7 @@ pub const MMP_OPEN_REALTIME: u32 = 2;
 /// Every flag `mmp_device_open` knows; other bits give `MMP_RESULT_INVALID_PARAMETER`.
 pub const MMP_OPEN_ALL: u32 = MMP_OPEN_READ_ONLY | MMP_OPEN_REALTIME;
 
-/// Size of the name arrays in [`mmp_status`]: up to 64 bytes and a terminating NUL.
+/// Size of the name arrays in `mmp_status`: up to 64 bytes and a terminating NUL.
 pub const MMP_NAME_SIZE: usize = 65;
 
 /// The on-disk format of a device.
@@ -188,7 +188,8 @@ pub type mmp_progress_cb = Option<
 
 /// A held device was lost. Called once per loss on the handle's event thread (see
 /// `docs/c-api.md`); `info` is valid only during the call.
-pub type mmp_loss_cb = Option<unsafe extern "C" fn(userdata: *mut c_void, info: *const mmp_loss_info)>;
+pub type mmp_loss_cb =
+    Option<unsafe extern "C" fn(userdata: *mut c_void, info: *const mmp_loss_info)>;
 
 fn millis(d: core::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)

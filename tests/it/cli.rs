@@ -59,8 +59,17 @@ impl Out {
 
     /// Asserts the exit code and that nothing panicked.
     pub(crate) fn expect(&self, code: i32, what: &str) -> &Self {
-        assert!(!self.stderr.contains("panicked"), "{what}: panic\n{}", self.show());
-        assert_eq!(self.code, Some(code), "{what}: wrong exit code\n{}", self.show());
+        assert!(
+            !self.stderr.contains("panicked"),
+            "{what}: panic\n{}",
+            self.show()
+        );
+        assert_eq!(
+            self.code,
+            Some(code),
+            "{what}: wrong exit code\n{}",
+            self.show()
+        );
         self
     }
 }
@@ -68,7 +77,9 @@ impl Out {
 /// `mmp ARGS` with a clean, explicit environment: no `MMP_HOSTID`, no `NOTIFY_SOCKET`.
 pub(crate) fn mmp(args: &[&str]) -> Command {
     let mut c = Command::new(mmp_bin());
-    c.env_remove("MMP_HOSTID").env_remove("NOTIFY_SOCKET").env_remove("MMP_FAULTS");
+    c.env_remove("MMP_HOSTID")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("MMP_FAULTS");
     c.args(args);
     c
 }
@@ -116,7 +127,11 @@ pub(crate) fn run(mut cmd: Command, limit: Duration) -> Out {
         stderr: se.join().unwrap_or_default(),
         elapsed,
     };
-    assert!(status.is_some(), "{desc} did not finish within {limit:?}; killed\n{}", out.show());
+    assert!(
+        status.is_some(),
+        "{desc} did not finish within {limit:?}; killed\n{}",
+        out.show()
+    );
     out
 }
 
@@ -163,11 +178,21 @@ impl Proc {
                 buf.clear();
                 match r.read_until(b'\n', &mut buf) {
                     Ok(0) | Err(_) => break,
-                    Ok(_) => e.lock().expect("lock").push_str(&String::from_utf8_lossy(&buf)),
+                    Ok(_) => e
+                        .lock()
+                        .expect("lock")
+                        .push_str(&String::from_utf8_lossy(&buf)),
                 }
             }
         });
-        Proc { child, lines, stdout, stderr, started, desc }
+        Proc {
+            child,
+            lines,
+            stdout,
+            stderr,
+            started,
+            desc,
+        }
     }
 
     fn text(&self) -> String {
@@ -229,7 +254,12 @@ impl Proc {
             stderr: self.stderr.lock().expect("lock").clone(),
             elapsed: self.started.elapsed(),
         };
-        assert!(status.is_some(), "{} did not exit within {limit:?}: {}", self.desc, out.show());
+        assert!(
+            status.is_some(),
+            "{} did not exit within {limit:?}: {}",
+            self.desc,
+            out.show()
+        );
         out
     }
 
@@ -262,13 +292,35 @@ pub(crate) fn hold(hostid: &str, node: &str, extra: &[&str], dev: &Path) -> Proc
     Proc::spawn(c)
 }
 
-/// Asserts a refusal or error: the exit code, exactly one stderr line starting with `mmp: `
-/// and containing `needle` (case-insensitive), no panic.
+/// Whether a stderr line is wait progress (the start of a wait, or time left).
+pub(crate) fn is_progress(line: &str) -> bool {
+    line.contains(": watching for activity for ")
+        || line.contains(": claimed; verifying nobody else claims for ")
+        || line.ends_with(" s left")
+}
+
+/// Asserts a refusal or error: the exit code, no panic, every stderr line starting with
+/// `mmp: `, and exactly one line besides wait progress, containing `needle`
+/// (case-insensitive).
 pub(crate) fn assert_reason(out: &Out, code: i32, needle: &str, what: &str) {
     out.expect(code, what);
-    let lines: Vec<&str> = out.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "{what}: expected a one-line reason on stderr\n{}", out.show());
-    assert!(lines[0].starts_with("mmp: "), "{what}: reason must start with `mmp: `\n{}", out.show());
+    let all: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert!(
+        all.iter().all(|l| l.starts_with("mmp: ")),
+        "{what}: stderr lines must start with `mmp: `\n{}",
+        out.show()
+    );
+    let lines: Vec<&str> = all.into_iter().filter(|l| !is_progress(l)).collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "{what}: expected a one-line reason on stderr\n{}",
+        out.show()
+    );
     assert!(
         lines[0].to_lowercase().contains(&needle.to_lowercase()),
         "{what}: reason must name the problem ({needle:?})\n{}",
@@ -293,8 +345,19 @@ pub(crate) fn have_e2fsprogs() -> bool {
 /// directory with its bare name (so the block's device name is that name).
 pub(crate) fn mkfs_mmp(path: &Path, size: &str, args: &[&str]) {
     let mut c = tool("mke2fs");
-    c.args(["-F", "-q", "-t", "ext4", "-O", "mmp", "-E", "mmp_update_interval=1"]);
-    c.args(args).arg(path.file_name().expect("file name")).arg(size);
+    c.args([
+        "-F",
+        "-q",
+        "-t",
+        "ext4",
+        "-O",
+        "mmp",
+        "-E",
+        "mmp_update_interval=1",
+    ]);
+    c.args(args)
+        .arg(path.file_name().expect("file name"))
+        .arg(size);
     c.current_dir(path.parent().expect("dir"));
     run(c, Duration::from_secs(60)).expect(0, "mke2fs");
 }
@@ -321,7 +384,10 @@ pub(crate) fn read_at(path: &Path, off: u64, len: usize) -> Vec<u8> {
 }
 
 pub(crate) fn write_at(path: &Path, off: u64, data: &[u8]) {
-    let f = fs::OpenOptions::new().write(true).open(path).expect("open rw");
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .expect("open rw");
     f.write_all_at(data, off).expect("write");
     f.sync_all().expect("fsync");
 }
@@ -329,7 +395,8 @@ pub(crate) fn write_at(path: &Path, off: u64, data: &[u8]) {
 /// The image's MMP block, parsed (checksum verified with metadata_csum).
 pub(crate) fn mmp_block(img: &Path) -> Block {
     let (_, sb) = superblock(img);
-    Block::parse(&read_at(img, mmp_offset(&sb), 1024), sb.mmp_csum_seed()).expect("MMP block parses")
+    Block::parse(&read_at(img, mmp_offset(&sb), 1024), sb.mmp_csum_seed())
+        .expect("MMP block parses")
 }
 
 /// Rewrites MMP block fields (the `mmpset.py` idea): `f` edits the parsed block, which is
@@ -377,7 +444,11 @@ pub(crate) fn hash_file(p: &Path) -> (u64, u64) {
 }
 
 fn hash_path(p: &Path) -> Option<(u64, u64)> {
-    if p.is_file() { Some(hash_file(p)) } else { None }
+    if p.is_file() {
+        Some(hash_file(p))
+    } else {
+        None
+    }
 }
 
 // ----- parsing outputs ----------------------------------------------------------------------
@@ -430,7 +501,12 @@ pub(crate) fn json(line: &str) -> BTreeMap<String, J> {
                         Some('r') => s.push('\r'),
                         Some('u') => {
                             let hex: String = c[*i + 1..*i + 5].iter().collect();
-                            s.push(char::from_u32(u32::from_str_radix(&hex, 16).unwrap_or_else(|_| bad(*i))).unwrap_or('?'));
+                            s.push(
+                                char::from_u32(
+                                    u32::from_str_radix(&hex, 16).unwrap_or_else(|_| bad(*i)),
+                                )
+                                .unwrap_or('?'),
+                            );
                             *i += 4;
                         }
                         Some(&x) => s.push(x),
@@ -473,7 +549,11 @@ pub(crate) fn json(line: &str) -> BTreeMap<String, J> {
             bad(i)
         }
     }
-    assert_eq!(i + 1, c.len(), "trailing bytes after the JSON object: {line}");
+    assert_eq!(
+        i + 1,
+        c.len(),
+        "trailing bytes after the JSON object: {line}"
+    );
     m
 }
 
@@ -483,7 +563,11 @@ pub(crate) fn e2mmpstatus_i(dev: &Path) -> BTreeMap<String, String> {
     c.arg("-i").arg(dev);
     let out = run(c, Duration::from_secs(20));
     out.expect(0, "e2mmpstatus -i");
-    assert!(out.stderr.trim().is_empty(), "e2mmpstatus -i complained\n{}", out.show());
+    assert!(
+        out.stderr.trim().is_empty(),
+        "e2mmpstatus -i complained\n{}",
+        out.show()
+    );
     out.stdout
         .lines()
         .filter_map(|l| l.split_once(':'))
@@ -514,12 +598,32 @@ fn hex(s: &str) -> u64 {
 pub(crate) fn assert_agree(what: &str, j: &BTreeMap<String, J>, e: &BTreeMap<String, String>) {
     let ctx = format!("{what}: mmp {j:?}\ne2mmpstatus {e:?}");
     assert_eq!(j["format"].s(), "ext4", "{ctx}");
-    assert_eq!(j["seq"].u(), hex(&e["mmp_sequence"]), "seq vs mmp_sequence\n{ctx}");
+    assert_eq!(
+        j["seq"].u(),
+        hex(&e["mmp_sequence"]),
+        "seq vs mmp_sequence\n{ctx}"
+    );
     assert_eq!(j["node"].s(), e["mmp_node_name"], "node\n{ctx}");
-    assert_eq!(j["device_name"].s(), e["mmp_device_name"], "device name\n{ctx}");
-    assert_eq!(j["time"].u().to_string(), e["mmp_update_time"], "time\n{ctx}");
-    assert_eq!(j["check_interval_s"].u().to_string(), e["mmp_check_interval"], "check interval\n{ctx}");
-    assert_eq!(j["mmp_block"].u().to_string(), e["mmp_block_number"], "MMP block number\n{ctx}");
+    assert_eq!(
+        j["device_name"].s(),
+        e["mmp_device_name"],
+        "device name\n{ctx}"
+    );
+    assert_eq!(
+        j["time"].u().to_string(),
+        e["mmp_update_time"],
+        "time\n{ctx}"
+    );
+    assert_eq!(
+        j["check_interval_s"].u().to_string(),
+        e["mmp_check_interval"],
+        "check interval\n{ctx}"
+    );
+    assert_eq!(
+        j["mmp_block"].u().to_string(),
+        e["mmp_block_number"],
+        "MMP block number\n{ctx}"
+    );
     assert_eq!(hex(&e["mmp_magic"]), 0x004D_4D50, "{ctx}");
 }
 
@@ -533,13 +637,16 @@ fn state_of(seq: u32) -> &'static str {
     }
 }
 
-fn tmpdir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("mmpcli").tempdir().expect("tempdir")
+pub(crate) fn tmpdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("mmpcli")
+        .tempdir()
+        .expect("tempdir")
 }
 
-const A: &str = "0x0000000a";
-const B: &str = "0x0000000b";
-const T_SHORT: u64 = 15;
+pub(crate) const A: &str = "0x0000000a";
+pub(crate) const B: &str = "0x0000000b";
+pub(crate) const T_SHORT: u64 = 15;
 
 // ----- 1. e2mmpstatus agreement ----------------------------------------------------------------
 
@@ -554,7 +661,10 @@ fn status_json_agrees_with_e2mmpstatus() {
         ("a1k_csum.img", &["-b", "1024"]),
         ("a1k_nocsum.img", &["-b", "1024", "-O", "^metadata_csum"]),
         ("a4k_csum.img", &["-b", "4096"]),
-        ("a4k_nocsum_with_a_rather_long_file_name.img", &["-b", "4096", "-O", "^metadata_csum"]),
+        (
+            "a4k_nocsum_with_a_rather_long_file_name.img",
+            &["-b", "4096", "-O", "^metadata_csum"],
+        ),
     ];
     let mut imgs = Vec::new();
     for (name, args) in kinds {
@@ -570,10 +680,19 @@ fn status_json_agrees_with_e2mmpstatus() {
         let out = mmp_run(&["status", "--json", img.to_str().expect("utf8")], T_SHORT);
         out.expect(0, &what);
         let j = json(out.stdout.lines().next().expect("one line"));
-        assert_eq!(out.stdout.lines().count(), 1, "{what}: one object per device\n{}", out.show());
+        assert_eq!(
+            out.stdout.lines().count(),
+            1,
+            "{what}: one object per device\n{}",
+            out.show()
+        );
         assert_eq!(j["state"].s(), "clean", "{what}");
         assert_eq!(j["device"].s(), img.to_str().expect("utf8"), "{what}");
-        assert_eq!(j["update_interval_s"].u(), dumpe2fs_update_interval(img), "{what}: update interval");
+        assert_eq!(
+            j["update_interval_s"].u(),
+            dumpe2fs_update_interval(img),
+            "{what}: update interval"
+        );
         assert_eq!(j["update_interval_s"].u(), 1, "{what}");
         assert_agree(&what, &j, &e2mmpstatus_i(img));
 
@@ -592,7 +711,13 @@ fn status_json_agrees_with_e2mmpstatus() {
             edit_mmp(
                 img,
                 |b| {
-                    let mut n = Block::new(seq, 1_795_257_665 + u64::from(seq % 1000), node.as_bytes(), dev.as_bytes(), ci);
+                    let mut n = Block::new(
+                        seq,
+                        1_795_257_665 + u64::from(seq % 1000),
+                        node.as_bytes(),
+                        dev.as_bytes(),
+                        ci,
+                    );
                     n.checksum = b.checksum;
                     *b = n;
                 },
@@ -634,17 +759,31 @@ fn native_killed_holder_is_stale() {
     let dir = tmpdir();
     let img = dir.path().join("native.img");
     fs::write(&img, vec![0u8; 1 << 20]).expect("create");
-    mmp_run(&["format", "--interval-ms", "100", img.to_str().expect("utf8")], T_SHORT).expect(0, "format");
+    mmp_run(
+        &[
+            "format",
+            "--interval-ms",
+            "100",
+            img.to_str().expect("utf8"),
+        ],
+        T_SHORT,
+    )
+    .expect(0, "format");
     let mut h = hold(A, "hostA", &[], &img);
     h.wait_line("acquired ", Duration::from_secs(T_SHORT));
     std::thread::sleep(Duration::from_millis(300));
     h.kill9();
     let rec = native_record(&img);
-    assert_eq!(rec.state, native::State::Active, "SIGKILL leaves the block active");
+    assert_eq!(
+        rec.state,
+        native::State::Active,
+        "SIGKILL leaves the block active"
+    );
     assert_eq!(rec.hostid, 0xa);
     // The window: 2 x fail window (10 x 100 ms) + the advertised delay.
-    let window = Duration::from_millis(2 * u64::from(rec.fail_intervals) * u64::from(rec.interval_ms))
-        + Duration::from_micros(u64::from(rec.delay_us));
+    let window =
+        Duration::from_millis(2 * u64::from(rec.fail_intervals) * u64::from(rec.interval_ms))
+            + Duration::from_micros(u64::from(rec.delay_us));
     let copies: Vec<PathBuf> = (0..3)
         .map(|i| {
             let p = dir.path().join(format!("stale{i}.img"));
@@ -655,55 +794,124 @@ fn native_killed_holder_is_stale() {
     let stale = hash_file(&img);
 
     // status: not clean (1), names the holder.
-    let out = mmp_run(&["status", "--hostid", B, "--nodename", "hostB", img.to_str().expect("utf8")], T_SHORT);
+    let out = mmp_run(
+        &[
+            "status",
+            "--hostid",
+            B,
+            "--nodename",
+            "hostB",
+            img.to_str().expect("utf8"),
+        ],
+        T_SHORT,
+    );
     out.expect(1, "status of a stale native block");
-    assert!(out.stdout.contains("hostid 0x0000000a") && out.stdout.contains("hostA"), "{}", out.show());
+    assert!(
+        out.stdout.contains("hostid 0x0000000a") && out.stdout.contains("hostA"),
+        "{}",
+        out.show()
+    );
 
     // check: safe after the window, never writes.
-    let out = mmp_run(&["check", "--hostid", B, "--nodename", "hostB", img.to_str().expect("utf8")], T_SHORT);
+    let out = mmp_run(
+        &[
+            "check",
+            "--hostid",
+            B,
+            "--nodename",
+            "hostB",
+            img.to_str().expect("utf8"),
+        ],
+        T_SHORT,
+    );
     out.expect(0, "check of a stale native block");
-    assert!(out.stdout.contains("safe to take") && out.stdout.contains("silent"), "{}", out.show());
-    assert!(out.elapsed >= window, "check returned before the window {window:?}\n{}", out.show());
+    assert!(
+        out.stdout.contains("safe to take") && out.stdout.contains("silent"),
+        "{}",
+        out.show()
+    );
+    assert!(
+        out.elapsed >= window,
+        "check returned before the window {window:?}\n{}",
+        out.show()
+    );
     assert_eq!(hash_file(&img), stale, "check wrote to the device");
 
     // Another host (same node name, different hostid) without --force: refused at once.
     let mut c = mmp(&["hold", "--hostid", B, "--nodename", "hostA"]);
     c.arg(&img);
     let out = run(c, Duration::from_secs(T_SHORT));
-    assert_reason(&out, 1, "last held by another host", "native foreign without --force");
-    assert!(out.stderr.contains("0x0000000a"), "names the other hostid\n{}", out.show());
-    assert!(out.elapsed < window, "refusal should be immediate\n{}", out.show());
+    assert_reason(
+        &out,
+        1,
+        "last held by another host",
+        "native foreign without --force",
+    );
+    assert!(
+        out.stderr.contains("0x0000000a"),
+        "names the other hostid\n{}",
+        out.show()
+    );
+    assert!(
+        out.elapsed < window,
+        "refusal should be immediate\n{}",
+        out.show()
+    );
     assert_eq!(hash_file(&img), stale, "a refused hold wrote to the device");
 
     // Another host with --force: acquires after the activity test.
     let mut hb = hold(B, "hostA", &["--force"], &copies[0]);
     let took = hb.wait_line("acquired ", Duration::from_secs(T_SHORT));
-    assert!(took >= window, "--force acquired in {took:?}, before the window {window:?}");
+    assert!(
+        took >= window,
+        "--force acquired in {took:?}, before the window {window:?}"
+    );
     let r = native_record(&copies[0]);
-    assert_eq!((r.state, r.hostid, r.reason), (native::State::Active, 0xb, native::Reason::TakenOver));
-    hb.term(Duration::from_secs(T_SHORT)).expect(0, "release after forced takeover");
+    assert_eq!(
+        (r.state, r.hostid, r.reason),
+        (native::State::Active, 0xb, native::Reason::TakenOver)
+    );
+    hb.term(Duration::from_secs(T_SHORT))
+        .expect(0, "release after forced takeover");
     let r = native_record(&copies[0]);
-    assert_eq!((r.state, r.hostid, r.reason), (native::State::Clean, 0xb, native::Reason::Released));
+    assert_eq!(
+        (r.state, r.hostid, r.reason),
+        (native::State::Clean, 0xb, native::Reason::Released)
+    );
 
     // The same host without --force: acquires, also after the activity test.
     let mut ha = hold(A, "hostA", &[], &copies[1]);
     let took = ha.wait_line("acquired ", Duration::from_secs(T_SHORT));
-    assert!(took >= window, "same host acquired in {took:?}, before the window {window:?}");
+    assert!(
+        took >= window,
+        "same host acquired in {took:?}, before the window {window:?}"
+    );
     ha.term(Duration::from_secs(T_SHORT)).expect(0, "release");
     assert_eq!(native_record(&copies[1]).state, native::State::Clean);
 
     // format refuses a native area that is not clean; clear needs --force; both write nothing.
     let p = copies[2].to_str().expect("utf8");
     let out = mmp_run(&["format", "--interval-ms", "100", p], T_SHORT);
-    assert_reason(&out, 1, "refusing without --force", "format over a stale native area");
+    assert_reason(
+        &out,
+        1,
+        "refusing without --force",
+        "format over a stale native area",
+    );
     assert_eq!(hash_file(&copies[2]), stale, "format wrote without --force");
     let out = mmp_run(&["clear", "--hostid", B, p], T_SHORT);
     assert_reason(&out, 2, "--force", "clear without --force");
     assert_eq!(hash_file(&copies[2]), stale, "clear wrote without --force");
-    let out = mmp_run(&["clear", "--force", "--hostid", B, "--nodename", "hostB", p], T_SHORT);
+    let out = mmp_run(
+        &["clear", "--force", "--hostid", B, "--nodename", "hostB", p],
+        T_SHORT,
+    );
     out.expect(0, "clear --force");
     let r = native_record(&copies[2]);
-    assert_eq!((r.state, r.reason), (native::State::Clean, native::Reason::Cleared));
+    assert_eq!(
+        (r.state, r.reason),
+        (native::State::Clean, native::Reason::Cleared)
+    );
 }
 
 /// ext4, interval 1: the same, with the node name as the identity; the window is 11 s.
@@ -740,10 +948,28 @@ fn ext4_killed_holder_is_stale() {
     std::thread::scope(|s| {
         // check: safe after the window.
         s.spawn(|| {
-            let out = mmp_run(&["check", "--hostid", B, "--nodename", "hostB", img.to_str().expect("utf8")], 40);
+            let out = mmp_run(
+                &[
+                    "check",
+                    "--hostid",
+                    B,
+                    "--nodename",
+                    "hostB",
+                    img.to_str().expect("utf8"),
+                ],
+                40,
+            );
             out.expect(0, "check of a stale ext4 block");
-            assert!(out.stdout.contains("safe to take") && out.stdout.contains("hostA"), "{}", out.show());
-            assert!(out.elapsed >= window, "check returned before the window\n{}", out.show());
+            assert!(
+                out.stdout.contains("safe to take") && out.stdout.contains("hostA"),
+                "{}",
+                out.show()
+            );
+            assert!(
+                out.elapsed >= window,
+                "check returned before the window\n{}",
+                out.show()
+            );
             assert_eq!(hash_file(&img), stale, "check wrote to the device");
         });
         // Another node: refused without --force, then acquires with it after watch + claim.
@@ -751,13 +977,32 @@ fn ext4_killed_holder_is_stale() {
             let mut c = mmp(&["hold", "--hostid", A, "--nodename", "hostB"]);
             c.arg(&copies[0]);
             let out = run(c, Duration::from_secs(T_SHORT));
-            assert_reason(&out, 1, "last held by another host", "ext4 foreign without --force");
-            assert!(out.stderr.contains("'hostA'"), "names the other node\n{}", out.show());
-            assert_eq!(hash_file(&copies[0]), stale, "a refused hold wrote to the device");
+            assert_reason(
+                &out,
+                1,
+                "last held by another host",
+                "ext4 foreign without --force",
+            );
+            assert!(
+                out.stderr.contains("'hostA'"),
+                "names the other node\n{}",
+                out.show()
+            );
+            assert_eq!(
+                hash_file(&copies[0]),
+                stale,
+                "a refused hold wrote to the device"
+            );
             let mut hb = hold(A, "hostB", &["--force"], &copies[0]);
             let took = hb.wait_line("acquired ", Duration::from_secs(45));
-            eprintln!("TIMING ext4 interval 1 (file): crash takeover with --force {:.3} s", took.as_secs_f64());
-            assert!(took >= window * 2, "--force acquired in {took:?}, before watch + claim (22 s)");
+            eprintln!(
+                "TIMING ext4 interval 1 (file): crash takeover with --force {:.3} s",
+                took.as_secs_f64()
+            );
+            assert!(
+                took >= window * 2,
+                "--force acquired in {took:?}, before watch + claim (22 s)"
+            );
             assert_eq!(mmp_block(&copies[0]).nodename(), b"hostB");
             hb.term(Duration::from_secs(T_SHORT)).expect(0, "release");
             let b = mmp_block(&copies[0]);
@@ -767,7 +1012,10 @@ fn ext4_killed_holder_is_stale() {
         s.spawn(|| {
             let mut ha = hold(A, "hostA", &[], &copies[1]);
             let took = ha.wait_line("acquired ", Duration::from_secs(45));
-            assert!(took >= window * 2, "same node acquired in {took:?}, before watch + claim (22 s)");
+            assert!(
+                took >= window * 2,
+                "same node acquired in {took:?}, before watch + claim (22 s)"
+            );
             ha.term(Duration::from_secs(T_SHORT)).expect(0, "release");
             assert_eq!(mmp_block(&copies[1]).seq, SEQ_CLEAN);
             let mut c = tool("e2mmpstatus");
@@ -780,7 +1028,8 @@ fn ext4_killed_holder_is_stale() {
             let out = mmp_run(&["clear", "--nodename", "hostB", p], T_SHORT);
             assert_reason(&out, 2, "--force", "clear without --force");
             assert_eq!(hash_file(&copies[2]), stale, "clear wrote without --force");
-            mmp_run(&["clear", "--force", "--nodename", "hostB", p], T_SHORT).expect(0, "clear --force");
+            mmp_run(&["clear", "--force", "--nodename", "hostB", p], T_SHORT)
+                .expect(0, "clear --force");
             assert_eq!(mmp_block(&copies[2]).seq, SEQ_CLEAN);
             let mut c = tool("e2mmpstatus");
             c.arg(&copies[2]);
@@ -803,7 +1052,10 @@ fn ext4_handover_between_two_hosts() {
     mkfs_mmp(&img, "16M", &["-b", "4096"]);
     let mut ha = hold(A, "hostA", &[], &img);
     let first = ha.wait_line("acquired ", Duration::from_secs(30));
-    assert!(first >= Duration::from_secs(11), "a CLEAN ext4 block is claimed, then verified after 11 s");
+    assert!(
+        first >= Duration::from_secs(11),
+        "a CLEAN ext4 block is claimed, then verified after 11 s"
+    );
     // While held: another node is refused (foreign, and with --force: active).
     let mut c = mmp(&["hold", "--hostid", B, "--nodename", "hostB", "--force"]);
     c.arg(&img);
@@ -816,7 +1068,11 @@ fn ext4_handover_between_two_hosts() {
     let mut hb = hold(B, "hostB", &[], &img);
     hb.wait_line("acquired ", Duration::from_secs(30));
     let handover = t.elapsed();
-    eprintln!("TIMING ext4 interval 1 (file): first acquire {:.3} s, clean handover {:.3} s", first.as_secs_f64(), handover.as_secs_f64());
+    eprintln!(
+        "TIMING ext4 interval 1 (file): first acquire {:.3} s, clean handover {:.3} s",
+        first.as_secs_f64(),
+        handover.as_secs_f64()
+    );
     hb.term(Duration::from_secs(T_SHORT)).expect(0, "release");
     let b = mmp_block(&img);
     assert_eq!((b.seq, b.nodename()), (SEQ_CLEAN, &b"hostB"[..]));
@@ -887,8 +1143,14 @@ fn make_bad(dir: &Path, base: &Path, bad: &Bad) -> PathBuf {
         "mmp_block_out_of_range" => {
             copy();
             let (_, sb) = superblock(&p);
-            edit_sb(&p, |s| s[sb_field::MMP_BLOCK].copy_from_slice(&sb.blocks_count.to_le_bytes()));
-            assert_eq!(superblock(&p).1.mmp_block, sb.blocks_count, "re-signed superblock parses");
+            edit_sb(&p, |s| {
+                s[sb_field::MMP_BLOCK].copy_from_slice(&sb.blocks_count.to_le_bytes())
+            });
+            assert_eq!(
+                superblock(&p).1.mmp_block,
+                sb.blocks_count,
+                "re-signed superblock parses"
+            );
         }
         "no_mmp_feature" => {
             let mut c = tool("mke2fs");
@@ -904,7 +1166,11 @@ fn make_bad(dir: &Path, base: &Path, bad: &Bad) -> PathBuf {
         }
         "native_bad_checksum" => {
             fs::write(&p, vec![0u8; 1 << 20]).expect("write");
-            mmp_run(&["format", "--interval-ms", "100", p.to_str().expect("utf8")], T_SHORT).expect(0, "format");
+            mmp_run(
+                &["format", "--interval-ms", "100", p.to_str().expect("utf8")],
+                T_SHORT,
+            )
+            .expect(0, "format");
             let mut r = read_at(&p, 0, 512);
             r[0x20] ^= 0xff; // time_ms, covered by the checksum
             write_at(&p, 0, &r);
@@ -923,20 +1189,90 @@ fn make_bad(dir: &Path, base: &Path, bad: &Bad) -> PathBuf {
 }
 
 const BADS: &[Bad] = &[
-    Bad { name: "bad_magic", code: 2, needle: "invalid magic", status_stdout: None },
-    Bad { name: "bad_checksum", code: 2, needle: "checksum does not match", status_stdout: None },
-    Bad { name: "torn", code: 2, needle: "checksum does not match", status_stdout: None },
-    Bad { name: "fsck_seq", code: 1, needle: "e2fsck being run", status_stdout: Some("fsck") },
-    Bad { name: "unknown_seq", code: 1, needle: "unknown operation", status_stdout: Some("unknown sequence") },
-    Bad { name: "mmp_block_out_of_range", code: 2, needle: "beyond the file system range", status_stdout: None },
-    Bad { name: "no_mmp_feature", code: 2, needle: "MMP feature not enabled", status_stdout: None },
-    Bad { name: "zeros", code: 2, needle: "all zeros", status_stdout: None },
-    Bad { name: "xfs_signature", code: 2, needle: "found XFS", status_stdout: None },
-    Bad { name: "native_bad_checksum", code: 2, needle: "checksum does not match", status_stdout: None },
-    Bad { name: "empty", code: 2, needle: "too small", status_stdout: None },
-    Bad { name: "tiny", code: 2, needle: "too small", status_stdout: None },
-    Bad { name: "missing", code: 2, needle: "No such file", status_stdout: None },
-    Bad { name: "directory", code: 2, needle: "directory", status_stdout: None },
+    Bad {
+        name: "bad_magic",
+        code: 2,
+        needle: "invalid magic",
+        status_stdout: None,
+    },
+    Bad {
+        name: "bad_checksum",
+        code: 2,
+        needle: "checksum does not match",
+        status_stdout: None,
+    },
+    Bad {
+        name: "torn",
+        code: 2,
+        needle: "checksum does not match",
+        status_stdout: None,
+    },
+    Bad {
+        name: "fsck_seq",
+        code: 1,
+        needle: "e2fsck being run",
+        status_stdout: Some("fsck"),
+    },
+    Bad {
+        name: "unknown_seq",
+        code: 1,
+        needle: "unknown operation",
+        status_stdout: Some("unknown sequence"),
+    },
+    Bad {
+        name: "mmp_block_out_of_range",
+        code: 2,
+        needle: "beyond the file system range",
+        status_stdout: None,
+    },
+    Bad {
+        name: "no_mmp_feature",
+        code: 2,
+        needle: "MMP feature not enabled",
+        status_stdout: None,
+    },
+    Bad {
+        name: "zeros",
+        code: 2,
+        needle: "all zeros",
+        status_stdout: None,
+    },
+    Bad {
+        name: "xfs_signature",
+        code: 2,
+        needle: "found XFS",
+        status_stdout: None,
+    },
+    Bad {
+        name: "native_bad_checksum",
+        code: 2,
+        needle: "checksum does not match",
+        status_stdout: None,
+    },
+    Bad {
+        name: "empty",
+        code: 2,
+        needle: "too small",
+        status_stdout: None,
+    },
+    Bad {
+        name: "tiny",
+        code: 2,
+        needle: "too small",
+        status_stdout: None,
+    },
+    Bad {
+        name: "missing",
+        code: 2,
+        needle: "No such file",
+        status_stdout: None,
+    },
+    Bad {
+        name: "directory",
+        code: 2,
+        needle: "directory",
+        status_stdout: None,
+    },
 ];
 
 /// Runs status, status --json, check and hold on `dev` and checks the contract.
@@ -950,7 +1286,9 @@ fn check_bad(bad: &Bad, dev: &Path, user: Option<&[&str]>) {
             Some(prefix) => {
                 let mut c = Command::new(prefix[0]);
                 c.args(&prefix[1..]).arg(mmp_bin()).args(args);
-                c.env_remove("MMP_HOSTID").env_remove("NOTIFY_SOCKET").env_remove("MMP_FAULTS");
+                c.env_remove("MMP_HOSTID")
+                    .env_remove("NOTIFY_SOCKET")
+                    .env_remove("MMP_FAULTS");
                 c
             }
         }
@@ -963,11 +1301,21 @@ fn check_bad(bad: &Bad, dev: &Path, user: Option<&[&str]>) {
         None => assert_reason(&out, bad.code, bad.needle, &what("status")),
         Some(state) => {
             out.expect(bad.code, &what("status"));
-            assert!(out.stdout.contains(state) && out.stdout.lines().count() == 1, "{}: {}", what("status"), out.show());
+            assert!(
+                out.stdout.contains(state) && out.stdout.lines().count() == 1,
+                "{}: {}",
+                what("status"),
+                out.show()
+            );
             assert!(out.stderr.is_empty(), "{}: {}", what("status"), out.show());
         }
     }
-    assert!(out.stdout.is_empty() || bad.status_stdout.is_some(), "{}: {}", what("status"), out.show());
+    assert!(
+        out.stdout.is_empty() || bad.status_stdout.is_some(),
+        "{}: {}",
+        what("status"),
+        out.show()
+    );
 
     let out = run(cmd(&[&["status", "--json"], &id[..], &[d]].concat()), lim);
     out.expect(bad.code, &what("status --json"));
@@ -976,7 +1324,11 @@ fn check_bad(bad: &Bad, dev: &Path, user: Option<&[&str]>) {
     match bad.status_stdout {
         None => {
             assert_eq!(j["state"].s(), "error", "{}", what("status --json"));
-            assert!(j["error"].s().contains(bad.needle), "{}: {j:?}", what("status --json"));
+            assert!(
+                j["error"].s().contains(bad.needle),
+                "{}: {j:?}",
+                what("status --json")
+            );
         }
         Some(_) => assert_ne!(j["state"].s(), "error", "{}", what("status --json")),
     }
@@ -985,15 +1337,36 @@ fn check_bad(bad: &Bad, dev: &Path, user: Option<&[&str]>) {
     assert_reason(&out, bad.code, bad.needle, &what("check"));
     assert!(out.stdout.is_empty(), "{}: {}", what("check"), out.show());
 
-    let out = run(cmd(&[&["hold", "--no-realtime"], &id[..], &[d]].concat()), lim);
-    assert!(matches!(out.code, Some(1 | 2)), "{}: hold must refuse\n{}", what("hold"), out.show());
+    let out = run(
+        cmd(&[&["hold", "--no-realtime"], &id[..], &[d]].concat()),
+        lim,
+    );
+    assert!(
+        matches!(out.code, Some(1 | 2)),
+        "{}: hold must refuse\n{}",
+        what("hold"),
+        out.show()
+    );
     assert_reason(&out, bad.code, bad.needle, &what("hold"));
-    assert!(!out.stdout.contains("acquired"), "{}: {}", what("hold"), out.show());
+    assert!(
+        !out.stdout.contains("acquired"),
+        "{}: {}",
+        what("hold"),
+        out.show()
+    );
 
-    let out = run(cmd(&[&["hold", "--force", "--no-realtime"], &id[..], &[d]].concat()), lim);
+    let out = run(
+        cmd(&[&["hold", "--force", "--no-realtime"], &id[..], &[d]].concat()),
+        lim,
+    );
     assert_reason(&out, bad.code, bad.needle, &what("hold --force"));
 
-    assert_eq!(hash_path(dev), before, "{}: the device changed", what("any command"));
+    assert_eq!(
+        hash_path(dev),
+        before,
+        "{}: the device changed",
+        what("any command")
+    );
 }
 
 #[test]
@@ -1021,7 +1394,13 @@ fn no_permission() {
         return;
     }
     let prefix: &[&str] = if find_tool("setpriv").is_some() {
-        &["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
+        &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+        ]
     } else if find_tool("runuser").is_some() {
         &["runuser", "-u", "nobody", "--"]
     } else {
@@ -1035,7 +1414,11 @@ fn no_permission() {
         run(c, Duration::from_secs(T_SHORT))
     };
     if probe.code != Some(0) {
-        skip(&format!("nobody cannot run {}: {}", mmp_bin().display(), probe.show()));
+        skip(&format!(
+            "nobody cannot run {}: {}",
+            mmp_bin().display(),
+            probe.show()
+        ));
         return;
     }
     let dir = tmpdir();
@@ -1043,9 +1426,23 @@ fn no_permission() {
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod dir");
     let img = dir.path().join("private.img");
     fs::write(&img, vec![0u8; 1 << 20]).expect("create");
-    mmp_run(&["format", "--interval-ms", "100", img.to_str().expect("utf8")], T_SHORT).expect(0, "format");
+    mmp_run(
+        &[
+            "format",
+            "--interval-ms",
+            "100",
+            img.to_str().expect("utf8"),
+        ],
+        T_SHORT,
+    )
+    .expect(0, "format");
     fs::set_permissions(&img, fs::Permissions::from_mode(0o600)).expect("chmod");
-    let bad = Bad { name: "no_permission", code: 2, needle: "Permission denied", status_stdout: None };
+    let bad = Bad {
+        name: "no_permission",
+        code: 2,
+        needle: "Permission denied",
+        status_stdout: None,
+    };
     check_bad(&bad, &img, Some(prefix));
 }
 
@@ -1060,15 +1457,25 @@ pub(crate) fn native_flow(dev: &Path, backing: &Path, label: &str) -> (Duration,
     let lim = Duration::from_secs(T_SHORT);
     mmp_run(&["format", "--interval-ms", "100", d], T_SHORT).expect(0, "format");
     let r = native_record(dev);
-    assert_eq!((r.state, r.interval_ms, r.reason), (native::State::Clean, 100, native::Reason::Formatted));
+    assert_eq!(
+        (r.state, r.interval_ms, r.reason),
+        (native::State::Clean, 100, native::Reason::Formatted)
+    );
 
     let out = mmp_run(&["status", "--json", "--hostid", A, d], T_SHORT);
     out.expect(0, "status of a formatted area");
     let j = json(out.stdout.trim());
-    assert_eq!((j["format"].s(), j["state"].s(), j["interval_ms"].u()), ("native", "clean", 100));
+    assert_eq!(
+        (j["format"].s(), j["state"].s(), j["interval_ms"].u()),
+        ("native", "clean", 100)
+    );
     let out = mmp_run(&["check", "--hostid", B, d], T_SHORT);
     out.expect(0, "check of a clean area");
-    assert!(out.elapsed < Duration::from_secs(1), "check of CLEAN does not wait\n{}", out.show());
+    assert!(
+        out.elapsed < Duration::from_secs(1),
+        "check of CLEAN does not wait\n{}",
+        out.show()
+    );
 
     // A holds.
     let mut ha = hold(A, "hostA", &[], dev);
@@ -1076,7 +1483,12 @@ pub(crate) fn native_flow(dev: &Path, backing: &Path, label: &str) -> (Duration,
     let out = mmp_run(&["status", "--json", d], T_SHORT);
     out.expect(1, "status while held");
     let j = json(out.stdout.trim());
-    assert_eq!((j["state"].s(), j["hostid"].u(), j["node"].s()), ("active", 0xa, "hostA"), "{}", out.show());
+    assert_eq!(
+        (j["state"].s(), j["hostid"].u(), j["node"].s()),
+        ("active", 0xa, "hostA"),
+        "{}",
+        out.show()
+    );
     assert_eq!(j["device_name"].s(), d);
     let out = mmp_run(&["check", "--hostid", B, d], T_SHORT);
     assert_reason(&out, 1, "active on another node", "check while held");
@@ -1086,18 +1498,35 @@ pub(crate) fn native_flow(dev: &Path, backing: &Path, label: &str) -> (Duration,
     let mut c = mmp(&["hold", "--hostid", B, "--nodename", "hostB"]);
     c.arg(dev);
     let out = run(c, lim);
-    assert_reason(&out, 1, "last held by another host", "second host without --force");
+    assert_reason(
+        &out,
+        1,
+        "last held by another host",
+        "second host without --force",
+    );
     let mut c = mmp(&["hold", "--force", "--hostid", B, "--nodename", "hostB"]);
     c.arg(dev);
     let out = run(c, lim);
-    assert_reason(&out, 1, "active on another node", "second host with --force");
-    assert_eq!(native_record(dev).hostid, 0xa, "the refused host wrote nothing");
+    assert_reason(
+        &out,
+        1,
+        "active on another node",
+        "second host with --force",
+    );
+    assert_eq!(
+        native_record(dev).hostid,
+        0xa,
+        "the refused host wrote nothing"
+    );
 
     // Handover: A releases on SIGTERM, B acquires.
     let t = Instant::now();
     ha.term(lim).expect(0, "release on SIGTERM");
     let r = native_record(dev);
-    assert_eq!((r.state, r.hostid, r.reason), (native::State::Clean, 0xa, native::Reason::Released));
+    assert_eq!(
+        (r.state, r.hostid, r.reason),
+        (native::State::Clean, 0xa, native::Reason::Released)
+    );
     mmp_run(&["status", d], T_SHORT).expect(0, "status after release");
     let mut hb = hold(B, "hostB", &[], dev);
     hb.wait_line("acquired ", lim);
@@ -1111,17 +1540,40 @@ pub(crate) fn native_flow(dev: &Path, backing: &Path, label: &str) -> (Duration,
     let mut ha = hold(A, "hostA", &["--force"], dev);
     ha.wait_line("acquired ", Duration::from_secs(T_SHORT));
     let takeover = t.elapsed();
-    assert!(takeover >= Duration::from_secs(2), "takeover {takeover:?} shorter than the 2 s window");
+    assert!(
+        takeover >= Duration::from_secs(2),
+        "takeover {takeover:?} shorter than the 2 s window"
+    );
     let r = native_record(dev);
-    assert_eq!((r.state, r.hostid, r.reason), (native::State::Active, 0xa, native::Reason::TakenOver));
+    assert_eq!(
+        (r.state, r.hostid, r.reason),
+        (native::State::Active, 0xa, native::Reason::TakenOver)
+    );
     ha.term(lim).expect(0, "release");
     assert_eq!(native_record(dev).state, native::State::Clean);
 
     // run: the command's status, released clean.
-    let out = mmp_run(&["run", "--hostid", A, "--nodename", "hostA", d, "--", "sh", "-c", "exit 7"], T_SHORT);
+    let out = mmp_run(
+        &[
+            "run",
+            "--hostid",
+            A,
+            "--nodename",
+            "hostA",
+            d,
+            "--",
+            "sh",
+            "-c",
+            "exit 7",
+        ],
+        T_SHORT,
+    );
     out.expect(7, "run sh -c 'exit 7'");
     let r = native_record(dev);
-    assert_eq!((r.state, r.hostid, r.reason), (native::State::Clean, 0xa, native::Reason::Released));
+    assert_eq!(
+        (r.state, r.hostid, r.reason),
+        (native::State::Clean, 0xa, native::Reason::Released)
+    );
 
     eprintln!(
         "TIMING native 100 ms ({label}): first acquire {:.3} s, clean handover {:.3} s, crash takeover (--force) {:.3} s",
@@ -1148,12 +1600,26 @@ fn help_shows_examples() {
     out.expect(0, "mmp --help");
     assert!(out.stdout.contains("Example"), "{}", out.show());
     for sub in [
-        "status", "check", "hold", "run", "clear", "dump", "format", "hostid", "enable", "disable",
-        "set-interval", "demo",
+        "status",
+        "check",
+        "hold",
+        "run",
+        "clear",
+        "dump",
+        "format",
+        "hostid",
+        "enable",
+        "disable",
+        "set-interval",
+        "demo",
     ] {
         let out = mmp_run(&[sub, "--help"], T_SHORT);
         out.expect(0, sub);
-        assert!(out.stdout.contains("Example"), "`mmp {sub} --help` has no example\n{}", out.show());
+        assert!(
+            out.stdout.contains("Example"),
+            "`mmp {sub} --help` has no example\n{}",
+            out.show()
+        );
     }
     // A usage error is exit 2 with a message, not a panic.
     let out = mmp_run(&["status"], T_SHORT);
@@ -1165,11 +1631,23 @@ fn demo_prints_the_timing_table() {
     let dir = tmpdir();
     let out = mmp_run(&["demo", "--dir", dir.path().to_str().expect("utf8")], 60);
     out.expect(0, "mmp demo");
-    for row in ["| first acquire (clean) |", "| clean handover |", "| crash takeover (--force) |"] {
+    for row in [
+        "| first acquire (clean) |",
+        "| clean handover |",
+        "| crash takeover (--force) |",
+    ] {
         assert!(out.stdout.contains(row), "missing {row:?}\n{}", out.show());
     }
-    assert!(out.stdout.contains("refused without --force"), "{}", out.show());
-    assert_eq!(fs::read_dir(dir.path()).expect("ls").count(), 0, "demo left its file behind");
+    assert!(
+        out.stdout.contains("refused without --force"),
+        "{}",
+        out.show()
+    );
+    assert_eq!(
+        fs::read_dir(dir.path()).expect("ls").count(),
+        0,
+        "demo left its file behind"
+    );
 }
 
 #[test]
@@ -1187,11 +1665,23 @@ fn hostid_generate_show_and_refuse_overwrite() {
     assert!(out.stdout.contains(&shown), "{}", out.show());
     let out = mmp_run(&["hostid", "--file", fp], T_SHORT);
     out.expect(0, "hostid");
-    assert!(out.stdout.contains(&shown), "shows the generated value {shown}\n{}", out.show());
+    assert!(
+        out.stdout.contains(&shown),
+        "shows the generated value {shown}\n{}",
+        out.show()
+    );
     let out = mmp_run(&["hostid", "--generate", "--file", fp], T_SHORT);
     assert_reason(&out, 2, "", "generate over an existing file");
-    assert!(out.stderr.contains(fp) || out.stderr.to_lowercase().contains("exist"), "{}", out.show());
-    assert_eq!(fs::read(&f).expect("read"), bytes, "the file changed without --force");
+    assert!(
+        out.stderr.contains(fp) || out.stderr.to_lowercase().contains("exist"),
+        "{}",
+        out.show()
+    );
+    assert_eq!(
+        fs::read(&f).expect("read"),
+        bytes,
+        "the file changed without --force"
+    );
     let out = mmp_run(&["hostid", "--generate", "--force", "--file", fp], T_SHORT);
     out.expect(0, "--generate --force");
     // --hostid wins over the file.
@@ -1214,18 +1704,43 @@ fn format_refuses_known_signatures() {
     fs::write(&xfs, v).expect("write");
     for (p, needle) in [(&ext4, "ext2/3/4"), (&xfs, "XFS")] {
         let before = hash_file(p);
-        let out = mmp_run(&["format", "--interval-ms", "100", p.to_str().expect("utf8")], T_SHORT);
+        let out = mmp_run(
+            &["format", "--interval-ms", "100", p.to_str().expect("utf8")],
+            T_SHORT,
+        );
         assert_reason(&out, 1, needle, "format over a signature");
-        assert!(out.stderr.contains("--force"), "says what to do\n{}", out.show());
+        assert!(
+            out.stderr.contains("--force"),
+            "says what to do\n{}",
+            out.show()
+        );
         assert_eq!(hash_file(p), before, "format wrote without --force");
     }
     // With --force the XFS signature is overwritten and the area is clean.
-    let out = mmp_run(&["format", "--force", "--interval-ms", "100", xfs.to_str().expect("utf8")], T_SHORT);
+    let out = mmp_run(
+        &[
+            "format",
+            "--force",
+            "--interval-ms",
+            "100",
+            xfs.to_str().expect("utf8"),
+        ],
+        T_SHORT,
+    );
     out.expect(0, "format --force");
     assert_eq!(native_record(&xfs).state, native::State::Clean);
     // Out-of-range parameters are errors, nothing written.
     let before = hash_file(&xfs);
-    let out = mmp_run(&["format", "--force", "--interval-ms", "5", xfs.to_str().expect("utf8")], T_SHORT);
+    let out = mmp_run(
+        &[
+            "format",
+            "--force",
+            "--interval-ms",
+            "5",
+            xfs.to_str().expect("utf8"),
+        ],
+        T_SHORT,
+    );
     assert_reason(&out, 2, "interval", "format --interval-ms 5");
     assert_eq!(hash_file(&xfs), before);
 }
@@ -1247,7 +1762,13 @@ fn clear_dump_and_run_on_ext4() {
 
     let out = mmp_run(&["dump", p], T_SHORT);
     out.expect(0, "dump");
-    for f in ["s_mmp_block:", "s_mmp_update_interval: 1", "mmp_seq: 0x0badcafe", "mmp_checksum:", "valid: yes (active)"] {
+    for f in [
+        "s_mmp_block:",
+        "s_mmp_update_interval: 1",
+        "mmp_seq: 0x0badcafe",
+        "mmp_checksum:",
+        "valid: yes (active)",
+    ] {
         assert!(out.stdout.contains(f), "dump lacks {f:?}\n{}", out.show());
     }
     assert_eq!(hash_file(&img), before, "dump wrote");
@@ -1260,7 +1781,21 @@ fn clear_dump_and_run_on_ext4() {
     run(c, Duration::from_secs(T_SHORT)).expect(0, "e2mmpstatus after clear");
 
     // run on ext4: the command's status; the claim waits 11 s.
-    let out = mmp_run(&["run", "--hostid", A, "--nodename", "hostA", p, "--", "sh", "-c", "exit 7"], 40);
+    let out = mmp_run(
+        &[
+            "run",
+            "--hostid",
+            A,
+            "--nodename",
+            "hostA",
+            p,
+            "--",
+            "sh",
+            "-c",
+            "exit 7",
+        ],
+        40,
+    );
     out.expect(7, "run sh -c 'exit 7' on ext4");
     let b = mmp_block(&img);
     assert_eq!((b.seq, b.nodename()), (SEQ_CLEAN, &b"hostA"[..]));

@@ -3,7 +3,11 @@
 //! Tiers by name prefix: plain names run everywhere; `tool_*` need the e2fsprogs binaries;
 //! `loop_*` need root and loop devices. A test that cannot run prints why and returns.
 
+mod c_api;
+mod cli;
 mod format_doc;
+mod heartbeat;
+mod loop_cli;
 mod sim;
 mod tool_ext4_codec;
 mod tool_tune;

@@ -45,7 +45,10 @@ fn single_seed(test: &str) -> bool {
     };
     let started = Instant::now();
     let totals = sim::run_seeds(&[seed], test, true, Options::swarm);
-    eprintln!("{test}: MMP_SEED={seed}\n  options: {}", Options::swarm(seed));
+    eprintln!(
+        "{test}: MMP_SEED={seed}\n  options: {}",
+        Options::swarm(seed)
+    );
     print_summary(test, &totals.stats, started);
     check(test, &totals);
     true
@@ -161,7 +164,12 @@ fn sim_pause_with_fence_is_safe() {
             "{}",
             r.explain("sim_pause_with_fence_is_safe")
         );
-        assert_eq!(r.acquired, [1, 1, 0], "{}", r.explain("sim_pause_with_fence_is_safe"));
+        assert_eq!(
+            r.acquired,
+            [1, 1, 0],
+            "{}",
+            r.explain("sim_pause_with_fence_is_safe")
+        );
         assert!(
             matches!(
                 r.last_outcome[0],

@@ -161,9 +161,10 @@ pub fn parse_seed(s: &str) -> Option<u64> {
 #[must_use]
 pub fn env_seed() -> Option<u64> {
     let v = std::env::var("MMP_SEED").ok()?;
-    Some(parse_seed(&v).unwrap_or_else(|| {
-        panic!("MMP_SEED={v:?}: expected a u64, 0x-hex or a 40-hex commit")
-    }))
+    Some(
+        parse_seed(&v)
+            .unwrap_or_else(|| panic!("MMP_SEED={v:?}: expected a u64, 0x-hex or a 40-hex commit")),
+    )
 }
 
 /// `MMP_SEEDS`, if set.
@@ -206,7 +207,7 @@ pub fn commit() -> Option<String> {
 #[must_use]
 pub fn derived_seeds(base: u64, count: u64) -> Vec<u64> {
     (0..count)
-        .map(|i| mix(base ^ mix(i.wrapping_add(0x4D4D_50))))
+        .map(|i| mix(base ^ mix(i.wrapping_add(0x004D_4D50))))
         .collect()
 }
 
@@ -1143,7 +1144,11 @@ enum Ev {
     /// An I/O completes.
     Done { host: usize, epoch: u64, id: u32 },
     /// A random pause starts.
-    PauseStart { host: usize, epoch: u64, scripted_us: u64 },
+    PauseStart {
+        host: usize,
+        epoch: u64,
+        scripted_us: u64,
+    },
     /// A pause ends.
     Resume { host: usize, epoch: u64 },
     /// A crash.
@@ -1226,7 +1231,7 @@ enum Deferred {
     Before(IoRequest),
     /// Frozen after emit_block, before the write went out.
     AfterEmit {
-        buf: [u8; MAX_RECORD_LEN],
+        buf: Box<[u8; MAX_RECORD_LEN]>,
         len: usize,
     },
 }
@@ -1291,7 +1296,10 @@ impl Sim {
         match o.disk {
             DiskKind::Ext4 { csum, .. } => {
                 let mut b = ext4::Block::new(ext4::SEQ_CLEAN, 1_700_000_000, b"mkfs", b"sim", 5);
-                b.emit(&mut disk[off..off + ext4::STRUCT_LEN], csum.then_some(CSUM_SEED));
+                b.emit(
+                    &mut disk[off..off + ext4::STRUCT_LEN],
+                    csum.then_some(CSUM_SEED),
+                );
             }
             DiskKind::Native {
                 interval_ms,
@@ -1370,7 +1378,14 @@ impl Sim {
             sim.schedule_wake(h);
             if sim.o.faults.pause_gap_us > 0 {
                 let at = sim.rng.exp(sim.o.faults.pause_gap_us);
-                sim.push(at, Ev::PauseStart { host: h, epoch: 0, scripted_us: 0 });
+                sim.push(
+                    at,
+                    Ev::PauseStart {
+                        host: h,
+                        epoch: 0,
+                        scripted_us: 0,
+                    },
+                );
             }
             if sim.o.faults.crash_gap_us > 0 {
                 let at = sim.rng.exp(sim.o.faults.crash_gap_us);
@@ -1667,11 +1682,23 @@ impl Sim {
                     m.handle_read_done(now, &io.buf[..io.len]);
                 }
                 (IoKind::Read, true) => {
-                    self.trace(h, TraceKind::ReadDone { id: io.id, got: None });
+                    self.trace(
+                        h,
+                        TraceKind::ReadDone {
+                            id: io.id,
+                            got: None,
+                        },
+                    );
                     m.handle_io_error(now, IoError { errno: 5 });
                 }
                 (IoKind::Write, err) => {
-                    self.trace(h, TraceKind::WriteDone { id: io.id, ok: !err });
+                    self.trace(
+                        h,
+                        TraceKind::WriteDone {
+                            id: io.id,
+                            ok: !err,
+                        },
+                    );
                     if err {
                         m.handle_io_error(now, IoError { errno: 5 });
                     } else {
@@ -1832,11 +1859,11 @@ impl Sim {
                     self.bad_write(h, 2);
                     return;
                 }
-                if self.faults_on
-                    && f.pause_max_us > 0
-                    && self.rng.chance(f.io_pause_p / 2.0)
-                {
-                    self.hosts[h].deferred = Some(Deferred::AfterEmit { buf, len });
+                if self.faults_on && f.pause_max_us > 0 && self.rng.chance(f.io_pause_p / 2.0) {
+                    self.hosts[h].deferred = Some(Deferred::AfterEmit {
+                        buf: Box::new(buf),
+                        len,
+                    });
                     self.pause(h, 2, 0);
                     return;
                 }
@@ -2035,9 +2062,7 @@ impl Sim {
         hs.lease_seen = None;
         let epoch = hs.epoch;
         self.trace(h, TraceKind::Crash(fate));
-        let down = self
-            .rng
-            .range(1, self.o.faults.down_max_us.max(1));
+        let down = self.rng.range(1, self.o.faults.down_max_us.max(1));
         self.push(self.t + down, Ev::Restart { host: h, epoch });
     }
 
@@ -2119,7 +2144,9 @@ impl Sim {
             }
         }
         if mask.count_ones() > 1 && mask != self.owner_mask {
-            let owners = (0..self.hosts.len()).filter(|h| mask & (1 << h) != 0).collect();
+            let owners = (0..self.hosts.len())
+                .filter(|h| mask & (1 << h) != 0)
+                .collect();
             self.stats.double_owners += 1;
             self.trace(usize::MAX, TraceKind::DoubleOwner(mask));
             self.fail(Failure::DoubleOwner {
@@ -2159,12 +2186,7 @@ pub struct Totals {
 /// Runs `make(seed)` for every seed on all cores; with `twice`, each seed runs twice and
 /// the trace hashes must agree. Failures are collected, never panicked inside a worker.
 #[must_use]
-pub fn run_seeds(
-    seeds: &[u64],
-    test: &str,
-    twice: bool,
-    make: fn(u64) -> Options,
-) -> Totals {
+pub fn run_seeds(seeds: &[u64], test: &str, twice: bool, make: fn(u64) -> Options) -> Totals {
     let threads = std::thread::available_parallelism()
         .map(usize::from)
         .unwrap_or(1)

@@ -610,6 +610,10 @@ pub struct Machine {
     mine: Option<Snapshot>,
     timing: Option<Timing>,
     lease_until: Option<Instant>,
+    /// When the outstanding (or last) read was requested.
+    read_requested: Instant,
+    /// When the read that justified our claim was requested.
+    claim_basis: Instant,
     last_beat_start: Option<Instant>,
     release_requested: bool,
     stats: Stats,
@@ -622,7 +626,6 @@ impl Machine {
     /// A machine for `op`; the first I/O is available from [`Machine::poll_io`] at once.
     #[must_use]
     pub fn new(cfg: Config, op: Op, now: Now) -> Self {
-        let _ = now;
         let mut m = Machine {
             cfg,
             op,
@@ -636,6 +639,8 @@ impl Machine {
             mine: None,
             timing: None,
             lease_until: None,
+            read_requested: now.mono,
+            claim_basis: now.mono,
             last_beat_start: None,
             release_requested: false,
             stats: Stats::default(),
@@ -652,7 +657,7 @@ impl Machine {
         } else {
             Step::Initial
         };
-        m.request_read();
+        m.request_read(now.mono);
         m
     }
 
@@ -897,24 +902,39 @@ impl Machine {
             Step::ClaimWrite => {
                 self.written[..len].copy_from_slice(&self.out[..len]);
                 let t = self.timing.unwrap_or(FALLBACK_TIMING);
+                // A native claim that completes more than an interval after the read that
+                // justified it may have landed on a host that became owner meanwhile and
+                // is now silent (paused, I/O stalled) but still inside its lease: the
+                // short claim wait (2 intervals) only catches owners that keep
+                // heartbeating. Such a late claim waits out a whole lease (plus 1/8 for
+                // clock drift), still well inside a waiter's watch of our claim (2 fail
+                // windows), so the silence is not mistaken for a dead claimer. ext4's
+                // claim wait already equals its fail window.
+                let late = matches!(self.cfg.layout, Layout::Native { .. })
+                    && now.mono.saturating_since(self.claim_basis) > t.interval;
+                let wait = if late {
+                    t.claim_wait.max(t.fail_window + t.fail_window / 8)
+                } else {
+                    t.claim_wait
+                };
                 // The claim is our first write: a waiter that saw it needs a whole watch
                 // plus a claim wait before it could own, so the lease covers our own claim
                 // wait plus half a fail window to get the first heartbeat out.
-                self.lease_until = Some(now.mono + t.claim_wait + t.fail_window / 2);
+                self.lease_until = Some(now.mono + wait + t.fail_window / 2);
                 self.stats.last_write = Some(now.mono);
-                let until = now.mono + t.claim_wait;
+                let until = now.mono + wait;
                 self.step = Step::ClaimWait {
                     until,
                     next_poll: self.next_poll(now.mono),
                 };
-                self.progress(Phase::Claiming, t.claim_wait, t.claim_wait);
+                self.progress(Phase::Claiming, wait, wait);
             }
             Step::BeatWrite { started, issued } => {
                 self.written[..len].copy_from_slice(&self.out[..len]);
                 self.on_beat_success(now, started, issued);
                 if self.release_requested {
                     self.step = Step::ReleaseRead;
-                    self.request_read();
+                    self.request_read(now.mono);
                 } else {
                     let interval = self
                         .timing
@@ -978,11 +998,11 @@ impl Machine {
                 next_poll,
             } if now.mono >= next_poll || now.mono >= until => {
                 self.step = Step::WatchRead { until, total };
-                self.request_read();
+                self.request_read(now.mono);
             }
             Step::ClaimWait { until, next_poll } if now.mono >= next_poll || now.mono >= until => {
                 self.step = Step::ClaimRead { until };
-                self.request_read();
+                self.request_read(now.mono);
             }
             Step::Held { next_beat } => {
                 if self.lease_expired(now.mono) {
@@ -1090,6 +1110,7 @@ impl Machine {
 
     fn claim(&mut self, now: Now) {
         let Some(first) = self.first else { return };
+        self.claim_basis = self.read_requested;
         let id = self.cfg.identity;
         let snap = match first {
             Snapshot::Ext4(old) => {
@@ -1136,7 +1157,7 @@ impl Machine {
     /// Starts a heartbeat cycle: the verify read.
     fn beat(&mut self, now: Now) {
         self.step = Step::BeatRead { started: now.mono };
-        self.request_read();
+        self.request_read(now.mono);
     }
 
     fn build_heartbeat(&mut self, now: Now, started: Instant) {
@@ -1288,7 +1309,8 @@ impl Machine {
         now + self.timing.map(|t| t.poll).unwrap_or(FALLBACK_TIMING.poll)
     }
 
-    fn request_read(&mut self) {
+    fn request_read(&mut self, now: Instant) {
+        self.read_requested = now;
         self.pending = Some(IoRequest::Read {
             offset_bytes: self.cfg.layout.offset_bytes(),
             len: self.cfg.layout.record_len(),

@@ -551,3 +551,54 @@ fn two_claimers_on_a_clean_block_one_wins() {
     );
     assert!(b.is_held());
 }
+
+#[test]
+fn a_late_claim_waits_out_a_silent_owners_lease() {
+    // Found by the simulator (MMP_SEED=17066632814133811436 before the fix): A reads CLEAN and
+    // freezes before its claim goes out; B acquires meanwhile and freezes inside its lease;
+    // A's stale claim lands on B's heartbeat. A must not verify and own while B's lease runs.
+    let mut rig = Rig::new();
+    rig.put_native(Record::formatted([1; 16], 100, 10, 0)); // I = 100 ms, W = 1 s
+    let now = rig.now();
+    let mut a = Machine::new(cfg(native_layout(), 1, b"a"), Op::Acquire, now);
+    assert!(matches!(a.poll_io(), Some(IoRequest::Read { .. })));
+    let clean = rig.disk[..512].to_vec();
+    a.handle_read_done(now, &clean);
+    assert!(matches!(a.poll_io(), Some(IoRequest::Write { .. })));
+    let mut b = Machine::new(cfg(native_layout(), 2, b"b"), Op::Acquire, rig.now());
+    rig.run(&mut b, 5, |_| {});
+    assert!(b.is_held());
+    let b_lease = b.owned_until().expect("held");
+    rig.now_us += 300_000;
+    let mut buf = [0u8; MAX_RECORD_LEN];
+    assert!(a.emit_block(rig.now(), &mut buf));
+    rig.disk[..512].copy_from_slice(&buf[..512]);
+    a.handle_write_done(rig.now());
+    let claimed = rig.now_us;
+    assert!(
+        b.is_owner(rig.now().mono),
+        "B is frozen but its lease still runs"
+    );
+    rig.run(&mut a, 10, |_| {});
+    assert!(a.is_held(), "{:?}", a.outcome());
+    assert!(
+        rig.now().mono >= b_lease,
+        "A owned {} s after its claim, before B's lease ended",
+        secs(&rig, claimed)
+    );
+    // A late claim waits a whole fail window and an eighth (1.125 s) before verifying.
+    assert!(
+        (1.125..1.2).contains(&secs(&rig, claimed)),
+        "{}",
+        secs(&rig, claimed)
+    );
+
+    // A prompt claim keeps the short claim wait.
+    let mut rig = Rig::new();
+    rig.put_native(Record::formatted([1; 16], 100, 10, 0));
+    let mut c = Machine::new(cfg(native_layout(), 3, b"c"), Op::Acquire, rig.now());
+    let t0 = rig.now_us;
+    rig.run(&mut c, 5, |_| {});
+    assert!(c.is_held());
+    assert!((0.2..0.21).contains(&secs(&rig, t0)), "{}", secs(&rig, t0));
+}

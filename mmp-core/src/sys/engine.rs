@@ -12,6 +12,8 @@ use crate::sys::driver::{self, FaultHook};
 use crate::sys::target::Target;
 use crate::sys::watchdog::Watchdog;
 use crate::time::{Duration, Instant};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -191,7 +193,7 @@ pub struct EngineEvent {
 }
 
 enum Cmd {
-    Add(Box<(Target, Machine)>),
+    Add(Box<Dev>),
     Watchdog(Watchdog),
     Abandon,
     Release(Option<usize>),
@@ -217,6 +219,12 @@ impl Default for Options {
         }
     }
 }
+
+/// Stack of the heartbeat thread. Real-time mode locks all memory (`mlockall` with
+/// `MCL_CURRENT | MCL_FUTURE`), which makes the whole stack resident: the default 2 MiB
+/// would be 2 MiB of RSS. The deepest path (pump -> device I/O, whose 64 KiB bounce buffer
+/// may pass through the stack in unoptimised builds) needs well under 256 KiB.
+const HEARTBEAT_STACK: usize = 512 * 1024;
 
 /// The engine handle. Dropping it stops the thread after releasing every device.
 pub struct Engine {
@@ -247,6 +255,7 @@ impl Engine {
         let shared = Arc::clone(&report);
         let thread = std::thread::Builder::new()
             .name("mmp-heartbeat".into())
+            .stack_size(HEARTBEAT_STACK)
             .spawn(move || run(options, &rx, &events, &shared))
             .expect("spawn the heartbeat thread");
         Engine {
@@ -259,7 +268,7 @@ impl Engine {
 
     /// Adds a device with a fresh machine (normally an acquire). Returns its slot index.
     pub fn add(&mut self, target: Target, machine: Machine) -> usize {
-        let _ = self.tx.send(Cmd::Add(Box::new((target, machine))));
+        let _ = self.tx.send(Cmd::Add(Box::new(Dev { target, machine })));
         self.added += 1;
         self.added - 1
     }
@@ -321,38 +330,82 @@ impl Drop for Engine {
     }
 }
 
-struct Slot {
+/// A device and its machine, boxed once by [`Engine::add`] and kept in that box: moving
+/// the machine (about 5 KiB, mostly record buffers) into the slot vector would leave the
+/// freed box behind in the adding thread's heap, and real-time mode keeps freed memory
+/// resident (locked), so 1000 devices would cost twice their state in RSS.
+struct Dev {
     target: Target,
     machine: Machine,
+}
+
+struct Slot {
+    dev: Box<Dev>,
     acquired: bool,
     last_write: Option<Instant>,
     last_write_wall_ms: Option<u64>,
+    /// The deadline this slot has in the heap (entries that do not match are stale).
+    queued: Option<Instant>,
+    /// Already in this pass's work list.
+    marked: bool,
+    /// Counted in `Worker::done`.
+    finished: bool,
 }
 
 /// The engine thread's state.
+///
+/// Each pass services only the slots that need it: those whose deadline passed (a min-heap
+/// of deadlines, with stale entries skipped) and those a command touched. A pass therefore
+/// costs O(k log N) for k due devices, not O(N): with 1000 devices whose deadlines are
+/// spread over the interval, the thread wakes hundreds of times a second.
 struct Worker {
     slots: Vec<Slot>,
+    heap: BinaryHeap<Reverse<(Instant, usize)>>,
+    /// Slots to service in this pass (reused: no allocation per pass).
+    work: Vec<usize>,
+    /// Slots with an outcome.
+    done: usize,
     gaps: Histogram,
     stopping: bool,
     watchdog: Option<Watchdog>,
     fence: Option<SelfFence>,
     pets: u64,
     lost_any: bool,
+    /// A slot changed phase or finished, or one was added: publish now.
+    changed: bool,
 }
 
 impl Worker {
+    fn mark(&mut self, i: usize) {
+        if let Some(s) = self.slots.get_mut(i)
+            && !s.marked
+        {
+            s.marked = true;
+            self.work.push(i);
+        }
+    }
+
+    fn mark_all(&mut self) {
+        for i in 0..self.slots.len() {
+            self.mark(i);
+        }
+    }
+
     /// Applies one command; returns `false` when the thread must end at once (abandon).
     fn command(&mut self, cmd: Cmd) -> bool {
         match cmd {
             Cmd::Add(b) => {
-                let (target, machine) = *b;
                 self.slots.push(Slot {
-                    target,
-                    machine,
+                    dev: b,
                     acquired: false,
                     last_write: None,
                     last_write_wall_ms: None,
+                    queued: None,
+                    marked: false,
+                    finished: false,
                 });
+                self.mark(self.slots.len() - 1);
+                self.changed = true;
             }
             Cmd::Watchdog(mut wd) => {
                 let ok = wd.pet().is_ok();
@@ -368,8 +421,12 @@ impl Worker {
                 let now = clock::now();
                 for (i, s) in self.slots.iter_mut().enumerate() {
                     if which.is_none_or(|w| w == i) {
-                        s.machine.release(now);
+                        s.dev.machine.release(now);
                     }
+                }
+                match which {
+                    Some(i) => self.mark(i),
+                    None => self.mark_all(),
                 }
             }
             Cmd::Stop => self.stop(),
@@ -383,9 +440,99 @@ impl Worker {
             self.stopping = true;
             let now = clock::now();
             for s in &mut self.slots {
-                s.machine.release(now);
+                s.dev.machine.release(now);
+            }
+            self.mark_all();
+        }
+    }
+
+    /// Moves every slot whose deadline is at or before `now` from the heap to the work list.
+    fn collect_due(&mut self, now: Instant) {
+        while let Some(&Reverse((t, i))) = self.heap.peek() {
+            if t > now {
+                break;
+            }
+            self.heap.pop();
+            if self.slots[i].queued == Some(t) {
+                self.slots[i].queued = None;
+                self.mark(i);
             }
         }
+    }
+
+    /// The earliest live deadline (drops stale entries from the top of the heap).
+    fn next_deadline(&mut self) -> Option<Instant> {
+        while let Some(&Reverse((t, i))) = self.heap.peek() {
+            if self.slots[i].queued == Some(t) {
+                return Some(t);
+            }
+            self.heap.pop();
+        }
+        None
+    }
+
+    /// Runs slot `i`: its timeout if due, then its I/O. Returns whether a heartbeat write
+    /// succeeded.
+    ///
+    /// The machine gets the time of this call, not of the start of the pass: when many
+    /// devices are due together, the last one's cycle starts after the others' I/O, and its
+    /// cycle time, its next deadline (planned from the cycle start) and its lease check must
+    /// say so.
+    fn service(
+        &mut self,
+        i: usize,
+        faults: &mut dyn FaultHook,
+        events: &Sender<EngineEvent>,
+    ) -> bool {
+        let now = clock::now();
+        let s = &mut self.slots[i];
+        s.marked = false;
+        let before = (s.dev.machine.phase(), s.dev.machine.outcome().is_some());
+        if s.dev.machine.poll_timeout().is_some_and(|t| t <= now.mono) {
+            s.dev.machine.handle_timeout(now);
+        }
+        let mut on_event = |e: &Event| {
+            let _ = events.send(EngineEvent { slot: i, event: *e });
+        };
+        driver::pump(
+            &mut s.dev.machine,
+            &s.dev.target.device,
+            faults,
+            &mut on_event,
+        );
+        if s.dev.machine.is_held() {
+            s.acquired = true;
+        }
+        let mut beat_ok = false;
+        let lw = s.dev.machine.stats().last_write;
+        if lw != s.last_write && s.acquired {
+            if let (Some(prev), Some(cur)) = (s.last_write, lw) {
+                self.gaps.record(cur.saturating_since(prev));
+            }
+            s.last_write = lw;
+            s.last_write_wall_ms = Some(clock::now().wall_ms);
+            beat_ok = true;
+        }
+        let outcome = s.dev.machine.outcome();
+        if matches!(outcome, Some(Outcome::Lost(_))) {
+            self.lost_any = true;
+        }
+        if outcome.is_some() && !s.finished {
+            s.finished = true;
+            self.done += 1;
+        }
+        self.changed |= before != (s.dev.machine.phase(), outcome.is_some());
+        // The pump left no I/O outstanding, so this is the slot's next input (or none:
+        // finished).
+        // A changed deadline leaves the old heap entry stale (skipped when popped).
+        let next = s.dev.machine.poll_timeout();
+        if next != s.queued {
+            s.queued = next;
+            if let Some(t) = next {
+                self.heap.push(Reverse((t, i)));
+            }
+        }
+        beat_ok
     }
 }
 
@@ -402,16 +549,21 @@ fn run(
     };
     let mut w = Worker {
         slots: Vec::new(),
+        heap: BinaryHeap::new(),
+        work: Vec::new(),
+        done: 0,
         gaps: Histogram::default(),
         stopping: false,
         watchdog: options.watchdog.take(),
         fence: None,
         pets: 0,
         lost_any: false,
+        changed: false,
     };
     w.fence = w.watchdog.as_ref().map(|_| SelfFence::Active);
     let mut last_publish: Option<Instant> = None;
     let mut next_cmd: Option<Cmd> = None;
+    let mut work = Vec::new();
     loop {
         // Commands: the one that woke us, then whatever else is queued.
         if let Some(cmd) = next_cmd.take()
@@ -433,41 +585,17 @@ fn run(
                 Err(mpsc::TryRecvError::Empty) => break,
             }
         }
-        // Deadlines that passed, then I/O.
+        // Deadlines that passed, then I/O, in slot order (as commands and deadlines
+        // marked them).
         let now = clock::now();
+        w.collect_due(now.mono);
+        std::mem::swap(&mut work, &mut w.work);
+        work.sort_unstable();
         let mut beat_ok = false;
-        let mut changed = false;
-        for (i, s) in w.slots.iter_mut().enumerate() {
-            let before = (s.machine.phase(), s.machine.outcome().is_some());
-            if s.machine.poll_timeout().is_some_and(|t| t <= now.mono) {
-                s.machine.handle_timeout(now);
-            }
-            let mut on_event = |e: &Event| {
-                let _ = events.send(EngineEvent { slot: i, event: *e });
-            };
-            driver::pump(
-                &mut s.machine,
-                &s.target.device,
-                options.faults.as_mut(),
-                &mut on_event,
-            );
-            if s.machine.is_held() {
-                s.acquired = true;
-            }
-            let lw = s.machine.stats().last_write;
-            if lw != s.last_write && s.acquired {
-                if let (Some(prev), Some(cur)) = (s.last_write, lw) {
-                    w.gaps.record(cur.saturating_since(prev));
-                }
-                s.last_write = lw;
-                s.last_write_wall_ms = Some(clock::now().wall_ms);
-                beat_ok = true;
-            }
-            if matches!(s.machine.outcome(), Some(Outcome::Lost(_))) {
-                w.lost_any = true;
-            }
-            changed |= before != (s.machine.phase(), s.machine.outcome().is_some());
+        for &i in &work {
+            beat_ok |= w.service(i, options.faults.as_mut(), events);
         }
+        work.clear();
         // Watchdog: pet only after a successful heartbeat while no device has been lost.
         if let Some(wd) = w.watchdog.as_mut() {
             if w.lost_any {
@@ -479,24 +607,21 @@ fn run(
                 }
             }
         }
-        let all_done = w.slots.iter().all(|s| s.machine.outcome().is_some());
+        let all_done = w.done == w.slots.len();
         // Publishing copies every slot: do it on state changes and at most 4 times a second
         // otherwise, so 1000 devices do not cost 1000 copies per heartbeat.
         let due =
             last_publish.is_none_or(|t| now.mono.saturating_since(t) >= Duration::from_millis(250));
-        if changed || due || (w.stopping && all_done) {
+        if w.changed || due || (w.stopping && all_done) {
             publish(report, &w, &realtime);
             last_publish = Some(now.mono);
+            w.changed = false;
         }
         if w.stopping && all_done {
             break;
         }
         // Sleep until the earliest deadline or the next command.
-        let next = w
-            .slots
-            .iter()
-            .filter_map(|s| s.machine.poll_timeout())
-            .min();
+        let next = w.next_deadline();
         let now = clock::now().mono;
         let wait = match next {
             Some(t) => t.saturating_since(now),
@@ -520,14 +645,26 @@ fn run(
 
 fn publish(report: &Mutex<Report>, w: &Worker, rt: &RealtimeStatus) {
     let mut r = report.lock().unwrap_or_else(PoisonError::into_inner);
-    r.slots.clear();
-    r.slots.extend(w.slots.iter().map(|s| SlotReport {
-        path: s.target.device.path().to_path_buf(),
-        phase: s.machine.phase(),
-        outcome: s.machine.outcome(),
-        stats: s.machine.stats(),
-        timing: s.machine.timing(),
-        owned_until: s.machine.owned_until(),
+    // Slots are only ever appended: update the existing entries in place (their paths do
+    // not change, so no allocation), then add the new ones.
+    let known = r.slots.len().min(w.slots.len());
+    r.slots.truncate(known);
+    for (d, s) in r.slots.iter_mut().zip(&w.slots) {
+        d.phase = s.dev.machine.phase();
+        d.outcome = s.dev.machine.outcome();
+        d.stats = s.dev.machine.stats();
+        d.timing = s.dev.machine.timing();
+        d.owned_until = s.dev.machine.owned_until();
+        d.last_write_wall_ms = s.last_write_wall_ms;
+        d.acquired = s.acquired;
+    }
+    r.slots.extend(w.slots[known..].iter().map(|s| SlotReport {
+        path: s.dev.target.device.path().to_path_buf(),
+        phase: s.dev.machine.phase(),
+        outcome: s.dev.machine.outcome(),
+        stats: s.dev.machine.stats(),
+        timing: s.dev.machine.timing(),
+        owned_until: s.dev.machine.owned_until(),
         last_write_wall_ms: s.last_write_wall_ms,
         acquired: s.acquired,
     }));

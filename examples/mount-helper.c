@@ -1,0 +1,294 @@
+/*
+ * mount-helper: mount a shared device only while this host holds it, with libmmp.
+ *
+ *   mount-helper [-f] [-t FSTYPE] [-o OPTIONS] [-m MMP_DEVICE] DEVICE DIR
+ *
+ *   -f   take a device whose previous holder did not release it (after the full activity
+ *        test: a live holder is never taken)
+ *   -m   the device carrying the native MMP area, when DEVICE's file system has no MMP of
+ *        its own (XFS, btrfs on a LUN, with a small partition or LUN for MMP); default DEVICE
+ *
+ * Native MMP area: acquires it, starts the heartbeat, mounts DEVICE on DIR with mount(8),
+ * then stays in the foreground heartbeating until DIR is unmounted (polled every 200 ms) or
+ * SIGTERM/SIGINT arrives (it then runs umount(8) on DIR and releases only if that worked).
+ * Exit status: 0 released cleanly; 1 refused (another host holds the device); 2 error;
+ * 3 ownership lost while mounted (the file system must be considered fenced: stop using it).
+ *
+ * ext4/ldiskfs with MMP: the kernel heartbeats a mounted ext4 itself. The helper runs the
+ * full acquire protocol (which the kernel skips on a clean block), hands the device to the
+ * kernel (release, which writes CLEAN) and mounts at once, then exits with mount's status.
+ *
+ * Identity: hostid from $MMP_HOSTID or /etc/hostid, node name from uname (NULL identity).
+ * Build: cc -std=c11 -Wall -Wextra mount-helper.c $(pkg-config --cflags --libs mmp)
+ */
+#define _XOPEN_SOURCE 700 /* realpath, sigaction, strtok_r */
+
+#include <errno.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <mmp.h>
+
+/* Set from the signal handler and the loss callback (the event thread). */
+static volatile sig_atomic_t g_stop = 0;
+static atomic_int g_lost = 0;
+static struct mmp_device *volatile g_dev = NULL; /* for mmp_device_cancel in the handler */
+
+static void on_signal(int sig) {
+    (void)sig;
+    g_stop = 1;
+    if (g_dev != NULL) {
+        /* Lock-free and async-signal-safe: stops an acquire that is still waiting. */
+        (void)mmp_device_cancel(g_dev);
+    }
+}
+
+/* Runs on libmmp's event thread: only record the loss; the main loop acts on it. */
+static void on_loss(void *userdata, const struct mmp_loss_info *info) {
+    (void)userdata;
+    (void)info;
+    atomic_store(&g_lost, (int)info->reason);
+}
+
+static void on_progress(void *userdata, mmp_phase phase, uint64_t remaining_ms, uint64_t total_ms) {
+    const char *dev = userdata;
+    static mmp_phase last = MMP_PHASE_DONE;
+    if (phase != last) {
+        fprintf(stderr, "mount-helper: %s: %s for %.1f s\n", dev,
+                phase == MMP_PHASE_WATCHING ? "watching for activity"
+                : phase == MMP_PHASE_CLAIMING ? "claimed; verifying nobody else claims"
+                                              : "waiting",
+                (double)total_ms / 1000.0);
+        last = phase;
+    }
+    (void)remaining_ms;
+}
+
+/* Runs a program and waits for it; returns its exit status, or -1. */
+static int run(char *const argv[]) {
+    pid_t pid = fork();
+    if (pid < 0) {
+        perror("mount-helper: fork");
+        return -1;
+    }
+    if (pid == 0) {
+        execvp(argv[0], argv);
+        perror("mount-helper: exec");
+        _exit(127);
+    }
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0) {
+        if (errno != EINTR) {
+            perror("mount-helper: waitpid");
+            return -1;
+        }
+    }
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/* Decodes the octal escapes of /proc/self/mountinfo (\040 for a space, and so on). */
+static void unescape(char *s) {
+    char *out = s;
+    for (char *in = s; *in != '\0'; in++) {
+        if (in[0] == '\\' && in[1] >= '0' && in[1] <= '7' && in[2] >= '0' && in[2] <= '7' &&
+            in[3] >= '0' && in[3] <= '7') {
+            *out++ = (char)(((in[1] - '0') << 6) | ((in[2] - '0') << 3) | (in[3] - '0'));
+            in += 3;
+        } else {
+            *out++ = *in;
+        }
+    }
+    *out = '\0';
+}
+
+/* Whether `dir` (a canonical path) is a mount point in this mount namespace. */
+static bool is_mounted(const char *dir) {
+    FILE *f = fopen("/proc/self/mountinfo", "r");
+    if (f == NULL) {
+        return true; /* cannot tell: keep holding */
+    }
+    char line[8192];
+    bool found = false;
+    while (!found && fgets(line, sizeof line, f) != NULL) {
+        /* Fields: id parent major:minor root mount-point ... */
+        char *save = NULL;
+        char *field = strtok_r(line, " ", &save);
+        for (int i = 0; field != NULL && i < 4; i++) {
+            field = strtok_r(NULL, " ", &save);
+        }
+        if (field != NULL) {
+            unescape(field);
+            found = strcmp(field, dir) == 0;
+        }
+    }
+    fclose(f);
+    return found;
+}
+
+static int exit_for(mmp_result r) {
+    return mmp_result_is_refusal(r) && r != MMP_RESULT_ABORTED ? 1 : 2;
+}
+
+static void usage(void) {
+    fprintf(stderr, "usage: mount-helper [-f] [-t FSTYPE] [-o OPTIONS] [-m MMP_DEVICE] DEVICE DIR\n");
+}
+
+int main(int argc, char **argv) {
+    bool force = false;
+    const char *fstype = NULL, *options = NULL, *mmp_path = NULL;
+    int opt;
+    while ((opt = getopt(argc, argv, "ft:o:m:h")) != -1) {
+        switch (opt) {
+        case 'f': force = true; break;
+        case 't': fstype = optarg; break;
+        case 'o': options = optarg; break;
+        case 'm': mmp_path = optarg; break;
+        default: usage(); return opt == 'h' ? 0 : 2;
+        }
+    }
+    if (argc - optind != 2) {
+        usage();
+        return 2;
+    }
+    const char *device = argv[optind], *dir = argv[optind + 1];
+    if (mmp_path == NULL) {
+        mmp_path = device;
+    }
+    char canon[PATH_MAX];
+    if (realpath(dir, canon) == NULL) {
+        perror(dir);
+        return 2;
+    }
+
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+
+    struct mmp_device *dev = NULL;
+    mmp_result r = mmp_device_open(mmp_path, NULL, 0, &dev);
+    if (r != MMP_RESULT_OK) {
+        fprintf(stderr, "mount-helper: %s: %s\n", mmp_path, mmp_result_str(r));
+        return 2;
+    }
+    g_dev = dev;
+    struct mmp_status st;
+    r = mmp_device_status(dev, &st);
+    if (r != MMP_RESULT_OK) {
+        fprintf(stderr, "mount-helper: %s: %s\n", mmp_path, mmp_result_str(r));
+        g_dev = NULL;
+        mmp_device_free(dev);
+        return exit_for(r);
+    }
+
+    r = mmp_device_acquire(dev, force, on_progress, (void *)mmp_path);
+    if (r != MMP_RESULT_OK) {
+        fprintf(stderr, "mount-helper: %s: %s\n", mmp_path, mmp_result_str(r));
+        g_dev = NULL;
+        mmp_device_free(dev);
+        return exit_for(r);
+    }
+
+    char *mount_argv[9];
+    int n = 0;
+    mount_argv[n++] = "mount";
+    if (fstype != NULL) {
+        mount_argv[n++] = "-t";
+        mount_argv[n++] = (char *)fstype;
+    }
+    if (options != NULL) {
+        mount_argv[n++] = "-o";
+        mount_argv[n++] = (char *)options;
+    }
+    mount_argv[n++] = (char *)device;
+    mount_argv[n++] = (char *)dir;
+    mount_argv[n] = NULL;
+
+    if (st.format == MMP_FORMAT_EXT4) {
+        /* Hand over to the kernel: CLEAN, then mount at once; kmmpd claims the block. */
+        r = mmp_device_release(dev);
+        g_dev = NULL;
+        mmp_device_free(dev);
+        if (r != MMP_RESULT_OK) {
+            fprintf(stderr, "mount-helper: %s: handover failed: %s\n", mmp_path, mmp_result_str(r));
+            return 2;
+        }
+        int rc = run(mount_argv);
+        if (rc == 0) {
+            printf("mounted %s on %s (ext4 MMP: the kernel heartbeats now)\n", device, dir);
+        }
+        return rc == 0 ? 0 : 2;
+    }
+
+    /* libmmp's threads inherit this mask: with the signals blocked while they start, SIGTERM
+     * and SIGINT always reach the main thread. */
+    sigset_t sigs, old;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    sigprocmask(SIG_BLOCK, &sigs, &old);
+    r = mmp_device_start_heartbeat(dev, on_loss, NULL);
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    if (r != MMP_RESULT_OK) {
+        fprintf(stderr, "mount-helper: %s: %s\n", mmp_path, mmp_result_str(r));
+        g_dev = NULL;
+        mmp_device_free(dev);
+        return 2;
+    }
+    if (run(mount_argv) != 0) {
+        fprintf(stderr, "mount-helper: mount failed; releasing %s\n", mmp_path);
+        mmp_device_release(dev);
+        g_dev = NULL;
+        mmp_device_free(dev);
+        return 2;
+    }
+    printf("mounted %s on %s (heartbeat on %s)\n", device, dir, mmp_path);
+    fflush(stdout);
+
+    int code = 0;
+    for (;;) {
+        int lost = atomic_load(&g_lost);
+        if (lost != 0) {
+            fprintf(stderr,
+                    "mount-helper: %s: ownership LOST (reason %d): stop using %s at once\n",
+                    mmp_path, lost, dir);
+            code = 3;
+            break;
+        }
+        if (g_stop) {
+            g_stop = 0;
+            char *umount_argv[] = {"umount", (char *)dir, NULL};
+            if (run(umount_argv) != 0) {
+                fprintf(stderr, "mount-helper: umount %s failed; still holding %s\n", dir, mmp_path);
+            }
+        }
+        if (!is_mounted(canon)) {
+            break;
+        }
+        struct timespec ts = {0, 200 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    r = mmp_device_release(dev);
+    g_dev = NULL;
+    mmp_device_free(dev);
+    if (code == 0 && r != MMP_RESULT_OK) {
+        fprintf(stderr, "mount-helper: %s: release: %s\n", mmp_path, mmp_result_str(r));
+        code = r == MMP_RESULT_LOST ? 3 : 2;
+    }
+    if (code == 0) {
+        printf("unmounted %s; released %s\n", dir, mmp_path);
+    }
+    return code;
+}

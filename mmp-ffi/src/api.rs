@@ -1,0 +1,432 @@
+//! The exported C functions. Each body sits inside `ffi_boundary!` (panics become
+//! `MMP_RESULT_PANIC` and poison the handle) and reaches C's pointers only through
+//! the private `boundary` module. Conventions: `docs/c-api.md`.
+#![allow(unsafe_code)]
+
+use crate::boundary::{
+    self, Loss, Progress, c_bytes, check_out, ffi_boundary, mmp_device, try_ref, with_handle,
+    write_out,
+};
+use crate::device::{self, Handle, IdentityArg};
+use crate::result::mmp_result;
+use crate::types::{mmp_identity, mmp_loss_cb, mmp_progress_cb, mmp_status};
+use core::ffi::{c_char, c_void};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+/// Opens a device (block device or image file) and detects its MMP format: an ext4/ldiskfs
+/// file system with MMP enabled, or a native mmp area. Nothing is written.
+///
+/// `path` is a NUL-terminated byte string (any encoding). `id` gives this host's hostid and
+/// node name; NULL resolves them as the `mmp` command does (hostid from `$MMP_HOSTID`, else
+/// `/etc/hostid`; node name from `uname`). `flags` is 0 or a combination of
+/// `MMP_OPEN_READ_ONLY` and `MMP_OPEN_REALTIME`.
+///
+/// On success `*out` receives a handle to free with `mmp_device_free`.
+///
+/// # Errors
+/// `MMP_RESULT_NULL_PARAMETER` (`path` or `out` NULL), `MMP_RESULT_INVALID_PARAMETER`
+/// (unknown flags, empty path or node name), `MMP_RESULT_NOT_FOUND`,
+/// `MMP_RESULT_PERMISSION_DENIED`, `MMP_RESULT_NOT_A_DEVICE`, `MMP_RESULT_NOT_MMP`,
+/// `MMP_RESULT_CORRUPT` (an inconsistent ext4 superblock), `MMP_RESULT_UNSUPPORTED`,
+/// `MMP_RESULT_IO`.
+///
+/// # Safety
+/// `path` is NULL or a NUL-terminated string; `id` is NULL or points to an `mmp_identity`
+/// whose `nodename` is NULL or a NUL-terminated string; `out` is NULL or writable. All only
+/// for the duration of the call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mmp_device_open(
+    path: *const c_char,
+    id: *const mmp_identity,
+    flags: u32,
+    out: *mut *mut mmp_device,
+) -> mmp_result {
+    ffi_boundary!({
+        check_out(out)?;
+        // SAFETY: the caller promises a NUL-terminated string or NULL.
+        let path = unsafe { c_bytes(path) }?;
+        let identity = if id.is_null() {
+            None
+        } else {
+            // SAFETY: non-NULL, and the caller promises a valid `mmp_identity`.
+            let id = unsafe { try_ref(id) }?;
+            let nodename = if id.nodename.is_null() {
+                None
+            } else {
+                // SAFETY: the caller promises a NUL-terminated string.
+                Some(unsafe { c_bytes(id.nodename) }?.to_vec())
+            };
+            Some(IdentityArg {
+                hostid: id.hostid,
+                nodename,
+            })
+        };
+        let handle = Handle::open(path, identity, flags)?;
+        // SAFETY: `out` passed `check_out` and the caller promises it is writable.
+        unsafe { write_out(out, boundary::into_raw(handle)) };
+        Ok(())
+    })
+}
+
+/// Frees a handle. NULL is allowed and does nothing.
+///
+/// A device still held is released first, as `mmp_device_release` would (errors are
+/// ignored); a poisoned handle writes nothing.
+///
+/// # Safety
+/// `dev` is NULL or a handle from `mmp_device_open` that has not been freed, and no other
+/// call on it runs now or later (in particular not on another thread, and not from its
+/// own callbacks).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mmp_device_free(dev: *mut mmp_device) {
+    ffi_boundary!(default = (), {
+        // SAFETY: the caller promises `dev` came from `mmp_device_open` and is freed
+        // exactly once with no other user.
+        unsafe { boundary::free(dev) }
+    });
+}
+
+/// Reads the device's MMP block once and describes it: never writes, never waits.
+///
+/// # Errors
+/// `MMP_RESULT_NULL_PARAMETER`, `MMP_RESULT_CORRUPT` (the block does not parse),
+/// `MMP_RESULT_IO`, `MMP_RESULT_BUSY`, `MMP_RESULT_POISONED`.
+///
+/// # Safety
+/// `dev` is NULL or a live handle; `out` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mmp_device_status(
+    dev: *const mmp_device,
+    out: *mut mmp_status,
+) -> mmp_result {
+    ffi_boundary!({
+        check_out(out)?;
+        // SAFETY: the caller promises `dev` is NULL or live.
+        let status = unsafe { with_handle(dev, |inner, _| inner.status()) }?;
+        // SAFETY: `out` passed `check_out` and is writable.
+        unsafe { write_out(out, status) };
+        Ok(())
+    })
+}
+
+/// The activity test, read-only: watches the block as long as its owner's parameters
+/// require and succeeds when the device is safe to take (clean, or not clean but silent
+/// for the whole window). `*out_owner` then describes the block as found.
+///
+/// `cb` (may be NULL) is called on this thread with the phase and the time left in each
+/// wait. `mmp_device_cancel` stops the wait (`MMP_RESULT_ABORTED`).
+///
+/// # Errors
+/// `MMP_RESULT_IN_USE` (another host is active), `MMP_RESULT_FSCK`,
+/// `MMP_RESULT_UNKNOWN_SEQ`, `MMP_RESULT_MAINTENANCE`, `MMP_RESULT_CORRUPT`,
+/// `MMP_RESULT_IO`, `MMP_RESULT_ABORTED`, `MMP_RESULT_ALREADY_HELD` (this handle holds
+/// it), `MMP_RESULT_NULL_PARAMETER`, `MMP_RESULT_BUSY`, `MMP_RESULT_POISONED`.
+///
+/// # Safety
+/// `dev` is NULL or a live handle; `cb` is NULL or a function that may be called with
+/// `userdata` on this thread during the call; `out_owner` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mmp_device_check(
+    dev: *const mmp_device,
+    cb: mmp_progress_cb,
+    userdata: *mut c_void,
+    out_owner: *mut mmp_status,
+) -> mmp_result {
+    ffi_boundary!({
+        check_out(out_owner)?;
+        // SAFETY: the caller promises `cb` may be called with `userdata` during this call.
+        let progress = unsafe { Progress::new(cb, userdata) };
+        // SAFETY: the caller promises `dev` is NULL or live.
+        let status = unsafe { with_handle(dev, |inner, h| inner.check(h, &progress)) }?;
+        // SAFETY: `out_owner` passed `check_out` and is writable.
+        unsafe { write_out(out_owner, status) };
+        Ok(())
+    })
+}
+
+/// Acquires the device: the full activity test, then a claim that is verified after a
+/// wait. On success the handle holds the device; call `mmp_device_start_heartbeat` at once
+/// (within the fail window, `mmp_status.fail_window_ms`), or the lease runs out.
+///
+/// `force` takes a device last held by another host and not released; the activity test
+/// still runs, so a live owner is never taken. `cb` (may be NULL) is called on this thread
+/// with progress; `mmp_device_cancel` stops the wait (`MMP_RESULT_ABORTED`; a claim
+/// already written stays on the device).
+///
+/// # Errors
+/// The refusals `MMP_RESULT_IN_USE`, `MMP_RESULT_FOREIGN`, `MMP_RESULT_FSCK`,
+/// `MMP_RESULT_UNKNOWN_SEQ`, `MMP_RESULT_MAINTENANCE`, `MMP_RESULT_CORRUPT`,
+/// `MMP_RESULT_NO_HOSTID`, `MMP_RESULT_LOST_RACE`, `MMP_RESULT_ABORTED`; and
+/// `MMP_RESULT_IO`, `MMP_RESULT_HOSTID_INVALID`, `MMP_RESULT_READ_ONLY`,
+/// `MMP_RESULT_ALREADY_HELD`, `MMP_RESULT_NULL_PARAMETER`, `MMP_RESULT_BUSY`,
+/// `MMP_RESULT_POISONED`.
+///
+/// # Safety
+/// `dev` is NULL or a live handle; `cb` is NULL or a function that may be called with
+/// `userdata` on this thread during the call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mmp_device_acquire(
+    dev: *const mmp_device,
+    force: bool,
+    cb: mmp_progress_cb,
+    userdata: *mut c_void,
+) -> mmp_result {
+    ffi_boundary!({
+        // SAFETY: the caller promises `cb` may be called with `userdata` during this call.
+        let progress = unsafe { Progress::new(cb, userdata) };
+        // SAFETY: the caller promises `dev` is NULL or live.
+        unsafe { with_handle(dev, |inner, h| inner.acquire(h, force, &progress)) }
+    })
+}
+
+/// Starts heartbeating the device this handle acquired, on a heartbeat thread
+/// (`mmp-heartbeat`). Every beat re-reads the block first, so a foreign write is noticed
+/// within one interval; then `cb` (may be NULL) is called once, on the handle's event
+/// thread (`mmp-events`), never on the heartbeat thread, and the device must no longer be
+/// used. Without a successful beat for the fail window the heartbeat self-fences (stops
+/// writing) and `cb` reports that too.
+///
+/// # Errors
+/// `MMP_RESULT_NOT_HELD`, `MMP_RESULT_ALREADY_HELD` (already heartbeating),
+/// `MMP_RESULT_LOST` (the lease ran out before this call; the handle no longer holds the
+/// device), `MMP_RESULT_IO`, `MMP_RESULT_NULL_PARAMETER`, `MMP_RESULT_BUSY`,
+/// `MMP_RESULT_POISONED`.
+///
+/// # Safety
+/// `dev` is NULL or a live handle; `cb` is NULL or a function that may be called with
+/// `userdata` from another thread until `mmp_device_release` or `mmp_device_free`
+/// returns.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mmp_device_start_heartbeat(
+    dev: *const mmp_device,
+    cb: mmp_loss_cb,
+    userdata: *mut c_void,
+) -> mmp_result {
+    ffi_boundary!({
+        // SAFETY: the caller promises `cb` may be called with `userdata` from the event
+        // thread until the heartbeat ends.
+        let loss = unsafe { Loss::new(cb, userdata) };
+        // SAFETY: the caller promises `dev` is NULL or live.
+        unsafe { with_handle(dev, |inner, _| inner.start_heartbeat(loss)) }
+    })
+}
+
+/// Releases the device: the block is re-read and CLEAN is written only if it still holds
+/// what this host last wrote. Stops the heartbeat (waiting for its threads) if it runs.
+/// The handle can acquire again afterwards.
+///
+/// # Errors
+/// `MMP_RESULT_LOST` (ownership was lost before or during the release; nothing was
+/// written), `MMP_RESULT_NOT_HELD`, `MMP_RESULT_IN_CALLBACK` (called from this handle's
+/// loss callback), `MMP_RESULT_NULL_PARAMETER`, `MMP_RESULT_BUSY`, `MMP_RESULT_POISONED`.
+///
+/// # Safety
+/// `dev` is NULL or a live handle.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mmp_device_release(dev: *const mmp_device) -> mmp_result {
+    ffi_boundary!({
+        // SAFETY: the caller promises `dev` is NULL or live.
+        unsafe { with_handle(dev, |inner, _| inner.release()) }
+    })
+}
+
+/// The operator's forced reset to CLEAN (like `tune2fs -f -E clear_mmp`): no activity
+/// test, so only for when no other host uses the device. Rewrites a corrupt ext4 MMP block;
+/// a native record that does not parse has lost its parameters and is refused
+/// (`MMP_RESULT_CORRUPT`): reformat it with `mmp_native_format` and `force`.
+///
+/// # Errors
+/// `MMP_RESULT_CORRUPT`, `MMP_RESULT_READ_ONLY`, `MMP_RESULT_ALREADY_HELD` (release
+/// instead), `MMP_RESULT_IO`,
+/// `MMP_RESULT_NULL_PARAMETER`, `MMP_RESULT_BUSY`, `MMP_RESULT_POISONED`.
+///
+/// # Safety
+/// `dev` is NULL or a live handle.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mmp_device_clear(dev: *const mmp_device) -> mmp_result {
+    ffi_boundary!({
+        // SAFETY: the caller promises `dev` is NULL or live.
+        unsafe { with_handle(dev, |inner, h| inner.clear(h)) }
+    })
+}
+
+/// Cancels the check or acquire running on this handle, or the next one if none runs: it
+/// returns `MMP_RESULT_ABORTED` at its next wake-up (within 50 ms). Lock-free: may be
+/// called from any thread and from a signal handler.
+///
+/// # Errors
+/// `MMP_RESULT_NULL_PARAMETER`, `MMP_RESULT_POISONED`.
+///
+/// # Safety
+/// `dev` is NULL or a live handle.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mmp_device_cancel(dev: *const mmp_device) -> mmp_result {
+    ffi_boundary!({
+        // SAFETY: the caller promises `dev` is NULL or live.
+        let dev = unsafe { try_ref(dev) }?;
+        dev.handle.cancel()
+    })
+}
+
+/// Reads a path argument.
+///
+/// # Safety
+/// `path` is NULL or a NUL-terminated string valid for `'a`.
+unsafe fn path_arg<'a>(path: *const c_char) -> Result<&'a Path, mmp_result> {
+    // SAFETY: passed on from the caller.
+    let bytes = unsafe { c_bytes(path) }?;
+    if bytes.is_empty() {
+        return Err(mmp_result::InvalidParameter);
+    }
+    Ok(Path::new(OsStr::from_bytes(bytes)))
+}
+
+/// Enables MMP on an unmounted ext4/ldiskfs file system (like `tune2fs -O mmp -E
+/// mmp_update_interval=N`), with an update interval of `interval_s` seconds (1..=300).
+///
+/// # Errors
+/// `MMP_RESULT_INVALID_PARAMETER`, `MMP_RESULT_NOT_EXT4`, `MMP_RESULT_ALREADY_ENABLED`,
+/// `MMP_RESULT_MOUNTED`, `MMP_RESULT_NEEDS_FSCK`, `MMP_RESULT_UNSUPPORTED`,
+/// `MMP_RESULT_NO_SPACE`, `MMP_RESULT_NOT_FOUND`, `MMP_RESULT_IO`,
+/// `MMP_RESULT_NULL_PARAMETER`.
+///
+/// # Safety
+/// `path` is NULL or a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mmp_ext4_enable(path: *const c_char, interval_s: u32) -> mmp_result {
+    ffi_boundary!({
+        // SAFETY: the caller promises a NUL-terminated string or NULL.
+        let path = unsafe { path_arg(path) }?;
+        device::ext4_enable(path, interval_s)
+    })
+}
+
+/// Disables MMP on an unmounted ext4/ldiskfs file system. Unless `force`, first proves with
+/// the acquire protocol that no other host uses it (this blocks for the activity test, 11 s
+/// or more). The hostid is resolved as for `mmp_device_open` with a NULL identity.
+///
+/// # Errors
+/// The refusals of `mmp_device_acquire`, `MMP_RESULT_NOT_MMP` (MMP is off),
+/// `MMP_RESULT_MOUNTED`, `MMP_RESULT_NEEDS_FSCK`, `MMP_RESULT_UNSUPPORTED`,
+/// `MMP_RESULT_NOT_FOUND`, `MMP_RESULT_IO`, `MMP_RESULT_NULL_PARAMETER`.
+///
+/// # Safety
+/// `path` is NULL or a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mmp_ext4_disable(path: *const c_char, force: bool) -> mmp_result {
+    ffi_boundary!({
+        // SAFETY: the caller promises a NUL-terminated string or NULL.
+        let path = unsafe { path_arg(path) }?;
+        device::ext4_disable(path, force)
+    })
+}
+
+/// Changes the MMP update interval of an unmounted ext4/ldiskfs file system to `secs`
+/// (1..=300), after proving with the acquire protocol that no other host uses it (blocks
+/// for the activity test).
+///
+/// # Errors
+/// As `mmp_ext4_disable`, plus `MMP_RESULT_INVALID_PARAMETER`.
+///
+/// # Safety
+/// `path` is NULL or a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mmp_ext4_set_interval(path: *const c_char, secs: u32) -> mmp_result {
+    ffi_boundary!({
+        // SAFETY: the caller promises a NUL-terminated string or NULL.
+        let path = unsafe { path_arg(path) }?;
+        device::ext4_set_interval(path, secs)
+    })
+}
+
+/// Writes a native MMP area (4 KiB at the start of the device) with a heartbeat interval
+/// of `interval_ms` (100..=300000) and `fail_intervals` (2..=1000) intervals without a
+/// successful heartbeat before an owner self-fences. Without `force` it refuses to
+/// overwrite a known signature or a native area that is not clean.
+///
+/// # Errors
+/// `MMP_RESULT_INVALID_PARAMETER`, `MMP_RESULT_WOULD_OVERWRITE`, `MMP_RESULT_MOUNTED`,
+/// `MMP_RESULT_NOT_MMP` (smaller than 4 KiB), `MMP_RESULT_NOT_FOUND`, `MMP_RESULT_IO`,
+/// `MMP_RESULT_NULL_PARAMETER`.
+///
+/// # Safety
+/// `path` is NULL or a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mmp_native_format(
+    path: *const c_char,
+    interval_ms: u32,
+    fail_intervals: u32,
+    force: bool,
+) -> mmp_result {
+    ffi_boundary!({
+        // SAFETY: the caller promises a NUL-terminated string or NULL.
+        let path = unsafe { path_arg(path) }?;
+        device::native_format(path, interval_ms, fail_intervals, force)
+    })
+}
+
+/// This host's hostid, resolved as the `mmp` command does: `$MMP_HOSTID`, else the first 4
+/// bytes of `/etc/hostid`.
+///
+/// # Errors
+/// `MMP_RESULT_NO_HOSTID` (unset or 0), `MMP_RESULT_HOSTID_INVALID`, `MMP_RESULT_IO`,
+/// `MMP_RESULT_NULL_PARAMETER`.
+///
+/// # Safety
+/// `out` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mmp_hostid_get(out: *mut u32) -> mmp_result {
+    ffi_boundary!({
+        check_out(out)?;
+        let v = device::hostid_get()?;
+        // SAFETY: `out` passed `check_out` and is writable.
+        unsafe { write_out(out, v) };
+        Ok(())
+    })
+}
+
+/// A static, NUL-terminated description of a result value. Takes the raw integer: unknown
+/// values get the text of `MMP_RESULT_INVALID_PARAMETER`. Never NULL; never free it.
+#[unsafe(no_mangle)]
+pub extern "C" fn mmp_result_str(result: u32) -> *const c_char {
+    let text = mmp_result::from_raw(result).description();
+    text.as_ptr().cast()
+}
+
+/// Whether `result` is a refusal (1..=99): the protocol or a safety check said no.
+#[unsafe(no_mangle)]
+pub extern "C" fn mmp_result_is_refusal(result: u32) -> bool {
+    mmp_result::is_refusal(result)
+}
+
+/// Whether `result` is an error (100..=199): I/O, bad arguments, misuse.
+#[unsafe(no_mangle)]
+pub extern "C" fn mmp_result_is_error(result: u32) -> bool {
+    mmp_result::is_error(result)
+}
+
+/// The library version, `"MAJOR.MINOR.PATCH"`: static, NUL-terminated, never NULL. Compare
+/// with the `MMP_VERSION_*` macros to detect a header/library mismatch.
+#[unsafe(no_mangle)]
+pub extern "C" fn mmp_version() -> *const c_char {
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+}
+
+/// Test hook (Rust only, not part of the C API): runs a call on the handle that panics, to
+/// prove that the panic is caught and poisons the handle.
+///
+/// # Safety
+/// `dev` is NULL or a live handle.
+#[doc(hidden)]
+pub unsafe fn panic_in_call_for_tests(dev: *const mmp_device) -> mmp_result {
+    ffi_boundary!({
+        // SAFETY: the caller promises `dev` is NULL or live.
+        unsafe {
+            with_handle(dev, |_, _| -> Result<(), mmp_result> {
+                panic!("injected by panic_in_call_for_tests")
+            })
+        }
+    })
+}
