@@ -1,8 +1,9 @@
 # bench/lib.sh: shared helpers for the bench/* scripts (sourced, not run).
 #
 # Every script: needs root (loop devices, mounts), makes a scratch directory, registers what it
-# starts (processes, loop devices, mounts, sanlock daemons) and undoes all of it on exit.
-# Tables go to stdout (Markdown); progress goes to stderr.
+# starts (processes, mounts, sanlock daemons) and undoes all of it on exit, including every loop
+# device backed by a file in its scratch directory. Tables go to stdout (Markdown); progress goes
+# to stderr.
 #
 # Settings (environment):
 #   RUNS=3        repetitions of the fast cases (under ~3 s each)
@@ -12,6 +13,7 @@
 #   BENCH_TMP=dir where scratch images go (default /var/tmp; not tmpfs: mmp uses O_DIRECT)
 
 set -euo pipefail
+export LC_ALL=C
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$BENCH_DIR/.." && pwd)

@@ -222,6 +222,22 @@ pub(crate) fn hold(
         }
         targets.push(t);
     }
+    // With several devices, refuse what the first read already refuses before anything is
+    // claimed: a clean device claimed next to a refused one would keep that claim (an
+    // acquire given up before it is verified never writes CLEAN) and look stale to others.
+    if targets.len() > 1 {
+        let mut code = 0u8;
+        for (d, t) in devices.iter().zip(&targets) {
+            if let Some(r) = preflight(c, opts.force, d, t) {
+                eprintln!("mmp: {}", out::refusal(&show(d), &r));
+                code = code.max(out::refusal_code(&r));
+            }
+        }
+        if code != 0 {
+            eprintln!("mmp: nothing written to any device (all or nothing)");
+            return Ok(code);
+        }
+    }
     // Watchdog arithmetic before anything is written.
     let wd_timeout = match &opts.watchdog_device {
         None => None,
@@ -274,15 +290,13 @@ pub(crate) fn hold(
                     let _ = std::io::stdout().flush();
                 }
                 Event::Progress { .. } if !many => progress[slot].event(&event),
-                Event::IoRetry(e) => {
-                    if !io_warned[slot] || c.verbose {
-                        eprintln!(
-                            "mmp: {}: heartbeat I/O failed ({}); retrying within the fail window",
-                            paths[slot],
-                            out::errno_text(e.errno)
-                        );
-                        io_warned[slot] = true;
-                    }
+                Event::IoRetry(e) if !io_warned[slot] || c.verbose => {
+                    eprintln!(
+                        "mmp: {}: heartbeat I/O failed ({}); retrying within the fail window",
+                        paths[slot],
+                        out::errno_text(e.errno)
+                    );
+                    io_warned[slot] = true;
                 }
                 Event::Finished(o) => {
                     done[slot] = Some(o);
@@ -311,10 +325,8 @@ pub(crate) fn hold(
                                 eng.release_all();
                             }
                         }
-                        Outcome::Released => {
-                            if c.verbose {
-                                eprintln!("mmp: released {} (clean)", paths[slot]);
-                            }
+                        Outcome::Released if c.verbose => {
+                            eprintln!("mmp: released {} (clean)", paths[slot]);
                         }
                         _ => {}
                     }
@@ -435,6 +447,30 @@ pub(crate) fn hold(
         }
     }
     Ok(child_code.unwrap_or(0))
+}
+
+/// The refusal the first read of `t` already implies (corrupt, FSCK, unknown sequence,
+/// maintenance, or another host's without `force`), as the machine would decide it. An I/O
+/// error is left to the machine.
+fn preflight(c: &Ctx, force: bool, d: &Path, t: &target::Target) -> Option<Refusal> {
+    use mmp_core::machine::{Class, Snapshot};
+    let raw = t.read_record().ok()?;
+    let snap = match mmp_core::machine::parse(&t.layout, &raw) {
+        Ok(s) => s,
+        Err(e) => return Some(Refusal::Corrupt(e)),
+    };
+    let id = c.identity(d);
+    let foreign = match &snap {
+        Snapshot::Ext4(b) => b.nodename() != id.nodename(),
+        Snapshot::Native(r) => r.hostid != id.hostid,
+    };
+    match snap.class() {
+        Class::Fsck => Some(Refusal::Fsck(snap)),
+        Class::Unknown => Some(Refusal::UnknownSeq(snap)),
+        Class::Maintenance => Some(Refusal::Maintenance(snap)),
+        Class::Active if foreign && !force => Some(Refusal::Foreign(snap)),
+        _ => None,
+    }
 }
 
 fn warn_realtime(eng: &Engine, opts: &HoldOpts) {

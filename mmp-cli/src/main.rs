@@ -404,7 +404,19 @@ impl Progress {
 
 fn check(c: &Ctx, json: bool, device: &Path) -> Result<u8, String> {
     let path = show(device);
-    let t = target::open(device, false).map_err(|e| e.to_string())?;
+    let t = match target::open(device, false) {
+        Ok(t) => t,
+        // `--json` promises one object, also for a device that cannot be opened.
+        Err(e) if json => {
+            println!(
+                "{{\"device\":{},\"result\":\"error\",\"message\":{}}}",
+                out::json_str(&path),
+                out::json_str(&e.to_string())
+            );
+            return Ok(2);
+        }
+        Err(e) => return Err(e.to_string()),
+    };
     let cfg = Config::new(t.layout, c.identity(device), clock::random_seed());
     let mut m = Machine::new(cfg, Op::Check, clock::now());
     let stop = Arc::new(AtomicBool::new(false));

@@ -65,7 +65,8 @@ pub(crate) fn disable(c: &Ctx, force: bool, device: &Path) -> Result<u8, String>
     };
     match tune::disable(&t.device) {
         Ok(r) => {
-            drop(held);
+            // The machine ends here without writing again (it holds no resources).
+            let _ = held;
             if r.freed {
                 println!(
                     "{path}: multiple mount protection disabled (MMP block {} freed)",

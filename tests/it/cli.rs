@@ -11,7 +11,10 @@
 //!   never a panic, and leave the image byte for byte unchanged, for status, check and hold.
 //! * The native flows (format, status, hold, refusal, release, handover, takeover) with
 //!   measured handover and takeover times (printed as `TIMING ...` lines).
-//! * Help texts show examples, `demo`, `hostid`, `format`, `clear`, `run`.
+//! * Several devices in one hold: all or nothing (nothing written when one is refused), and
+//!   one activity window for all.
+//! * Names from the device are escaped in text, JSON, dump and refusals.
+//! * Help texts show examples, `demo`, `hostid`, `format`, `clear`, `dump`, `run`.
 //!
 //! Every command runs with an explicit identity (`--hostid`, `--nodename`, no
 //! `MMP_HOSTID`) and under a time limit: a command that overruns is killed and the test
@@ -207,18 +210,37 @@ impl Proc {
     /// Waits for a stdout line starting with `prefix`; returns the time since spawn. Fails
     /// the test if the child exits first or `limit` passes.
     pub(crate) fn wait_line(&mut self, prefix: &str, limit: Duration) -> Duration {
+        self.wait_lines(&[prefix], limit)[0]
+    }
+
+    /// Waits for one stdout line starting with each prefix, in any order; returns the times
+    /// since spawn, in the order of `prefixes`.
+    pub(crate) fn wait_lines(&mut self, prefixes: &[&str], limit: Duration) -> Vec<Duration> {
         let deadline = Instant::now() + limit;
+        let mut seen: Vec<Option<Duration>> = vec![None; prefixes.len()];
         loop {
+            if seen.iter().all(Option::is_some) {
+                return seen.into_iter().flatten().collect();
+            }
             match self.lines.recv_timeout(Duration::from_millis(20)) {
-                Ok(l) if l.starts_with(prefix) => return self.started.elapsed(),
-                Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Ok(l) => {
+                    if let Some(k) = (0..prefixes.len())
+                        .find(|&k| seen[k].is_none() && l.starts_with(prefixes[k]))
+                    {
+                        seen[k] = Some(self.started.elapsed());
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     let _ = self.child.wait();
-                    panic!("no {prefix:?} line before stdout closed: {}", self.text());
+                    panic!(
+                        "no {prefixes:?} lines before stdout closed: {}",
+                        self.text()
+                    );
                 }
             }
             if Instant::now() > deadline {
-                panic!("no {prefix:?} line within {limit:?}: {}", self.text());
+                panic!("no {prefixes:?} lines within {limit:?}: {}", self.text());
             }
         }
     }
@@ -1337,6 +1359,25 @@ fn check_bad(bad: &Bad, dev: &Path, user: Option<&[&str]>) {
     assert_reason(&out, bad.code, bad.needle, &what("check"));
     assert!(out.stdout.is_empty(), "{}: {}", what("check"), out.show());
 
+    let out = run(cmd(&[&["check", "--json"], &id[..], &[d]].concat()), lim);
+    out.expect(bad.code, &what("check --json"));
+    let j = json(out.stdout.trim());
+    assert_eq!(j["device"].s(), d, "{}", what("check --json"));
+    let result = if bad.code == 1 { "in_use" } else { "error" };
+    assert_eq!(
+        j["result"].s(),
+        result,
+        "{}: {}",
+        what("check --json"),
+        out.show()
+    );
+    assert!(
+        j["message"].s().contains(bad.needle),
+        "{}: {}",
+        what("check --json"),
+        out.show()
+    );
+
     let out = run(
         cmd(&[&["hold", "--no-realtime"], &id[..], &[d]].concat()),
         lim,
@@ -1348,6 +1389,12 @@ fn check_bad(bad: &Bad, dev: &Path, user: Option<&[&str]>) {
         out.show()
     );
     assert_reason(&out, bad.code, bad.needle, &what("hold"));
+    assert!(
+        out.elapsed < Duration::from_secs(5),
+        "{}: refuse at once\n{}",
+        what("hold"),
+        out.show()
+    );
     assert!(
         !out.stdout.contains("acquired"),
         "{}: {}",
@@ -1453,10 +1500,11 @@ fn no_permission() {
 /// Records are read back through `backing` (the image file behind a loop device).
 pub(crate) fn native_flow(dev: &Path, backing: &Path, label: &str) -> (Duration, Duration) {
     let d = dev.to_str().expect("utf8");
-    let native_record = |_: &Path| native_record(backing);
+    // What the device holds now, read through the backing file.
+    let rec = || native_record(backing);
     let lim = Duration::from_secs(T_SHORT);
     mmp_run(&["format", "--interval-ms", "100", d], T_SHORT).expect(0, "format");
-    let r = native_record(dev);
+    let r = rec();
     assert_eq!(
         (r.state, r.interval_ms, r.reason),
         (native::State::Clean, 100, native::Reason::Formatted)
@@ -1472,7 +1520,7 @@ pub(crate) fn native_flow(dev: &Path, backing: &Path, label: &str) -> (Duration,
     let out = mmp_run(&["check", "--hostid", B, d], T_SHORT);
     out.expect(0, "check of a clean area");
     assert!(
-        out.elapsed < Duration::from_secs(1),
+        out.elapsed < Duration::from_millis(1500),
         "check of CLEAN does not wait\n{}",
         out.show()
     );
@@ -1513,16 +1561,12 @@ pub(crate) fn native_flow(dev: &Path, backing: &Path, label: &str) -> (Duration,
         "active on another node",
         "second host with --force",
     );
-    assert_eq!(
-        native_record(dev).hostid,
-        0xa,
-        "the refused host wrote nothing"
-    );
+    assert_eq!(rec().hostid, 0xa, "the refused host wrote nothing");
 
     // Handover: A releases on SIGTERM, B acquires.
     let t = Instant::now();
     ha.term(lim).expect(0, "release on SIGTERM");
-    let r = native_record(dev);
+    let r = rec();
     assert_eq!(
         (r.state, r.hostid, r.reason),
         (native::State::Clean, 0xa, native::Reason::Released)
@@ -1531,7 +1575,7 @@ pub(crate) fn native_flow(dev: &Path, backing: &Path, label: &str) -> (Duration,
     let mut hb = hold(B, "hostB", &[], dev);
     hb.wait_line("acquired ", lim);
     let handover = t.elapsed();
-    assert_eq!(native_record(dev).hostid, 0xb);
+    assert_eq!(rec().hostid, 0xb);
 
     // Takeover: B crashes, A takes over with --force after the activity test.
     std::thread::sleep(Duration::from_millis(250));
@@ -1544,13 +1588,13 @@ pub(crate) fn native_flow(dev: &Path, backing: &Path, label: &str) -> (Duration,
         takeover >= Duration::from_secs(2),
         "takeover {takeover:?} shorter than the 2 s window"
     );
-    let r = native_record(dev);
+    let r = rec();
     assert_eq!(
         (r.state, r.hostid, r.reason),
         (native::State::Active, 0xa, native::Reason::TakenOver)
     );
     ha.term(lim).expect(0, "release");
-    assert_eq!(native_record(dev).state, native::State::Clean);
+    assert_eq!(rec().state, native::State::Clean);
 
     // run: the command's status, released clean.
     let out = mmp_run(
@@ -1569,7 +1613,7 @@ pub(crate) fn native_flow(dev: &Path, backing: &Path, label: &str) -> (Duration,
         T_SHORT,
     );
     out.expect(7, "run sh -c 'exit 7'");
-    let r = native_record(dev);
+    let r = rec();
     assert_eq!(
         (r.state, r.hostid, r.reason),
         (native::State::Clean, 0xa, native::Reason::Released)
@@ -1802,4 +1846,167 @@ fn clear_dump_and_run_on_ext4() {
     let mut c = tool("e2fsck");
     c.arg("-fn").arg(&img);
     run(c, Duration::from_secs(30)).expect(0, "e2fsck -fn after run");
+}
+
+/// Several devices in one hold: all or nothing, and one activity window for all.
+#[test]
+fn hold_several_devices() {
+    if !have_e2fsprogs() {
+        return;
+    }
+    let dir = tmpdir();
+    let n1 = dir.path().join("n1.img");
+    let n2 = dir.path().join("n2.img");
+    for n in [&n1, &n2] {
+        fs::write(n, vec![0u8; 1 << 20]).expect("create");
+        mmp_run(
+            &["format", "--interval-ms", "100", n.to_str().expect("utf8")],
+            T_SHORT,
+        )
+        .expect(0, "format");
+    }
+    let e = dir.path().join("fsck.img");
+    mkfs_mmp(&e, "8M", &["-b", "1024"]);
+    edit_mmp(&e, |b| b.seq = SEQ_FSCK, false);
+
+    // A clean device next to a refused one: refused, and nothing written to either.
+    let (h1, he) = (hash_file(&n1), hash_file(&e));
+    let mut c = mmp(&["hold", "--hostid", A, "--nodename", "hostA"]);
+    c.arg(&n1).arg(&e);
+    let out = run(c, Duration::from_secs(T_SHORT));
+    out.expect(1, "hold clean + fsck");
+    assert!(out.stderr.contains("e2fsck being run"), "{}", out.show());
+    assert!(!out.stdout.contains("acquired"), "{}", out.show());
+    assert_eq!(
+        hash_file(&n1),
+        h1,
+        "the clean device was claimed and left claimed"
+    );
+    assert_eq!(hash_file(&e), he);
+
+    // Both held, then a crash: both stale.
+    let mut c = mmp(&["hold", "--hostid", A, "--nodename", "hostA"]);
+    c.arg(&n1).arg(&n2);
+    let mut h = Proc::spawn(c);
+    let (a1, a2) = (
+        format!("acquired {}", n1.display()),
+        format!("acquired {}", n2.display()),
+    );
+    h.wait_lines(&[&a1, &a2], Duration::from_secs(T_SHORT));
+    std::thread::sleep(Duration::from_millis(300));
+    h.kill9();
+    for n in [&n1, &n2] {
+        assert_eq!(native_record(n).state, native::State::Active);
+    }
+    // Another host without --force: refused, nothing written.
+    let (h1, h2) = (hash_file(&n1), hash_file(&n2));
+    let mut c = mmp(&["hold", "--hostid", B, "--nodename", "hostB"]);
+    c.arg(&n1).arg(&n2);
+    let out = run(c, Duration::from_secs(T_SHORT));
+    out.expect(1, "hold of two stale devices without --force");
+    assert_eq!(
+        out.stderr.matches("last held by another host").count(),
+        2,
+        "{}",
+        out.show()
+    );
+    assert_eq!(
+        (hash_file(&n1), hash_file(&n2)),
+        (h1, h2),
+        "a refused hold wrote"
+    );
+    // With --force: both after one window (2 s), not one window each.
+    let mut c = mmp(&["hold", "--force", "--hostid", B, "--nodename", "hostB"]);
+    c.arg(&n1).arg(&n2);
+    let mut h = Proc::spawn(c);
+    let t = h.wait_lines(&[&a1, &a2], Duration::from_secs(T_SHORT));
+    let (t1, t2) = (t[0], t[1]);
+    let both = t1.max(t2);
+    assert!(
+        t1.min(t2) >= Duration::from_secs(2),
+        "before the window: {t1:?} {t2:?}"
+    );
+    assert!(
+        both < Duration::from_secs(4),
+        "the windows ran one after the other: {both:?}"
+    );
+    h.term(Duration::from_secs(T_SHORT))
+        .expect(0, "release both");
+    for n in [&n1, &n2] {
+        let r = native_record(n);
+        assert_eq!((r.state, r.hostid), (native::State::Clean, 0xb));
+    }
+}
+
+/// Names from the device are printed with control characters escaped, in text and JSON.
+#[test]
+fn device_text_is_escaped() {
+    if !have_e2fsprogs() {
+        return;
+    }
+    let dir = tmpdir();
+    let img = dir.path().join("esc.img");
+    mkfs_mmp(&img, "8M", &["-b", "1024"]);
+    edit_mmp(
+        &img,
+        |b| {
+            *b = Block::new(
+                0x42,
+                1_795_257_665,
+                b"evil\x1b[31m\nnode\x07",
+                b"dev\ttab\r",
+                5,
+            );
+        },
+        false,
+    );
+    let p = img.to_str().expect("utf8");
+    let raw_ok = |s: &str, what: &str| {
+        assert!(
+            !s.bytes()
+                .any(|b| b == 0x1b || b == 0x07 || b == b'\t' || b == b'\r'),
+            "{what}: a raw control character reached the terminal: {s:?}"
+        );
+    };
+    let out = mmp_run(&["status", p], T_SHORT);
+    out.expect(1, "status");
+    raw_ok(&out.stdout, "status");
+    assert_eq!(out.stdout.lines().count(), 1, "{}", out.show());
+    assert!(
+        out.stdout.contains(r"node 'evil\x1b[31m\x0anode\x07'"),
+        "{}",
+        out.show()
+    );
+    assert!(
+        out.stdout.contains(r"device 'dev\x09tab\x0d'"),
+        "{}",
+        out.show()
+    );
+    let out = mmp_run(&["status", "--json", p], T_SHORT);
+    raw_ok(&out.stdout, "status --json");
+    let j = json(out.stdout.trim());
+    assert_eq!(j["node"].s(), r"evil\x1b[31m\x0anode\x07");
+    assert_eq!(j["device_name"].s(), r"dev\x09tab\x0d");
+    let out = mmp_run(&["dump", p], T_SHORT);
+    out.expect(0, "dump");
+    raw_ok(&out.stdout, "dump");
+    assert!(
+        out.stdout
+            .contains(r"mmp_nodename: evil\x1b[31m\x0anode\x07"),
+        "{}",
+        out.show()
+    );
+    let out = mmp_run(&["hold", "--hostid", B, "--nodename", "hostB", p], T_SHORT);
+    assert_reason(
+        &out,
+        1,
+        "last held by another host",
+        "hold of a foreign block",
+    );
+    raw_ok(&out.stderr, "hold refusal");
+    assert!(
+        out.stderr.contains(r"evil\x1b[31m\x0anode"),
+        "{}",
+        out.show()
+    );
 }

@@ -27,7 +27,7 @@ use super::cli::{
     mkfs_mmp, mmp, mmp_block, mmp_run, native_flow, run, tmpdir, tool,
 };
 
-/// Everything a loop test needs, or `None` after printing why not.
+/// Whether a loop test can run here (prints `SKIP: <reason>` when not).
 fn ready() -> bool {
     if !mmp_tests::is_root() {
         skip("loop tests need root");
@@ -92,10 +92,28 @@ fn agree_live(dev: &Path, what: &str) -> std::collections::BTreeMap<String, J> {
     panic!("{what}: the block never held still across two e2mmpstatus reads");
 }
 
-/// New kernel log lines since `from` lines, if dmesg is readable.
-fn dmesg_lines() -> Option<Vec<String>> {
+/// Kernel log lines stamped at or after `since` (seconds since boot, the printk clock),
+/// or `None` when dmesg is not readable here.
+fn dmesg_since(since: f64) -> Option<Vec<String>> {
     let out = run(tool("dmesg"), Duration::from_secs(T_SHORT));
-    (out.code == Some(0)).then(|| out.stdout.lines().map(str::to_string).collect())
+    (out.code == Some(0)).then(|| {
+        out.stdout
+            .lines()
+            .filter(|l| {
+                l.strip_prefix('[')
+                    .and_then(|r| r.split_once(']'))
+                    .and_then(|(t, _)| t.trim().parse::<f64>().ok())
+                    .is_some_and(|t| t >= since)
+            })
+            .map(str::to_string)
+            .collect()
+    })
+}
+
+/// Seconds since boot on the clock printk stamps (CLOCK_MONOTONIC, close enough here).
+fn boot_seconds() -> f64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
 }
 
 /// Test 2: the kernel holds it; we see it as active, through another loop device.
@@ -243,7 +261,7 @@ fn mmp_hold_keeps_kernel_and_e2fsprogs_out() {
     let j = agree_live(&l2.dev, "mmp-held block via L2");
     assert_eq!(j["node"].s(), "hostA");
 
-    let dmesg_before = dmesg_lines().map(|l| l.len());
+    let mount_started = boot_seconds() - 1.0;
     let m2 = dir.path().join("m2");
     std::thread::scope(|s| {
         let mnt = s.spawn(|| {
@@ -296,12 +314,14 @@ fn mmp_hold_keeps_kernel_and_e2fsprogs_out() {
             }
         }
     });
-    if let (Some(n), Some(after)) = (dmesg_before, dmesg_lines()) {
-        let new = after.get(n..).unwrap_or(&[]).join("\n");
+    if let Some(lines) = dmesg_since(mount_started) {
+        let want = format!("(device {})", base(&l2.dev));
         assert!(
-            new.contains(&format!("device {}", base(&l2.dev)))
-                && new.contains("Device is already active on another node"),
-            "kernel log:\n{new}"
+            lines.iter().any(
+                |l| l.contains(&want) && l.contains("Device is already active on another node")
+            ),
+            "no kernel refusal for {want} since {mount_started:.1} s:\n{}",
+            lines.join("\n")
         );
     } else {
         skip("dmesg not readable; not checking the kernel's message");

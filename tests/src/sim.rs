@@ -45,6 +45,7 @@
 //! * `MMP_COMMIT` / `GITHUB_SHA` / `CI_COMMIT_SHA`: the commit the derived seeds come from
 //!   (else `git rev-parse HEAD`, else a constant).
 //! * `MMP_TRACE=1`: print every trace line as it happens (use with `MMP_SEED`).
+//! * `MMP_CHECK_DETERMINISM=1`: every seed runs twice (`sim_determinism` always does).
 //!
 //! A "schedule" is one seed's run: a short fault phase (a few acquisitions, bounded virtual
 //! time) followed by the liveness phase.
@@ -548,14 +549,25 @@ impl Options {
     pub fn crashy(seed: u64) -> Self {
         let mut o = Options::swarm(seed);
         let mut r = SimRng::new(mix(seed ^ 0xC2A5));
-        if let DiskKind::Ext4 { csum, .. } = &mut o.disk {
+        // Only a multi-sector record can tear: mostly checksummed ext4.
+        if r.chance(2.0 / 3.0) {
+            o.disk = DiskKind::Ext4 {
+                csum: true,
+                update_interval_s: r.range(1, 5) as u16,
+            };
+            o.hold_us = (o.disk.interval_us(), 6 * o.disk.interval_us());
+            o.idle_us = (0, 2 * o.disk.interval_us());
+            o.fault_phase_us = 30 * o.disk.takeover_us();
+        } else if let DiskKind::Ext4 { csum, .. } = &mut o.disk {
             *csum = true;
         }
         let w = o.disk.fail_window_us();
         let i = o.disk.interval_us();
+        o.faults.spike_max_us = o.faults.spike_max_us.min(w / 4);
+        o.faults.pause_max_us = o.faults.pause_max_us.min(w * 9 / 10);
         o.faults.crash_gap_us = r.range(w, 5 * w);
         o.faults.down_max_us = r.range(i, 2 * w);
-        o.faults.lat_mean_us = o.faults.lat_mean_us.max(i / 20);
+        o.faults.lat_mean_us = o.faults.lat_mean_us.max(i / 10);
         o.acquisitions = 4;
         o
     }
@@ -2265,3 +2277,73 @@ pub const FIXED_SEEDS: [u64; 20] = [
     65_536,
     1_000_000_007,
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeds_parse_in_every_form() {
+        assert_eq!(parse_seed("42"), Some(42));
+        assert_eq!(parse_seed(" 0x2A "), Some(42));
+        assert_eq!(
+            parse_seed("0123456789abcdef0123456789abcdef01234567"),
+            Some(0x0123_4567_89AB_CDEF)
+        );
+        assert_eq!(parse_seed("nope"), None);
+        let d = derived_seeds(7, 100);
+        assert_eq!(d, derived_seeds(7, 100));
+        let mut u = d.clone();
+        u.sort_unstable();
+        u.dedup();
+        assert_eq!(u.len(), 100);
+    }
+
+    #[test]
+    fn clocks_are_monotonic_and_invert() {
+        for ppm in [-10_000, -1, 0, 1, 9_999, 10_000] {
+            let c = Clock {
+                ppm,
+                offset_us: 123_456_789,
+            };
+            let mut last = 0;
+            for t in (0..5_000_000u64).step_by(997) {
+                let l = c.local(t);
+                assert!(l >= last);
+                last = l;
+                let g = c.global(l);
+                assert!(g <= t && c.local(g) >= l, "ppm {ppm} t {t}");
+            }
+            // One simulated hour: the rate error stays within the drift.
+            let hour = 3_600_000_000u64;
+            let d = c.local(hour) - c.local(0);
+            assert!(d.abs_diff(hour) <= hour / 100);
+        }
+    }
+
+    #[test]
+    fn rng_ranges_hold() {
+        let mut r = SimRng::new(1);
+        for _ in 0..10_000 {
+            assert!((3..=9).contains(&r.range(3, 9)));
+            assert!(r.below(5) < 5);
+            assert!(r.exp(100) <= 1000);
+        }
+        assert!(!r.chance(0.0));
+        assert_eq!(SimRng::new(5).next_u64(), SimRng::new(5).next_u64());
+    }
+
+    #[test]
+    fn swarm_options_stay_in_the_envelope() {
+        for seed in 0..2_000 {
+            for o in [Options::swarm(seed), Options::crashy(seed)] {
+                let w = o.disk.fail_window_us();
+                assert!((2..=MAX_HOSTS).contains(&o.hosts));
+                assert!(o.faults.pause_max_us < w, "{o}");
+                assert!(o.faults.spike_max_us <= w / 4, "{o}");
+                assert!(o.drift_ppm.iter().all(|p| p.abs() <= 10_000));
+                assert!(o.self_fence);
+            }
+        }
+    }
+}
