@@ -406,8 +406,9 @@ pub enum Outcome {
     Lost(Loss),
     /// Clear: CLEAN written.
     Cleared,
-    /// The caller gave up before the acquire finished. A claim already written stays on the
-    /// device (we never write CLEAN for a device we do not own).
+    /// The caller gave up before the acquire finished. A claim already written is replaced
+    /// by the block found before it, only if the block still holds exactly our claim (so
+    /// nothing another host wrote is ever overwritten); otherwise it is left alone.
     Aborted,
 }
 
@@ -582,6 +583,10 @@ enum Step {
     ReleaseRead,
     /// CLEAN write outstanding.
     ReleaseWrite,
+    /// Abort during the claim: re-read outstanding.
+    RestoreRead,
+    /// Abort during the claim: restoring the block we found.
+    RestoreWrite,
     /// Clear: first read outstanding.
     ClearRead,
     /// Clear: CLEAN write outstanding.
@@ -616,6 +621,8 @@ pub struct Machine {
     claim_basis: Instant,
     last_beat_start: Option<Instant>,
     release_requested: bool,
+    /// The caller abandoned the acquire while our claim was on (or going to) the device.
+    abort_requested: bool,
     stats: Stats,
     events: [Option<Event>; EVENT_CAP],
     ev_head: usize,
@@ -643,6 +650,7 @@ impl Machine {
             claim_basis: now.mono,
             last_beat_start: None,
             release_requested: false,
+            abort_requested: false,
             stats: Stats::default(),
             events: [None; EVENT_CAP],
             ev_head: 0,
@@ -683,7 +691,9 @@ impl Machine {
             Step::Watch { .. } | Step::WatchRead { .. } => Phase::Watching,
             Step::ClaimWrite | Step::ClaimWait { .. } | Step::ClaimRead { .. } => Phase::Claiming,
             Step::Held { .. } | Step::BeatRead { .. } | Step::BeatWrite { .. } => Phase::Held,
-            Step::ReleaseRead | Step::ReleaseWrite => Phase::Releasing,
+            Step::ReleaseRead | Step::ReleaseWrite | Step::RestoreRead | Step::RestoreWrite => {
+                Phase::Releasing
+            }
             Step::ClearRead | Step::ClearWrite => Phase::Clearing,
             Step::Done(_) => Phase::Done,
         }
@@ -766,7 +776,11 @@ impl Machine {
         let len = self.cfg.layout.record_len();
         let writing = matches!(
             self.step,
-            Step::ClaimWrite | Step::BeatWrite { .. } | Step::ReleaseWrite | Step::ClearWrite
+            Step::ClaimWrite
+                | Step::BeatWrite { .. }
+                | Step::ReleaseWrite
+                | Step::ClearWrite
+                | Step::RestoreWrite
         );
         if !writing || buf.len() < len {
             return false;
@@ -837,6 +851,18 @@ impl Machine {
                     self.progress(Phase::Watching, until.saturating_since(now.mono), total);
                 }
             }
+            Step::ClaimRead { .. } | Step::RestoreRead
+                if self.abort_requested || self.step == Step::RestoreRead =>
+            {
+                if data == &self.written[..len] {
+                    // Still our claim: put back what was there before it.
+                    self.out[..len].copy_from_slice(&self.seen[..len]);
+                    self.step = Step::RestoreWrite;
+                    self.request_write();
+                } else {
+                    self.finish(Outcome::Aborted);
+                }
+            }
             Step::ClaimRead { until } => {
                 if data != &self.written[..len] {
                     let snap = parse(&self.cfg.layout, data).ok();
@@ -899,6 +925,11 @@ impl Machine {
     pub fn handle_write_done(&mut self, now: Now) {
         let len = self.cfg.layout.record_len();
         match self.step {
+            Step::ClaimWrite if self.abort_requested => {
+                self.written[..len].copy_from_slice(&self.out[..len]);
+                self.step = Step::RestoreRead;
+                self.request_read(now.mono);
+            }
             Step::ClaimWrite => {
                 self.written[..len].copy_from_slice(&self.out[..len]);
                 let t = self.timing.unwrap_or(FALLBACK_TIMING);
@@ -909,9 +940,9 @@ impl Machine {
                 // heartbeating. Such a late claim waits out a whole lease (plus 1/8 for
                 // clock drift), still well inside a waiter's watch of our claim (2 fail
                 // windows), so the silence is not mistaken for a dead claimer. ext4's
-                // claim wait already equals its fail window.
-                let late = matches!(self.cfg.layout, Layout::Native { .. })
-                    && now.mono.saturating_since(self.claim_basis) > t.interval;
+                // claim wait equals its fail window, which leaves no margin for clock
+                // drift, so the same rule applies there.
+                let late = now.mono.saturating_since(self.claim_basis) > t.interval;
                 let wait = if late {
                     t.claim_wait.max(t.fail_window + t.fail_window / 8)
                 } else {
@@ -948,6 +979,7 @@ impl Machine {
                 }
             }
             Step::ReleaseWrite => self.finish(Outcome::Released),
+            Step::RestoreWrite => self.finish(Outcome::Aborted),
             Step::ClearWrite => self.finish(Outcome::Cleared),
             _ => {}
         }
@@ -985,6 +1017,9 @@ impl Machine {
             // A failed CLEAN write leaves either our last heartbeat or CLEAN: both are safe
             // for the next owner. We no longer own it either way.
             Step::ReleaseWrite => self.finish(Outcome::Lost(Loss::ReleaseReadFailed(err))),
+            // Restoring after an abort is best effort: our claim stays, which other hosts
+            // treat as a stale live block.
+            Step::RestoreRead | Step::RestoreWrite => self.finish(Outcome::Aborted),
             _ => {}
         }
     }
@@ -1025,7 +1060,18 @@ impl Machine {
                 self.handle_timeout(now);
             }
             Step::BeatRead { .. } | Step::BeatWrite { .. } => self.release_requested = true,
-            Step::Done(_) | Step::ReleaseRead | Step::ReleaseWrite => {}
+            Step::Done(_)
+            | Step::ReleaseRead
+            | Step::ReleaseWrite
+            | Step::RestoreRead
+            | Step::RestoreWrite => {}
+            // Our claim is on the device: restore what was there, if it is still ours.
+            Step::ClaimWait { .. } => {
+                self.abort_requested = true;
+                self.step = Step::RestoreRead;
+                self.request_read(now.mono);
+            }
+            Step::ClaimWrite | Step::ClaimRead { .. } => self.abort_requested = true,
             _ => {
                 self.pending = None;
                 self.finish(Outcome::Aborted);

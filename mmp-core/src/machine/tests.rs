@@ -602,3 +602,34 @@ fn a_late_claim_waits_out_a_silent_owners_lease() {
     assert!(c.is_held());
     assert!((0.2..0.21).contains(&secs(&rig, t0)), "{}", secs(&rig, t0));
 }
+
+#[test]
+fn abort_during_the_claim_restores_the_block_only_if_still_ours() {
+    // Our claim is still there: the original (clean) record comes back.
+    let mut rig = Rig::new();
+    rig.put_native(Record::formatted([1; 16], 100, 10, 0));
+    let before = rig.disk[..512].to_vec();
+    let mut m = Machine::new(cfg(native_layout(), 1, b"a"), Op::Acquire, rig.now());
+    rig.pump(&mut m);
+    assert_eq!(m.phase(), Phase::Claiming);
+    assert_ne!(rig.disk[..512], before[..], "the claim is on disk");
+    m.release(rig.now());
+    rig.pump(&mut m);
+    assert_eq!(m.outcome(), Some(Outcome::Aborted));
+    assert_eq!(rig.disk[..512], before[..], "restored");
+    // Another host wrote meanwhile: nothing is written.
+    let mut rig = Rig::new();
+    rig.put_native(Record::formatted([1; 16], 100, 10, 0));
+    let mut m = Machine::new(cfg(native_layout(), 1, b"a"), Op::Acquire, rig.now());
+    rig.pump(&mut m);
+    let mut other = rig.native();
+    other.hostid = 9;
+    other.seq += 77;
+    rig.put_native(other);
+    let writes = rig.writes;
+    m.release(rig.now());
+    rig.pump(&mut m);
+    assert_eq!(m.outcome(), Some(Outcome::Aborted));
+    assert_eq!(rig.writes, writes);
+    assert_eq!(rig.native().hostid, 9);
+}
