@@ -19,7 +19,11 @@ fn mmp(run_dir: &Path, hostid: &str, node: &str, args: &[&str]) -> Output {
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 fn need(tools: &[&str]) -> Option<Vec<PathBuf>> {
@@ -59,17 +63,28 @@ fn umount_quiet(dir: &Path) {
 fn ocf_tester(agent_args: &[String]) -> Output {
     let tester = find_tool("ocf-tester").expect("ocf-tester");
     let agent = Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/ocf/mmp");
-    Command::new(tester).args(agent_args).arg(agent).output().expect("run ocf-tester")
+    Command::new(tester)
+        .args(agent_args)
+        .arg(agent)
+        .output()
+        .expect("run ocf-tester")
 }
 
 #[test]
 fn loop_ocf_tester_native() {
-    let Some(_) = need(&["ocf-tester", "losetup"]) else { return };
+    let Some(_) = need(&["ocf-tester", "losetup"]) else {
+        return;
+    };
     let tmp = tempfile::tempdir().expect("tempdir");
     let img = sparse(tmp.path(), "mmp.img", 1 << 20);
     let Some(lo) = Loop::attach(&img) else { return };
     let dev = lo.dev.to_string_lossy().to_string();
-    let o = mmp(tmp.path(), "0x1", "n1", &["format", "--interval-ms", "100", &dev]);
+    let o = mmp(
+        tmp.path(),
+        "0x1",
+        "n1",
+        &["format", "--interval-ms", "100", &dev],
+    );
     assert!(o.status.success(), "{}", text(&o));
     let args: Vec<String> = [
         "-n",
@@ -87,7 +102,11 @@ fn loop_ocf_tester_native() {
     .map(|s| (*s).to_string())
     .collect();
     let o = ocf_tester(&args);
-    assert!(o.status.success() && text(&o).contains("passed all tests"), "{}", text(&o));
+    assert!(
+        o.status.success() && text(&o).contains("passed all tests"),
+        "{}",
+        text(&o)
+    );
     // The tester stops the resource at the end: the block is clean again.
     let o = mmp(tmp.path(), "0x1", "n1", &["status", &dev]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
@@ -95,10 +114,25 @@ fn loop_ocf_tester_native() {
 
 #[test]
 fn loop_ocf_tester_ext4() {
-    let Some(tools) = need(&["ocf-tester", "losetup", "mke2fs"]) else { return };
+    let Some(tools) = need(&["ocf-tester", "losetup", "mke2fs"]) else {
+        return;
+    };
     let tmp = tempfile::tempdir().expect("tempdir");
     let img = sparse(tmp.path(), "fs.img", 64 << 20);
-    run_ok(Command::new(&tools[2]).args(["-F", "-q", "-t", "ext4", "-O", "mmp", "-E", "mmp_update_interval=1"]).arg(&img));
+    run_ok(
+        Command::new(&tools[2])
+            .args([
+                "-F",
+                "-q",
+                "-t",
+                "ext4",
+                "-O",
+                "mmp",
+                "-E",
+                "mmp_update_interval=1",
+            ])
+            .arg(&img),
+    );
     let Some(lo) = Loop::attach(&img) else { return };
     let dev = lo.dev.to_string_lossy().to_string();
     let args: Vec<String> = [
@@ -117,33 +151,66 @@ fn loop_ocf_tester_ext4() {
     .map(|s| (*s).to_string())
     .collect();
     let o = ocf_tester(&args);
-    assert!(o.status.success() && text(&o).contains("passed all tests"), "{}", text(&o));
+    assert!(
+        o.status.success() && text(&o).contains("passed all tests"),
+        "{}",
+        text(&o)
+    );
     let o = mmp(tmp.path(), "0x1", "n1", &["status", &dev]);
-    assert_eq!(o.status.code(), Some(0), "ext4 block handed back CLEAN: {}", text(&o));
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "ext4 block handed back CLEAN: {}",
+        text(&o)
+    );
 }
 
 #[test]
 fn loop_mount_xfs_with_native_partition() {
-    let Some(tools) = need(&["losetup", "mkfs.xfs", "mount", "umount"]) else { return };
+    let Some(tools) = need(&["losetup", "mkfs.xfs", "mount", "umount"]) else {
+        return;
+    };
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = sparse(tmp.path(), "data.img", 320 << 20);
     let area = sparse(tmp.path(), "mmp.img", 1 << 20);
     run_ok(Command::new(&tools[1]).arg("-q").arg(&data));
-    let (Some(ld), Some(lm)) = (Loop::attach(&data), Loop::attach(&area)) else { return };
-    let (d, m) = (ld.dev.to_string_lossy().to_string(), lm.dev.to_string_lossy().to_string());
+    let (Some(ld), Some(lm)) = (Loop::attach(&data), Loop::attach(&area)) else {
+        return;
+    };
+    let (d, m) = (
+        ld.dev.to_string_lossy().to_string(),
+        lm.dev.to_string_lossy().to_string(),
+    );
     let rd = tmp.path().join("run");
     let mnt1 = tmp.path().join("m1");
     let mnt2 = tmp.path().join("m2");
     std::fs::create_dir_all(&mnt1).expect("mkdir");
     std::fs::create_dir_all(&mnt2).expect("mkdir");
-    let (m1, m2) = (mnt1.to_string_lossy().to_string(), mnt2.to_string_lossy().to_string());
-    assert!(mmp(&rd, "0x1", "n1", &["format", "--interval-ms", "100", &m]).status.success());
+    let (m1, m2) = (
+        mnt1.to_string_lossy().to_string(),
+        mnt2.to_string_lossy().to_string(),
+    );
+    assert!(
+        mmp(&rd, "0x1", "n1", &["format", "--interval-ms", "100", &m])
+            .status
+            .success()
+    );
 
-    let o = mmp(&rd, "0xa1", "host-a", &["mount", "-t", "xfs", "--mmp-device", &m, &d, &m1]);
+    let o = mmp(
+        &rd,
+        "0xa1",
+        "host-a",
+        &["mount", "-t", "xfs", "--mmp-device", &m, &d, &m1],
+    );
     assert!(o.status.success(), "{}", text(&o));
     std::fs::write(mnt1.join("hello"), b"written by host-a\n").expect("write a file");
     // The second host is refused while the first holds it.
-    let o = mmp(&rd, "0xb2", "host-b", &["mount", "-t", "xfs", "--mmp-device", &m, &d, &m2]);
+    let o = mmp(
+        &rd,
+        "0xb2",
+        "host-b",
+        &["mount", "-t", "xfs", "--mmp-device", &m, &d, &m2],
+    );
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("host-a"), "names the owner: {}", text(&o));
     // Unmount releases.
@@ -152,7 +219,12 @@ fn loop_mount_xfs_with_native_partition() {
     let o = mmp(&rd, "0xb2", "host-b", &["status", &m]);
     assert_eq!(o.status.code(), Some(0), "released clean: {}", text(&o));
     // Now the second host mounts and reads the file.
-    let o = mmp(&rd, "0xb2", "host-b", &["mount", "-t", "xfs", "--mmp-device", &m, &d, &m2]);
+    let o = mmp(
+        &rd,
+        "0xb2",
+        "host-b",
+        &["mount", "-t", "xfs", "--mmp-device", &m, &d, &m2],
+    );
     assert!(o.status.success(), "{}", text(&o));
     let got = std::fs::read_to_string(mnt2.join("hello")).expect("read the file");
     assert_eq!(got, "written by host-a\n");
@@ -164,21 +236,40 @@ fn loop_mount_xfs_with_native_partition() {
 
 #[test]
 fn loop_mount_killed_holder_needs_force_and_waits() {
-    let Some(tools) = need(&["losetup", "mkfs.xfs", "mount", "umount"]) else { return };
+    let Some(tools) = need(&["losetup", "mkfs.xfs", "mount", "umount"]) else {
+        return;
+    };
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = sparse(tmp.path(), "data.img", 320 << 20);
     let area = sparse(tmp.path(), "mmp.img", 1 << 20);
     run_ok(Command::new(&tools[1]).arg("-q").arg(&data));
-    let (Some(ld), Some(lm)) = (Loop::attach(&data), Loop::attach(&area)) else { return };
-    let (d, m) = (ld.dev.to_string_lossy().to_string(), lm.dev.to_string_lossy().to_string());
+    let (Some(ld), Some(lm)) = (Loop::attach(&data), Loop::attach(&area)) else {
+        return;
+    };
+    let (d, m) = (
+        ld.dev.to_string_lossy().to_string(),
+        lm.dev.to_string_lossy().to_string(),
+    );
     let rd = tmp.path().join("run");
     let mnt1 = tmp.path().join("m1");
     let mnt2 = tmp.path().join("m2");
     std::fs::create_dir_all(&mnt1).expect("mkdir");
     std::fs::create_dir_all(&mnt2).expect("mkdir");
-    let (m1, m2) = (mnt1.to_string_lossy().to_string(), mnt2.to_string_lossy().to_string());
-    assert!(mmp(&rd, "0x1", "n1", &["format", "--interval-ms", "100", &m]).status.success());
-    let o = mmp(&rd, "0xa1", "host-a", &["mount", "-t", "xfs", "--mmp-device", &m, &d, &m1]);
+    let (m1, m2) = (
+        mnt1.to_string_lossy().to_string(),
+        mnt2.to_string_lossy().to_string(),
+    );
+    assert!(
+        mmp(&rd, "0x1", "n1", &["format", "--interval-ms", "100", &m])
+            .status
+            .success()
+    );
+    let o = mmp(
+        &rd,
+        "0xa1",
+        "host-a",
+        &["mount", "-t", "xfs", "--mmp-device", &m, &d, &m1],
+    );
     assert!(o.status.success(), "{}", text(&o));
     // Host A dies: its holder is killed and (as with a crashed node) its mount is gone.
     let state = std::fs::read_dir(&rd)
@@ -187,21 +278,42 @@ fn loop_mount_killed_holder_needs_force_and_waits() {
         .find(|e| e.file_name().to_string_lossy().ends_with(".state"))
         .expect("state file");
     let body = std::fs::read_to_string(state.path()).expect("state");
-    let pid: i32 = body.lines().find_map(|l| l.strip_prefix("pid=")).expect("pid").parse().expect("pid number");
+    let pid: i32 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("pid="))
+        .expect("pid")
+        .parse()
+        .expect("pid number");
     run_ok(Command::new("kill").args(["-KILL", &pid.to_string()]));
     umount_quiet(&mnt1);
     std::thread::sleep(Duration::from_millis(200));
     // Without --force: refused at once, naming host-a.
-    let o = mmp(&rd, "0xb2", "host-b", &["mount", "-t", "xfs", "--mmp-device", &m, &d, &m2]);
+    let o = mmp(
+        &rd,
+        "0xb2",
+        "host-b",
+        &["mount", "-t", "xfs", "--mmp-device", &m, &d, &m2],
+    );
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("--force"), "{}", text(&o));
     // With --force: waits the window (2 x 10 x 100 ms), then mounts.
     let t = Instant::now();
-    let o = mmp(&rd, "0xb2", "host-b", &["mount", "--force", "-t", "xfs", "--mmp-device", &m, &d, &m2]);
+    let o = mmp(
+        &rd,
+        "0xb2",
+        "host-b",
+        &["mount", "--force", "-t", "xfs", "--mmp-device", &m, &d, &m2],
+    );
     let took = t.elapsed();
     assert!(o.status.success(), "{}", text(&o));
-    assert!(took >= Duration::from_millis(2000), "waited the activity window: {took:?}");
-    eprintln!("mount helper takeover after a killed holder: {:.3} s", took.as_secs_f64());
+    assert!(
+        took >= Duration::from_millis(2000),
+        "waited the activity window: {took:?}"
+    );
+    eprintln!(
+        "mount helper takeover after a killed holder: {:.3} s",
+        took.as_secs_f64()
+    );
     let o = mmp(&rd, "0xb2", "host-b", &["umount", &m2]);
     assert!(o.status.success(), "{}", text(&o));
     umount_quiet(&mnt2);
@@ -209,18 +321,41 @@ fn loop_mount_killed_holder_needs_force_and_waits() {
 
 #[test]
 fn loop_mount_ext4_with_mmp() {
-    let Some(tools) = need(&["losetup", "mke2fs", "mount", "umount"]) else { return };
+    let Some(tools) = need(&["losetup", "mke2fs", "mount", "umount"]) else {
+        return;
+    };
     let tmp = tempfile::tempdir().expect("tempdir");
     let img = sparse(tmp.path(), "fs.img", 64 << 20);
-    run_ok(Command::new(&tools[1]).args(["-F", "-q", "-t", "ext4", "-O", "mmp", "-E", "mmp_update_interval=1"]).arg(&img));
-    let (Some(l1), Some(l2)) = (Loop::attach(&img), Loop::attach(&img)) else { return };
-    let (d1, d2) = (l1.dev.to_string_lossy().to_string(), l2.dev.to_string_lossy().to_string());
+    run_ok(
+        Command::new(&tools[1])
+            .args([
+                "-F",
+                "-q",
+                "-t",
+                "ext4",
+                "-O",
+                "mmp",
+                "-E",
+                "mmp_update_interval=1",
+            ])
+            .arg(&img),
+    );
+    let (Some(l1), Some(l2)) = (Loop::attach(&img), Loop::attach(&img)) else {
+        return;
+    };
+    let (d1, d2) = (
+        l1.dev.to_string_lossy().to_string(),
+        l2.dev.to_string_lossy().to_string(),
+    );
     let rd = tmp.path().join("run");
     let mnt1 = tmp.path().join("m1");
     let mnt2 = tmp.path().join("m2");
     std::fs::create_dir_all(&mnt1).expect("mkdir");
     std::fs::create_dir_all(&mnt2).expect("mkdir");
-    let (m1, m2) = (mnt1.to_string_lossy().to_string(), mnt2.to_string_lossy().to_string());
+    let (m1, m2) = (
+        mnt1.to_string_lossy().to_string(),
+        mnt2.to_string_lossy().to_string(),
+    );
     let o = mmp(&rd, "0xa1", "host-a", &["mount", "-t", "ext4", &d1, &m1]);
     assert!(o.status.success(), "{}", text(&o));
     std::fs::write(mnt1.join("hello"), b"ext4 by host-a\n").expect("write");
@@ -228,7 +363,12 @@ fn loop_mount_ext4_with_mmp() {
     // device) is refused without --force, and with --force after seeing activity.
     let o = mmp(&rd, "0xb2", "host-b", &["mount", "-t", "ext4", &d2, &m2]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    let o = mmp(&rd, "0xb2", "host-b", &["mount", "--force", "-t", "ext4", &d2, &m2]);
+    let o = mmp(
+        &rd,
+        "0xb2",
+        "host-b",
+        &["mount", "--force", "-t", "ext4", &d2, &m2],
+    );
     assert_eq!(o.status.code(), Some(1), "activity seen: {}", text(&o));
     assert!(text(&o).contains("active on another node"), "{}", text(&o));
     let o = mmp(&rd, "0xa1", "host-a", &["umount", &m1]);

@@ -8,7 +8,7 @@ mod cli;
 mod format_doc;
 mod heartbeat;
 mod loop_cli;
+mod loop_integration;
 mod sim;
 mod tool_ext4_codec;
 mod tool_tune;
-mod loop_integration;

@@ -37,7 +37,10 @@ pub fn mmp_bin() -> PathBuf {
     BIN.get_or_init(|| {
         // target/<profile>/deps/integration-xxxx -> target/<profile>
         let exe = std::env::current_exe().expect("current_exe");
-        let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>");
         let target_dir = profile_dir.parent().expect("target dir");
         let release = profile_dir.file_name().is_some_and(|n| n == "release");
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -82,9 +85,16 @@ impl Loop {
             skip("losetup not found");
             return None;
         };
-        let out = std::process::Command::new(losetup).args(["-f", "--show"]).arg(file).output().ok()?;
+        let out = std::process::Command::new(losetup)
+            .args(["-f", "--show"])
+            .arg(file)
+            .output()
+            .ok()?;
         if !out.status.success() {
-            skip(&format!("losetup failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+            skip(&format!(
+                "losetup failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
             return None;
         }
         let dev = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().to_string());
@@ -95,7 +105,10 @@ impl Loop {
 impl Drop for Loop {
     fn drop(&mut self) {
         if let Some(losetup) = find_tool("losetup") {
-            let _ = std::process::Command::new(losetup).arg("-d").arg(&self.dev).status();
+            let _ = std::process::Command::new(losetup)
+                .arg("-d")
+                .arg(&self.dev)
+                .status();
         }
     }
 }

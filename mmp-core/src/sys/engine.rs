@@ -585,12 +585,11 @@ fn run(
                 Err(mpsc::TryRecvError::Empty) => break,
             }
         }
-        // Deadlines that passed, then I/O, in slot order (as commands and deadlines
-        // marked them).
+        // Slots touched by commands, then those whose deadline passed, earliest deadline
+        // first (when the thread falls behind, the most overdue device goes first).
         let now = clock::now();
         w.collect_due(now.mono);
         std::mem::swap(&mut work, &mut w.work);
-        work.sort_unstable();
         let mut beat_ok = false;
         for &i in &work {
             beat_ok |= w.service(i, options.faults.as_mut(), events);

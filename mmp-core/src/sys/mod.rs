@@ -7,10 +7,10 @@
 
 pub mod blockdev;
 pub mod clock;
-pub mod hostid;
-pub mod tune;
 pub mod driver;
 pub mod engine;
-pub mod target;
+pub mod hostid;
 pub mod rt;
+pub mod target;
+pub mod tune;
 pub mod watchdog;
