@@ -98,7 +98,7 @@ mmp_version() {
     if [ -n "$c" ] && [ -n "$(git -C "$REPO" status --porcelain -- mmp-core mmp-cli 2>/dev/null)" ]; then
         c="$c + uncommitted changes"
     fi
-    echo "mmp $v${c:+ ($c)}"
+    echo "mmp $v, binary $MMP (built $(date -u -r "$MMP" '+%Y-%m-%d %H:%M UTC')); source tree ${c:-unknown}"
 }
 
 sanlock_version() {
@@ -109,7 +109,7 @@ sanlock_version() {
     fi
 }
 
-# environment TITLE: the header every script prints before its table
+# environment TITLE [SETTINGS]: the header every script prints before its table
 environment() {
     echo "## $1"
     echo
@@ -123,7 +123,7 @@ environment() {
     echo "| e2fsprogs | $(mke2fs -V 2>&1 | head -1) |"
     echo "| sanlock | $(sanlock_version) |"
     echo "| mmp | $(mmp_version) |"
-    echo "| settings | RUNS=$RUNS SLOW_RUNS=$SLOW_RUNS FULL=$FULL |"
+    echo "| settings | ${2:-RUNS=$RUNS SLOW_RUNS=$SLOW_RUNS FULL=$FULL} |"
     echo
 }
 

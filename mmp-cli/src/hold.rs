@@ -42,6 +42,11 @@ pub(crate) struct HoldOpts {
     /// Do not lock memory or ask for real-time scheduling.
     #[arg(long)]
     no_realtime: bool,
+    /// Test harnesses: append ownership lines (acquired, lease bounds before every
+    /// heartbeat write, released/lost; CLOCK_MONOTONIC ns) to this file (see
+    /// docs/RELIABILITY.md).
+    #[arg(long, value_name = "PATH", hide = true)]
+    owner_log: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -252,12 +257,20 @@ pub(crate) fn hold(
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))
         .map_err(|e| e.to_string())?;
 
+    let mut faults: Box<dyn driver::FaultHook + Send> = Box::new(driver::EnvFaults::from_env());
+    if let Some(p) = &opts.owner_log {
+        let host = String::from_utf8_lossy(&c.nodename);
+        faults = Box::new(
+            driver::OwnerLog::open(p, &host, faults)
+                .map_err(|e| format!("--owner-log {}: {e}", p.display()))?,
+        );
+    }
     let (tx, rx) = mpsc::channel::<EngineEvent>();
     let mut eng = Engine::start(
         engine::Options {
             realtime: !opts.no_realtime,
             watchdog: None,
-            faults: Box::new(driver::EnvFaults::from_env()),
+            faults,
         },
         tx,
     );

@@ -184,10 +184,14 @@ pub(crate) fn loss(path: &str, l: &Loss) -> String {
             "{path}: ownership lost: the MMP block was overwritten with something unreadable; \
              stopped writing"
         ),
-        Loss::Fenced { since_last_write } => format!(
-            "{path}: ownership lost: no heartbeat succeeded for {:.1} s (the fail window); \
-             self-fenced, stopped writing",
-            since_last_write.as_secs_f64()
+        Loss::Fenced {
+            since_last_write,
+            fail_window,
+        } => format!(
+            "{path}: ownership lost: no heartbeat succeeded for {:.1} s, past the {:.1} s fail \
+             window; self-fenced, stopped writing",
+            since_last_write.as_secs_f64(),
+            fail_window.as_secs_f64()
         ),
         Loss::ReleaseReadFailed(e) => format!(
             "{path}: release could not verify the block ({}); CLEAN not written, the last \

@@ -10,7 +10,7 @@
 //! * [`crc32c`]: the CRC32C (Castagnoli) used by ext4 and by the native format.
 //! * [`time`]: explicit-unit time types. The core never reads a clock: every input carries the
 //!   caller's [`time::Now`].
-//! * [`format`]: on-disk blocks, byte-exact and allocation-free.
+//! * [`format`](mod@format): on-disk blocks, byte-exact and allocation-free.
 //!   * [`format::ext4`]: the ext4/ldiskfs superblock fields MMP needs and the 1024-byte MMP
 //!     block, compatible with the Linux kernel and e2fsprogs.
 //!   * [`format::native`]: mmp's own format for any block device (millisecond intervals,

@@ -256,7 +256,9 @@ impl mmp_loss_info {
                     found,
                 }
             }
-            Loss::Fenced { since_last_write } => mmp_loss_info {
+            Loss::Fenced {
+                since_last_write, ..
+            } => mmp_loss_info {
                 reason: mmp_loss::Fenced,
                 since_last_write_ms: millis(*since_last_write),
                 os_error: 0,

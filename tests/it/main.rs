@@ -9,6 +9,7 @@ mod format_doc;
 mod heartbeat;
 mod loop_cli;
 mod loop_integration;
+mod race;
 mod sim;
 mod tool_ext4_codec;
 mod tool_tune;

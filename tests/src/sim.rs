@@ -55,6 +55,7 @@ use mmp_core::machine::{
     self, Class, Config, Event, IoError, IoRequest, Layout, Loss, MAX_RECORD_LEN, Machine, Op,
     Outcome, Phase, Refusal,
 };
+use mmp_core::sys::driver::FaultPlan;
 use mmp_core::time::{Instant, Now};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -327,6 +328,10 @@ pub struct Faults {
     pub eio_write_p: f64,
     /// Probability that a write is acknowledged but never lands.
     pub lost_write_p: f64,
+    /// Probability that a write lands torn (a strict prefix of its 512-byte sectors) and is
+    /// then acknowledged, or (half the time) fails with EIO. Off in the swarm (torn writes
+    /// come from crashes there); fault plans replayed against real devices use it.
+    pub torn_write_p: f64,
     /// Mean time between random pauses of one host (0: no random pauses).
     pub pause_gap_us: u64,
     /// Probability of a pause right before (or right after) emitting a write, or before a read.
@@ -580,7 +585,7 @@ impl fmt::Display for Options {
             f,
             "seed={} hosts={} disk={} self_fence={} force={:?} drift_ppm={:?}\n  \
              latency: min={}us mean={}us spikes p={} max={}us | eio read p={} write p={} | \
-             lost writes p={} | pauses gap={}us io_p={} max={}us | crashes gap={}us down<={}us\n  \
+             lost writes p={} torn p={} | pauses gap={}us io_p={} max={}us | crashes gap={}us down<={}us\n  \
              fault phase: {} acquisitions or {}us; hold {:?}us idle {:?}us; liveness={}",
             self.seed,
             self.hosts,
@@ -595,6 +600,7 @@ impl fmt::Display for Options {
             fl.eio_read_p,
             fl.eio_write_p,
             fl.lost_write_p,
+            fl.torn_write_p,
             fl.pause_gap_us,
             fl.io_pause_p,
             fl.pause_max_us,
@@ -606,6 +612,231 @@ impl fmt::Display for Options {
             self.idle_us,
             self.liveness,
         )
+    }
+}
+
+// ----- fault plans -------------------------------------------------------------------------
+
+fn list<T: fmt::Display>(v: &[T]) -> String {
+    v.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+}
+
+fn parse_list<T: std::str::FromStr>(key: &str, v: &str) -> Result<Vec<T>, String> {
+    if v.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    v.split(',')
+        .map(|x| {
+            x.trim()
+                .parse()
+                .map_err(|_| format!("scenario.{key}: bad element {x:?} in {v:?}"))
+        })
+        .collect()
+}
+
+fn parse_pair(key: &str, v: &str) -> Result<(u64, u64), String> {
+    match parse_list::<u64>(key, v)?[..] {
+        [a, b] => Ok((a, b)),
+        _ => Err(format!("scenario.{key}: expected LO,HI, got {v:?}")),
+    }
+}
+
+fn parse_flags(key: &str, v: &str) -> Result<[bool; MAX_HOSTS], String> {
+    let mut out = [false; MAX_HOSTS];
+    for (i, x) in parse_list::<u8>(key, v)?.into_iter().enumerate() {
+        *out.get_mut(i)
+            .ok_or_else(|| format!("scenario.{key}: more than {MAX_HOSTS} hosts"))? = x != 0;
+    }
+    Ok(out)
+}
+
+impl Options {
+    /// This run as a fault plan (`mmp_core::sys::driver::FaultPlan`, the format of
+    /// `docs/RELIABILITY.md`): the fault knobs that `MMP_FAULT_PLAN` applies to real I/O, and
+    /// everything else the run depends on as `scenario.*` keys, so
+    /// [`Options::from_plan`] rebuilds exactly these options (the simulator replays the
+    /// plan) and a process-level harness can replay it against real `mmp` processes.
+    #[must_use]
+    pub fn to_plan(&self) -> FaultPlan {
+        let f = &self.faults;
+        let mut sc: Vec<(String, String)> = Vec::new();
+        let mut put = |k: &str, v: String| sc.push((format!("scenario.{k}"), v));
+        put("hosts", self.hosts.to_string());
+        match self.disk {
+            DiskKind::Ext4 {
+                csum,
+                update_interval_s,
+            } => {
+                put("disk", "ext4".into());
+                put("csum", u8::from(csum).to_string());
+                put("update_interval_s", update_interval_s.to_string());
+            }
+            DiskKind::Native {
+                interval_ms,
+                fail_intervals,
+            } => {
+                put("disk", "native".into());
+                put("interval_ms", interval_ms.to_string());
+                put("fail_intervals", fail_intervals.to_string());
+            }
+        }
+        let flags = |v: &[bool]| list(&v.iter().map(|&b| u8::from(b)).collect::<Vec<_>>());
+        put("force", flags(&self.force));
+        put("self_fence", u8::from(self.self_fence).to_string());
+        put("drift_ppm", list(&self.drift_ppm));
+        put("clock_offset_us", list(&self.clock_offset_us));
+        put("acquisitions", self.acquisitions.to_string());
+        put("fault_phase_us", self.fault_phase_us.to_string());
+        put("hold_us", format!("{},{}", self.hold_us.0, self.hold_us.1));
+        put("idle_us", format!("{},{}", self.idle_us.0, self.idle_us.1));
+        let starts: Vec<String> = self.start_at_us
+            .iter()
+            .map(|s| s.map_or("-".into(), |t| t.to_string()))
+            .collect();
+        put("start_at_us", starts.join(","));
+        put("hold_forever", flags(&self.hold_forever));
+        put("single_attempt", flags(&self.single_attempt));
+        let pauses: Vec<String> = self
+            .pauses
+            .iter()
+            .map(|p| format!("{}@{}+{}", p.host, p.at_us, p.dur_us))
+            .collect();
+        put("pauses", pauses.join(","));
+        put("liveness", u8::from(self.liveness).to_string());
+        FaultPlan {
+            seed: Some(self.seed),
+            lat_min_us: f.lat_min_us,
+            lat_mean_us: f.lat_mean_us,
+            spike_p: f.spike_p,
+            spike_max_us: f.spike_max_us,
+            eio_read_p: f.eio_read_p,
+            eio_write_p: f.eio_write_p,
+            lost_write_p: f.lost_write_p,
+            torn_write_p: f.torn_write_p,
+            pause_gap_us: f.pause_gap_us,
+            io_pause_p: f.io_pause_p,
+            pause_max_us: f.pause_max_us,
+            crash_gap_us: f.crash_gap_us,
+            down_max_us: f.down_max_us,
+            drift: f.drift,
+            scenario: sc,
+        }
+    }
+
+    /// [`Options::to_plan`] as text (what a failing run prints).
+    #[must_use]
+    pub fn to_plan_text(&self) -> String {
+        self.to_plan().to_text()
+    }
+
+    /// The options a plan describes (the inverse of [`Options::to_plan`]). Missing
+    /// `scenario.*` keys take [`Options::quiet`]'s values (a native 100 ms × 10 disk and 3
+    /// hosts when even those are missing), so a hand-written plan runs too.
+    ///
+    /// # Errors
+    /// A message naming the bad key.
+    pub fn from_plan(plan: &FaultPlan) -> Result<Options, String> {
+        let get = |k: &str| plan.scenario(k);
+        let num = |k: &str, default: u64| -> Result<u64, String> {
+            get(k).map_or(Ok(default), |v| {
+                v.parse()
+                    .map_err(|_| format!("scenario.{k}: expected an integer, got {v:?}"))
+            })
+        };
+        let hosts = usize::try_from(num("hosts", 3)?).map_err(|e| e.to_string())?;
+        if !(1..=MAX_HOSTS).contains(&hosts) {
+            return Err(format!("scenario.hosts: 1..={MAX_HOSTS}, got {hosts}"));
+        }
+        let narrow = |k: &str, v: u64| -> Result<u32, String> {
+            u32::try_from(v).map_err(|_| format!("scenario.{k}: {v} is too large"))
+        };
+        let disk = match get("disk").unwrap_or("native") {
+            "native" => DiskKind::Native {
+                interval_ms: narrow("interval_ms", num("interval_ms", 100)?)?,
+                fail_intervals: u16::try_from(num("fail_intervals", 10)?)
+                    .map_err(|e| format!("scenario.fail_intervals: {e}"))?,
+            },
+            "ext4" => DiskKind::Ext4 {
+                csum: num("csum", 1)? != 0,
+                update_interval_s: u16::try_from(num("update_interval_s", 5)?)
+                    .map_err(|e| format!("scenario.update_interval_s: {e}"))?,
+            },
+            d => return Err(format!("scenario.disk: native or ext4, got {d:?}")),
+        };
+        let seed = plan.seed.unwrap_or(0);
+        let mut o = Options::quiet(seed, hosts, disk);
+        o.faults = Faults {
+            lat_min_us: plan.lat_min_us,
+            lat_mean_us: plan.lat_mean_us,
+            spike_p: plan.spike_p,
+            spike_max_us: plan.spike_max_us,
+            eio_read_p: plan.eio_read_p,
+            eio_write_p: plan.eio_write_p,
+            lost_write_p: plan.lost_write_p,
+            torn_write_p: plan.torn_write_p,
+            pause_gap_us: plan.pause_gap_us,
+            io_pause_p: plan.io_pause_p,
+            pause_max_us: plan.pause_max_us,
+            crash_gap_us: plan.crash_gap_us,
+            down_max_us: plan.down_max_us,
+            drift: plan.drift,
+        };
+        if let Some(v) = get("force") {
+            o.force = parse_flags("force", v)?;
+        }
+        o.self_fence = num("self_fence", 1)? != 0;
+        if let Some(v) = get("drift_ppm") {
+            for (i, x) in parse_list::<i32>("drift_ppm", v)?.into_iter().enumerate().take(MAX_HOSTS) {
+                o.drift_ppm[i] = x;
+            }
+        }
+        if let Some(v) = get("clock_offset_us") {
+            for (i, x) in parse_list::<u64>("clock_offset_us", v)?
+                .into_iter()
+                .enumerate()
+                .take(MAX_HOSTS)
+            {
+                o.clock_offset_us[i] = x;
+            }
+        }
+        o.acquisitions = num("acquisitions", o.acquisitions)?;
+        o.fault_phase_us = num("fault_phase_us", o.fault_phase_us)?;
+        if let Some(v) = get("hold_us") {
+            o.hold_us = parse_pair("hold_us", v)?;
+        }
+        if let Some(v) = get("idle_us") {
+            o.idle_us = parse_pair("idle_us", v)?;
+        }
+        if let Some(v) = get("start_at_us") {
+            for (i, x) in v.split(',').enumerate().take(MAX_HOSTS) {
+                o.start_at_us[i] = match x.trim() {
+                    "-" | "" => None,
+                    t => Some(t.parse().map_err(|_| {
+                        format!("scenario.start_at_us: bad element {t:?}")
+                    })?),
+                };
+            }
+        }
+        if let Some(v) = get("hold_forever") {
+            o.hold_forever = parse_flags("hold_forever", v)?;
+        }
+        if let Some(v) = get("single_attempt") {
+            o.single_attempt = parse_flags("single_attempt", v)?;
+        }
+        if let Some(v) = get("pauses") {
+            for p in v.split(',').filter(|p| !p.trim().is_empty()) {
+                let bad = || format!("scenario.pauses: expected HOST@AT+DUR, got {p:?}");
+                let (h, rest) = p.trim().split_once('@').ok_or_else(bad)?;
+                let (at, dur) = rest.split_once('+').ok_or_else(bad)?;
+                o.pauses.push(ScriptedPause {
+                    host: h.parse().map_err(|_| bad())?,
+                    at_us: at.parse().map_err(|_| bad())?,
+                    dur_us: dur.parse().map_err(|_| bad())?,
+                });
+            }
+        }
+        o.liveness = num("liveness", 1)? != 0;
+        Ok(o)
     }
 }
 
@@ -716,7 +947,7 @@ pub enum TraceKind {
         id: u32,
         /// What it writes.
         what: Summary,
-        /// 0 normal, 1 lost, 2 EIO and lands, 3 EIO and dropped.
+        /// 0 normal, 1 lost, 2 EIO and lands, 3 EIO and dropped, 4 torn, 5 torn and EIO.
         fate: u8,
         /// Completion delay.
         lat_us: u64,
@@ -878,7 +1109,14 @@ impl fmt::Display for TraceLine {
             } => write!(
                 f,
                 "write #{id} issued: {what} (completes in {lat_us}us{})",
-                ["", ", will be LOST", ", EIO but lands", ", EIO, dropped"][usize::from(fate & 3)]
+                [
+                    "",
+                    ", will be LOST",
+                    ", EIO but lands",
+                    ", EIO, dropped",
+                    ", will TEAR",
+                    ", will TEAR, EIO"
+                ][usize::from(fate.min(5))]
             ),
             TraceKind::WriteCancelled => f.write_str("write cancelled by emit_block (lease over)"),
             TraceKind::Landed { id, now } => write!(f, "write #{id} landed; disk: {now}"),
@@ -1139,6 +1377,13 @@ impl Report {
             "MMP_SEED={} to reproduce: MMP_SEED={} MMP_TRACE=1 cargo test -p mmp-tests {test} -- --nocapture\n",
             self.options.seed, self.options.seed
         ));
+        s.push_str(
+            "as a fault plan (simulator: MMP_SIM_PLAN=FILE cargo test -p mmp-tests sim_plan_replay; \
+             real processes: MMP_FAULT_PLAN=FILE, docs/RELIABILITY.md):\n",
+        );
+        for l in self.options.to_plan_text().lines() {
+            s.push_str(&format!("  {l}\n"));
+        }
         s
     }
 }
@@ -1232,6 +1477,8 @@ struct InFlight {
     err: bool,
     /// The write reaches the disk (not lost, not a dropped EIO) and has not yet.
     will_land: bool,
+    /// Bytes that land (a strict prefix when torn).
+    land_len: usize,
     done: bool,
     /// Read: what the disk held when sampled; write: what it writes.
     what: Summary,
@@ -1513,8 +1760,8 @@ impl Sim {
                     return;
                 }
                 io.will_land = false;
-                let (buf, len, what) = (io.buf, io.len, io.what);
-                self.land(host, id, &buf[..len], len, Some(what));
+                let (buf, len, n, what) = (io.buf, io.len, io.land_len, io.what);
+                self.land(host, id, &buf[..n], len, Some(what));
             }
             Ev::Done { host, epoch, id } => {
                 if epoch != self.hosts[host].epoch {
@@ -1932,6 +2179,7 @@ impl Sim {
             buf: [0; MAX_RECORD_LEN],
             err: eio,
             will_land: false,
+            land_len: 0,
             done: false,
             what: Summary::CORRUPT,
         });
@@ -1957,11 +2205,20 @@ impl Sim {
         } else if self.rng.chance(f.lost_write_p) {
             self.stats.lost_writes += 1;
             1
+        } else if len > SECTOR && self.rng.chance(f.torn_write_p) {
+            self.stats.torn_writes += 1;
+            if self.rng.chance(0.5) { 5 } else { 4 }
         } else {
             0
         };
+        let land_len = if fate >= 4 {
+            let sectors = (len / SECTOR) as u64;
+            self.rng.range(1, sectors - 1) as usize * SECTOR
+        } else {
+            len
+        };
         let epoch = self.hosts[h].epoch;
-        let will_land = fate == 0 || fate == 2;
+        let will_land = matches!(fate, 0 | 2 | 4 | 5);
         if will_land {
             let at = self.t + self.rng.below(lat + 1);
             self.push(at, Ev::Land { host: h, epoch, id });
@@ -1973,8 +2230,9 @@ impl Sim {
             kind: IoKind::Write,
             len,
             buf: *data,
-            err: fate >= 2,
+            err: matches!(fate, 2 | 3 | 5),
             will_land,
+            land_len,
             done: false,
             what,
         });
@@ -2052,7 +2310,7 @@ impl Sim {
             };
             let n = match fate {
                 CrashFate::Torn(k) => usize::from(k) * SECTOR,
-                CrashFate::Landed => io.len,
+                CrashFate::Landed => io.land_len,
                 _ => 0,
             };
             if let CrashFate::Torn(_) = fate {

@@ -381,6 +381,8 @@ pub enum Loss {
     Fenced {
         /// Time since the last successful write was issued.
         since_last_write: Duration,
+        /// The fail window that ran out.
+        fail_window: Duration,
     },
     /// The release re-read failed, so CLEAN was not written (the block keeps our last live
     /// heartbeat; another host will see it stale and take it after the activity test).
@@ -1346,8 +1348,12 @@ impl Machine {
             .map(|w| now.saturating_since(w))
             .unwrap_or_default();
         self.pending = None;
+        let fail_window = self
+            .timing
+            .map_or(FALLBACK_TIMING.fail_window, |t| t.fail_window);
         self.finish(Outcome::Lost(Loss::Fenced {
             since_last_write: since,
+            fail_window,
         }));
     }
 
