@@ -44,8 +44,39 @@ const _: () = assert!(core::mem::align_of::<Bounce>() == MEM_ALIGN);
 const _: () = assert!(CHUNK.is_multiple_of(MEM_ALIGN));
 
 impl Bounce {
-    fn new() -> Box<Bounce> {
-        Box::new(Bounce([0; CHUNK]))
+    /// A bounce buffer: this thread's cached one when free, else a new one. The heartbeat
+    /// thread does thousands of small I/Os a second; allocating and zeroing 64 KiB for each
+    /// was most of its user-space CPU.
+    fn get() -> BounceGuard {
+        let cached = CACHED_BOUNCE.with(|c| c.borrow_mut().take());
+        BounceGuard(Some(cached.unwrap_or_else(|| Box::new(Bounce([0; CHUNK])))))
+    }
+}
+
+thread_local! {
+    static CACHED_BOUNCE: std::cell::RefCell<Option<Box<Bounce>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// A bounce buffer that goes back to the thread's cache when dropped. Its contents are
+/// whatever the previous I/O left: every user reads into it before using the bytes.
+struct BounceGuard(Option<Box<Bounce>>);
+
+impl BounceGuard {
+    fn buf(&mut self) -> &mut [u8; CHUNK] {
+        &mut self
+            .0
+            .as_deref_mut()
+            .unwrap_or_else(|| unreachable!("taken only in drop"))
+            .0
+    }
+}
+
+impl Drop for BounceGuard {
+    fn drop(&mut self) {
+        if let Some(b) = self.0.take() {
+            let _ = CACHED_BOUNCE.try_with(|c| *c.borrow_mut() = Some(b));
+        }
     }
 }
 
@@ -448,7 +479,7 @@ impl Device {
         if buf.is_empty() {
             return Ok(());
         }
-        let mut bounce = Bounce::new();
+        let mut bounce = Bounce::get();
         let mut done = 0usize;
         while done < buf.len() {
             // In range, so no overflow: offset + buf.len() <= size.
@@ -459,7 +490,7 @@ impl Device {
             let want = skip + take;
             let io_len = want.next_multiple_of(self.align);
             self.fadvise_dontneed(start, io_len);
-            let got = self.pread_full(&mut bounce.0[..io_len], start, want)?;
+            let got = self.pread_full(&mut bounce.buf()[..io_len], start, want)?;
             if got < want {
                 return Err(DeviceError::ShortRead {
                     offset: pos,
@@ -467,7 +498,7 @@ impl Device {
                     want: take,
                 });
             }
-            buf[done..done + take].copy_from_slice(&bounce.0[skip..want]);
+            buf[done..done + take].copy_from_slice(&bounce.buf()[skip..want]);
             done += take;
         }
         Ok(())
@@ -522,12 +553,12 @@ impl Device {
         if data.is_empty() {
             return Ok(());
         }
-        let mut bounce = Bounce::new();
+        let mut bounce = Bounce::get();
         for (i, piece) in data.chunks(CHUNK).enumerate() {
             // i * CHUNK <= data.len(), and offset + data.len() did not overflow.
             let pos = offset + (i * CHUNK) as u64;
             let io_len = piece.len().next_multiple_of(self.align);
-            let buf = &mut bounce.0[..io_len];
+            let buf = &mut bounce.buf()[..io_len];
             if io_len != piece.len() {
                 // Preserve the tail of the last sector.
                 let last = io_len - self.align;
@@ -753,10 +784,10 @@ fn open_checked(path: &Path, flags: OFlags, kind: DeviceKind) -> Result<OwnedFd,
 /// open and refuse the I/O with `EINVAL`). Any other outcome counts as working: real I/O
 /// errors are reported by the real reads.
 fn direct_read_works(fd: &OwnedFd) -> bool {
-    let mut bounce = Bounce::new();
+    let mut bounce = Bounce::get();
     let len = file_dio_align(fd).clamp(512, CHUNK as u32) as usize;
     loop {
-        match rustix::io::pread(fd, &mut bounce.0[..len], 0) {
+        match rustix::io::pread(fd, &mut bounce.buf()[..len], 0) {
             Err(Errno::INTR) => {}
             Err(Errno::INVAL) => return false,
             _ => return true,
