@@ -870,6 +870,15 @@ fn loop_tune_kernel_heartbeat_and_mount_refusal() {
             s2 <= mmp_core::format::ext4::SEQ_MAX,
             "live sequence {s2:#x}"
         );
+        // `mmp status` sees the kernel's heartbeat on the file system we enabled.
+        let st = std::process::Command::new(mmp_tests::mmp_bin())
+            .env_remove("MMP_HOSTID")
+            .args(["status", "--json", &lo.0])
+            .output()
+            .expect("run mmp status");
+        let json = String::from_utf8_lossy(&st.stdout);
+        assert_eq!(st.status.code(), Some(1), "active: {json}");
+        assert!(json.contains("\"state\":\"active\""), "{json}");
         // Mounted: refused through the loop device and through the image path.
         let e = tune::disable(&open_rw(Path::new(&lo.0))).expect_err("refused while mounted");
         assert!(
