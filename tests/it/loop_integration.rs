@@ -165,114 +165,119 @@ fn loop_ocf_tester_ext4() {
     );
 }
 
+/// An XFS data device and a native MMP area (100 ms), each on a loop device, plus two
+/// mount points and a run directory.
+struct XfsRig {
+    tmp: tempfile::TempDir,
+    run: PathBuf,
+    data: String,
+    area: String,
+    mnt1: PathBuf,
+    mnt2: PathBuf,
+    _loops: (Loop, Loop),
+}
+
+impl XfsRig {
+    fn new() -> Option<XfsRig> {
+        let tools = need(&["losetup", "mkfs.xfs", "mount", "umount"])?;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data = sparse(tmp.path(), "data.img", 320 << 20);
+        let area = sparse(tmp.path(), "mmp.img", 1 << 20);
+        run_ok(Command::new(&tools[1]).arg("-q").arg(&data));
+        let (ld, lm) = (Loop::attach(&data)?, Loop::attach(&area)?);
+        let run = tmp.path().join("run");
+        let (mnt1, mnt2) = (tmp.path().join("m1"), tmp.path().join("m2"));
+        std::fs::create_dir_all(&mnt1).expect("mkdir");
+        std::fs::create_dir_all(&mnt2).expect("mkdir");
+        let (data, area) = (
+            ld.dev.to_string_lossy().to_string(),
+            lm.dev.to_string_lossy().to_string(),
+        );
+        let o = mmp(
+            &run,
+            "0x1",
+            "n1",
+            &["format", "--interval-ms", "100", &area],
+        );
+        assert!(o.status.success(), "{}", text(&o));
+        Some(XfsRig {
+            tmp,
+            run,
+            data,
+            area,
+            mnt1,
+            mnt2,
+            _loops: (ld, lm),
+        })
+    }
+}
+
 #[test]
 fn loop_mount_xfs_with_native_partition() {
-    let Some(tools) = need(&["losetup", "mkfs.xfs", "mount", "umount"]) else {
-        return;
-    };
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let data = sparse(tmp.path(), "data.img", 320 << 20);
-    let area = sparse(tmp.path(), "mmp.img", 1 << 20);
-    run_ok(Command::new(&tools[1]).arg("-q").arg(&data));
-    let (Some(ld), Some(lm)) = (Loop::attach(&data), Loop::attach(&area)) else {
-        return;
-    };
-    let (d, m) = (
-        ld.dev.to_string_lossy().to_string(),
-        lm.dev.to_string_lossy().to_string(),
-    );
-    let rd = tmp.path().join("run");
-    let mnt1 = tmp.path().join("m1");
-    let mnt2 = tmp.path().join("m2");
-    std::fs::create_dir_all(&mnt1).expect("mkdir");
-    std::fs::create_dir_all(&mnt2).expect("mkdir");
+    let Some(x) = XfsRig::new() else { return };
+    let (tmp, rd, d, m, mnt1, mnt2) = (&x.tmp, &x.run, &x.data, &x.area, &x.mnt1, &x.mnt2);
     let (m1, m2) = (
         mnt1.to_string_lossy().to_string(),
         mnt2.to_string_lossy().to_string(),
     );
-    assert!(
-        mmp(&rd, "0x1", "n1", &["format", "--interval-ms", "100", &m])
-            .status
-            .success()
-    );
+    let _ = tmp;
 
     let o = mmp(
-        &rd,
+        rd,
         "0xa1",
         "host-a",
-        &["mount", "-t", "xfs", "--mmp-device", &m, &d, &m1],
+        &["mount", "-t", "xfs", "--mmp-device", m, d, &m1],
     );
     assert!(o.status.success(), "{}", text(&o));
     std::fs::write(mnt1.join("hello"), b"written by host-a\n").expect("write a file");
     // The second host is refused while the first holds it.
     let o = mmp(
-        &rd,
+        rd,
         "0xb2",
         "host-b",
-        &["mount", "-t", "xfs", "--mmp-device", &m, &d, &m2],
+        &["mount", "-t", "xfs", "--mmp-device", m, d, &m2],
     );
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("host-a"), "names the owner: {}", text(&o));
     // Unmount releases.
-    let o = mmp(&rd, "0xa1", "host-a", &["umount", &m1]);
+    let o = mmp(rd, "0xa1", "host-a", &["umount", &m1]);
     assert!(o.status.success(), "{}", text(&o));
-    let o = mmp(&rd, "0xb2", "host-b", &["status", &m]);
+    let o = mmp(rd, "0xb2", "host-b", &["status", m]);
     assert_eq!(o.status.code(), Some(0), "released clean: {}", text(&o));
     // Now the second host mounts and reads the file.
     let o = mmp(
-        &rd,
+        rd,
         "0xb2",
         "host-b",
-        &["mount", "-t", "xfs", "--mmp-device", &m, &d, &m2],
+        &["mount", "-t", "xfs", "--mmp-device", m, d, &m2],
     );
     assert!(o.status.success(), "{}", text(&o));
     let got = std::fs::read_to_string(mnt2.join("hello")).expect("read the file");
     assert_eq!(got, "written by host-a\n");
-    let o = mmp(&rd, "0xb2", "host-b", &["umount", &m2]);
+    let o = mmp(rd, "0xb2", "host-b", &["umount", &m2]);
     assert!(o.status.success(), "{}", text(&o));
-    umount_quiet(&mnt1);
-    umount_quiet(&mnt2);
+    umount_quiet(mnt1);
+    umount_quiet(mnt2);
 }
 
 #[test]
 fn loop_mount_killed_holder_needs_force_and_waits() {
-    let Some(tools) = need(&["losetup", "mkfs.xfs", "mount", "umount"]) else {
-        return;
-    };
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let data = sparse(tmp.path(), "data.img", 320 << 20);
-    let area = sparse(tmp.path(), "mmp.img", 1 << 20);
-    run_ok(Command::new(&tools[1]).arg("-q").arg(&data));
-    let (Some(ld), Some(lm)) = (Loop::attach(&data), Loop::attach(&area)) else {
-        return;
-    };
-    let (d, m) = (
-        ld.dev.to_string_lossy().to_string(),
-        lm.dev.to_string_lossy().to_string(),
-    );
-    let rd = tmp.path().join("run");
-    let mnt1 = tmp.path().join("m1");
-    let mnt2 = tmp.path().join("m2");
-    std::fs::create_dir_all(&mnt1).expect("mkdir");
-    std::fs::create_dir_all(&mnt2).expect("mkdir");
+    let Some(x) = XfsRig::new() else { return };
+    let (tmp, rd, d, m, mnt1, mnt2) = (&x.tmp, &x.run, &x.data, &x.area, &x.mnt1, &x.mnt2);
     let (m1, m2) = (
         mnt1.to_string_lossy().to_string(),
         mnt2.to_string_lossy().to_string(),
     );
-    assert!(
-        mmp(&rd, "0x1", "n1", &["format", "--interval-ms", "100", &m])
-            .status
-            .success()
-    );
+    let _ = tmp;
     let o = mmp(
-        &rd,
+        rd,
         "0xa1",
         "host-a",
-        &["mount", "-t", "xfs", "--mmp-device", &m, &d, &m1],
+        &["mount", "-t", "xfs", "--mmp-device", m, d, &m1],
     );
     assert!(o.status.success(), "{}", text(&o));
     // Host A dies: its holder is killed and (as with a crashed node) its mount is gone.
-    let state = std::fs::read_dir(&rd)
+    let state = std::fs::read_dir(rd)
         .expect("run dir")
         .filter_map(Result::ok)
         .find(|e| e.file_name().to_string_lossy().ends_with(".state"))
@@ -285,24 +290,24 @@ fn loop_mount_killed_holder_needs_force_and_waits() {
         .parse()
         .expect("pid number");
     run_ok(Command::new("kill").args(["-KILL", &pid.to_string()]));
-    umount_quiet(&mnt1);
+    umount_quiet(mnt1);
     std::thread::sleep(Duration::from_millis(200));
     // Without --force: refused at once, naming host-a.
     let o = mmp(
-        &rd,
+        rd,
         "0xb2",
         "host-b",
-        &["mount", "-t", "xfs", "--mmp-device", &m, &d, &m2],
+        &["mount", "-t", "xfs", "--mmp-device", m, d, &m2],
     );
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("--force"), "{}", text(&o));
     // With --force: waits the window (2 x 10 x 100 ms), then mounts.
     let t = Instant::now();
     let o = mmp(
-        &rd,
+        rd,
         "0xb2",
         "host-b",
-        &["mount", "--force", "-t", "xfs", "--mmp-device", &m, &d, &m2],
+        &["mount", "--force", "-t", "xfs", "--mmp-device", m, d, &m2],
     );
     let took = t.elapsed();
     assert!(o.status.success(), "{}", text(&o));
@@ -314,9 +319,9 @@ fn loop_mount_killed_holder_needs_force_and_waits() {
         "mount helper takeover after a killed holder: {:.3} s",
         took.as_secs_f64()
     );
-    let o = mmp(&rd, "0xb2", "host-b", &["umount", &m2]);
+    let o = mmp(rd, "0xb2", "host-b", &["umount", &m2]);
     assert!(o.status.success(), "{}", text(&o));
-    umount_quiet(&mnt2);
+    umount_quiet(mnt2);
 }
 
 #[test]

@@ -9,6 +9,7 @@
 //! themselves where they want to get past them.
 #![forbid(unsafe_code)]
 
+use super::{le16, le32, le64};
 use crate::crc32c::crc32c_raw;
 use core::fmt;
 
@@ -145,22 +146,6 @@ pub mod sb_field {
     pub const CHECKSUM_SEED: Field = 0x270..0x274;
     /// `s_checksum`.
     pub const CHECKSUM: Field = 0x3FC..0x400;
-}
-
-fn le16(b: &[u8], f: core::ops::Range<usize>) -> u16 {
-    let mut a = [0u8; 2];
-    a.copy_from_slice(&b[f]);
-    u16::from_le_bytes(a)
-}
-fn le32(b: &[u8], f: core::ops::Range<usize>) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[f]);
-    u32::from_le_bytes(a)
-}
-fn le64(b: &[u8], f: core::ops::Range<usize>) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[f]);
-    u64::from_le_bytes(a)
 }
 
 /// The checksum of a 1024-byte superblock: `crc32c_raw(!0, sb[0..0x3FC])`.

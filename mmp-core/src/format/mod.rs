@@ -9,6 +9,27 @@ pub mod ext4;
 pub mod ext4fs;
 pub mod native;
 
+/// Reads a little-endian `u16` from `b[f]` (callers pass ranges inside `b`).
+pub(crate) fn le16(b: &[u8], f: core::ops::Range<usize>) -> u16 {
+    let mut a = [0u8; 2];
+    a.copy_from_slice(&b[f]);
+    u16::from_le_bytes(a)
+}
+
+/// Reads a little-endian `u32` from `b[f]`.
+pub(crate) fn le32(b: &[u8], f: core::ops::Range<usize>) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[f]);
+    u32::from_le_bytes(a)
+}
+
+/// Reads a little-endian `u64` from `b[f]`.
+pub(crate) fn le64(b: &[u8], f: core::ops::Range<usize>) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[f]);
+    u64::from_le_bytes(a)
+}
+
 /// Copies `name` into a fixed-size on-disk field: truncated to the field, NUL padded.
 pub(crate) fn put_name(field: &mut [u8], name: &[u8]) {
     let n = name.len().min(field.len());

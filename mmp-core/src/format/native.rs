@@ -12,6 +12,7 @@
 //! protocol, never as clean.
 #![forbid(unsafe_code)]
 
+use super::{le16, le32, le64};
 use crate::crc32c::crc32c;
 use core::fmt;
 
@@ -412,22 +413,6 @@ impl Record {
     pub fn set_devname(&mut self, name: &[u8]) {
         super::put_name(&mut self.devname, name);
     }
-}
-
-fn le16(b: &[u8], f: core::ops::Range<usize>) -> u16 {
-    let mut a = [0u8; 2];
-    a.copy_from_slice(&b[f]);
-    u16::from_le_bytes(a)
-}
-fn le32(b: &[u8], f: core::ops::Range<usize>) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[f]);
-    u32::from_le_bytes(a)
-}
-fn le64(b: &[u8], f: core::ops::Range<usize>) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[f]);
-    u64::from_le_bytes(a)
 }
 
 #[cfg(test)]
