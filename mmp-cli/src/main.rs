@@ -276,7 +276,7 @@ fn run(cli: Cli) -> Result<u8, String> {
             fail_intervals,
             force,
             device,
-        } => format_native(&c, interval_ms, fail_intervals, force, &device),
+        } => format_native(interval_ms, fail_intervals, force, &device),
         Cmd::Hostid {
             generate,
             force,
@@ -510,89 +510,36 @@ fn dump(device: &Path) -> Result<u8, String> {
     Ok(0)
 }
 
-fn format_native(
-    c: &Ctx,
-    interval_ms: u32,
-    fail: u16,
-    force: bool,
-    device: &Path,
-) -> Result<u8, String> {
-    use mmp_core::format::{Detected, detect};
-    use mmp_core::sys::blockdev::Device;
+fn format_native(interval_ms: u32, fail: u16, force: bool, device: &Path) -> Result<u8, String> {
+    use mmp_core::sys::area;
     let path = show(device);
-    if !(native::MIN_INTERVAL_MS..=native::MAX_INTERVAL_MS).contains(&interval_ms) {
-        return Err(format!(
-            "--interval-ms {interval_ms} is outside {}..={}",
-            native::MIN_INTERVAL_MS,
-            native::MAX_INTERVAL_MS
-        ));
-    }
-    if !(native::MIN_FAIL_INTERVALS..=native::MAX_FAIL_INTERVALS).contains(&fail) {
-        return Err(format!(
-            "--fail-intervals {fail} is outside {}..={}",
-            native::MIN_FAIL_INTERVALS,
-            native::MAX_FAIL_INTERVALS
-        ));
-    }
-    let dev = Device::open(device, true).map_err(|e| e.to_string())?;
-    if dev.size_bytes() < native::AREA_LEN {
-        return Err(format!(
-            "{path}: too small for a native area ({} bytes, need {})",
-            dev.size_bytes(),
-            native::AREA_LEN
-        ));
-    }
-    if let Ok(Some(mp)) = dev.is_mounted() {
-        return Err(format!("{path}: mounted on {mp}; refusing to format"));
-    }
-    let n = usize::try_from(dev.size_bytes().min(target::PROBE_LEN as u64)).unwrap_or(4096);
-    let mut head = vec![0u8; n];
-    dev.read_at(0, &mut head)
-        .map_err(|e| format!("{path}: {e}"))?;
-    match detect(&head) {
-        Detected::Native => match native::Record::parse(&head) {
-            Ok(r) if r.state == native::State::Clean => {}
-            Ok(r) if !force => {
-                eprintln!(
-                    "mmp: {path}: holds a native MMP area that is {} ({}); refusing without --force",
-                    r.state.name(),
-                    out::who(&mmp_core::machine::Snapshot::Native(r))
-                );
-                return Ok(1);
-            }
-            Err(e) if !force => {
-                eprintln!(
-                    "mmp: {path}: holds a native MMP area that does not parse ({e}); refusing without --force"
-                );
-                return Ok(1);
-            }
-            _ => {}
-        },
-        Detected::Ext4 | Detected::Other(_) if !force => {
-            let what = match detect(&head) {
-                Detected::Other(w) => w,
-                _ => "an ext2/3/4 file system",
-            };
-            eprintln!("mmp: {path}: carries {what}; refusing to overwrite it without --force");
-            return Ok(1);
+    match area::format(device, interval_ms, u32::from(fail), force) {
+        Ok(_) => {
+            println!(
+                "{path}: native MMP area written: interval {interval_ms} ms, fail intervals {fail} \
+                 (self-fence after {} ms; a takeover waits {} ms)",
+                u64::from(interval_ms) * u64::from(fail),
+                2 * u64::from(interval_ms) * u64::from(fail)
+            );
+            Ok(0)
         }
-        _ => {}
+        Err(area::FormatError::NotClean(r)) => {
+            eprintln!(
+                "mmp: {path}: holds a native MMP area that is {} ({}); refusing without --force",
+                r.state.name(),
+                out::who(&mmp_core::machine::Snapshot::Native(*r))
+            );
+            Ok(1)
+        }
+        Err(e) if e.is_refusal() => {
+            eprintln!("mmp: {path}: {e}");
+            Ok(1)
+        }
+        Err(e @ (area::FormatError::BadInterval(_) | area::FormatError::BadFailIntervals(_))) => {
+            Err(format!("--interval-ms/--fail-intervals: {e}"))
+        }
+        Err(e) => Err(format!("{path}: {e}")),
     }
-    let mut id = [0u8; 16];
-    id[..8].copy_from_slice(&clock::random_seed().to_le_bytes());
-    id[8..].copy_from_slice(&clock::random_seed().to_le_bytes());
-    let rec = native::Record::formatted(id, interval_ms, fail, clock::now().wall_ms);
-    let mut area = vec![0u8; usize::try_from(native::AREA_LEN).unwrap_or(4096)];
-    rec.emit(&mut area);
-    dev.write_at(0, &area).map_err(|e| format!("{path}: {e}"))?;
-    let _ = c;
-    println!(
-        "{path}: native MMP area written: interval {interval_ms} ms, fail intervals {fail} \
-         (self-fence after {} ms; a takeover waits {} ms)",
-        u64::from(interval_ms) * u64::from(fail),
-        2 * u64::from(interval_ms) * u64::from(fail)
-    );
-    Ok(0)
 }
 
 fn hostid_cmd(g: &Global, generate: bool, force: bool, file: &Path) -> Result<u8, String> {

@@ -606,42 +606,19 @@ pub(crate) fn native_format(
     fail_intervals: u32,
     force: bool,
 ) -> Result<(), mmp_result> {
-    use mmp_core::format::{Detected, detect, native};
-    if !(native::MIN_INTERVAL_MS..=native::MAX_INTERVAL_MS).contains(&interval_ms) {
-        return Err(mmp_result::InvalidParameter);
-    }
-    let fail = u16::try_from(fail_intervals)
-        .ok()
-        .filter(|f| (native::MIN_FAIL_INTERVALS..=native::MAX_FAIL_INTERVALS).contains(f))
-        .ok_or(mmp_result::InvalidParameter)?;
-    let dev = Device::open(path, true).map_err(|e| mmp_result::from(&e))?;
-    if dev.size_bytes() < native::AREA_LEN {
-        return Err(mmp_result::NotMmp);
-    }
-    if let Ok(Some(_)) = dev.is_mounted() {
-        return Err(mmp_result::Mounted);
-    }
-    let n = usize::try_from(dev.size_bytes().min(target::PROBE_LEN as u64)).unwrap_or(4096);
-    let mut head = vec![0u8; n];
-    dev.read_at(0, &mut head)
-        .map_err(|e| mmp_result::from(&e))?;
-    if !force {
-        match detect(&head) {
-            Detected::Native => match native::Record::parse(&head) {
-                Ok(r) if r.state == native::State::Clean => {}
-                _ => return Err(mmp_result::WouldOverwrite),
-            },
-            Detected::Ext4 | Detected::Other(_) => return Err(mmp_result::WouldOverwrite),
-            Detected::Unknown => {}
+    use mmp_core::sys::area::{self, FormatError};
+    match area::format(path, interval_ms, fail_intervals, force) {
+        Ok(_) => Ok(()),
+        Err(FormatError::BadInterval(_) | FormatError::BadFailIntervals(_)) => {
+            Err(mmp_result::InvalidParameter)
         }
+        Err(FormatError::TooSmall { .. }) => Err(mmp_result::NotMmp),
+        Err(FormatError::Mounted(_)) => Err(mmp_result::Mounted),
+        Err(
+            FormatError::WouldOverwrite(_) | FormatError::NotClean(_) | FormatError::Unparsable(_),
+        ) => Err(mmp_result::WouldOverwrite),
+        Err(FormatError::Device(e)) => Err(mmp_result::from(&e)),
     }
-    let mut id = [0u8; 16];
-    id[..8].copy_from_slice(&clock::random_seed().to_le_bytes());
-    id[8..].copy_from_slice(&clock::random_seed().to_le_bytes());
-    let rec = native::Record::formatted(id, interval_ms, fail, clock::now().wall_ms);
-    let mut area = vec![0u8; usize::try_from(native::AREA_LEN).unwrap_or(4096)];
-    rec.emit(&mut area);
-    dev.write_at(0, &area).map_err(|e| mmp_result::from(&e))
 }
 
 /// This host's hostid, resolved as the CLI does; [`mmp_result::NoHostid`] when unset.

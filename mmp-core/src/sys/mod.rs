@@ -5,6 +5,7 @@
 //! `unsafe` is allowed only in the small named modules that need a raw system call, each
 //! block with a `// SAFETY:` line.
 
+pub mod area;
 pub mod blockdev;
 pub mod clock;
 pub mod driver;

@@ -1,0 +1,104 @@
+//! Writing a native MMP area (`mmp format`, `mmp_native_format`): one implementation of
+//! the checks and the write, shared by the CLI and libmmp.
+
+use crate::format::{Detected, detect, native};
+use crate::sys::blockdev::{Device, DeviceError};
+use crate::sys::{clock, target};
+use std::path::Path;
+
+/// Why an area was not written. Nothing is written in every case.
+#[derive(Debug, thiserror::Error)]
+pub enum FormatError {
+    /// The interval is outside 100 ms..=300 s.
+    #[error("interval {0} ms is outside {min}..={max} ms", min = native::MIN_INTERVAL_MS, max = native::MAX_INTERVAL_MS)]
+    BadInterval(u32),
+    /// The fail-interval count is outside 2..=1000.
+    #[error("fail intervals {0} outside {min}..={max}", min = native::MIN_FAIL_INTERVALS, max = native::MAX_FAIL_INTERVALS)]
+    BadFailIntervals(u32),
+    /// The device cannot hold the 4 KiB area.
+    #[error("too small for a native area ({size} bytes, need {need})", need = native::AREA_LEN)]
+    TooSmall {
+        /// Device size in bytes.
+        size: u64,
+    },
+    /// Mounted on this host.
+    #[error("mounted on {0}; refusing to format")]
+    Mounted(String),
+    /// A known signature is there (refused without force).
+    #[error("carries {0}; refusing to overwrite it without --force")]
+    WouldOverwrite(&'static str),
+    /// A native area that is not clean is there (refused without force).
+    #[error("holds a native MMP area that is {}; refusing without --force", .0.state.name())]
+    NotClean(Box<native::Record>),
+    /// A native area that does not parse is there (refused without force).
+    #[error("holds a native MMP area that does not parse ({0}); refusing without --force")]
+    Unparsable(native::RecordError),
+    /// Opening, reading or writing the device failed.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+}
+
+impl FormatError {
+    /// Whether this is a refusal that `force` would override (as opposed to an error).
+    #[must_use]
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            FormatError::WouldOverwrite(_) | FormatError::NotClean(_) | FormatError::Unparsable(_)
+        )
+    }
+}
+
+/// Writes a fresh, clean native area at the start of `path` with the given heartbeat
+/// interval and fail-interval count. Without `force` it refuses a device that carries a
+/// known signature (ext2/3/4, XFS, btrfs, LVM, MD, GPT or MBR, ZFS label, swap) or a native
+/// area that is not clean. A mounted device is always refused.
+///
+/// # Errors
+/// [`FormatError`]; nothing is written then.
+pub fn format(
+    path: &Path,
+    interval_ms: u32,
+    fail_intervals: u32,
+    force: bool,
+) -> Result<native::Record, FormatError> {
+    if !(native::MIN_INTERVAL_MS..=native::MAX_INTERVAL_MS).contains(&interval_ms) {
+        return Err(FormatError::BadInterval(interval_ms));
+    }
+    let fail = u16::try_from(fail_intervals)
+        .ok()
+        .filter(|f| (native::MIN_FAIL_INTERVALS..=native::MAX_FAIL_INTERVALS).contains(f))
+        .ok_or(FormatError::BadFailIntervals(fail_intervals))?;
+    let dev = Device::open(path, true)?;
+    if dev.size_bytes() < native::AREA_LEN {
+        return Err(FormatError::TooSmall {
+            size: dev.size_bytes(),
+        });
+    }
+    if let Ok(Some(mp)) = dev.is_mounted() {
+        return Err(FormatError::Mounted(mp));
+    }
+    let n = usize::try_from(dev.size_bytes().min(target::PROBE_LEN as u64)).unwrap_or(4096);
+    let mut head = vec![0u8; n];
+    dev.read_at(0, &mut head)?;
+    if !force {
+        match detect(&head) {
+            Detected::Native => match native::Record::parse(&head) {
+                Ok(r) if r.state == native::State::Clean => {}
+                Ok(r) => return Err(FormatError::NotClean(Box::new(r))),
+                Err(e) => return Err(FormatError::Unparsable(e)),
+            },
+            Detected::Ext4 => return Err(FormatError::WouldOverwrite("an ext2/3/4 file system")),
+            Detected::Other(what) => return Err(FormatError::WouldOverwrite(what)),
+            Detected::Unknown => {}
+        }
+    }
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(&clock::random_seed().to_le_bytes());
+    id[8..].copy_from_slice(&clock::random_seed().to_le_bytes());
+    let rec = native::Record::formatted(id, interval_ms, fail, clock::now().wall_ms);
+    let mut area = vec![0u8; usize::try_from(native::AREA_LEN).unwrap_or(4096)];
+    rec.emit(&mut area);
+    dev.write_at(0, &area)?;
+    Ok(rec)
+}
