@@ -85,6 +85,10 @@ row() {
 # row_text CASE TOOL RUNS TEXT NOTE: a row whose result is not a list of measurements
 row_text() { printf '| %s | %s | %s | %s | | | %s |\n' "$1" "$2" "$3" "$4" "$5"; }
 
+# result KEY VALUE: record a figure for bench/run-all's goal summary (no-op when run alone)
+result() { if [ -n "${BENCH_RESULTS:-}" ]; then echo "$1=$2" >>"$BENCH_RESULTS"; fi; }
+median() { stats "$@" | cut -d'|' -f1; }
+
 table_head() {
     echo "| case | tool | runs | median | min | max | notes |"
     echo "|---|---|---|---|---|---|---|"

@@ -295,7 +295,8 @@ pub(crate) fn hold(
     let mut last_summary = Instant::now();
     let mut io_warned = vec![false; n];
     loop {
-        match rx.recv_timeout(Duration::from_millis(100)) {
+        // 25 ms: how late a SIGTERM release may start (signals cannot wake the channel).
+        match rx.recv_timeout(Duration::from_millis(25)) {
             Ok(EngineEvent { slot, event }) => match event {
                 Event::Acquired => {
                     acquired[slot] = true;
