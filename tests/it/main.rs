@@ -5,7 +5,9 @@
 
 mod c_api;
 mod cli;
+mod crash;
 mod format_doc;
+mod fuzz_corpus;
 mod heartbeat;
 mod loop_cli;
 mod loop_integration;

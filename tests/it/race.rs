@@ -47,6 +47,11 @@ use rustix::process::Signal;
 /// pauses of one worker's processes (0: never).
 #[derive(Clone, Copy, Debug)]
 struct Chaos {
+    /// Per acquisition: probability that the holder gets SIGKILL during its hold.
+    kill_p: f64,
+    /// Per acquisition: probability that the holder gets SIGSTOP (for `pause_us`) during its
+    /// hold.
+    stop_p: f64,
     crash_gap_us: u64,
     down_max_us: u64,
     pause_gap_us: u64,
@@ -86,9 +91,11 @@ impl Race {
             hold_us: (100_000, 600_000),
             idle_us: (10_000, 80_000),
             chaos: Chaos {
-                crash_gap_us: 6_000_000,
+                kill_p: 0.15,
+                stop_p: 0.1,
+                crash_gap_us: 15_000_000,
                 down_max_us: 300_000,
-                pause_gap_us: 12_000_000,
+                pause_gap_us: 30_000_000,
                 pause_us: (window_us + window_us / 10, window_us + window_us * 6 / 10),
             },
             force: vec![true; workers],
@@ -199,7 +206,14 @@ fn intervals(log: &str) -> Result<Vec<Interval>, String> {
             "lease" => {}
             "released" | "lost" => {
                 if a.end.is_none() {
-                    a.end = Some((t, if kind == "released" { "released" } else { "lost" }));
+                    a.end = Some((
+                        t,
+                        if kind == "released" {
+                            "released"
+                        } else {
+                            "lost"
+                        },
+                    ));
                 }
             }
             _ => return Err(format!("owner log line {}: unknown kind {kind:?}", n + 1)),
@@ -282,7 +296,10 @@ acquired e a 4 0 10
     assert_eq!(c.end, 3_600_000_000);
     let bad = overlaps(&iv);
     assert_eq!(bad.len(), 1, "{bad:?}");
-    assert!(bad[0].contains("pid 1") && bad[0].contains("pid 2"), "{bad:?}");
+    assert!(
+        bad[0].contains("pid 1") && bad[0].contains("pid 2"),
+        "{bad:?}"
+    );
     // Back to back is not an overlap.
     let ok = "acquired d a 1 0 100\nreleased d a 1 50 100\nacquired d b 2 100 200\n";
     assert!(overlaps(&intervals(ok).expect("parse")).is_empty());
@@ -320,11 +337,6 @@ fn worker(race: &Race, w: usize, dir: &Path, sh: &Shared) {
     let fault_log = dir.join("faults.log");
     let err_log = dir.join(format!("w{w}.stderr"));
     let plan_file = dir.join(format!("w{w}.plan"));
-    if let Some(p) = &race.plan {
-        let mut p = p.clone();
-        p.seed = Some(sim::mix(race.seed ^ 0x504C_414E ^ w as u64));
-        fs::write(&plan_file, p.to_text()).expect("write plan");
-    }
     let c = race.chaos;
     let next = |r: &mut SimRng, gap: u64| {
         (gap > 0).then(|| Instant::now() + Duration::from_micros(r.exp(gap).max(1)))
@@ -350,7 +362,12 @@ fn worker(race: &Race, w: usize, dir: &Path, sh: &Shared) {
         if race.use_run {
             cmd.args(["--", "sleep", &format!("{:.3}", hold as f64 / 1e6)]);
         }
-        if race.plan.is_some() {
+        if let Some(p) = &race.plan {
+            // A fresh seed per process (a process restarted with the same seed would meet
+            // the same faults at the same I/O, every time).
+            let mut p = p.clone();
+            p.seed = Some(r.next_u64());
+            fs::write(&plan_file, p.to_text()).expect("write plan");
             cmd.env("MMP_FAULT_PLAN", &plan_file)
                 .env("MMP_FAULT_LOG", &fault_log);
         }
@@ -383,6 +400,16 @@ fn worker(race: &Race, w: usize, dir: &Path, sh: &Shared) {
         // `hold` holds until SIGTERM: end it `hold` after it acquired.
         let mut terminated = false;
         let mut killed = false;
+        // What happens to this process once it holds, and when.
+        let u = r.unit();
+        let mut on_hold = if u < c.kill_p {
+            1
+        } else if u < c.kill_p + c.stop_p {
+            2
+        } else {
+            0
+        };
+        let act_after = Duration::from_micros(r.range(0, hold));
         loop {
             if child.try_wait().expect("try_wait").is_some() {
                 break;
@@ -400,20 +427,35 @@ fn worker(race: &Race, w: usize, dir: &Path, sh: &Shared) {
                 }
                 break;
             }
-            if next_kill.is_some_and(|k| now >= k) {
+            let due = on_hold != 0
+                && acquired_at
+                    .lock()
+                    .unwrap()
+                    .is_some_and(|t| now >= t + act_after);
+            if next_kill.is_some_and(|k| now >= k) || (due && on_hold == 1) {
                 let _ = child.kill();
                 let _ = child.wait();
                 killed = true;
                 sh.kills.fetch_add(1, Ordering::SeqCst);
-                next_kill = next(&mut r, c.crash_gap_us);
+                if on_hold != 1 || !due {
+                    next_kill = next(&mut r, c.crash_gap_us);
+                }
                 break;
             }
-            if next_pause.is_some_and(|p| now >= p) {
+            if next_pause.is_some_and(|p| now >= p) || (due && on_hold == 2) {
                 signal(pid, Signal::STOP);
                 sh.pauses.fetch_add(1, Ordering::SeqCst);
-                sleep_us(r.range(c.pause_us.0, c.pause_us.1));
+                let until =
+                    Instant::now() + Duration::from_micros(r.range(c.pause_us.0, c.pause_us.1));
+                while Instant::now() < until && !sh.stop.load(Ordering::SeqCst) {
+                    thread::sleep(Duration::from_millis(5));
+                }
                 signal(pid, Signal::CONT);
-                next_pause = next(&mut r, c.pause_gap_us);
+                if due && on_hold == 2 {
+                    on_hold = 0;
+                } else {
+                    next_pause = next(&mut r, c.pause_gap_us);
+                }
                 continue;
             }
             if !race.use_run
@@ -510,8 +552,16 @@ fn run_race(race: &Race) -> Summary {
         }
     }
     eprintln!("{}", sum.line(&race.name));
+    let keep = !sum.double_owners.is_empty() || std::env::var_os("MMP_RACE_KEEP").is_some();
+    let dir = if keep {
+        let kept = dir.keep();
+        eprintln!("[{}] logs kept in {}", race.name, kept.display());
+        kept
+    } else {
+        dir.path().to_path_buf()
+    };
     if !sum.double_owners.is_empty() {
-        let keep = dir.keep();
+        let keep = &dir;
         panic!(
             "[{}] {} double owner(s) (MMP_RACE_SEED={}; logs kept in {}):\n{}",
             race.name,
@@ -547,7 +597,12 @@ fn run_ok(cmd: &mut Command) {
 fn format_native(dev: &Path, interval_ms: u32, fail: u16) {
     run_ok(
         mmp()
-            .args(["format", "--force", "--interval-ms", &interval_ms.to_string()])
+            .args([
+                "format",
+                "--force",
+                "--interval-ms",
+                &interval_ms.to_string(),
+            ])
             .args(["--fail-intervals", &fail.to_string()])
             .arg(dev),
     );
@@ -642,10 +697,15 @@ fn loop_race_ext4() {
     let mut race = Race::new("ext4-loop", &lo.dev, 3, 11_000_000);
     race.hold_us = (1_000_000, 4_000_000);
     race.idle_us = (100_000, 1_000_000);
-    race.chaos.crash_gap_us = 40_000_000;
-    race.chaos.pause_gap_us = 60_000_000;
-    race.chaos.down_max_us = 1_000_000;
-    race.target_acq = env_u64("MMP_RACE_EXT4_ACQ").unwrap_or(3);
+    race.chaos = Chaos {
+        kill_p: 0.3,
+        stop_p: 0.2,
+        crash_gap_us: 0,
+        down_max_us: 1_000_000,
+        pause_gap_us: 0,
+        pause_us: (12_000_000, 14_000_000),
+    };
+    race.target_acq = env_u64("MMP_RACE_EXT4_ACQ").unwrap_or(4);
     race.limit = Duration::from_secs(env_u64("MMP_RACE_EXT4_SECS").unwrap_or(70));
     let sum = run_race(&race);
     assert!(sum.acquisitions >= 2, "{}", sum.line(&race.name));
@@ -692,7 +752,10 @@ fn race_replay_sim_plan() {
     let r = sim::run(&o);
     assert!(r.failure.is_none(), "{}", r.explain("race_replay_sim_plan"));
     let text = o.to_plan_text();
-    eprintln!("race_replay_sim_plan: simulator: {}\nplan:\n{text}", r.stats);
+    eprintln!(
+        "race_replay_sim_plan: simulator: {}\nplan:\n{text}",
+        r.stats
+    );
     let plan = FaultPlan::parse(&text).expect("the printed plan parses");
     let back = Options::from_plan(&plan).expect("plan to options");
     let sim::DiskKind::Native {
@@ -713,6 +776,8 @@ fn race_replay_sim_plan() {
     race.hold_us = back.hold_us;
     race.idle_us = (back.idle_us.0.max(10_000), back.idle_us.1.max(20_000));
     race.chaos = Chaos {
+        kill_p: 0.0,
+        stop_p: 0.0,
         crash_gap_us: plan.crash_gap_us,
         down_max_us: plan.down_max_us,
         pause_gap_us: plan.pause_gap_us,
@@ -733,11 +798,15 @@ fn race_soak() {
     // MMP_RACE_SECS (default 1800); MMP_RACE_FAULTS=0 turns the I/O fault plan off.
     let total = env_u64("MMP_RACE_ACQ").unwrap_or(1000);
     let secs = env_u64("MMP_RACE_SECS").unwrap_or(1800);
-    let kinds = std::env::var("MMP_RACE_KINDS")
-        .unwrap_or_else(|_| "native-file,native-loop".to_string());
+    let kinds =
+        std::env::var("MMP_RACE_KINDS").unwrap_or_else(|_| "native-file,native-loop".to_string());
     let faults = std::env::var("MMP_RACE_FAULTS").map_or(true, |v| v != "0");
     let kinds: Vec<String> = kinds.split(',').map(|k| k.trim().to_string()).collect();
-    let fast = kinds.iter().filter(|k| k.as_str() != "ext4-loop").count().max(1) as u64;
+    let fast = kinds
+        .iter()
+        .filter(|k| k.as_str() != "ext4-loop")
+        .count()
+        .max(1) as u64;
     let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
     let mut loops = Vec::new();
     let mut races = Vec::new();
@@ -773,9 +842,14 @@ fn race_soak() {
                 r.hostid_base = 0x5243_2000;
                 r.hold_us = (1_000_000, 4_000_000);
                 r.idle_us = (100_000, 1_000_000);
-                r.chaos.crash_gap_us = 40_000_000;
-                r.chaos.pause_gap_us = 60_000_000;
-                r.chaos.down_max_us = 1_000_000;
+                r.chaos = Chaos {
+                    kill_p: 0.3,
+                    stop_p: 0.2,
+                    crash_gap_us: 0,
+                    down_max_us: 1_000_000,
+                    pause_gap_us: 0,
+                    pause_us: (12_000_000, 14_000_000),
+                };
                 r.target_acq = u64::MAX;
                 loops.push(lo);
                 r
@@ -818,8 +892,7 @@ fn race_soak() {
         out
     });
     let mut all = Summary::default();
-    for (name, s) in &results {
-        println!("{}", s.line(name));
+    for (_, s) in &results {
         all.acquisitions += s.acquisitions;
         all.releases += s.releases;
         all.lost += s.lost;
@@ -833,7 +906,73 @@ fn race_soak() {
         }
         all.double_owners.extend(s.double_owners.iter().cloned());
     }
-    println!("{}", all.line("total"));
+    eprintln!("{}", all.line("total"));
     drop(loops);
     assert!(all.double_owners.is_empty());
+}
+
+#[test]
+fn tool_torn_write_ext4() {
+    // A real torn write (MMP_FAULT_PLAN, torn_write_p = 1: only the first 512-byte sector
+    // of every write lands) on ext4 with metadata_csum: the claimer's verify read sees a
+    // block that is not its claim and refuses; the device is left corrupt (bad checksum),
+    // which every later acquirer refuses (in use, in doubt) until `mmp clear --force`.
+    let dir = tempfile::tempdir_in(std::env::temp_dir()).expect("tempdir");
+    let Some(img) = ext4_image(dir.path()) else {
+        return;
+    };
+    let plan = dir.path().join("torn.plan");
+    fs::write(
+        &plan,
+        FaultPlan {
+            seed: Some(1),
+            torn_write_p: 1.0,
+            ..FaultPlan::default()
+        }
+        .to_text(),
+    )
+    .expect("write plan");
+    let flog = dir.path().join("faults.log");
+    let out = mmp()
+        .args(["--hostid", "0x7042", "--nodename", "tearer", "hold"])
+        .arg(&img)
+        .env("MMP_FAULT_PLAN", &plan)
+        .env("MMP_FAULT_LOG", &flog)
+        .output()
+        .expect("mmp hold");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the torn claim is refused\n{err}"
+    );
+    let faults = fs::read_to_string(&flog).unwrap_or_default();
+    assert!(faults.starts_with("fault torn_write"), "{faults}");
+    // Everyone else sees a corrupt block: refused (exit 2), never acquired.
+    let st = mmp().args(["status"]).arg(&img).output().expect("status");
+    assert_eq!(st.status.code(), Some(2), "{st:?}");
+    let text =
+        String::from_utf8_lossy(&st.stdout).to_string() + &String::from_utf8_lossy(&st.stderr);
+    assert!(text.contains("checksum"), "{text}");
+    let h = mmp()
+        .args([
+            "--hostid",
+            "0x7043",
+            "--nodename",
+            "next",
+            "hold",
+            "--force",
+        ])
+        .arg(&img)
+        .output()
+        .expect("mmp hold");
+    assert_eq!(h.status.code(), Some(2), "{h:?}");
+    // The operator's reset makes it usable again.
+    run_ok(
+        mmp()
+            .args(["--hostid", "0x7043", "clear", "--force"])
+            .arg(&img),
+    );
+    let st = mmp().args(["status"]).arg(&img).output().expect("status");
+    assert_eq!(st.status.code(), Some(0), "{st:?}");
 }

@@ -1,5 +1,6 @@
 //! Shared test harness.
 
+pub mod fuzz_bodies;
 pub mod sim;
 
 use std::path::{Path, PathBuf};

@@ -618,7 +618,10 @@ impl fmt::Display for Options {
 // ----- fault plans -------------------------------------------------------------------------
 
 fn list<T: fmt::Display>(v: &[T]) -> String {
-    v.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+    v.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn parse_list<T: std::str::FromStr>(key: &str, v: &str) -> Result<Vec<T>, String> {
@@ -689,7 +692,8 @@ impl Options {
         put("fault_phase_us", self.fault_phase_us.to_string());
         put("hold_us", format!("{},{}", self.hold_us.0, self.hold_us.1));
         put("idle_us", format!("{},{}", self.idle_us.0, self.idle_us.1));
-        let starts: Vec<String> = self.start_at_us
+        let starts: Vec<String> = self
+            .start_at_us
             .iter()
             .map(|s| s.map_or("-".into(), |t| t.to_string()))
             .collect();
@@ -786,7 +790,11 @@ impl Options {
         }
         o.self_fence = num("self_fence", 1)? != 0;
         if let Some(v) = get("drift_ppm") {
-            for (i, x) in parse_list::<i32>("drift_ppm", v)?.into_iter().enumerate().take(MAX_HOSTS) {
+            for (i, x) in parse_list::<i32>("drift_ppm", v)?
+                .into_iter()
+                .enumerate()
+                .take(MAX_HOSTS)
+            {
                 o.drift_ppm[i] = x;
             }
         }
@@ -811,9 +819,10 @@ impl Options {
             for (i, x) in v.split(',').enumerate().take(MAX_HOSTS) {
                 o.start_at_us[i] = match x.trim() {
                     "-" | "" => None,
-                    t => Some(t.parse().map_err(|_| {
-                        format!("scenario.start_at_us: bad element {t:?}")
-                    })?),
+                    t => Some(
+                        t.parse()
+                            .map_err(|_| format!("scenario.start_at_us: bad element {t:?}"))?,
+                    ),
                 };
             }
         }
