@@ -389,3 +389,58 @@ fn loop_mount_ext4_with_mmp() {
     umount_quiet(&mnt1);
     umount_quiet(&mnt2);
 }
+
+/// `mmp hold` tells systemd it is ready (Type=notify) once every device is held: the
+/// `READY=1` datagram arrives on `$NOTIFY_SOCKET`, after `acquired` and not before.
+#[test]
+fn systemd_notify_ready_after_acquire() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::net::UnixDatagram;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dev = sparse(tmp.path(), "mmp.img", 1 << 20);
+    let dev_s = dev.to_string_lossy().to_string();
+    let rd = tmp.path().join("run");
+    let o = mmp(
+        &rd,
+        "0x1",
+        "n1",
+        &["format", "--interval-ms", "100", &dev_s],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let sock_path = tmp.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).expect("bind the notify socket");
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut child = Command::new(mmp_bin())
+        .env_remove("MMP_HOSTID")
+        .env("NOTIFY_SOCKET", &sock_path)
+        .args([
+            "--hostid",
+            "0x77",
+            "--nodename",
+            "svc",
+            "hold",
+            "--no-realtime",
+            &dev_s,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start mmp hold");
+    let mut line = String::new();
+    let stdout = child.stdout.take().expect("stdout");
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read acquired");
+    assert!(line.starts_with("acquired "), "{line}");
+    let mut buf = [0u8; 64];
+    let n = sock.recv(&mut buf).expect("READY=1 within 10 s");
+    assert_eq!(&buf[..n], b"READY=1\n");
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(0), "released cleanly on SIGTERM");
+    let o = mmp(&rd, "0x1", "n1", &["status", &dev_s]);
+    assert_eq!(o.status.code(), Some(0), "clean after stop: {}", text(&o));
+}
