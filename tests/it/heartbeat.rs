@@ -1031,3 +1031,138 @@ fn eio_burst(dir: &Path, long: bool) {
         eprintln!("[{name}] survived 0.3 s of EIO; seq {seq_before} -> {after}, released clean");
     }
 }
+
+/// `--on-loss kill` kills `run`'s command (its whole process group) and `--on-loss exec:CMD`
+/// runs CMD with the device and the reason in its environment, both right after a foreign
+/// write is detected; mmp then exits 3.
+#[test]
+fn hb_loss_actions_kill_and_exec() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dev = tmp.path().join("area.img");
+    std::fs::write(&dev, vec![0u8; 1 << 20]).expect("image");
+    let dev_s = dev.to_string_lossy().to_string();
+    let bin = mmp_tests::mmp_bin();
+    let run = |args: &[&str]| {
+        Command::new(&bin)
+            .env_remove("MMP_HOSTID")
+            .args(args)
+            .output()
+            .expect("run mmp")
+    };
+    assert!(
+        run(&["format", "--interval-ms", "100", &dev_s])
+            .status
+            .success()
+    );
+    let wait_acquired = |child: &mut std::process::Child| {
+        let mut line = String::new();
+        let out = child.stdout.take().expect("stdout");
+        BufReader::new(out).read_line(&mut line).expect("read");
+        assert!(line.starts_with("acquired"), "{line}");
+    };
+    let exit_within = |child: &mut std::process::Child, secs: u64| {
+        let t = Instant::now();
+        loop {
+            if let Some(st) = child.try_wait().expect("wait") {
+                return st.code();
+            }
+            if t.elapsed() > Duration::from_secs(secs) {
+                let _ = child.kill();
+                panic!("mmp did not exit within {secs} s");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let foreign = || {
+        let o = run(&[
+            "--hostid",
+            "0xbb",
+            "--nodename",
+            "other",
+            "clear",
+            "--force",
+            &dev_s,
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+
+    // kill: the command and its background child die with the process group.
+    let pidfile = tmp.path().join("child.pid");
+    let script = format!("sleep 60 & echo $! > {}; wait", pidfile.display());
+    let mut child = Command::new(&bin)
+        .env_remove("MMP_HOSTID")
+        .args([
+            "--hostid",
+            "0xaa",
+            "--nodename",
+            "a",
+            "run",
+            "--no-realtime",
+            "--on-loss",
+            "kill",
+            &dev_s,
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mmp run");
+    wait_acquired(&mut child);
+    let t = Instant::now();
+    while !pidfile.exists() && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let grandchild: i32 = std::fs::read_to_string(&pidfile)
+        .expect("pid")
+        .trim()
+        .parse()
+        .expect("pid");
+    foreign();
+    assert_eq!(exit_within(&mut child, 5), Some(3));
+    let t = Instant::now();
+    while Path::new(&format!("/proc/{grandchild}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{grandchild}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "the command's process group was not killed"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    // exec: the command sees MMP_DEVICE and MMP_REASON.
+    let _ = run(&["--hostid", "0xaa", "clear", "--force", &dev_s]);
+    let outf = tmp.path().join("loss.txt");
+    let action = format!(
+        "exec:printf '%s|%s' \"$MMP_DEVICE\" \"$MMP_REASON\" > {}",
+        outf.display()
+    );
+    let mut child = Command::new(&bin)
+        .env_remove("MMP_HOSTID")
+        .args([
+            "--hostid",
+            "0xaa",
+            "--nodename",
+            "a",
+            "hold",
+            "--no-realtime",
+            "--on-loss",
+            &action,
+            &dev_s,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mmp hold");
+    wait_acquired(&mut child);
+    foreign();
+    assert_eq!(exit_within(&mut child, 5), Some(3));
+    let got = std::fs::read_to_string(&outf).expect("the loss command ran");
+    assert!(got.starts_with(&format!("{dev_s}|")), "{got}");
+    assert!(got.contains("ownership lost"), "{got}");
+}
