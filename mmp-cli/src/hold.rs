@@ -71,6 +71,30 @@ fn parse_loss(s: &str) -> Result<LossAction, String> {
     }
 }
 
+/// `eprintln!` that ignores write errors: a closed stderr must not kill a holder.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// `eprint!` that ignores write errors.
+macro_rules! note_raw {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// Prints one line on stdout and flushes it, ignoring errors: a holder must keep
+/// heartbeating (and release cleanly) even when whoever read its stdout has gone away.
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
 fn notify_ready() {
     let Some(sock) = std::env::var_os("NOTIFY_SOCKET") else {
         return;
@@ -87,7 +111,7 @@ fn notify_ready() {
         s.send_to(b"READY=1\n", Path::new(&sock))
     };
     if let Err(e) = res {
-        eprintln!("mmp: warning: could not notify systemd: {e}");
+        note!("mmp: warning: could not notify systemd: {e}");
     }
 }
 
@@ -155,7 +179,7 @@ fn run_loss_action(action: &LossAction, path: &str, reason: &str, child: Option<
         LossAction::Kill => {
             if let Some(ch) = child {
                 kill_group(ch, rustix::process::Signal::KILL);
-                eprintln!("mmp: killed the command's process group (pid {})", ch.id());
+                note!("mmp: killed the command's process group (pid {})", ch.id());
             }
         }
         LossAction::Exec(cmd) => {
@@ -170,14 +194,14 @@ fn run_loss_action(action: &LossAction, path: &str, reason: &str, child: Option<
                 Ok(mut c) => {
                     let _ = c.wait();
                 }
-                Err(e) => eprintln!("mmp: --on-loss exec: {e}"),
+                Err(e) => note!("mmp: --on-loss exec: {e}"),
             }
             if let Some(ch) = child {
                 kill_group(ch, rustix::process::Signal::KILL);
             }
         }
         LossAction::Reboot => {
-            eprintln!("mmp: --on-loss reboot: syncing and rebooting now");
+            note!("mmp: --on-loss reboot: syncing and rebooting now");
             rustix::fs::sync();
             let _ = std::fs::write("/proc/sysrq-trigger", b"b");
         }
@@ -217,8 +241,12 @@ pub(crate) fn hold(
     let mut targets = Vec::with_capacity(devices.len());
     for d in devices {
         let t = target::open(d, true).map_err(|e| e.to_string())?;
+        if let Some(msg) = crate::mounted_here(&t, &show(d)) {
+            note!("mmp: {msg}");
+            return Ok(1);
+        }
         if c.verbose {
-            eprintln!(
+            note!(
                 "mmp: {}: {} format, I/O mode {}",
                 show(d),
                 t.format.name(),
@@ -234,12 +262,12 @@ pub(crate) fn hold(
         let mut code = 0u8;
         for (d, t) in devices.iter().zip(&targets) {
             if let Some(r) = preflight(c, opts.force, d, t) {
-                eprintln!("mmp: {}", out::refusal(&show(d), &r));
+                note!("mmp: {}", out::refusal(&show(d), &r));
                 code = code.max(out::refusal_code(&r));
             }
         }
         if code != 0 {
-            eprintln!("mmp: nothing written to any device (all or nothing)");
+            note!("mmp: nothing written to any device (all or nothing)");
             return Ok(code);
         }
     }
@@ -300,12 +328,11 @@ pub(crate) fn hold(
             Ok(EngineEvent { slot, event }) => match event {
                 Event::Acquired => {
                     acquired[slot] = true;
-                    println!("acquired {}", paths[slot]);
-                    let _ = std::io::stdout().flush();
+                    say(&format!("acquired {}", paths[slot]));
                 }
                 Event::Progress { .. } if !many => progress[slot].event(&event),
                 Event::IoRetry(e) if !io_warned[slot] || c.verbose => {
-                    eprintln!(
+                    note!(
                         "mmp: {}: heartbeat I/O failed ({}); retrying within the fail window",
                         paths[slot],
                         out::errno_text(e.errno)
@@ -316,11 +343,11 @@ pub(crate) fn hold(
                     done[slot] = Some(o);
                     match o {
                         Outcome::Refused(r) => {
-                            eprintln!("mmp: {}", out::refusal(&paths[slot], &r));
+                            note!("mmp: {}", out::refusal(&paths[slot], &r));
                             code = code.max(out::refusal_code(&r));
                             if !releasing {
                                 if acquired.iter().any(|&a| a) || n > 1 {
-                                    eprintln!("mmp: releasing the other devices (all or nothing)");
+                                    note!("mmp: releasing the other devices (all or nothing)");
                                 }
                                 releasing = true;
                                 eng.release_all();
@@ -328,7 +355,7 @@ pub(crate) fn hold(
                         }
                         Outcome::Lost(l) => {
                             let msg = out::loss(&paths[slot], &l);
-                            eprintln!("mmp: {msg}");
+                            note!("mmp: {msg}");
                             if !lost {
                                 lost = true;
                                 run_loss_action(&action, &paths[slot], &msg, child.as_mut());
@@ -339,8 +366,8 @@ pub(crate) fn hold(
                                 eng.release_all();
                             }
                         }
-                        Outcome::Released if c.verbose => {
-                            eprintln!("mmp: released {} (clean)", paths[slot]);
+                        Outcome::Released => {
+                            say(&format!("released {}", paths[slot]));
                         }
                         _ => {}
                     }
@@ -352,7 +379,7 @@ pub(crate) fn hold(
         }
         if many && !ready && !releasing && last_summary.elapsed() >= Duration::from_secs(5) {
             let got = acquired.iter().filter(|&&a| a).count();
-            eprintln!("mmp: acquiring {n} devices: {got} held so far");
+            note!("mmp: acquiring {n} devices: {got} held so far");
             last_summary = Instant::now();
         }
         if term.swap(false, Ordering::SeqCst) && !releasing {
@@ -364,7 +391,7 @@ pub(crate) fn hold(
         }
         if hup.swap(false, Ordering::SeqCst) {
             let body = report_lines(&eng.report());
-            eprint!("{body}");
+            note_raw!("{body}");
             if let Some(p) = &opts.status_file {
                 write_status_file(p, &body);
             }
@@ -382,7 +409,7 @@ pub(crate) fn hold(
             if let (Some(p), Some(t)) = (&opts.watchdog_device, wd_timeout) {
                 match Watchdog::open(p, t) {
                     Ok(wd) => {
-                        eprintln!(
+                        note!(
                             "mmp: self-fencing active: watchdog {} armed with a {} s timeout",
                             p.display(),
                             wd.timeout().as_secs()
@@ -390,7 +417,7 @@ pub(crate) fn hold(
                         eng.arm_watchdog(wd);
                     }
                     Err(e) => {
-                        eprintln!("mmp: cannot arm the watchdog: {e}; releasing");
+                        note!("mmp: cannot arm the watchdog: {e}; releasing");
                         code = 2;
                         releasing = true;
                         eng.release_all();
@@ -408,7 +435,7 @@ pub(crate) fn hold(
                 {
                     Ok(ch) => child = Some(ch),
                     Err(e) => {
-                        eprintln!("mmp: cannot run {}: {e}; releasing", cmd[0]);
+                        note!("mmp: cannot run {}: {e}; releasing", cmd[0]);
                         code = code.max(2);
                         releasing = true;
                         eng.release_all();
@@ -454,7 +481,7 @@ pub(crate) fn hold(
             Some(Outcome::Released) => {}
             Some(Outcome::Lost(Loss::ReleaseReadFailed(_))) => return Ok(3),
             Some(Outcome::Aborted) if command.is_none() => {
-                eprintln!("mmp: {}: acquire interrupted", paths[i]);
+                note!("mmp: {}: acquire interrupted", paths[i]);
                 return Ok(2);
             }
             _ => {}
@@ -497,9 +524,7 @@ fn warn_realtime(eng: &Engine, opts: &HoldOpts) {
         ("real-time scheduling", r.fifo),
     ] {
         if let Some(Err(e)) = res {
-            eprintln!(
-                "mmp: warning: {what} not available ({e}); heartbeats may be delayed under load"
-            );
+            note!("mmp: warning: {what} not available ({e}); heartbeats may be delayed under load");
         }
     }
 }

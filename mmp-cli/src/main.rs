@@ -33,7 +33,7 @@ Examples:
   mmp status /dev/mapper/ost0            # one read, never writes, never waits
   mmp check /dev/mapper/ost0             # full activity test, never writes
   mmp hold /dev/mapper/ost0 /dev/mapper/ost1   # acquire both, heartbeat until SIGTERM
-  mmp run /dev/sdb -- mount /dev/sdb /mnt      # hold while a command runs
+  mmp run /dev/sdc1 -- mount /dev/sdb /mnt     # hold the native area sdc1 while a command runs
   mmp format --interval-ms 100 /dev/sdc1       # native MMP area on a small partition
   mmp demo                                     # two hosts on a temporary file";
 
@@ -84,7 +84,7 @@ enum Cmd {
         device: PathBuf,
     },
     /// Acquire every device concurrently, print `acquired DEVICE`, heartbeat until
-    /// SIGTERM/SIGINT, then release CLEAN.
+    /// SIGTERM/SIGINT, then release CLEAN (printing `released DEVICE`).
     #[command(
         after_help = "Example:\n  mmp hold --force /dev/mapper/ost0 /dev/mapper/ost1\n\nSIGHUP prints per-device state to stderr (and --status-file)."
     )]
@@ -97,7 +97,7 @@ enum Cmd {
     },
     /// Hold the devices while a command runs; release when it exits.
     #[command(
-        after_help = "Example:\n  mmp run /dev/sdb -- sh -c 'mount /dev/sdb /mnt && do-work; umount /mnt'"
+        after_help = "Example:\n  mmp run /dev/sdc1 -- sh -c 'mount /dev/sdb /mnt && do-work; umount /mnt'\n(/dev/sdc1: a native area from `mmp format`; for ext4 MMP use `mmp mount`, since the kernel\nrefuses to mount a device that mmp holds)"
     )]
     Run {
         #[command(flatten)]
@@ -395,7 +395,7 @@ impl Progress {
                 self.last_phase = Some(phase);
                 self.last_print_s = Some(left);
             } else if tick {
-                eprintln!("mmp: {}: {} s left", self.label, left);
+                let _ = writeln!(std::io::stderr(), "mmp: {}: {} s left", self.label, left);
                 self.last_print_s = Some(left);
             }
         }
@@ -417,6 +417,19 @@ fn check(c: &Ctx, json: bool, device: &Path) -> Result<u8, String> {
         }
         Err(e) => return Err(e.to_string()),
     };
+    if let Some(msg) = mounted_here(&t, &path) {
+        if json {
+            println!(
+                "{{\"device\":{},\"format\":\"{}\",\"result\":\"in_use\",\"message\":{}}}",
+                out::json_str(&path),
+                t.format.name(),
+                out::json_str(&msg)
+            );
+        } else {
+            eprintln!("mmp: {msg}");
+        }
+        return Ok(1);
+    }
     let cfg = Config::new(t.layout, c.identity(device), clock::random_seed());
     let mut m = Machine::new(cfg, Op::Check, clock::now());
     let stop = Arc::new(AtomicBool::new(false));
@@ -470,6 +483,21 @@ fn check(c: &Ctx, json: bool, device: &Path) -> Result<u8, String> {
         eprintln!("mmp: {text}");
     }
     Ok(code)
+}
+
+/// An ext4 file system mounted on this host is held by this host's kernel (kmmpd): say so
+/// instead of waiting a whole window to report "active on another node".
+pub(crate) fn mounted_here(t: &target::Target, path: &str) -> Option<String> {
+    if t.format != target::Format::Ext4 {
+        return None;
+    }
+    match t.device.is_mounted() {
+        Ok(Some(mp)) => Some(format!(
+            "{path}: mounted on this host at {mp}: this host's kernel (kmmpd) holds its MMP \
+             block; unmount it first"
+        )),
+        _ => None,
+    }
 }
 
 fn clear(c: &Ctx, force: bool, device: &Path) -> Result<u8, String> {
@@ -538,13 +566,22 @@ fn format_native(interval_ms: u32, fail: u16, force: bool, device: &Path) -> Res
         Err(e @ (area::FormatError::BadInterval(_) | area::FormatError::BadFailIntervals(_))) => {
             Err(format!("--interval-ms/--fail-intervals: {e}"))
         }
+        // Device errors already name the device.
+        Err(area::FormatError::Device(e)) => Err(e.to_string()),
         Err(e) => Err(format!("{path}: {e}")),
     }
 }
 
 fn hostid_cmd(g: &Global, generate: bool, force: bool, file: &Path) -> Result<u8, String> {
     if generate {
-        let v = hostid::generate(file, force).map_err(|e| e.to_string())?;
+        let v = hostid::generate(file, force).map_err(|e| match e {
+            hostid::HostidError::AlreadyExists { path, current } => format!(
+                "{} already exists (hostid {}); overwrite it with `mmp hostid --generate --force`",
+                path.display(),
+                current.map_or_else(|| "unreadable".to_owned(), |v| format!("0x{v:08x}"))
+            ),
+            e => e.to_string(),
+        })?;
         println!("hostid 0x{v:08x} written to {}", file.display());
         return Ok(0);
     }
@@ -553,9 +590,15 @@ fn hostid_cmd(g: &Global, generate: bool, force: bool, file: &Path) -> Result<u8
         .map_err(|e| e.to_string())?;
     if h.is_set() {
         println!("hostid 0x{:08x} (from {})", h.value, h.source);
+    } else if h.source == hostid::HostidSource::Unset {
+        println!(
+            "hostid not set (no --hostid, no ${}, no {}): run `mmp hostid --generate`",
+            hostid::ENV_VAR,
+            file.display()
+        );
     } else {
         println!(
-            "hostid not set (0; from {}): run `mmp hostid --generate`",
+            "hostid is 0 (from {}), which cannot acquire: give a non-zero hostid or run `mmp hostid --generate`",
             h.source
         );
     }

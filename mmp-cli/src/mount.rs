@@ -96,8 +96,20 @@ fn run_mount(a: &MountArgs) -> Result<(), String> {
 }
 
 pub(crate) fn mount(c: &Ctx, a: &MountArgs) -> Result<u8, String> {
+    if !a.dir.is_dir() {
+        return Err(format!(
+            "mount point {} does not exist or is not a directory",
+            show(&a.dir)
+        ));
+    }
     let mmp_dev = a.mmp_device.clone().unwrap_or_else(|| a.device.clone());
-    let t = target::open(&mmp_dev, true).map_err(|e| e.to_string())?;
+    let t = target::open(&mmp_dev, true).map_err(|e| match e {
+        target::TargetError::NotMmp { .. } if a.mmp_device.is_none() => format!(
+            "{e}; for a file system without MMP of its own (XFS, btrfs), \
+             protect it with --mmp-device AREA"
+        ),
+        e => e.to_string(),
+    })?;
     match t.format {
         target::Format::Ext4 => mount_ext4(c, a, t),
         target::Format::Native => mount_native(c, a, &mmp_dev),
@@ -206,7 +218,13 @@ fn mount_native(c: &Ctx, a: &MountArgs, mmp_dev: &Path) -> Result<u8, String> {
         }
         if let Ok(Some(st)) = child.try_wait() {
             let code = st.code().and_then(|c| u8::try_from(c).ok()).unwrap_or(2);
-            let _ = std::fs::remove_file(&statusf);
+            // Relay what the holder wrote last, then leave nothing behind in the run directory.
+            if let Ok(text) = std::fs::read_to_string(&logf) {
+                eprint!("{}", text.get(shown..).unwrap_or_default());
+            }
+            for f in [&statusf, &outf, &logf] {
+                let _ = std::fs::remove_file(f);
+            }
             return Ok(code.max(1));
         }
         if start.elapsed() > Duration::from_secs(3600) {
@@ -219,7 +237,10 @@ fn mount_native(c: &Ctx, a: &MountArgs, mmp_dev: &Path) -> Result<u8, String> {
         // Mount failed: release the device.
         stop_holder(child.id());
         let _ = child.wait();
-        return Err(format!("{e}; released {}", show(mmp_dev)));
+        for f in [&statusf, &outf, &logf] {
+            let _ = std::fs::remove_file(f);
+        }
+        return Err(format!("{}; released {}", e.trim_end(), show(mmp_dev)));
     }
     let body = format!(
         "pid={}\nmmp_device={}\ndevice={}\ndir={}\n",

@@ -36,7 +36,7 @@ pub enum TargetError {
     #[error(transparent)]
     Device(#[from] DeviceError),
     /// The ext4 superblock is invalid, or MMP is not enabled on it.
-    #[error("{path}: {error}")]
+    #[error("{path}: {error}{}", if *error == ext4::SuperblockError::MmpNotEnabled { " (turn it on with `mmp enable`, unmounted)" } else { "" })]
     Superblock {
         /// Device path.
         path: String,
