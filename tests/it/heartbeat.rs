@@ -1166,3 +1166,83 @@ fn hb_loss_actions_kill_and_exec() {
     assert!(got.starts_with(&format!("{dev_s}|")), "{got}");
     assert!(got.contains("ownership lost"), "{got}");
 }
+
+/// Above 256 devices the engine performs each pass's due I/O on a few short-lived threads
+/// (`PARALLEL_MIN_DEVICES`): 300 devices are acquired, heartbeat on time, and are all
+/// released clean on SIGTERM.
+#[test]
+fn hb_many_devices_parallel_passes() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let bin = mmp_tests::mmp_bin();
+    let mut paths = Vec::new();
+    for k in 0..300 {
+        let p = tmp.path().join(format!("d{k:03}.img"));
+        let mut rec = [0u8; 4096];
+        Record::formatted([k as u8; 16], 1000, 10, 0).emit(&mut rec);
+        fs::write(&p, rec).expect("write an area");
+        let f = fs::OpenOptions::new().write(true).open(&p).expect("open");
+        f.set_len(64 * 1024).expect("size");
+        paths.push(p.to_string_lossy().to_string());
+    }
+    let status = tmp.path().join("status.json");
+    let mut args: Vec<String> = [
+        "--hostid",
+        "0x3",
+        "--nodename",
+        "many",
+        "hold",
+        "--no-realtime",
+        "--status-file",
+    ]
+    .iter()
+    .map(|s| (*s).to_string())
+    .collect();
+    args.push(status.to_string_lossy().to_string());
+    args.extend(paths.iter().cloned());
+    let mut child = Command::new(&bin)
+        .env_remove("MMP_HOSTID")
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mmp hold");
+    let out = child.stdout.take().expect("stdout");
+    let mut acquired = 0;
+    for line in BufReader::new(out).lines() {
+        let line = line.expect("line");
+        if line.starts_with("acquired ") {
+            acquired += 1;
+            if acquired == paths.len() {
+                break;
+            }
+        }
+    }
+    assert_eq!(acquired, paths.len());
+    thread::sleep(Duration::from_secs(6));
+    let body = fs::read_to_string(&status).expect("status file");
+    let summary = body.lines().last().expect("summary line");
+    let max_gap: f64 = summary
+        .split("\"gap_max_ms\":")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .and_then(|s| s.parse().ok())
+        .expect("gap_max_ms");
+    eprintln!("300 devices: {summary}");
+    assert!(
+        max_gap < 1500.0,
+        "heartbeat gaps stay near the 1 s interval: {summary}"
+    );
+    assert!(!body.contains("\"state\":\"lost\""), "{body}");
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let st = child.wait().expect("wait");
+    assert_eq!(st.code(), Some(0));
+    let o = Command::new(&bin)
+        .env_remove("MMP_HOSTID")
+        .arg("status")
+        .args(&paths)
+        .output()
+        .expect("status");
+    assert_eq!(o.status.code(), Some(0), "every device released clean");
+}

@@ -1,5 +1,7 @@
 //! The heartbeat engine: one thread drives the machines of every device a process holds,
-//! deadline-scheduled, so `mmp hold DEV1 ... DEV200` costs one thread. Acquires run
+//! deadline-scheduled, so `mmp hold DEV1 ... DEV200` costs one thread. Above 256 devices, a
+//! pass that finds many devices due spreads their synchronous I/O over a few short-lived
+//! scoped threads (the machines stay owned by the engine thread). Acquires run
 //! concurrently on the same thread (one activity window for all devices, not one per
 //! device). The CLI and libmmp both use it.
 //!
@@ -484,22 +486,14 @@ impl Worker {
         faults: &mut dyn FaultHook,
         events: &Sender<EngineEvent>,
     ) -> bool {
-        let now = clock::now();
+        let before = drive(&mut self.slots[i], i, faults, events);
+        self.account(i, before)
+    }
+
+    /// Bookkeeping after [`drive`]: gaps, loss, completion, the slot's next deadline.
+    /// Returns whether a heartbeat write succeeded.
+    fn account(&mut self, i: usize, before: (Phase, bool)) -> bool {
         let s = &mut self.slots[i];
-        s.marked = false;
-        let before = (s.dev.machine.phase(), s.dev.machine.outcome().is_some());
-        if s.dev.machine.poll_timeout().is_some_and(|t| t <= now.mono) {
-            s.dev.machine.handle_timeout(now);
-        }
-        let mut on_event = |e: &Event| {
-            let _ = events.send(EngineEvent { slot: i, event: *e });
-        };
-        driver::pump(
-            &mut s.dev.machine,
-            &s.dev.target.device,
-            faults,
-            &mut on_event,
-        );
         if s.dev.machine.is_held() {
             s.acquired = true;
         }
@@ -534,6 +528,119 @@ impl Worker {
         }
         beat_ok
     }
+}
+
+/// Runs one slot's machine: its timeout if due, then all its I/O. Returns the phase and
+/// finished flag from before, for [`Worker::account`].
+fn drive(
+    s: &mut Slot,
+    i: usize,
+    faults: &mut dyn FaultHook,
+    events: &Sender<EngineEvent>,
+) -> (Phase, bool) {
+    let now = clock::now();
+    s.marked = false;
+    let before = (s.dev.machine.phase(), s.dev.machine.outcome().is_some());
+    if s.dev.machine.poll_timeout().is_some_and(|t| t <= now.mono) {
+        s.dev.machine.handle_timeout(now);
+    }
+    let mut on_event = |e: &Event| {
+        let _ = events.send(EngineEvent { slot: i, event: *e });
+    };
+    driver::pump(
+        &mut s.dev.machine,
+        &s.dev.target.device,
+        faults,
+        &mut on_event,
+    );
+    before
+}
+
+/// With this many devices or more, a pass that finds at least [`PARALLEL_DUE`] devices due
+/// performs their I/O on [`IO_THREADS`] short-lived threads: heartbeat I/O is synchronous,
+/// and one thread doing a thousand devices' reads, writes and flushes in a row falls behind
+/// when the storage is slow. Below it, everything stays on the one heartbeat thread.
+const PARALLEL_MIN_DEVICES: usize = 256;
+/// See [`PARALLEL_MIN_DEVICES`].
+const PARALLEL_DUE: usize = 32;
+/// See [`PARALLEL_MIN_DEVICES`].
+const IO_THREADS: usize = 4;
+/// Stack of an I/O thread (memory is locked in real-time mode, so keep it small).
+const IO_STACK: usize = 256 * 1024;
+
+/// A fault hook shared by the I/O threads of a parallel pass.
+struct LockedHook<'a, 'b>(&'a Mutex<&'b mut (dyn FaultHook + Send)>);
+
+impl FaultHook for LockedHook<'_, '_> {
+    fn before_io(&mut self, io: &driver::IoInfo<'_>) -> driver::Fault {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .before_io(io)
+    }
+    fn on_event(
+        &mut self,
+        device: &crate::sys::blockdev::Device,
+        machine: &Machine,
+        event: &Event,
+    ) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .on_event(device, machine, event);
+    }
+}
+
+/// Drives the due slots `work` on up to [`IO_THREADS`] threads (this one included) that
+/// take slots from a shared queue, then does the bookkeeping on this thread. If a thread
+/// cannot be created, the others (at least this one) drain the queue: no slot is skipped.
+/// Returns whether any heartbeat write succeeded.
+fn service_parallel(
+    w: &mut Worker,
+    work: &[usize],
+    faults: &mut (dyn FaultHook + Send),
+    events: &Sender<EngineEvent>,
+) -> bool {
+    let mut due = vec![false; w.slots.len()];
+    for &i in work {
+        due[i] = true;
+    }
+    let queue: Mutex<Vec<(usize, &mut Slot)>> = Mutex::new(
+        w.slots
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| due[*i])
+            .collect(),
+    );
+    let shared = Mutex::new(faults);
+    let done: Mutex<Vec<(usize, (Phase, bool))>> = Mutex::new(Vec::with_capacity(work.len()));
+    let drain = || {
+        let mut hook = LockedHook(&shared);
+        loop {
+            let next = queue.lock().unwrap_or_else(PoisonError::into_inner).pop();
+            let Some((i, s)) = next else { break };
+            let before = drive(s, i, &mut hook, events);
+            done.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push((i, before));
+        }
+    };
+    std::thread::scope(|scope| {
+        for _ in 1..IO_THREADS {
+            // A failed spawn only means fewer helpers.
+            let _ = std::thread::Builder::new()
+                .name("mmp-io".into())
+                .stack_size(IO_STACK)
+                .spawn_scoped(scope, drain);
+        }
+        drain();
+    });
+    let befores = done.into_inner().unwrap_or_else(PoisonError::into_inner);
+    let mut beat_ok = false;
+    for (i, before) in befores {
+        beat_ok |= w.account(i, before);
+    }
+    beat_ok
 }
 
 fn run(
@@ -591,8 +698,12 @@ fn run(
         w.collect_due(now.mono);
         std::mem::swap(&mut work, &mut w.work);
         let mut beat_ok = false;
-        for &i in &work {
-            beat_ok |= w.service(i, options.faults.as_mut(), events);
+        if w.slots.len() >= PARALLEL_MIN_DEVICES && work.len() >= PARALLEL_DUE {
+            beat_ok = service_parallel(&mut w, &work, options.faults.as_mut(), events);
+        } else {
+            for &i in &work {
+                beat_ok |= w.service(i, options.faults.as_mut(), events);
+            }
         }
         work.clear();
         // Watchdog: pet only after a successful heartbeat while no device has been lost.
