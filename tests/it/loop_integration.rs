@@ -60,14 +60,32 @@ fn umount_quiet(dir: &Path) {
     let _ = Command::new("umount").arg(dir).output();
 }
 
-fn ocf_tester(agent_args: &[String]) -> Output {
+/// Runs ocf-tester on the agent against `dev` (hostid 0x1234, this build of mmp, state
+/// under `dir`) and asserts that every test passed.
+fn ocf_tester_passes(name: &str, dev: &str, dir: &Path) {
     let tester = find_tool("ocf-tester").expect("ocf-tester");
     let agent = Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/ocf/mmp");
-    Command::new(tester)
-        .args(agent_args)
+    let o = Command::new(tester)
+        .args([
+            "-n",
+            name,
+            "-o",
+            &format!("device={dev}"),
+            "-o",
+            "hostid=0x1234",
+        ])
+        .arg("-o")
+        .arg(format!("binary={}", mmp_bin().display()))
+        .arg("-o")
+        .arg(format!("state_dir={}", dir.join("state").display()))
         .arg(agent)
         .output()
-        .expect("run ocf-tester")
+        .expect("run ocf-tester");
+    assert!(
+        o.status.success() && text(&o).contains("passed all tests"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]
@@ -86,27 +104,7 @@ fn loop_ocf_tester_native() {
         &["format", "--interval-ms", "100", &dev],
     );
     assert!(o.status.success(), "{}", text(&o));
-    let args: Vec<String> = [
-        "-n",
-        "mmp_native",
-        "-o",
-        &format!("device={dev}"),
-        "-o",
-        "hostid=0x1234",
-        "-o",
-        &format!("binary={}", mmp_bin().display()),
-        "-o",
-        &format!("state_dir={}", tmp.path().join("state").display()),
-    ]
-    .iter()
-    .map(|s| (*s).to_string())
-    .collect();
-    let o = ocf_tester(&args);
-    assert!(
-        o.status.success() && text(&o).contains("passed all tests"),
-        "{}",
-        text(&o)
-    );
+    ocf_tester_passes("mmp_native", &dev, tmp.path());
     // The tester stops the resource at the end: the block is clean again.
     let o = mmp(tmp.path(), "0x1", "n1", &["status", &dev]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
@@ -135,27 +133,7 @@ fn loop_ocf_tester_ext4() {
     );
     let Some(lo) = Loop::attach(&img) else { return };
     let dev = lo.dev.to_string_lossy().to_string();
-    let args: Vec<String> = [
-        "-n",
-        "mmp_ext4",
-        "-o",
-        &format!("device={dev}"),
-        "-o",
-        "hostid=0x1234",
-        "-o",
-        &format!("binary={}", mmp_bin().display()),
-        "-o",
-        &format!("state_dir={}", tmp.path().join("state").display()),
-    ]
-    .iter()
-    .map(|s| (*s).to_string())
-    .collect();
-    let o = ocf_tester(&args);
-    assert!(
-        o.status.success() && text(&o).contains("passed all tests"),
-        "{}",
-        text(&o)
-    );
+    ocf_tester_passes("mmp_ext4", &dev, tmp.path());
     let o = mmp(tmp.path(), "0x1", "n1", &["status", &dev]);
     assert_eq!(
         o.status.code(),
