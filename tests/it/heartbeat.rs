@@ -1073,7 +1073,11 @@ fn hb_loss_actions_kill_and_exec() {
             std::thread::sleep(Duration::from_millis(10));
         }
     };
+    // Right after one of the holder's heartbeats, so its next cycle reads the clear (see
+    // `foreign_write`: a write inside the read-to-write window would be covered).
     let foreign = || {
+        let cur = read_record(&dev);
+        wait_record_change(&dev, &cur, Duration::from_secs(1));
         let o = run(&[
             "--hostid",
             "0xbb",
