@@ -144,7 +144,7 @@ fn report_lines(r: &Report) -> String {
     }
     let g = &r.gaps;
     s.push_str(&format!(
-        "{{\"summary\":true,\"devices\":{},\"gaps\":{},\"gap_p50_ms\":{:.3},\"gap_p99_ms\":{:.3},\"gap_p999_ms\":{:.3},\"gap_max_ms\":{:.3},\"self_fence\":\"{fence}\",\"watchdog_pets\":{},\"mlock\":{},\"sched_fifo\":{}}}\n",
+        "{{\"summary\":true,\"devices\":{},\"gaps\":{},\"gap_p50_ms\":{:.3},\"gap_p99_ms\":{:.3},\"gap_p999_ms\":{:.3},\"gap_max_ms\":{:.3},\"self_fence\":\"{fence}\",\"watchdog_pets\":{},\"mlock\":{},\"sched_fifo\":{},\"io\":{}}}\n",
         r.slots.len(),
         g.count(),
         g.quantile(0.5).as_secs_f64() * 1000.0,
@@ -154,6 +154,7 @@ fn report_lines(r: &Report) -> String {
         r.watchdog_pets,
         rt_json(r.realtime.mlock.as_ref()),
         rt_json(r.realtime.fifo.as_ref()),
+        crate::out::json_str(&r.io),
     ));
     s
 }
@@ -299,6 +300,8 @@ pub(crate) fn hold(
             realtime: !opts.no_realtime,
             watchdog: None,
             faults,
+            // MMP_IO=sync: one system call per I/O (for comparisons and odd kernels).
+            batch_io: std::env::var_os("MMP_IO").is_none_or(|v| v != "sync"),
         },
         tx,
     );
@@ -406,6 +409,9 @@ pub(crate) fn hold(
             ready = true;
             notify_ready();
             warn_realtime(&eng, opts);
+            if c.verbose {
+                note!("mmp: heartbeat I/O: {}", eng.report().io);
+            }
             if let (Some(p), Some(t)) = (&opts.watchdog_device, wd_timeout) {
                 match Watchdog::open(p, t) {
                     Ok(wd) => {

@@ -384,6 +384,8 @@ impl Inner {
                 realtime: self.realtime,
                 watchdog: None,
                 faults: Box::new(driver::EnvFaults::from_env()),
+                // One device per handle: nothing to batch.
+                batch_io: false,
             },
             tx,
         );

@@ -633,3 +633,54 @@ fn abort_during_the_claim_restores_the_block_only_if_still_ours() {
     assert_eq!(rig.writes, writes);
     assert_eq!(rig.native().hostid, 9);
 }
+
+#[test]
+fn early_heartbeats_only_within_the_slack_and_only_while_held() {
+    let mut rig = Rig::new();
+    // 1 s interval: the slack is 50 ms (a twentieth, capped at MAX_EARLY_BEAT).
+    rig.put_native(Record::formatted([1; 16], 1000, 10, 0));
+    let mut m = Machine::new(cfg(native_layout(), 1, b"me"), Op::Acquire, rig.now());
+    assert_eq!(m.early_beat_slack(), None, "not held: no early beats");
+    assert!(!m.beat_early(rig.now()));
+    rig.run(&mut m, 30, |_| {});
+    assert!(m.is_held());
+    let slack = m.early_beat_slack().expect("held and idle");
+    assert_eq!(slack, MAX_EARLY_BEAT);
+    let due = m.poll_timeout().expect("next beat").as_micros();
+    let writes = rig.writes;
+    let seq = rig.native().seq;
+
+    // 60 ms before the beat: outside the slack, nothing happens.
+    rig.now_us = due - 60_000;
+    assert!(!m.beat_early(rig.now()));
+    assert!(m.poll_io().is_none());
+    assert_eq!(m.poll_timeout().map(Instant::as_micros), Some(due));
+
+    // 40 ms before: the heartbeat starts now and is an ordinary one.
+    rig.now_us = due - 40_000;
+    assert!(m.beat_early(rig.now()));
+    assert!(
+        m.early_beat_slack().is_none(),
+        "busy: a beat is in progress"
+    );
+    rig.pump(&mut m);
+    assert_eq!(rig.writes, writes + 1);
+    assert_eq!(rig.native().seq, seq + 1);
+    // The next one is planned an interval after this (early) start.
+    assert_eq!(
+        m.poll_timeout().map(Instant::as_micros),
+        Some(due - 40_000 + 1_000_000)
+    );
+
+    // A 100 ms interval gives a 5 ms slack.
+    let mut rig = Rig::new();
+    rig.put_native(Record::formatted([1; 16], 100, 10, 0));
+    let mut m = Machine::new(cfg(native_layout(), 1, b"me"), Op::Acquire, rig.now());
+    rig.run(&mut m, 5, |_| {});
+    assert_eq!(m.early_beat_slack(), Some(Duration::from_millis(5)));
+
+    // Once release is requested, no early beats (the release path takes over).
+    m.release(rig.now());
+    assert_eq!(m.early_beat_slack(), None);
+    assert!(!m.beat_early(rig.now()));
+}

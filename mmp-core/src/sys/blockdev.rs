@@ -257,6 +257,17 @@ enum FilePolicy {
     ForceBuffered,
 }
 
+/// See [`Device::direct_span`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DirectSpan {
+    /// Aligned offset of the request.
+    pub start: u64,
+    /// Aligned length of the request.
+    pub io_len: usize,
+    /// Where the caller's bytes start within it.
+    pub skip: usize,
+}
+
 /// An open block device or image file. See the [module documentation](self).
 #[derive(Debug)]
 pub struct Device {
@@ -458,6 +469,43 @@ impl Device {
     #[must_use]
     pub fn alignment(&self) -> usize {
         self.align
+    }
+
+    /// The one aligned `O_DIRECT` request that performs a read (or write) of `len` bytes at
+    /// `offset`, when a single request of at most `max` bytes can: [`IoMode::Direct`], in
+    /// range, and for a write a writable device with `offset` and `len` aligned (no
+    /// read-modify-write). `None` means: use [`Device::read_at`] / [`Device::write_at`].
+    /// Used to batch heartbeat I/O ([`crate::sys::uring`]).
+    #[must_use]
+    pub fn direct_span(
+        &self,
+        offset: u64,
+        len: usize,
+        write: bool,
+        max: usize,
+    ) -> Option<DirectSpan> {
+        if self.io_mode != IoMode::Direct || len == 0 || self.check_range(offset, len).is_err() {
+            return None;
+        }
+        let align = self.align as u64;
+        let start = round_down(offset, align);
+        let skip = usize::try_from(offset - start).ok()?;
+        let io_len = skip
+            .checked_add(len)?
+            .checked_next_multiple_of(self.align)?;
+        let aligned_write = skip == 0 && len.is_multiple_of(self.align);
+        let fits = io_len <= max && start.checked_add(io_len as u64)? <= self.size;
+        (fits && (!write || (self.writable && aligned_write))).then_some(DirectSpan {
+            start,
+            io_len,
+            skip,
+        })
+    }
+
+    /// The open descriptor (for [`crate::sys::uring`]).
+    #[must_use]
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 
     /// `st_rdev` of a block device (for mount checks); `None` for regular files.
@@ -1026,6 +1074,47 @@ mod tests {
             dev.alignment()
         );
         exercise(&dev, &tf.0);
+    }
+
+    #[test]
+    fn direct_span_only_for_single_plain_requests() {
+        let (_tf, dev) = open_both(&tmp_dir(), FilePolicy::Auto);
+        if dev.io_mode() != IoMode::Direct {
+            eprintln!("skipped: {} refuses O_DIRECT", tmp_dir().display());
+            return;
+        }
+        let a = dev.alignment();
+        let span = |off: u64, len: usize, write: bool| dev.direct_span(off, len, write, 4096);
+        // An aligned record: read and write as they are.
+        let whole = DirectSpan {
+            start: a as u64,
+            io_len: a,
+            skip: 0,
+        };
+        assert_eq!(span(a as u64, a, false), Some(whole));
+        assert_eq!(span(a as u64, a, true), Some(whole));
+        // An unaligned read is widened to the covering sectors; a write is not batchable
+        // (it needs read-modify-write).
+        assert_eq!(
+            span(a as u64 + 100, 200, false),
+            Some(DirectSpan {
+                start: a as u64,
+                io_len: a,
+                skip: 100
+            })
+        );
+        assert_eq!(span(a as u64 + 100, 200, true), None);
+        assert_eq!(span(0, a + 1, true), None);
+        // Too large for the caller's buffer, out of range, empty.
+        assert_eq!(span(0, 8192, false), None);
+        assert_eq!(span(dev.size_bytes() - 100, 200, false), None);
+        assert_eq!(span(0, 0, false), None);
+        // Never for a buffered file or a read-only device's writes.
+        let (_tf2, buffered) = open_both(&tmp_dir(), FilePolicy::ForceBuffered);
+        assert_eq!(buffered.direct_span(0, 512, false, 4096), None);
+        let ro = Device::open(&_tf.0, false).unwrap();
+        assert!(ro.direct_span(0, a, false, 4096).is_some());
+        assert_eq!(ro.direct_span(0, a, true, 4096), None);
     }
 
     #[test]

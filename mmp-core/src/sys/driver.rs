@@ -747,72 +747,104 @@ pub fn pump(
     on_event: &mut dyn FnMut(&Event),
 ) {
     let mut buf = [0u8; MAX_RECORD_LEN];
+    while let Some(p) = next_io(m, dev, faults, on_event, &mut buf) {
+        let res = perform(dev, &p, &mut buf);
+        complete(m, &p, res, &buf);
+    }
+}
+
+/// One I/O taken from a machine, with the fault hook's decision: see [`next_io`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PendingIo {
+    /// Write (else read).
+    pub write: bool,
+    /// Byte offset of the record.
+    pub offset: u64,
+    /// Record length.
+    pub len: usize,
+    /// What the hook decided.
+    pub fault: Fault,
+}
+
+/// Hands the machine's pending events to `faults` and then `on_event`, and takes its next
+/// I/O request, asking `faults` about it. For a write the block is emitted into `buf`
+/// first. `None`: the machine has no I/O outstanding.
+pub fn next_io(
+    m: &mut Machine,
+    dev: &Device,
+    faults: &mut dyn FaultHook,
+    on_event: &mut dyn FnMut(&Event),
+    buf: &mut [u8; MAX_RECORD_LEN],
+) -> Option<PendingIo> {
     loop {
         while let Some(e) = m.poll_event() {
             faults.on_event(dev, m, &e);
             on_event(&e);
         }
-        let Some(io) = m.poll_io() else { break };
-        match io {
-            IoRequest::Read { offset_bytes, len } => {
-                let f = faults.before_io(&IoInfo {
-                    device: dev,
-                    machine: m,
-                    write: false,
-                    len,
-                });
-                pause(f.delay_before);
-                let res = match f.action {
-                    FaultAction::Fail(errno) => Err(errno),
-                    _ => dev
-                        .read_at(offset_bytes, &mut buf[..len])
-                        .map_err(|e| errno_of(&e)),
-                };
-                pause(f.delay_after);
-                let now = clock::now();
-                match res {
-                    Ok(()) => m.handle_read_done(now, &buf[..len]),
-                    Err(errno) => m.handle_io_error(now, IoError { errno }),
-                }
-            }
+        let (write, offset, len) = match m.poll_io()? {
+            IoRequest::Read { offset_bytes, len } => (false, offset_bytes, len),
             IoRequest::Write { offset_bytes, len } => {
-                if !m.emit_block(clock::now(), &mut buf) {
+                if !m.emit_block(clock::now(), buf) {
                     continue;
                 }
-                let f = faults.before_io(&IoInfo {
-                    device: dev,
-                    machine: m,
-                    write: true,
-                    len,
-                });
-                pause(f.delay_before);
-                let res = match f.action {
-                    FaultAction::Proceed => dev
-                        .write_at(offset_bytes, &buf[..len])
-                        .map_err(|e| errno_of(&e)),
-                    FaultAction::Fail(errno) => Err(errno),
-                    FaultAction::Partial { sectors, errno } => {
-                        let n = usize::try_from(sectors)
-                            .unwrap_or(usize::MAX)
-                            .saturating_mul(SECTOR)
-                            .min(len);
-                        let wrote = if n > 0 {
-                            dev.write_at(offset_bytes, &buf[..n])
-                                .map_err(|e| errno_of(&e))
-                        } else {
-                            Ok(())
-                        };
-                        wrote.and(errno.map_or(Ok(()), Err))
-                    }
-                };
-                pause(f.delay_after);
-                let now = clock::now();
-                match res {
-                    Ok(()) => m.handle_write_done(now),
-                    Err(errno) => m.handle_io_error(now, IoError { errno }),
-                }
+                (true, offset_bytes, len)
             }
+        };
+        let fault = faults.before_io(&IoInfo {
+            device: dev,
+            machine: m,
+            write,
+            len,
+        });
+        return Some(PendingIo {
+            write,
+            offset,
+            len,
+            fault,
+        });
+    }
+}
+
+/// Performs `p` synchronously, with its fault's delays and action: a read fills
+/// `buf[..p.len]`, a write writes it. Returns the errno on failure.
+///
+/// # Errors
+/// The errno of the failed (or failure-injected) I/O.
+pub fn perform(dev: &Device, p: &PendingIo, buf: &mut [u8; MAX_RECORD_LEN]) -> Result<(), i32> {
+    let len = p.len.min(MAX_RECORD_LEN);
+    pause(p.fault.delay_before);
+    let res = match (p.write, p.fault.action) {
+        (_, FaultAction::Fail(errno)) => Err(errno),
+        (false, _) => dev
+            .read_at(p.offset, &mut buf[..len])
+            .map_err(|e| errno_of(&e)),
+        (true, FaultAction::Proceed) => dev
+            .write_at(p.offset, &buf[..len])
+            .map_err(|e| errno_of(&e)),
+        (true, FaultAction::Partial { sectors, errno }) => {
+            let n = usize::try_from(sectors)
+                .unwrap_or(usize::MAX)
+                .saturating_mul(SECTOR)
+                .min(len);
+            let wrote = if n > 0 {
+                dev.write_at(p.offset, &buf[..n]).map_err(|e| errno_of(&e))
+            } else {
+                Ok(())
+            };
+            wrote.and(errno.map_or(Ok(()), Err))
         }
+    };
+    pause(p.fault.delay_after);
+    res
+}
+
+/// Tells the machine how `p` ended (a read's data is `buf[..p.len]`).
+pub fn complete(m: &mut Machine, p: &PendingIo, res: Result<(), i32>, buf: &[u8; MAX_RECORD_LEN]) {
+    let now = clock::now();
+    match res {
+        Ok(()) if p.write => m.handle_write_done(now),
+        Ok(()) => m.handle_read_done(now, &buf[..p.len.min(MAX_RECORD_LEN)]),
+        Err(errno) => m.handle_io_error(now, IoError { errno }),
     }
 }
 

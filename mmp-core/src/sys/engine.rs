@@ -1,17 +1,25 @@
 //! The heartbeat engine: one thread drives the machines of every device a process holds,
-//! deadline-scheduled, so `mmp hold DEV1 ... DEV200` costs one thread. Above 256 devices, a
-//! pass that finds many devices due spreads their synchronous I/O over a few short-lived
-//! scoped threads (the machines stay owned by the engine thread). Acquires run
+//! deadline-scheduled, so `mmp hold DEV1 ... DEV200` costs one thread. Acquires run
 //! concurrently on the same thread (one activity window for all devices, not one per
 //! device). The CLI and libmmp both use it.
+//!
+//! Heartbeat I/O is batched through `io_uring` ([`crate::sys::uring`]) where the kernel
+//! allows it: the reads (then the writes) of every device due in a pass go to the kernel in
+//! one submission, and a pass also takes the devices whose heartbeat is due within their
+//! [`Machine::early_beat_slack`], so devices that fall due at nearly the same time settle into
+//! shared batches. Without `io_uring`, I/O is synchronous, and above 256 devices a pass that
+//! finds many devices due spreads it over a few short-lived scoped threads (the machines
+//! stay owned by the engine thread).
 //!
 //! Commands reach the thread over a channel; events leave over another; a shared
 //! [`Report`] (updated after every pass) answers status queries without touching the disk.
 
 use crate::machine::{Event, Machine, Outcome, Phase, Stats, Timing};
+use crate::machine::{MAX_EARLY_BEAT, MAX_RECORD_LEN};
 use crate::sys::clock;
-use crate::sys::driver::{self, FaultHook};
+use crate::sys::driver::{self, Fault, FaultHook, PendingIo};
 use crate::sys::target::Target;
+use crate::sys::uring::{self, Ring, RingOp};
 use crate::sys::watchdog::Watchdog;
 use crate::time::{Duration, Instant};
 use std::cmp::Reverse;
@@ -183,6 +191,9 @@ pub struct Report {
     pub self_fence: Option<SelfFence>,
     /// Watchdog pets so far.
     pub watchdog_pets: u64,
+    /// How heartbeat I/O is done: `"io_uring"` (batched), `"sync"` (not requested), or
+    /// `"sync (io_uring: <why not>)"`.
+    pub io: String,
 }
 
 /// An event from one device.
@@ -210,6 +221,9 @@ pub struct Options {
     pub watchdog: Option<Watchdog>,
     /// Fault injection (tests).
     pub faults: Box<dyn FaultHook + Send>,
+    /// Batch heartbeat I/O through `io_uring` when the kernel allows it (the default);
+    /// `false` keeps every I/O a synchronous system call.
+    pub batch_io: bool,
 }
 
 impl Default for Options {
@@ -218,6 +232,7 @@ impl Default for Options {
             realtime: false,
             watchdog: None,
             faults: Box::new(driver::EnvFaults::from_env()),
+            batch_io: true,
         }
     }
 }
@@ -352,6 +367,8 @@ struct Slot {
     marked: bool,
     /// Counted in `Worker::done`.
     finished: bool,
+    /// Taken into this pass before its deadline: start its heartbeat early.
+    early: bool,
 }
 
 /// The engine thread's state.
@@ -367,6 +384,8 @@ struct Worker {
     work: Vec<usize>,
     /// Slots with an outcome.
     done: usize,
+    /// Scratch for [`Worker::collect_early`] (reused: no allocation per pass).
+    deferred: Vec<(Instant, usize)>,
     gaps: Histogram,
     stopping: bool,
     watchdog: Option<Watchdog>,
@@ -405,6 +424,7 @@ impl Worker {
                     queued: None,
                     marked: false,
                     finished: false,
+                    early: false,
                 });
                 self.mark(self.slots.len() - 1);
                 self.changed = true;
@@ -460,6 +480,39 @@ impl Worker {
                 self.mark(i);
             }
         }
+    }
+
+    /// Also takes into this pass the slots whose heartbeat falls due within their
+    /// [`Machine::early_beat_slack`] of `now` (they are marked `early`); other entries stay.
+    fn collect_early(&mut self, now: Instant) {
+        let horizon = now + MAX_EARLY_BEAT;
+        let mut keep = std::mem::take(&mut self.deferred);
+        while let Some(&Reverse((t, i))) = self.heap.peek() {
+            if t > horizon {
+                break;
+            }
+            self.heap.pop();
+            let s = &mut self.slots[i];
+            if s.queued != Some(t) {
+                continue; // stale
+            }
+            if s.dev
+                .machine
+                .early_beat_slack()
+                .is_some_and(|sl| t <= now + sl)
+            {
+                s.queued = None;
+                s.early = true;
+                self.mark(i);
+            } else {
+                keep.push((t, i));
+            }
+        }
+        for &e in &keep {
+            self.heap.push(Reverse(e));
+        }
+        keep.clear();
+        self.deferred = keep;
     }
 
     /// The earliest live deadline (drops stale entries from the top of the heap).
@@ -538,12 +591,7 @@ fn drive(
     faults: &mut dyn FaultHook,
     events: &Sender<EngineEvent>,
 ) -> (Phase, bool) {
-    let now = clock::now();
-    s.marked = false;
-    let before = (s.dev.machine.phase(), s.dev.machine.outcome().is_some());
-    if s.dev.machine.poll_timeout().is_some_and(|t| t <= now.mono) {
-        s.dev.machine.handle_timeout(now);
-    }
+    let before = begin(s);
     let mut on_event = |e: &Event| {
         let _ = events.send(EngineEvent { slot: i, event: *e });
     };
@@ -554,6 +602,133 @@ fn drive(
         &mut on_event,
     );
     before
+}
+
+/// Starts a slot's turn in a pass: its timeout if due (or its early heartbeat). Returns the
+/// phase and finished flag from before, for [`Worker::account`].
+fn begin(s: &mut Slot) -> (Phase, bool) {
+    let now = clock::now();
+    s.marked = false;
+    let before = (s.dev.machine.phase(), s.dev.machine.outcome().is_some());
+    if s.dev.machine.poll_timeout().is_some_and(|t| t <= now.mono) {
+        s.dev.machine.handle_timeout(now);
+    } else if s.early {
+        s.dev.machine.beat_early(now);
+    }
+    s.early = false;
+    before
+}
+
+/// Drives the due slots `work` with their plain I/O batched through `ring`, [`uring::DEPTH`]
+/// slots at a time: the reads of a group go in one submission, then their writes in
+/// another, so a slot's read-to-write window spans one batch, not the whole pass. Requests
+/// the ring cannot take (fault injection, buffered files, read-modify-write) and requests it
+/// did not complete exactly are performed synchronously, as [`driver::pump`] would.
+/// Returns whether any heartbeat write succeeded.
+fn service_batched(
+    w: &mut Worker,
+    work: &[usize],
+    faults: &mut dyn FaultHook,
+    events: &Sender<EngineEvent>,
+    ring: &mut Ring,
+) -> bool {
+    let mut beat_ok = false;
+    let mut rec = [0u8; MAX_RECORD_LEN];
+    let mut befores = [(Phase::Reading, false); uring::DEPTH];
+    let mut queued: Vec<(usize, PendingIo, u64, usize, usize)> = Vec::with_capacity(uring::DEPTH);
+    let mut results = [0i32; uring::DEPTH];
+    for group in work.chunks(uring::DEPTH) {
+        for (b, &i) in befores.iter_mut().zip(group) {
+            *b = begin(&mut w.slots[i]);
+        }
+        let mut active: Vec<usize> = group.to_vec();
+        while !active.is_empty() {
+            // Each active slot: its next I/O into the ring, or done synchronously.
+            for &i in &active {
+                let s = &mut w.slots[i];
+                let dev = &s.dev.target.device;
+                let mut on_event = |e: &Event| {
+                    let _ = events.send(EngineEvent { slot: i, event: *e });
+                };
+                while let Some(p) =
+                    driver::next_io(&mut s.dev.machine, dev, faults, &mut on_event, &mut rec)
+                {
+                    let span = if p.fault == Fault::NONE {
+                        dev.direct_span(p.offset, p.len, p.write, uring::BUF_LEN)
+                    } else {
+                        None
+                    };
+                    let k = queued.len();
+                    match (span, ring.buf(k)) {
+                        (Some(span), Some(buf)) => {
+                            if p.write {
+                                buf[..p.len].copy_from_slice(&rec[..p.len]);
+                            }
+                            queued.push((i, p, span.start, span.io_len, span.skip));
+                            break;
+                        }
+                        _ => {
+                            let res = driver::perform(dev, &p, &mut rec);
+                            driver::complete(&mut s.dev.machine, &p, res, &rec);
+                        }
+                    }
+                }
+            }
+            active.clear();
+            if queued.is_empty() {
+                break;
+            }
+            {
+                let ops: Vec<RingOp<'_>> = queued
+                    .iter()
+                    .map(|&(i, p, start, io_len, _)| RingOp {
+                        fd: w.slots[i].dev.target.device.fd(),
+                        write: p.write,
+                        offset: start,
+                        len: io_len,
+                    })
+                    .collect();
+                ring.run(&ops, &mut results);
+            }
+            for (k, &(i, p, _, io_len, skip)) in queued.iter().enumerate() {
+                let s = &mut w.slots[i];
+                let exact = usize::try_from(results[k]).is_ok_and(|n| n == io_len);
+                let from_ring = ring.buf(k);
+                match from_ring {
+                    Some(buf) if exact => {
+                        if !p.write {
+                            rec[..p.len].copy_from_slice(&buf[skip..skip + p.len]);
+                        }
+                        driver::complete(&mut s.dev.machine, &p, Ok(()), &rec);
+                    }
+                    Some(buf) => {
+                        // Not exactly done (an error, a short transfer, EAGAIN): again,
+                        // synchronously, for the errors every other caller sees.
+                        if p.write {
+                            rec[..p.len].copy_from_slice(&buf[..p.len]);
+                        }
+                        let res = driver::perform(&s.dev.target.device, &p, &mut rec);
+                        driver::complete(&mut s.dev.machine, &p, res, &rec);
+                    }
+                    None if p.write => {
+                        // The ring failed and its buffers (this write's block with them)
+                        // are gone: a failed write, which the machine retries.
+                        driver::complete(&mut s.dev.machine, &p, Err(libc::EIO), &rec);
+                    }
+                    None => {
+                        let res = driver::perform(&s.dev.target.device, &p, &mut rec);
+                        driver::complete(&mut s.dev.machine, &p, res, &rec);
+                    }
+                }
+                active.push(i);
+            }
+            queued.clear();
+        }
+        for (&i, &b) in group.iter().zip(&befores) {
+            beat_ok |= w.account(i, b);
+        }
+    }
+    beat_ok
 }
 
 /// With this many devices or more, a pass that finds at least [`PARALLEL_DUE`] devices due
@@ -659,6 +834,7 @@ fn run(
         heap: BinaryHeap::new(),
         work: Vec::new(),
         done: 0,
+        deferred: Vec::new(),
         gaps: Histogram::default(),
         stopping: false,
         watchdog: options.watchdog.take(),
@@ -668,6 +844,14 @@ fn run(
         changed: false,
     };
     w.fence = w.watchdog.as_ref().map(|_| SelfFence::Active);
+    let (mut ring, mut io) = if options.batch_io {
+        match Ring::new() {
+            Ok(r) => (Some(r), "io_uring".to_string()),
+            Err(e) => (None, format!("sync (io_uring: {e})")),
+        }
+    } else {
+        (None, "sync".to_string())
+    };
     let mut last_publish: Option<Instant> = None;
     let mut next_cmd: Option<Cmd> = None;
     let mut work = Vec::new();
@@ -696,9 +880,20 @@ fn run(
         // first (when the thread falls behind, the most overdue device goes first).
         let now = clock::now();
         w.collect_due(now.mono);
+        let ring_ok = ring.as_ref().is_some_and(|r| !r.is_retired());
+        if ring_ok && !w.work.is_empty() {
+            w.collect_early(now.mono);
+        }
         std::mem::swap(&mut work, &mut w.work);
         let mut beat_ok = false;
-        if w.slots.len() >= PARALLEL_MIN_DEVICES && work.len() >= PARALLEL_DUE {
+        if let Some(r) = ring.as_mut().filter(|_| ring_ok) {
+            beat_ok = service_batched(&mut w, &work, options.faults.as_mut(), events, r);
+            if r.is_retired() {
+                ring = None;
+                io = "sync (io_uring failed while in use)".to_string();
+                w.changed = true;
+            }
+        } else if w.slots.len() >= PARALLEL_MIN_DEVICES && work.len() >= PARALLEL_DUE {
             beat_ok = service_parallel(&mut w, &work, options.faults.as_mut(), events);
         } else {
             for &i in &work {
@@ -723,7 +918,7 @@ fn run(
         let due =
             last_publish.is_none_or(|t| now.mono.saturating_since(t) >= Duration::from_millis(250));
         if w.changed || due || (w.stopping && all_done) {
-            publish(report, &w, &realtime);
+            publish(report, &w, &realtime, &io);
             last_publish = Some(now.mono);
             w.changed = false;
         }
@@ -753,7 +948,7 @@ fn run(
     }
 }
 
-fn publish(report: &Mutex<Report>, w: &Worker, rt: &RealtimeStatus) {
+fn publish(report: &Mutex<Report>, w: &Worker, rt: &RealtimeStatus, io: &str) {
     let mut r = report.lock().unwrap_or_else(PoisonError::into_inner);
     // Slots are only ever appended: update the existing entries in place (their paths do
     // not change, so no allocation), then add the new ones.
@@ -782,4 +977,7 @@ fn publish(report: &Mutex<Report>, w: &Worker, rt: &RealtimeStatus) {
     r.realtime.clone_from(rt);
     r.self_fence = w.fence;
     r.watchdog_pets = w.pets;
+    if r.io != io {
+        io.clone_into(&mut r.io);
+    }
 }

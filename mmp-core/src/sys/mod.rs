@@ -14,4 +14,5 @@ pub mod hostid;
 pub mod rt;
 pub mod target;
 pub mod tune;
+pub mod uring;
 pub mod watchdog;
