@@ -3,7 +3,7 @@
 
 use crate::{Ctx, Progress, out, show};
 use clap::Args;
-use mmp_core::machine::{Config, Event, Loss, Machine, Op, Outcome, Refusal};
+use mmp_core::machine::{Config, Event, Identity, Loss, Machine, Op, Outcome, Refusal};
 use mmp_core::sys::engine::{self, Engine, EngineEvent, Report};
 use mmp_core::sys::watchdog::Watchdog;
 use mmp_core::sys::{clock, driver, target};
@@ -23,9 +23,10 @@ pub(crate) struct HoldOpts {
     #[arg(long)]
     force: bool,
     /// What to do when ownership of a device is lost: `exit` (default: release the others
-    /// and exit 3), `kill` (run: kill the command's process group, then exit 3), `exec:CMD`
-    /// (run CMD with MMP_DEVICE and MMP_REASON set, then exit 3), `reboot` (sync, then an
-    /// immediate sysrq reboot: explicit opt-in).
+    /// and exit 3), `kill` (the same; for `run` only), `exec:CMD` (run CMD with MMP_DEVICE
+    /// and MMP_REASON set, then exit 3), `reboot` (sync, then an immediate sysrq reboot:
+    /// explicit opt-in). Under `run` the command's process group is always killed (SIGKILL)
+    /// on loss, whatever the action.
     #[arg(long, default_value = "exit", value_name = "ACTION")]
     on_loss: String,
     /// Arm this watchdog device (e.g. /dev/watchdog) once every device is held, pet it
@@ -176,8 +177,8 @@ fn write_status_file(path: &Path, body: &str) {
 
 fn run_loss_action(action: &LossAction, path: &str, reason: &str, child: Option<&mut Child>) {
     match action {
-        LossAction::Exit => {}
-        LossAction::Kill => {
+        // Under `run` the command never outlives ownership: every action kills its group.
+        LossAction::Exit | LossAction::Kill => {
             if let Some(ch) = child {
                 kill_group(ch, rustix::process::Signal::KILL);
                 note!("mmp: killed the command's process group (pid {})", ch.id());
@@ -306,9 +307,10 @@ pub(crate) fn hold(
         tx,
     );
     let paths: Vec<String> = devices.iter().map(|d| show(d)).collect();
+    let identities: Vec<Identity> = devices.iter().map(|d| c.identity(d)).collect();
     let n = targets.len();
-    for (d, t) in devices.iter().zip(targets) {
-        let mut cfg = Config::new(t.layout, c.identity(d), clock::random_seed());
+    for (t, id) in targets.into_iter().zip(&identities) {
+        let mut cfg = Config::new(t.layout, *id, clock::random_seed());
         cfg.force = opts.force;
         eng.add(t, Machine::new(cfg, Op::Acquire, clock::now()));
     }
@@ -357,7 +359,7 @@ pub(crate) fn hold(
                             }
                         }
                         Outcome::Lost(l) => {
-                            let msg = out::loss(&paths[slot], &l);
+                            let msg = out::loss(&paths[slot], &l, &identities[slot]);
                             note!("mmp: {msg}");
                             if !lost {
                                 lost = true;
@@ -500,23 +502,10 @@ pub(crate) fn hold(
 /// maintenance, or another host's without `force`), as the machine would decide it. An I/O
 /// error is left to the machine.
 fn preflight(c: &Ctx, force: bool, d: &Path, t: &target::Target) -> Option<Refusal> {
-    use mmp_core::machine::{Class, Snapshot};
     let raw = t.read_record().ok()?;
-    let snap = match mmp_core::machine::parse(&t.layout, &raw) {
-        Ok(s) => s,
-        Err(e) => return Some(Refusal::Corrupt(e)),
-    };
-    let id = c.identity(d);
-    let foreign = match &snap {
-        Snapshot::Ext4(b) => b.nodename() != id.nodename(),
-        Snapshot::Native(r) => r.hostid != id.hostid,
-    };
-    match snap.class() {
-        Class::Fsck => Some(Refusal::Fsck(snap)),
-        Class::Unknown => Some(Refusal::UnknownSeq(snap)),
-        Class::Maintenance => Some(Refusal::Maintenance(snap)),
-        Class::Active if foreign && !force => Some(Refusal::Foreign(snap)),
-        _ => None,
+    match mmp_core::machine::parse(&t.layout, &raw) {
+        Ok(snap) => mmp_core::machine::immediate_refusal(Op::Acquire, &c.identity(d), force, &snap),
+        Err(e) => Some(Refusal::Corrupt(e)),
     }
 }
 

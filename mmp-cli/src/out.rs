@@ -2,7 +2,7 @@
 //! their age, and the other side is named the way e2mmpstatus and zpool do.
 
 use mmp_core::format::{ext4, native};
-use mmp_core::machine::{Class, Corrupt, Loss, Refusal, Snapshot};
+use mmp_core::machine::{Class, Corrupt, Identity, Loss, Refusal, Snapshot, Timing};
 use mmp_core::sys::target::{Format, Target};
 use std::fmt::Write as _;
 
@@ -174,8 +174,23 @@ pub(crate) fn refusal(path: &str, r: &Refusal) -> String {
 }
 
 /// One-line explanation of a loss.
-pub(crate) fn loss(path: &str, l: &Loss) -> String {
+///
+/// `me` is this process's identity: a block that carries it was not written by another
+/// host, and the text says what that means instead.
+pub(crate) fn loss(path: &str, l: &Loss, me: &Identity) -> String {
     match l {
+        Loss::ForeignWrite(Some(s))
+            if s.nodename() == me.nodename() && s.hostid().is_none_or(|h| h == me.hostid) =>
+        {
+            format!(
+                "{path}: ownership lost: the MMP block changed, but to a block of this host's \
+                 own identity ({}, seq {}), not the one this process wrote last: another mmp \
+                 process on this host with the same identity took the device, or the storage \
+                 lost or reordered our write; stopped writing",
+                who(s),
+                s.seq()
+            )
+        }
         Loss::ForeignWrite(Some(s)) => format!(
             "{path}: ownership lost: another host wrote the MMP block ({}); stopped writing",
             who(s)
@@ -233,6 +248,15 @@ pub(crate) fn status_json(path: &str, t: &Target, snap: &Snapshot) -> String {
     );
     let age_ms = i128::from(now_ms()) - i128::from(snap.time_ms());
     let _ = write!(o, ",\"age_s\":{:.3}", age_ms as f64 / 1000.0);
+    // The waits an acquire of this device can take: now, and after its owner crashed.
+    let timing = Timing::for_snapshot(&t.layout, snap);
+    let clean = snap.class() == Class::Clean;
+    let _ = write!(
+        o,
+        ",\"acquire_wait_ms\":{},\"takeover_wait_ms\":{}",
+        timing.max_acquire_wait(clean).as_millis(),
+        timing.max_acquire_wait(false).as_millis()
+    );
     match snap {
         Snapshot::Ext4(b) => {
             let sb = t.superblock.as_ref();

@@ -32,10 +32,13 @@ pub(crate) fn enable(c: &Ctx, interval: u16, device: &Path) -> Result<u8, String
 /// Proves with the acquire protocol that no other node uses the device, and returns the
 /// machine holding it. The activity test always runs; a device last held by another node is
 /// accepted, because the test itself proves that node is gone (as tune2fs does).
-fn prove_unused(c: &Ctx, t: &target::Target, device: &Path) -> Result<Machine, String> {
+///
+/// A refusal is `Err((exit code, message))`: 1 when the device is in use or in doubt but
+/// readable (like `hold`), 2 for errors.
+fn prove_unused(c: &Ctx, t: &target::Target, device: &Path) -> Result<Machine, (u8, String)> {
     let path = show(device);
     if let Some(e) = &c.hostid_error {
-        return Err(e.clone());
+        return Err((2, e.clone()));
     }
     let mut cfg = Config::new(t.layout, c.identity(device), clock::random_seed());
     cfg.force = true;
@@ -47,9 +50,20 @@ fn prove_unused(c: &Ctx, t: &target::Target, device: &Path) -> Result<Machine, S
     let mut progress = Progress::new(path.clone());
     match driver::run_until_settled(&mut m, &t.device, &stop, &mut |e| progress.event(e)) {
         None => Ok(m),
-        Some(Outcome::Refused(r)) => Err(out::refusal(&path, &r)),
-        Some(o) => Err(format!("{path}: could not prove the device unused: {o:?}")),
+        Some(Outcome::Refused(r)) => Err((out::refusal_code(&r), out::refusal(&path, &r))),
+        Some(o) => Err((
+            2,
+            format!("{path}: could not prove the device unused: {o:?}"),
+        )),
     }
+}
+
+/// [`prove_unused`], with a refusal printed and turned into its exit code.
+fn prove_or_exit(c: &Ctx, t: &target::Target, device: &Path) -> Result<Machine, u8> {
+    prove_unused(c, t, device).map_err(|(code, msg)| {
+        eprintln!("mmp: {msg}; nothing changed");
+        code
+    })
 }
 
 pub(crate) fn disable(c: &Ctx, force: bool, device: &Path) -> Result<u8, String> {
@@ -61,7 +75,10 @@ pub(crate) fn disable(c: &Ctx, force: bool, device: &Path) -> Result<u8, String>
     let held = if force {
         None
     } else {
-        Some(prove_unused(c, &t, device)?)
+        match prove_or_exit(c, &t, device) {
+            Ok(m) => Some(m),
+            Err(code) => return Ok(code),
+        }
     };
     match tune::disable(&t.device) {
         Ok(r) => {
@@ -99,7 +116,10 @@ pub(crate) fn set_interval(c: &Ctx, secs: u16, device: &Path) -> Result<u8, Stri
     }
     let t = target::open(device, true).map_err(|e| e.to_string())?;
     tune::preflight(&t.device, tune::Op::SetInterval).map_err(|e| format!("{path}: {e}"))?;
-    let mut m = prove_unused(c, &t, device)?;
+    let mut m = match prove_or_exit(c, &t, device) {
+        Ok(m) => m,
+        Err(code) => return Ok(code),
+    };
     let res = tune::set_interval(&t.device, secs);
     m.release(clock::now());
     let stop = AtomicBool::new(false);

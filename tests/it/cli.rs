@@ -1461,7 +1461,7 @@ fn no_permission() {
         run(c, Duration::from_secs(T_SHORT))
     };
     if probe.code != Some(0) {
-        skip(&format!(
+        mmp_tests::skip_optional(&format!(
             "nobody cannot run {}: {}",
             mmp_bin().display(),
             probe.show()
@@ -1742,11 +1742,42 @@ fn format_refuses_known_signatures() {
     let dir = tmpdir();
     let ext4 = dir.path().join("e.img");
     mkfs_mmp(&ext4, "8M", &["-b", "1024"]);
-    let xfs = dir.path().join("x.img");
-    let mut v = vec![0u8; 1 << 20];
-    v[..4].copy_from_slice(b"XFSB");
-    fs::write(&xfs, v).expect("write");
-    for (p, needle) in [(&ext4, "ext2/3/4"), (&xfs, "XFS")] {
+    // Every other signature, planted in an otherwise empty 1 MiB image.
+    let planted: &[(&str, usize, &[u8], &str)] = &[
+        ("x", 0, b"XFSB", "XFS"),
+        ("btrfs", 0x10040, b"_BHRfS_M", "btrfs"),
+        ("lvm", 512 + 0x18, b"LVM2 001", "LVM2"),
+        ("md12", 4096, &[0xFC, 0x4E, 0x2B, 0xA9], "MD RAID"),
+        ("md11", 0, &[0xFC, 0x4E, 0x2B, 0xA9], "MD RAID"),
+        // MD 0.90: the last whole 64 KiB of the device; 1.0: 8 KiB before the end.
+        (
+            "md090",
+            (1 << 20) - 0x1_0000,
+            &[0xFC, 0x4E, 0x2B, 0xA9],
+            "MD RAID",
+        ),
+        (
+            "md10",
+            (1 << 20) - 8192,
+            &[0xFC, 0x4E, 0x2B, 0xA9],
+            "MD RAID",
+        ),
+        ("swap", 4096 - 10, b"SWAPSPACE2", "swap"),
+        ("gpt", 512, b"EFI PART", "GPT"),
+        ("mbr", 510, &[0x55, 0xAA], "MBR"),
+        ("zfs", 128 * 1024, &[0x0C, 0xB1, 0xBA, 0, 0, 0, 0, 0], "ZFS"),
+    ];
+    let mut images = vec![(ext4.clone(), "ext2/3/4")];
+    for (name, off, magic, needle) in planted {
+        let p = dir.path().join(format!("{name}.img"));
+        let mut v = vec![0u8; 1 << 20];
+        v[*off..off + magic.len()].copy_from_slice(magic);
+        fs::write(&p, v).expect("write");
+        images.push((p, *needle));
+    }
+    let xfs = images[1].0.clone();
+    for (p, needle) in &images {
+        let p = &p;
         let before = hash_file(p);
         let out = mmp_run(
             &["format", "--interval-ms", "100", p.to_str().expect("utf8")],

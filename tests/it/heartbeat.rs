@@ -644,6 +644,34 @@ fn foreign_write(dir: &Path, f: Fmt) {
     );
 }
 
+/// A block of our own identity that is not our last write (here: our previous heartbeat
+/// back on the device, as if the storage lost the last write) still ends ownership, and the
+/// message says what it is rather than blaming another host.
+#[test]
+fn hb_own_stale_block_is_named_as_such() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = params(Fmt::Native);
+    let Some(dev) = make_device(dir.path(), Fmt::Native, "own-stale.img") else {
+        return;
+    };
+    let mut a = hold("own A", HOST_A, "hostA", &[], &dev);
+    a.wait_line(Stream::Out, "acquired", p.acquire_limit);
+    let cur = read_record(&dev);
+    let cur = wait_record_change(&dev, &cur, p.interval * 3);
+    let mut r = Record::parse(&cur).expect("native record");
+    r.seq -= 1;
+    r.time_ms -= 1;
+    let mut older = vec![0u8; mmp_core::format::native::RECORD_LEN];
+    r.emit(&mut older);
+    write_record(&dev, &older);
+    let (_, loss) = a.wait_line(Stream::Err, "ownership lost", p.interval * 5);
+    let (_, code) = a.wait_exit(Duration::from_secs(5));
+    assert_eq!(code, 3, "{}", a.stderr_text());
+    assert!(loss.contains("this host's own identity"), "{loss}");
+    assert!(!loss.contains("another host wrote"), "{loss}");
+    assert_eq!(read_record(&dev), older, "nothing written after the loss");
+}
+
 // ----- 3. 100 devices, one process -------------------------------------------------------
 
 #[test]
@@ -1032,7 +1060,7 @@ fn eio_burst(dir: &Path, long: bool) {
     }
 }
 
-/// `--on-loss kill` kills `run`'s command (its whole process group) and `--on-loss exec:CMD`
+/// `--on-loss kill` and the default action kill `run`'s command (its whole process group); `--on-loss exec:CMD`
 /// runs CMD with the device and the reason in its environment, both right after a foreign
 /// write is detected; mmp then exits 3.
 #[test]
@@ -1090,53 +1118,55 @@ fn hb_loss_actions_kill_and_exec() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     };
 
-    // kill: the command and its background child die with the process group.
-    let pidfile = tmp.path().join("child.pid");
-    let script = format!("sleep 60 & echo $! > {}; wait", pidfile.display());
-    let mut child = Command::new(&bin)
-        .env_remove("MMP_HOSTID")
-        .args([
+    // kill, and the default action: the command and its background child die with the
+    // process group (under `run` the command never outlives ownership).
+    for action in [Some("kill"), None] {
+        let pidfile = tmp.path().join("child.pid");
+        let _ = std::fs::remove_file(&pidfile);
+        let script = format!("sleep 60 & echo $! > {}; wait", pidfile.display());
+        let mut args = vec![
             "--hostid",
             "0xaa",
             "--nodename",
             "a",
             "run",
             "--no-realtime",
-            "--on-loss",
-            "kill",
-            &dev_s,
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("mmp run");
-    wait_acquired(&mut child);
-    let t = Instant::now();
-    while !pidfile.exists() && t.elapsed() < Duration::from_secs(5) {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let grandchild: i32 = std::fs::read_to_string(&pidfile)
-        .expect("pid")
-        .trim()
-        .parse()
-        .expect("pid");
-    foreign();
-    assert_eq!(exit_within(&mut child, 5), Some(3));
-    let t = Instant::now();
-    while Path::new(&format!("/proc/{grandchild}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{grandchild}/stat"))
-            .unwrap_or_default()
-            .contains(") Z ")
-    {
-        assert!(
-            t.elapsed() < Duration::from_secs(2),
-            "the command's process group was not killed"
-        );
-        std::thread::sleep(Duration::from_millis(10));
+        ];
+        if let Some(a) = action {
+            args.extend(["--on-loss", a]);
+        }
+        args.extend([dev_s.as_str(), "--", "sh", "-c", &script]);
+        let mut child = Command::new(&bin)
+            .env_remove("MMP_HOSTID")
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mmp run");
+        wait_acquired(&mut child);
+        let t = Instant::now();
+        while !pidfile.exists() && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let grandchild: i32 = std::fs::read_to_string(&pidfile)
+            .expect("pid")
+            .trim()
+            .parse()
+            .expect("pid");
+        foreign();
+        assert_eq!(exit_within(&mut child, 5), Some(3), "--on-loss {action:?}");
+        let t = Instant::now();
+        while Path::new(&format!("/proc/{grandchild}")).exists()
+            && !std::fs::read_to_string(format!("/proc/{grandchild}/stat"))
+                .unwrap_or_default()
+                .contains(") Z ")
+        {
+            assert!(
+                t.elapsed() < Duration::from_secs(2),
+                "--on-loss {action:?}: the command's process group was not killed"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     // exec: the command sees MMP_DEVICE and MMP_REASON.

@@ -63,9 +63,21 @@ fn umount_quiet(dir: &Path) {
 /// Runs ocf-tester on the agent against `dev` (hostid 0x1234, this build of mmp, state
 /// under `dir`) and asserts that every test passed.
 fn ocf_tester_passes(name: &str, dev: &str, dir: &Path) {
+    ocf_tester_with(name, dev, dir, &[]);
+}
+
+fn agent_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/ocf/mmp")
+}
+
+fn ocf_tester_with(name: &str, dev: &str, dir: &Path, extra: &[String]) {
     let tester = find_tool("ocf-tester").expect("ocf-tester");
-    let agent = Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/ocf/mmp");
-    let o = Command::new(tester)
+    let agent = agent_path();
+    let mut cmd = Command::new(tester);
+    for e in extra {
+        cmd.arg("-o").arg(e);
+    }
+    let o = cmd
         .args([
             "-n",
             name,
@@ -421,4 +433,151 @@ fn systemd_notify_ready_after_acquire() {
     assert_eq!(status.code(), Some(0), "released cleanly on SIGTERM");
     let o = mmp(&rd, "0x1", "n1", &["status", &dev_s]);
     assert_eq!(o.status.code(), Some(0), "clean after stop: {}", text(&o));
+}
+
+/// Runs one action of the OCF agent with these parameters; returns its exit code and output.
+fn agent(action: &str, params: &[(&str, &str)], state: &Path) -> (Option<i32>, String) {
+    let mut cmd = Command::new("sh");
+    cmd.arg(agent_path()).arg(action);
+    cmd.env("OCF_RESKEY_hostid", "0x1234")
+        .env("OCF_RESKEY_binary", mmp_bin())
+        .env("OCF_RESKEY_state_dir", state)
+        .env("__OCF_ACTION", action);
+    for (k, v) in params {
+        cmd.env(format!("OCF_RESKEY_{k}"), v);
+    }
+    let o = cmd.output().expect("run the agent");
+    (o.status.code(), text(&o))
+}
+
+/// The agent with a separate MMP area (`mmp_device`) protecting an XFS data device: ocf-tester
+/// passes; start holds the area (not the data device), stop releases it; an `mmp_device`
+/// that is not a native area is a configuration error; the advertised start timeout follows
+/// the area's takeover wait.
+#[test]
+fn loop_ocf_agent_with_mmp_device() {
+    let Some(_) = need(&["ocf-tester"]) else {
+        return;
+    };
+    let Some(rig) = XfsRig::new() else { return };
+    let state = rig.tmp.path().join("state");
+    ocf_tester_with(
+        "mmp_xfs",
+        &rig.data,
+        rig.tmp.path(),
+        &[format!("mmp_device={}", rig.area)],
+    );
+    let p = [
+        ("device", rig.data.as_str()),
+        ("mmp_device", rig.area.as_str()),
+    ];
+    assert_eq!(agent("validate-all", &p, &state).0, Some(0));
+    let (code, out) = agent("start", &p, &state);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(agent("monitor", &p, &state).0, Some(0));
+    let o = mmp(&rig.run, "0x1", "n1", &["status", &rig.area]);
+    assert_eq!(o.status.code(), Some(1), "the area is held: {}", text(&o));
+    assert_eq!(agent("stop", &p, &state).0, Some(0));
+    assert_eq!(agent("monitor", &p, &state).0, Some(7), "not running");
+    let o = mmp(&rig.run, "0x1", "n1", &["status", &rig.area]);
+    assert_eq!(o.status.code(), Some(0), "released clean: {}", text(&o));
+
+    // The data device as the MMP area: not a native area.
+    let bad = [
+        ("device", rig.area.as_str()),
+        ("mmp_device", rig.data.as_str()),
+    ];
+    let (code, out) = agent("validate-all", &bad, &state);
+    assert_eq!(code, Some(6), "OCF_ERR_CONFIGURED: {out}");
+
+    // Meta-data: the start timeout comes from the area's takeover wait.
+    let o = mmp(&rig.run, "0x1", "n1", &["status", "--json", &rig.area]);
+    let json = String::from_utf8_lossy(&o.stdout).to_string();
+    let wait: u64 = json
+        .split("\"takeover_wait_ms\":")
+        .nth(1)
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|s| s.parse().ok())
+        .expect("takeover_wait_ms");
+    let want = (wait * 5 / 4).div_ceil(1000) + 30;
+    let (_, md) = agent("meta-data", &p, &state);
+    assert!(
+        md.contains(&format!("<action name=\"start\" timeout=\"{want}s\"/>")),
+        "takeover {wait} ms: {md}"
+    );
+    let (_, md) = agent("meta-data", &[], &state);
+    assert!(
+        md.contains("<action name=\"start\" timeout=\"120s\"/>"),
+        "{md}"
+    );
+}
+
+/// ext4: after the agent's start (the block handed over CLEAN), monitor reads the block:
+/// fine while clean, failed while another node's heartbeat is on it, fine again once that
+/// node released it.
+#[test]
+fn loop_ocf_agent_ext4_monitor_reads_the_block() {
+    let Some(tools) = need(&["losetup", "mke2fs"]) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let img = sparse(tmp.path(), "fs.img", 64 << 20);
+    run_ok(
+        Command::new(&tools[1])
+            .args([
+                "-F",
+                "-q",
+                "-t",
+                "ext4",
+                "-O",
+                "mmp",
+                "-E",
+                "mmp_update_interval=1",
+            ])
+            .arg(&img),
+    );
+    let Some(lo) = Loop::attach(&img) else { return };
+    let dev = lo.dev.to_string_lossy().to_string();
+    let state = tmp.path().join("state");
+    let p = [("device", dev.as_str())];
+    let (code, out) = agent("start", &p, &state);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(
+        agent("monitor", &p, &state).0,
+        Some(0),
+        "clean, handed over"
+    );
+
+    let mut other = Command::new(mmp_bin())
+        .env_remove("MMP_HOSTID")
+        .args([
+            "--hostid",
+            "0x99",
+            "--nodename",
+            "othernode",
+            "hold",
+            "--no-realtime",
+        ])
+        .arg(&dev)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("mmp hold");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(other.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("read");
+    assert!(line.starts_with("acquired"), "{line}");
+    let (code, out) = agent("monitor", &p, &state);
+    assert_eq!(code, Some(1), "another node's heartbeat: failed: {out}");
+    assert!(out.contains("othernode"), "{out}");
+    let _ = Command::new("kill")
+        .args(["-TERM", &other.id().to_string()])
+        .status();
+    assert_eq!(other.wait().expect("wait").code(), Some(0));
+    assert_eq!(agent("monitor", &p, &state).0, Some(0), "clean again");
+    assert_eq!(agent("stop", &p, &state).0, Some(0));
+    assert_eq!(agent("monitor", &p, &state).0, Some(7));
 }

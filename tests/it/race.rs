@@ -646,10 +646,11 @@ fn race_native_file() {
     format_native(&dev, 100, 10);
     let mut race = Race::new("native-file", &dev, 4, 1_000_000);
     race.plan = Some(mild_plan());
-    race.target_acq = 30;
-    race.limit = Duration::from_secs(45);
+    // The floor for CI: at least 50 acquisitions in one race.
+    race.target_acq = 55;
+    race.limit = Duration::from_secs(90);
     let sum = run_race(&race);
-    assert!(sum.acquisitions >= 20, "{}", sum.line(&race.name));
+    assert!(sum.acquisitions >= 50, "{}", sum.line(&race.name));
 }
 
 #[test]
@@ -763,7 +764,7 @@ fn race_replay_sim_plan() {
         fail_intervals,
     } = back.disk
     else {
-        skip("the replay harness formats native areas only");
+        mmp_tests::skip_optional("the replay harness formats native areas only");
         return;
     };
     let dir = tempfile::tempdir_in(std::env::temp_dir()).expect("tempdir");

@@ -964,3 +964,97 @@ fn loop_tune_4k_sector_device_parity() {
         Via::Loop(4096),
     );
 }
+
+/// The `mmp` commands themselves, end to end on an image: `enable`, `set-interval` (which
+/// first proves the device unused with the activity test), `disable` refused while another
+/// process holds the device (the activity test sees its heartbeat: exit 1, nothing
+/// changed), then `disable` once it is released. e2fsck stays clean throughout, and tune2fs
+/// sees each change.
+#[test]
+fn tool_tune_cli_commands_end_to_end() {
+    if !have_tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let img = dir.path().join("cli.img");
+    mkfs(&img, "32M", &[]);
+    let img_s = img.to_string_lossy().to_string();
+    let mmp = |args: &[&str]| {
+        let out = run(Command::new(mmp_tests::mmp_bin())
+            .env_remove("MMP_HOSTID")
+            .args(["--hostid", "0x7e57c11", "--nodename", "cli-a"])
+            .args(args));
+        (
+            out.status.code(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let features = |p: &Path| {
+        let out = run_ok(Command::new(tool("dumpe2fs")).arg("-h").arg(p));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let has_mmp = |p: &Path| {
+        features(p)
+            .lines()
+            .find(|l| l.starts_with("Filesystem features:"))
+            .is_some_and(|l| l.split_whitespace().any(|w| w == "mmp"))
+    };
+
+    let (code, text) = mmp(&["enable", "--interval", "1", &img_s]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("enabled with update interval 1 s"), "{text}");
+    assert!(has_mmp(&img));
+    let h = features(&img);
+    assert!(h.contains("MMP update interval:      1"), "{h}");
+    fsck_clean(&img);
+    let (code, text) = mmp(&["enable", &img_s]);
+    assert_eq!(code, Some(2), "enabling twice is refused: {text}");
+
+    let (code, text) = mmp(&["set-interval", "3", &img_s]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(features(&img).contains("MMP update interval:      3"));
+    fsck_clean(&img);
+
+    // Another process holds the device: disable without --force watches, sees its
+    // heartbeat and refuses; the file system keeps MMP.
+    let mut holder = Command::new(mmp_tests::mmp_bin())
+        .env_remove("MMP_HOSTID")
+        .args([
+            "--hostid",
+            "0x7e57c12",
+            "--nodename",
+            "cli-b",
+            "hold",
+            "--no-realtime",
+        ])
+        .arg(&img)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("mmp hold");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("read");
+    assert!(line.starts_with("acquired"), "{line}");
+    let (code, text) = mmp(&["disable", &img_s]);
+    assert_eq!(code, Some(1), "disable while held elsewhere: {text}");
+    assert!(has_mmp(&img), "MMP still on");
+    let _ = Command::new("kill")
+        .args(["-TERM", &holder.id().to_string()])
+        .status();
+    assert_eq!(holder.wait().expect("wait").code(), Some(0));
+
+    let (code, text) = mmp(&["disable", &img_s]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(!has_mmp(&img), "MMP off");
+    fsck_clean(&img);
+    let (code, text) = mmp(&["disable", &img_s]);
+    assert_eq!(code, Some(2), "disabling twice is refused: {text}");
+}

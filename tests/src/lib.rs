@@ -21,9 +21,24 @@ fn is_executable(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-/// Prints `SKIP: <reason>` for a test that cannot run on this machine; the caller then
-/// returns (the test passes, and the reason shows with `--nocapture`).
+/// Prints `SKIP: <reason>` for a test that cannot run on this machine (no root, no loop
+/// devices, a peer tool missing); the caller then returns (the test passes, and the reason
+/// shows with `--nocapture`).
+///
+/// # Panics
+/// With `MMP_TESTS_STRICT=1`, which `.ci/run` sets when it runs as root with every tool
+/// installed: there, a skip means a broken environment or a broken test, and must not pass
+/// as green.
 pub fn skip(reason: &str) {
+    if std::env::var_os("MMP_TESTS_STRICT").is_some_and(|v| v == "1") {
+        panic!("SKIP refused (MMP_TESTS_STRICT=1: root, every tool installed): {reason}");
+    }
+    eprintln!("SKIP: {reason}");
+}
+
+/// Like [`skip`], for the few checks that depend on how this machine is set up rather than
+/// on privileges or tools (never fatal).
+pub fn skip_optional(reason: &str) {
     eprintln!("SKIP: {reason}");
 }
 
@@ -50,7 +65,8 @@ pub fn mmp_bin() -> PathBuf {
             .env("CARGO_TARGET_DIR", target_dir)
             .current_dir(env!("CARGO_MANIFEST_DIR"));
         if release {
-            cmd.arg("--release");
+            // Release builds honour MMP_FAULT_* only with this feature (bench/race-soak).
+            cmd.args(["--release", "--features", "fault-injection"]);
         }
         let status = cmd.status().expect("run cargo build for the mmp binary");
         assert!(status.success(), "cargo build -p mmp-cli failed");

@@ -400,6 +400,9 @@ pub struct Options {
     pub pauses: Vec<ScriptedPause>,
     /// Run the liveness phase after the fault phase.
     pub liveness: bool,
+    /// Hosts sometimes wake before a heartbeat is due and start it early
+    /// (`Machine::beat_early`, as the engine does to batch devices).
+    pub early_beats: bool,
 }
 
 impl Options {
@@ -430,6 +433,7 @@ impl Options {
             single_attempt: [false; MAX_HOSTS],
             pauses: Vec::new(),
             liveness: true,
+            early_beats: false,
         }
     }
 
@@ -497,6 +501,8 @@ impl Options {
         }
         o.faults = f;
         o.acquisitions = r.range(2, 4);
+        // Drawn last, from its own stream: the other knobs of a seed stay as they were.
+        o.early_beats = SimRng::new(mix(seed ^ 0xEA21)).chance(0.5);
         o
     }
 
@@ -586,7 +592,7 @@ impl fmt::Display for Options {
             "seed={} hosts={} disk={} self_fence={} force={:?} drift_ppm={:?}\n  \
              latency: min={}us mean={}us spikes p={} max={}us | eio read p={} write p={} | \
              lost writes p={} torn p={} | pauses gap={}us io_p={} max={}us | crashes gap={}us down<={}us\n  \
-             fault phase: {} acquisitions or {}us; hold {:?}us idle {:?}us; liveness={}",
+             fault phase: {} acquisitions or {}us; hold {:?}us idle {:?}us; liveness={} early_beats={}",
             self.seed,
             self.hosts,
             self.disk,
@@ -611,6 +617,7 @@ impl fmt::Display for Options {
             self.hold_us,
             self.idle_us,
             self.liveness,
+            self.early_beats,
         )
     }
 }
@@ -707,6 +714,7 @@ impl Options {
             .collect();
         put("pauses", pauses.join(","));
         put("liveness", u8::from(self.liveness).to_string());
+        put("early_beats", u8::from(self.early_beats).to_string());
         FaultPlan {
             seed: Some(self.seed),
             lat_min_us: f.lat_min_us,
@@ -845,6 +853,7 @@ impl Options {
             }
         }
         o.liveness = num("liveness", 1)? != 0;
+        o.early_beats = num("early_beats", 0)? != 0;
         Ok(o)
     }
 }
@@ -1528,6 +1537,8 @@ struct Sim {
     o: Options,
     layout: Layout,
     rng: SimRng,
+    /// Early-beat decisions (their own stream: other draws do not move).
+    early_rng: SimRng,
     t: u64,
     seq: u64,
     queue: BinaryHeap<Reverse<(u64, u64, Ev)>>,
@@ -1615,6 +1626,7 @@ impl Sim {
         let mut sim = Sim {
             layout,
             rng: SimRng::new(rng.next_u64()),
+            early_rng: SimRng::new(mix(o.seed ^ 0xEA_7171)),
             t: 0,
             seq: 0,
             queue: BinaryHeap::new(),
@@ -1866,7 +1878,21 @@ impl Sim {
         };
         if hs.io.is_none() && hs.deferred.is_none() {
             if let Some(m) = &hs.machine {
-                consider(m.poll_timeout().map(|d| hs.clock.global(d.as_micros())));
+                let mut due = m.poll_timeout().map(|d| d.as_micros());
+                // Early beats: wake up to the machine's slack before the beat (one wake in
+                // two), as an engine batching devices would.
+                if self.o.early_beats
+                    && let (Some(d), Some(slack)) = (due, m.early_beat_slack())
+                    && self.early_rng.chance(0.5)
+                {
+                    let slack = u64::try_from(slack.as_micros()).unwrap_or(u64::MAX);
+                    let early = d.saturating_sub(self.early_rng.below(slack + 1));
+                    // Strictly in the future: a refused early beat never loops in place.
+                    if hs.clock.global(early) > self.t {
+                        due = Some(early);
+                    }
+                }
+                consider(due.map(|d| hs.clock.global(d)));
                 consider(hs.release_at);
             } else {
                 consider(hs.start_at);
@@ -1994,6 +2020,11 @@ impl Sim {
             if m.poll_timeout().is_some_and(|d| d <= now.mono) {
                 self.hosts[h].lease_seen = m.owned_until();
                 m.handle_timeout(now);
+            } else if self.o.early_beats {
+                let lease = m.owned_until();
+                if m.beat_early(now) {
+                    self.hosts[h].lease_seen = lease;
+                }
             }
         }
         self.pump(h, &mut m, now);

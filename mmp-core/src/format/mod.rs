@@ -108,3 +108,66 @@ pub fn detect(head: &[u8]) -> Detected {
     }
     Detected::Unknown
 }
+
+/// How many bytes at the end of a device [`detect_end`] looks at.
+pub const END_PROBE_LEN: u64 = 128 * 1024;
+
+/// Looks for signatures kept at the end of a device: Linux MD RAID superblocks of versions
+/// 0.90 (64 KiB-aligned, the last whole 64 KiB) and 1.0 (4 KiB-aligned, at least 8 KiB before
+/// the end), in either byte order. `tail` holds the device's bytes from `tail_start` up to
+/// its end at `size` (the last [`END_PROBE_LEN`] bytes are enough). Never panics.
+#[must_use]
+pub fn detect_end(tail: &[u8], tail_start: u64, size: u64) -> Detected {
+    let at = |pos: u64, magic: &[u8]| {
+        pos.checked_sub(tail_start)
+            .and_then(|o| usize::try_from(o).ok())
+            .and_then(|o| tail.get(o..o.checked_add(magic.len())?))
+            == Some(magic)
+    };
+    let md_090 = (size & !0xFFFF).checked_sub(0x1_0000);
+    let md_10 = size.checked_sub(8192).map(|v| v & !0xFFF);
+    for pos in [md_090, md_10].into_iter().flatten() {
+        if at(pos, &[0xFC, 0x4E, 0x2B, 0xA9]) || at(pos, &[0xA9, 0x2B, 0x4E, 0xFC]) {
+            return Detected::Other("Linux MD RAID member (superblock at the end)");
+        }
+    }
+    Detected::Unknown
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn md_superblocks_at_the_end() {
+        const MAGIC_LE: [u8; 4] = [0xFC, 0x4E, 0x2B, 0xA9];
+        // Device sizes that are and are not multiples of 64 KiB and 4 KiB.
+        for size in [1u64 << 20, (1 << 20) + 12_345, 300 * 1024 + 512] {
+            let start = size - END_PROBE_LEN.min(size);
+            let v090 = (size & !0xFFFF) - 0x1_0000;
+            let v10 = (size - 8192) & !0xFFF;
+            for (pos, magic) in [
+                (v090, MAGIC_LE),
+                (v10, MAGIC_LE),
+                (v10, [0xA9, 0x2B, 0x4E, 0xFC]),
+            ] {
+                let mut tail = vec![0u8; usize::try_from(size - start).unwrap()];
+                let o = usize::try_from(pos - start).unwrap();
+                tail[o..o + 4].copy_from_slice(&magic);
+                assert!(
+                    matches!(detect_end(&tail, start, size), Detected::Other(w) if w.contains("MD")),
+                    "size {size} pos {pos}"
+                );
+                // One byte off: not a superblock.
+                tail[o..o + 4].fill(0);
+                tail[o + 1..o + 5].copy_from_slice(&magic);
+                assert_eq!(detect_end(&tail, start, size), Detected::Unknown);
+            }
+        }
+        // Short or misplaced tails and tiny devices never panic.
+        assert_eq!(detect_end(&[], 0, 0), Detected::Unknown);
+        assert_eq!(detect_end(&[0xFC; 10], 0, 5), Detected::Unknown);
+        assert_eq!(detect_end(&[0; 4], 1 << 40, 1 << 20), Detected::Unknown);
+        assert_eq!(detect_end(&[0; 100], 0, u64::MAX), Detected::Unknown);
+    }
+}

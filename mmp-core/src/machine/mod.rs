@@ -552,6 +552,48 @@ impl Timing {
             }
         }
     }
+
+    /// The longest an acquire may wait on a block with this timing: the watch (unless the
+    /// block is clean) plus the longest claim wait (a late claim waits out a whole lease plus
+    /// an eighth). Not counting I/O time. Start timeouts of cluster resources must exceed
+    /// it for a stale block (`clean = false`).
+    #[must_use]
+    pub fn max_acquire_wait(&self, clean: bool) -> Duration {
+        let claim = self.claim_wait.max(self.fail_window + self.fail_window / 8);
+        if clean { claim } else { self.watch + claim }
+    }
+}
+
+/// The refusal an operation meets at its first read of a block in this state, before any
+/// wait: fsck, unknown sequence, maintenance, and (for an acquire without `force`) a live
+/// block of another host. `None`: the operation goes on (clean: claim; active: watch). The
+/// machine applies exactly this rule; `mmp hold` of several devices asks it up front, so
+/// that nothing is claimed when one device would be refused at once.
+#[must_use]
+pub fn immediate_refusal(
+    op: Op,
+    identity: &Identity,
+    force: bool,
+    snap: &Snapshot,
+) -> Option<Refusal> {
+    match snap.class() {
+        Class::Fsck => Some(Refusal::Fsck(*snap)),
+        Class::Unknown => Some(Refusal::UnknownSeq(*snap)),
+        Class::Maintenance => Some(Refusal::Maintenance(*snap)),
+        Class::Active if op == Op::Acquire && !force && is_foreign(identity, snap) => {
+            Some(Refusal::Foreign(*snap))
+        }
+        Class::Clean | Class::Active => None,
+    }
+}
+
+/// Whether `snap` was written by another host than `identity` (ext4: by node name; native:
+/// by hostid).
+fn is_foreign(identity: &Identity, snap: &Snapshot) -> bool {
+    match snap {
+        Snapshot::Ext4(b) => b.nodename() != identity.nodename(),
+        Snapshot::Native(r) => r.hostid != identity.hostid,
+    }
 }
 
 /// Capacity of the event queue; older progress events are dropped first when it is full.
@@ -946,7 +988,7 @@ impl Machine {
                 // drift, so the same rule applies there.
                 let late = now.mono.saturating_since(self.claim_basis) > t.interval;
                 let wait = if late {
-                    t.claim_wait.max(t.fail_window + t.fail_window / 8)
+                    t.max_acquire_wait(true)
                 } else {
                     t.claim_wait
                 };
@@ -1137,24 +1179,18 @@ impl Machine {
         self.timing = Some(timing);
         self.stats.interval = timing.interval;
         self.stats.fail_window = timing.fail_window;
-        match snap.class() {
-            Class::Fsck => return self.finish(Outcome::Refused(Refusal::Fsck(snap))),
-            Class::Unknown => return self.finish(Outcome::Refused(Refusal::UnknownSeq(snap))),
-            Class::Maintenance => return self.finish(Outcome::Refused(Refusal::Maintenance(snap))),
-            Class::Clean => {
-                if self.op == Op::Check {
-                    return self.finish(Outcome::Safe {
-                        stale: false,
-                        snapshot: snap,
-                    });
-                }
-                self.claim(now);
-                return;
-            }
-            Class::Active => {}
+        if let Some(r) = immediate_refusal(self.op, &self.cfg.identity, self.cfg.force, &snap) {
+            return self.finish(Outcome::Refused(r));
         }
-        if self.op == Op::Acquire && self.is_foreign(&snap) && !self.cfg.force {
-            return self.finish(Outcome::Refused(Refusal::Foreign(snap)));
+        if snap.class() == Class::Clean {
+            if self.op == Op::Check {
+                return self.finish(Outcome::Safe {
+                    stale: false,
+                    snapshot: snap,
+                });
+            }
+            self.claim(now);
+            return;
         }
         let mut total = timing.watch;
         if self.op == Op::Acquire {
@@ -1170,13 +1206,6 @@ impl Machine {
             next_poll: self.next_poll(now.mono),
         };
         self.progress(Phase::Watching, total, total);
-    }
-
-    fn is_foreign(&self, snap: &Snapshot) -> bool {
-        match snap {
-            Snapshot::Ext4(b) => b.nodename() != self.cfg.identity.nodename(),
-            Snapshot::Native(r) => r.hostid != self.cfg.identity.hostid,
-        }
     }
 
     fn watch_passed(&mut self, now: Now) {

@@ -1,7 +1,7 @@
 //! Writing a native MMP area (`mmp format`, `mmp_native_format`): one implementation of
 //! the checks and the write, shared by the CLI and libmmp.
 
-use crate::format::{Detected, detect, native};
+use crate::format::{Detected, END_PROBE_LEN, detect, detect_end, native};
 use crate::sys::blockdev::{Device, DeviceError};
 use crate::sys::{clock, target};
 use std::path::Path;
@@ -82,6 +82,16 @@ pub fn format(
     let mut head = vec![0u8; n];
     dev.read_at(0, &mut head)?;
     if !force {
+        // MD 0.90 and 1.0 keep their superblock at the end of the device.
+        let size = dev.size_bytes();
+        if size > n as u64 {
+            let start = size.saturating_sub(END_PROBE_LEN).max(n as u64);
+            let mut tail = vec![0u8; usize::try_from(size - start).unwrap_or(0)];
+            dev.read_at(start, &mut tail)?;
+            if let Detected::Other(what) = detect_end(&tail, start, size) {
+                return Err(FormatError::WouldOverwrite(what));
+            }
+        }
         match detect(&head) {
             Detected::Native => match native::Record::parse(&head) {
                 Ok(r) if r.state == native::State::Clean => {}

@@ -505,6 +505,10 @@ impl FaultHook for PlanFaults {
 /// docs): `MMP_FAULT_EIO_FILE` (every I/O fails with EIO while that file exists),
 /// `MMP_FAULT_PLAN` (a [`FaultPlan`]) and `MMP_FAULT_LOG`. Only read when a variable is set;
 /// a plain `mmp` run never looks at the file system for them.
+///
+/// Only in test builds: builds with debug assertions, or with the `fault-injection` feature.
+/// A release build ignores the variables (with one warning on stderr), so a stray
+/// environment cannot make production I/O fail.
 #[derive(Debug, Default)]
 pub struct EnvFaults {
     path: Option<PathBuf>,
@@ -518,6 +522,10 @@ impl EnvFaults {
     /// read or parsed is reported on stderr and makes every I/O fail with EIO.
     #[must_use]
     pub fn from_env() -> Self {
+        if !FAULTS_BUILT_IN {
+            warn_faults_ignored();
+            return EnvFaults::default();
+        }
         let mut f = EnvFaults {
             path: std::env::var_os("MMP_FAULT_EIO_FILE").map(Into::into),
             plan: None,
@@ -565,6 +573,26 @@ impl FaultHook for EnvFaults {
             Some(h) => h.before_io(io),
             None => Fault::NONE,
         }
+    }
+}
+
+/// Whether this build honours the `MMP_FAULT_*` variables (see [`EnvFaults`]).
+pub const FAULTS_BUILT_IN: bool = cfg!(any(debug_assertions, feature = "fault-injection"));
+
+fn warn_faults_ignored() {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    let set: Vec<&str> = ["MMP_FAULT_EIO_FILE", "MMP_FAULT_PLAN", "MMP_FAULT_LOG"]
+        .into_iter()
+        .filter(|k| std::env::var_os(k).is_some())
+        .collect();
+    if !set.is_empty() {
+        WARNED.call_once(|| {
+            eprintln!(
+                "mmp: warning: {} ignored: fault injection is not built into this release \
+                 build (cargo feature fault-injection)",
+                set.join(", ")
+            );
+        });
     }
 }
 
