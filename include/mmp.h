@@ -350,6 +350,36 @@ typedef uint32_t mmp_loss;
 #endif // __cplusplus
 
 /**
+ * Self-fencing of the process's heartbeats (`mmp_self_fence_state`).
+ */
+enum mmp_self_fence
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+    /**
+     * No watchdog armed: a lost lease stops our writes, but a hung host is not reset.
+     */
+    MMP_SELF_FENCE_OFF = 0,
+    /**
+     * A watchdog is armed and petted after successful heartbeats.
+     */
+    MMP_SELF_FENCE_ACTIVE = 1,
+    /**
+     * A watchdog is armed but petting failed, or a device was lost and petting stopped (the
+     * watchdog will reset the host unless disarmed).
+     */
+    MMP_SELF_FENCE_DEGRADED = 2,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum mmp_self_fence mmp_self_fence;
+#else
+typedef uint32_t mmp_self_fence;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * An open device: the opaque handle C code holds as `struct mmp_device *`.
  *
  * Ownership: `mmp_device_open` creates it, `mmp_device_free` frees it, exactly once.
@@ -583,12 +613,12 @@ mmp_result mmp_device_acquire(const struct mmp_device *dev,
                               void *userdata);
 
 /**
- * Starts heartbeating the device this handle acquired, on a heartbeat thread
- * (`mmp-heartbeat`). Every beat re-reads the block first, so a foreign write is noticed
- * within one interval; then `cb` (may be NULL) is called once, on the handle's event
- * thread (`mmp-events`), never on the heartbeat thread, and the device must no longer be
- * used. Without a successful beat for the fail window the heartbeat self-fences (stops
- * writing) and `cb` reports that too.
+ * Starts heartbeating the device this handle acquired, on the heartbeat thread every
+ * handle of the process shares (`mmp-heartbeat`). Every beat re-reads the block first, so
+ * a foreign write is noticed within one interval; then `cb` (may be NULL) is called once,
+ * on the process's event thread (`mmp-events`), never on the heartbeat thread, and the
+ * device must no longer be used. Without a successful beat for the fail window the
+ * heartbeat self-fences (stops writing) and `cb` reports that too.
  *
  * # Errors
  * `MMP_RESULT_NOT_HELD`, `MMP_RESULT_ALREADY_HELD` (already heartbeating),
@@ -721,6 +751,46 @@ mmp_result mmp_native_format(const char *path,
  * `out` is NULL or writable.
  */
 mmp_result mmp_hostid_get(uint32_t *out);
+
+/**
+ * Arms a hardware (or software) watchdog for the whole process, like `mmp hold
+ * --watchdog-device`: it is petted by the heartbeat thread after successful heartbeats
+ * only, and no longer once any device is lost, so a hung process or a lost device resets
+ * the host within `timeout_s`. Call it once the devices to protect are heartbeating;
+ * `timeout_s` (at least 1) must not exceed the shortest fail window among them (other
+ * hosts wait longer than that before taking over). Disarm it with `mmp_watchdog_disarm`
+ * before the process exits, or the host is reset.
+ *
+ * # Errors
+ * `MMP_RESULT_NOT_HELD` (no device is heartbeating), `MMP_RESULT_INVALID_PARAMETER` (bad
+ * timeout), `MMP_RESULT_ALREADY_HELD` (a watchdog is armed), `MMP_RESULT_NOT_FOUND`,
+ * `MMP_RESULT_PERMISSION_DENIED`, `MMP_RESULT_IO` (opening or setting the timeout failed),
+ * `MMP_RESULT_NULL_PARAMETER`.
+ *
+ * # Safety
+ * `path` is NULL or a NUL-terminated string.
+ */
+mmp_result mmp_watchdog_arm(const char *path, uint32_t timeout_s);
+
+/**
+ * Closes the process's watchdog: with the magic character (the watchdog stops) when no
+ * device was lost, else without it (the reset goes ahead).
+ *
+ * # Errors
+ * `MMP_RESULT_NOT_HELD` (no watchdog armed).
+ */
+mmp_result mmp_watchdog_disarm(void);
+
+/**
+ * Whether the process's heartbeats self-fence with a watchdog: off, active or degraded.
+ *
+ * # Errors
+ * `MMP_RESULT_NULL_PARAMETER`.
+ *
+ * # Safety
+ * `out` is NULL or writable.
+ */
+mmp_result mmp_self_fence_state(mmp_self_fence *out);
 
 /**
  * A static, NUL-terminated description of a result value. Takes the raw integer: unknown

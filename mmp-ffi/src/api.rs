@@ -9,7 +9,7 @@ use crate::boundary::{
 };
 use crate::device::{self, Handle, IdentityArg};
 use crate::result::mmp_result;
-use crate::types::{mmp_identity, mmp_loss_cb, mmp_progress_cb, mmp_status};
+use crate::types::{mmp_identity, mmp_loss_cb, mmp_progress_cb, mmp_self_fence, mmp_status};
 use core::ffi::{c_char, c_void};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -181,12 +181,12 @@ pub unsafe extern "C" fn mmp_device_acquire(
     })
 }
 
-/// Starts heartbeating the device this handle acquired, on a heartbeat thread
-/// (`mmp-heartbeat`). Every beat re-reads the block first, so a foreign write is noticed
-/// within one interval; then `cb` (may be NULL) is called once, on the handle's event
-/// thread (`mmp-events`), never on the heartbeat thread, and the device must no longer be
-/// used. Without a successful beat for the fail window the heartbeat self-fences (stops
-/// writing) and `cb` reports that too.
+/// Starts heartbeating the device this handle acquired, on the heartbeat thread every
+/// handle of the process shares (`mmp-heartbeat`). Every beat re-reads the block first, so
+/// a foreign write is noticed within one interval; then `cb` (may be NULL) is called once,
+/// on the process's event thread (`mmp-events`), never on the heartbeat thread, and the
+/// device must no longer be used. Without a successful beat for the fail window the
+/// heartbeat self-fences (stops writing) and `cb` reports that too.
 ///
 /// # Errors
 /// `MMP_RESULT_NOT_HELD`, `MMP_RESULT_ALREADY_HELD` (already heartbeating),
@@ -381,6 +381,59 @@ pub unsafe extern "C" fn mmp_hostid_get(out: *mut u32) -> mmp_result {
     ffi_boundary!({
         check_out(out)?;
         let v = device::hostid_get()?;
+        // SAFETY: `out` passed `check_out` and is writable.
+        unsafe { write_out(out, v) };
+        Ok(())
+    })
+}
+
+/// Arms a hardware (or software) watchdog for the whole process, like `mmp hold
+/// --watchdog-device`: it is petted by the heartbeat thread after successful heartbeats
+/// only, and no longer once any device is lost, so a hung process or a lost device resets
+/// the host within `timeout_s`. Call it once the devices to protect are heartbeating;
+/// `timeout_s` (at least 1) must not exceed the shortest fail window among them (other
+/// hosts wait longer than that before taking over). Disarm it with `mmp_watchdog_disarm`
+/// before the process exits, or the host is reset.
+///
+/// # Errors
+/// `MMP_RESULT_NOT_HELD` (no device is heartbeating), `MMP_RESULT_INVALID_PARAMETER` (bad
+/// timeout), `MMP_RESULT_ALREADY_HELD` (a watchdog is armed), `MMP_RESULT_NOT_FOUND`,
+/// `MMP_RESULT_PERMISSION_DENIED`, `MMP_RESULT_IO` (opening or setting the timeout failed),
+/// `MMP_RESULT_NULL_PARAMETER`.
+///
+/// # Safety
+/// `path` is NULL or a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mmp_watchdog_arm(path: *const c_char, timeout_s: u32) -> mmp_result {
+    ffi_boundary!({
+        // SAFETY: the caller promises a NUL-terminated string or NULL.
+        let path = unsafe { path_arg(path) }?;
+        device::watchdog_arm(path, timeout_s)
+    })
+}
+
+/// Closes the process's watchdog: with the magic character (the watchdog stops) when no
+/// device was lost, else without it (the reset goes ahead).
+///
+/// # Errors
+/// `MMP_RESULT_NOT_HELD` (no watchdog armed).
+#[unsafe(no_mangle)]
+pub extern "C" fn mmp_watchdog_disarm() -> mmp_result {
+    ffi_boundary!({ device::watchdog_disarm() })
+}
+
+/// Whether the process's heartbeats self-fence with a watchdog: off, active or degraded.
+///
+/// # Errors
+/// `MMP_RESULT_NULL_PARAMETER`.
+///
+/// # Safety
+/// `out` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mmp_self_fence_state(out: *mut mmp_self_fence) -> mmp_result {
+    ffi_boundary!({
+        check_out(out)?;
+        let v = device::self_fence_state();
         // SAFETY: `out` passed `check_out` and is writable.
         unsafe { write_out(out, v) };
         Ok(())

@@ -158,7 +158,7 @@ impl Progress {
     }
 }
 
-/// A loss callback with its user data, called on the handle's event thread.
+/// A loss callback with its user data, called on the process's event thread.
 pub(crate) struct Loss {
     cb: mmp_loss_cb,
     userdata: *mut c_void,
@@ -173,7 +173,7 @@ impl Loss {
     ///
     /// # Safety
     /// `cb` is NULL or a function that may be called with `userdata` from another thread
-    /// (the handle's event thread) until the heartbeat ends (release or free).
+    /// (the process's event thread) until the heartbeat ends (release or free).
     pub(crate) unsafe fn new(cb: mmp_loss_cb, userdata: *mut c_void) -> Self {
         Loss { cb, userdata }
     }

@@ -1,30 +1,25 @@
-//! The Rust side of `struct mmp_device`: one open device, what it holds, and the heartbeat
-//! engine plus event thread once the heartbeat runs. Safe code only; C pointers and
-//! callbacks arrive through [`crate::boundary`].
+//! The Rust side of `struct mmp_device`: one open device, what it holds, and its place on
+//! the process's shared heartbeat engine ([`crate::hub`]) once the heartbeat runs. Safe
+//! code only; C pointers and callbacks arrive through [`crate::boundary`].
 //!
 //! Every operation is the one the CLI performs (`mmp-cli/src/{main,hold,tune}.rs`): the
 //! protocol is `mmp_core::machine::Machine`, driven by `mmp_core::sys::driver` on the
 //! caller's thread and by `mmp_core::sys::engine` once the heartbeat starts.
 
 use crate::boundary::{Loss, Progress};
+use crate::hub::{Hub, Route, Shared, in_callback_of};
 use crate::result::{mmp_result, outcome_result};
-use crate::types::{
-    MMP_OPEN_ALL, MMP_OPEN_READ_ONLY, MMP_OPEN_REALTIME, mmp_loss_info, mmp_status,
-};
-use mmp_core::machine::{Config, Event, Identity, Layout, Machine, Op, Outcome, parse};
+use crate::types::{MMP_OPEN_ALL, MMP_OPEN_READ_ONLY, MMP_OPEN_REALTIME, mmp_status};
+use mmp_core::machine::{Config, Event, Identity, Machine, Op, Outcome, parse};
 use mmp_core::sys::blockdev::Device;
-use mmp_core::sys::engine::{self, Engine, EngineEvent};
-use mmp_core::sys::target::{self, Format, Target};
+use mmp_core::sys::target::{self, Target};
 use mmp_core::sys::{clock, driver, hostid};
-use std::cell::Cell;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex, PoisonError, TryLockError};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex, TryLockError};
 
 /// Who the handle acts as: an explicit identity, or `None` to resolve it as the CLI does
 /// (hostid from `MMP_HOSTID`, else `/etc/hostid`; node name from `uname`).
@@ -74,88 +69,47 @@ enum Hold {
     Beating(Heartbeat),
 }
 
-/// The heartbeat engine running one device, and the event thread that reads its events.
+/// A device on the shared heartbeat engine ([`Hub`]).
 struct Heartbeat {
-    engine: Option<Engine>,
-    events: Option<JoinHandle<()>>,
+    hub: &'static Hub,
+    slot: usize,
     shared: Arc<Shared>,
-}
-
-/// State shared with the event thread.
-#[derive(Default)]
-struct Shared {
-    /// The outcome the engine reported (`Lost` or `Released`).
-    outcome: Mutex<Option<Outcome>>,
-    /// The engine ended without reporting an outcome.
-    stopped: AtomicBool,
-    /// A release is under way: the engine ending is expected.
-    releasing: AtomicBool,
-}
-
-impl Shared {
-    fn outcome(&self) -> Option<Outcome> {
-        *self.outcome.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-thread_local! {
-    /// On an event thread: the address of its handle's [`Shared`] (0 elsewhere). A plain
-    /// `Cell` rather than `std::thread::current()`, which allocates a handle for the
-    /// caller's thread that is never freed (valgrind reports it).
-    static EVENT_THREAD_OF: Cell<usize> = const { Cell::new(0) };
-}
-
-/// Whether the current thread is the event thread of the heartbeat sharing `shared`.
-fn on_event_thread(shared: &Arc<Shared>) -> bool {
-    EVENT_THREAD_OF.get() == Arc::as_ptr(shared).addr()
+    /// Released or forgotten already.
+    done: bool,
 }
 
 impl Heartbeat {
-    /// Stops the engine, releasing the device (CLEAN only if the block is still ours), and
-    /// waits for the event thread. Returns the device's outcome.
+    /// Releases the device (CLEAN only if the block is still ours) and returns its
+    /// outcome, once no loss callback for it runs any more.
     fn finish(&mut self) -> Option<Outcome> {
-        self.shared.releasing.store(true, Ordering::SeqCst);
-        let report = self.engine.take().map(Engine::shutdown);
-        if let Some(t) = self.events.take() {
-            if on_event_thread(&self.shared) {
-                // Freed from its own loss callback: the thread ends by itself once the
-                // callback returns (the engine is gone, so its channel is closed).
-                drop(t);
-            } else {
-                let _ = t.join();
-            }
+        if self.done {
+            return self.shared.outcome();
         }
-        report
-            .and_then(|r| r.slots.first().and_then(|s| s.outcome))
-            .or_else(|| self.shared.outcome())
+        self.done = true;
+        self.hub.finish(self.slot, &self.shared)
     }
 
     /// Stops heartbeating without releasing: what a crash looks like to other hosts.
     fn abandon(&mut self) {
-        self.shared.releasing.store(true, Ordering::SeqCst);
-        if let Some(e) = self.engine.take() {
-            e.abandon();
-        }
-        if let Some(t) = self.events.take()
-            && !on_event_thread(&self.shared)
-        {
-            let _ = t.join();
+        if !self.done {
+            self.done = true;
+            self.hub.forget(self.slot, &self.shared);
         }
     }
 
     fn owned(&self) -> bool {
-        if self.shared.stopped.load(Ordering::SeqCst) || self.shared.outcome().is_some() {
+        if self.done
+            || self.shared.stopped.load(Ordering::SeqCst)
+            || self.shared.outcome().is_some()
+        {
             return false;
         }
-        let Some(engine) = &self.engine else {
-            return false;
-        };
         // Before the engine's first pass the report has no slot yet: still held.
-        engine
+        self.hub
             .report()
             .slots
-            .first()
-            .is_none_or(|s| s.outcome.is_none())
+            .get(self.slot)
+            .is_none_or(|s| s.outcome.is_none() && !s.forgotten)
     }
 }
 
@@ -346,7 +300,8 @@ impl Inner {
         }
     }
 
-    /// Moves the held machine onto a heartbeat engine; `loss` runs on the event thread.
+    /// Moves the held machine onto the shared heartbeat engine; `loss` runs on the event
+    /// thread.
     pub(crate) fn start_heartbeat(&mut self, loss: Loss) -> Result<(), mmp_result> {
         let m = match std::mem::replace(&mut self.hold, Hold::Idle) {
             Hold::Acquired(m) => m,
@@ -378,39 +333,23 @@ impl Inner {
             superblock: self.target.superblock,
             superblock_bytes: None,
         };
-        let (tx, rx) = mpsc::channel::<EngineEvent>();
-        let mut engine = Engine::start(
-            engine::Options {
-                realtime: self.realtime,
-                watchdog: None,
-                faults: Box::new(driver::EnvFaults::from_env()),
-                // One device per handle: nothing to batch.
-                batch_io: false,
-            },
-            tx,
-        );
-        engine.add(engine_target, *m);
-        let shared = Arc::new(Shared::default());
-        let thread_shared = Arc::clone(&shared);
-        let spawned = std::thread::Builder::new()
-            .name("mmp-events".into())
-            .spawn(move || {
-                EVENT_THREAD_OF.set(Arc::as_ptr(&thread_shared).addr());
-                event_loop(&rx, &thread_shared, &loss, format, &layout);
-            });
-        let events = match spawned {
-            Ok(t) => t,
-            Err(_) => {
-                // Without the event thread nobody would report a loss: give the device up.
-                shared.releasing.store(true, Ordering::SeqCst);
-                let _ = engine.shutdown();
-                return Err(mmp_result::Io);
-            }
+        let Some(hub) = Hub::get(self.realtime) else {
+            self.hold = Hold::Acquired(m);
+            return Err(mmp_result::Io);
         };
+        let shared = Arc::new(Shared::default());
+        let route = Route {
+            shared: Arc::clone(&shared),
+            loss,
+            format,
+            layout,
+        };
+        let slot = hub.add(engine_target, *m, route);
         self.hold = Hold::Beating(Heartbeat {
-            engine: Some(engine),
-            events: Some(events),
+            hub,
+            slot,
             shared,
+            done: false,
         });
         Ok(())
     }
@@ -419,7 +358,7 @@ impl Inner {
     /// last wrote.
     pub(crate) fn release(&mut self) -> Result<(), mmp_result> {
         if let Hold::Beating(hb) = &self.hold
-            && on_event_thread(&hb.shared)
+            && in_callback_of(&hb.shared)
         {
             return Err(mmp_result::InCallback);
         }
@@ -471,43 +410,6 @@ impl Drop for Inner {
     fn drop(&mut self) {
         if !matches!(self.hold, Hold::Idle) {
             let _ = self.release();
-        }
-    }
-}
-
-/// The event thread: forwards the engine's events; calls `loss` on a loss, or when the
-/// engine ends without an outcome (a bug) while no release is under way.
-fn event_loop(
-    rx: &mpsc::Receiver<EngineEvent>,
-    shared: &Shared,
-    loss: &Loss,
-    format: Format,
-    layout: &Layout,
-) {
-    loop {
-        match rx.recv() {
-            Ok(EngineEvent {
-                event: Event::Finished(o),
-                ..
-            }) => {
-                *shared
-                    .outcome
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner) = Some(o);
-                if let Outcome::Lost(l) = o {
-                    loss.call(&mmp_loss_info::from_loss(format, layout, &l));
-                }
-            }
-            Ok(_) => {}
-            Err(mpsc::RecvError) => {
-                if shared.outcome().is_none() {
-                    shared.stopped.store(true, Ordering::SeqCst);
-                    if !shared.releasing.load(Ordering::SeqCst) {
-                        loss.call(&mmp_loss_info::stopped(format));
-                    }
-                }
-                return;
-            }
         }
     }
 }
@@ -630,5 +532,76 @@ pub(crate) fn hostid_get() -> Result<u32, mmp_result> {
         Ok(h.value)
     } else {
         Err(mmp_result::NoHostid)
+    }
+}
+
+/// `mmp_watchdog_arm`: see there.
+pub(crate) fn watchdog_arm(path: &Path, timeout_s: u32) -> Result<(), mmp_result> {
+    use mmp_core::sys::engine::SelfFence;
+    use mmp_core::sys::watchdog::Watchdog;
+    let hub = Hub::existing().ok_or(mmp_result::NotHeld)?;
+    // A heartbeat started just now shows in the engine's report after its first pass.
+    let mut shortest = None;
+    for _ in 0..250 {
+        let report = hub.report();
+        if report.self_fence.is_some_and(|f| f != SelfFence::Off) {
+            return Err(mmp_result::AlreadyHeld);
+        }
+        shortest = report
+            .slots
+            .iter()
+            .filter(|s| s.outcome.is_none() && !s.forgotten && s.owned_until.is_some())
+            .filter_map(|s| s.timing.map(|t| t.fail_window))
+            .min();
+        if shortest.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let shortest = shortest.ok_or(mmp_result::NotHeld)?;
+    if timeout_s == 0 || u64::from(timeout_s) > shortest.as_secs() {
+        return Err(mmp_result::InvalidParameter);
+    }
+    let wd = Watchdog::open(path, std::time::Duration::from_secs(u64::from(timeout_s))).map_err(
+        |e| match e.kind() {
+            std::io::ErrorKind::NotFound => mmp_result::NotFound,
+            std::io::ErrorKind::PermissionDenied => mmp_result::PermissionDenied,
+            _ => mmp_result::Io,
+        },
+    )?;
+    hub.arm_watchdog(wd);
+    wait_fence(hub, true);
+    Ok(())
+}
+
+/// Waits (at most a second) until the engine's report shows the watchdog armed or not.
+fn wait_fence(hub: &Hub, armed: bool) {
+    for _ in 0..500 {
+        if hub.report().self_fence.is_some() == armed {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+/// `mmp_watchdog_disarm`.
+pub(crate) fn watchdog_disarm() -> Result<(), mmp_result> {
+    let hub = Hub::existing().ok_or(mmp_result::NotHeld)?;
+    if hub.report().self_fence.is_none() {
+        return Err(mmp_result::NotHeld);
+    }
+    hub.disarm_watchdog();
+    wait_fence(hub, false);
+    Ok(())
+}
+
+/// `mmp_self_fence_state`.
+pub(crate) fn self_fence_state() -> crate::types::mmp_self_fence {
+    use crate::types::mmp_self_fence;
+    use mmp_core::sys::engine::SelfFence;
+    match Hub::existing().and_then(|h| h.report().self_fence) {
+        None | Some(SelfFence::Off) => mmp_self_fence::Off,
+        Some(SelfFence::Active) => mmp_self_fence::Active,
+        Some(SelfFence::Degraded) => mmp_self_fence::Degraded,
     }
 }

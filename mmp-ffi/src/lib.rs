@@ -20,7 +20,8 @@
 //! * [`types`] the C structs, enums, flags and callback types;
 //! * [`result`] the `mmp_result` enum;
 //! * `boundary` raw pointers, callbacks and the panic boundary (the only `unsafe` blocks);
-//! * `device` the handle's state and operations, in safe Rust.
+//! * `device` the handle's state and operations, in safe Rust;
+//! * `hub` the heartbeat engine and event thread every handle of the process shares.
 //!
 //! MSRV: Rust 1.95 (edition 2024).
 #![deny(unsafe_code)]
@@ -29,6 +30,7 @@
 pub mod api;
 mod boundary;
 mod device;
+mod hub;
 pub mod result;
 pub mod types;
 

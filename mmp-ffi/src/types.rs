@@ -67,6 +67,19 @@ impl From<Class> for mmp_state {
     }
 }
 
+/// Self-fencing of the process's heartbeats (`mmp_self_fence_state`).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum mmp_self_fence {
+    /// No watchdog armed: a lost lease stops our writes, but a hung host is not reset.
+    Off = 0,
+    /// A watchdog is armed and petted after successful heartbeats.
+    Active = 1,
+    /// A watchdog is armed but petting failed, or a device was lost and petting stopped (the
+    /// watchdog will reset the host unless disarmed).
+    Degraded = 2,
+}
+
 /// What a check or acquire is doing, for progress callbacks.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

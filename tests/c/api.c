@@ -16,6 +16,7 @@
  */
 #define _GNU_SOURCE /* O_DIRECT, setenv */
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -593,6 +594,127 @@ static void test_hostid_and_identity(const struct ctx *c) {
     mmp_device_free(d);
 }
 
+/* Threads of this process (entries of /proc/self/task), not counting the kernel's io_uring
+ * workers ("iou-*"), which come and go with the I/O. */
+static int thread_count(void) {
+    DIR *d = opendir("/proc/self/task");
+    CHECK(d != NULL);
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.') {
+            continue;
+        }
+        char path[300], comm[64] = {0};
+        snprintf(path, sizeof path, "/proc/self/task/%s/comm", e->d_name);
+        FILE *f = fopen(path, "r");
+        if (f != NULL) {
+            if (fgets(comm, sizeof comm, f) == NULL) {
+                comm[0] = '\0';
+            }
+            fclose(f);
+        }
+        n += strncmp(comm, "iou-", 4) != 0;
+    }
+    closedir(d);
+    return n;
+}
+
+/* A native area in a scratch file (interval INTERVAL_MS). */
+static void make_area(const char *path) {
+    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+    CHECK(fd >= 0);
+    CHECK(ftruncate(fd, 1 << 20) == 0);
+    CHECK(close(fd) == 0);
+    CHECK_RC(mmp_native_format(path, INTERVAL_MS, FAIL_INTERVALS, false), MMP_RESULT_OK);
+}
+
+static size_t file_size(const char *path) {
+    struct stat st;
+    CHECK(stat(path, &st) == 0);
+    return (size_t)st.st_size;
+}
+
+/* Every handle of the process heartbeats on one shared engine: eight devices cost no more
+ * threads than one. */
+static void test_many_handles_one_engine(const struct ctx *c) {
+    enum { N = 8 };
+    char paths[N][512];
+    struct mmp_device *devs[N];
+    int with_one = 0;
+    for (int i = 0; i < N; i++) {
+        snprintf(paths[i], sizeof paths[i], "%s/area%d.img", c->scratch, i);
+        make_area(paths[i]);
+        devs[i] = open_as(paths[i], &ID_A, 0);
+        CHECK_RC(mmp_device_acquire(devs[i], false, NULL, NULL), MMP_RESULT_OK);
+        CHECK_RC(mmp_device_start_heartbeat(devs[i], NULL, NULL), MMP_RESULT_OK);
+        if (i == 0) {
+            with_one = thread_count();
+        }
+    }
+    sleep_ms(3 * INTERVAL_MS);
+    int with_all = thread_count();
+    printf("# threads: %d with one heartbeating handle, %d with %d\n", with_one, with_all, N);
+    CHECK(with_all == with_one);
+    for (int i = 0; i < N; i++) {
+        CHECK(status_of(devs[i]).owned);
+    }
+    for (int i = 0; i < N; i++) {
+        CHECK_RC(mmp_device_release(devs[i]), MMP_RESULT_OK);
+        CHECK(status_of(devs[i]).state == MMP_STATE_CLEAN);
+        mmp_device_free(devs[i]);
+    }
+}
+
+/* The process-wide watchdog: refused without a heartbeating device or with a timeout longer
+ * than the fail window; petted while heartbeats succeed; magic-closed on disarm. A regular
+ * file stands in for /dev/watchdog (pets are '.', the magic close 'V'). */
+static void test_watchdog(const struct ctx *c) {
+    char wd[512];
+    snprintf(wd, sizeof wd, "%s/watchdog.fake", c->scratch);
+    FILE *f = fopen(wd, "w");
+    CHECK(f != NULL);
+    CHECK(fclose(f) == 0);
+    mmp_self_fence fence = MMP_SELF_FENCE_DEGRADED;
+    CHECK_RC(mmp_self_fence_state(&fence), MMP_RESULT_OK);
+    CHECK(fence == MMP_SELF_FENCE_OFF);
+    CHECK_RC(mmp_self_fence_state(NULL), MMP_RESULT_NULL_PARAMETER);
+    CHECK_RC(mmp_watchdog_arm(NULL, 1), MMP_RESULT_NULL_PARAMETER);
+    CHECK_RC(mmp_watchdog_disarm(), MMP_RESULT_NOT_HELD);
+
+    /* No device heartbeating: nothing to fence. */
+    CHECK_RC(mmp_watchdog_arm(wd, 1), MMP_RESULT_NOT_HELD);
+
+    format_device(c);
+    struct mmp_device *a = open_as(c->dev, &ID_A, 0);
+    CHECK_RC(mmp_device_acquire(a, false, NULL, NULL), MMP_RESULT_OK);
+    CHECK_RC(mmp_device_start_heartbeat(a, NULL, NULL), MMP_RESULT_OK);
+    /* The fail window is 1 s (100 ms x 10): a 2 s watchdog would fire after other hosts may
+     * have taken over. */
+    CHECK_RC(mmp_watchdog_arm(wd, 2), MMP_RESULT_INVALID_PARAMETER);
+    CHECK_RC(mmp_watchdog_arm(wd, 0), MMP_RESULT_INVALID_PARAMETER);
+    CHECK_RC(mmp_watchdog_arm(wd, 1), MMP_RESULT_OK);
+    CHECK_RC(mmp_watchdog_arm(wd, 1), MMP_RESULT_ALREADY_HELD);
+    CHECK_RC(mmp_self_fence_state(&fence), MMP_RESULT_OK);
+    CHECK(fence == MMP_SELF_FENCE_ACTIVE);
+    size_t before = file_size(wd);
+    sleep_ms(5 * INTERVAL_MS);
+    size_t after = file_size(wd);
+    printf("# watchdog: %zu pets in %u ms\n", after - before, 5 * INTERVAL_MS);
+    CHECK(after >= before + 3);
+    CHECK_RC(mmp_watchdog_disarm(), MMP_RESULT_OK);
+    CHECK_RC(mmp_self_fence_state(&fence), MMP_RESULT_OK);
+    CHECK(fence == MMP_SELF_FENCE_OFF);
+    f = fopen(wd, "r");
+    CHECK(f != NULL);
+    CHECK(fseek(f, -1, SEEK_END) == 0);
+    CHECK(fgetc(f) == 'V');
+    CHECK(fclose(f) == 0);
+    CHECK_RC(mmp_watchdog_disarm(), MMP_RESULT_NOT_HELD);
+    CHECK_RC(mmp_device_release(a), MMP_RESULT_OK);
+    mmp_device_free(a);
+}
+
 int main(int argc, char **argv) {
     if (argc != 3) {
         fprintf(stderr, "usage: %s DEVICE SCRATCH_DIR\n", argv[0]);
@@ -617,6 +739,8 @@ int main(int argc, char **argv) {
     RUN(test_cancel, &c);
     RUN(test_read_only, &c);
     RUN(test_hostid_and_identity, &c);
+    RUN(test_many_handles_one_engine, &c);
+    RUN(test_watchdog, &c);
     printf("all passed\n");
     return 0;
 }

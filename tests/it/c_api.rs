@@ -279,6 +279,10 @@ fn c_api_file_valgrind() {
         "--child-silent-after-fork=yes",
         "--quiet",
     ])
+    .arg(format!(
+        "--suppressions={}",
+        repo().join("tests/c/valgrind.supp").display()
+    ))
     .arg(&bin)
     .arg(&dev)
     .arg(scratch(dir.path()))

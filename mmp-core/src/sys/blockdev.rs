@@ -379,6 +379,14 @@ impl Device {
             }
         };
 
+        if kind == DeviceKind::RegularFile {
+            // No access-time updates: under relatime every heartbeat read after a write
+            // would dirty the image's inode (a journal update per read). Best effort: only
+            // the file's owner (or CAP_FOWNER) may set it.
+            if let Ok(fl) = rustix::fs::fcntl_getfl(&fd) {
+                let _ = rustix::fs::fcntl_setfl(&fd, fl | OFlags::NOATIME);
+            }
+        }
         let st = rustix::fs::fstat(&fd).map_err(|e| open_err(e.into()))?;
         let (size, sector, rdev) = match kind {
             DeviceKind::BlockDevice => {

@@ -143,6 +143,8 @@ pub struct SlotReport {
     pub last_write_wall_ms: Option<u64>,
     /// Whether the device was ever acquired by this engine.
     pub acquired: bool,
+    /// Forgotten ([`Engine::forget`]): no longer driven, nothing more written.
+    pub forgotten: bool,
 }
 
 /// Whether memory locking and real-time scheduling took effect.
@@ -208,6 +210,8 @@ pub struct EngineEvent {
 enum Cmd {
     Add(Box<Dev>),
     Watchdog(Watchdog),
+    DisarmWatchdog,
+    Forget(usize),
     Abandon,
     Release(Option<usize>),
     Stop,
@@ -311,6 +315,25 @@ impl Engine {
         }
     }
 
+    /// Stops driving one device without releasing it or writing anything more: what a
+    /// crash looks like to other hosts, for that device only (libmmp's poisoned handles).
+    pub fn forget(&self, slot: usize) {
+        let _ = self.tx.send(Cmd::Forget(slot));
+    }
+
+    /// Closes the watchdog armed with [`Engine::arm_watchdog`]: with the magic character
+    /// if no device was lost (the watchdog stops), else without it (it fires).
+    pub fn disarm_watchdog(&self) {
+        let _ = self.tx.send(Cmd::DisarmWatchdog);
+    }
+
+    /// Whether the engine thread still runs (it ends after [`Engine::shutdown`] or
+    /// [`Engine::abandon`], or if it died).
+    #[must_use]
+    pub fn is_running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
     /// Releases every device.
     pub fn release_all(&self) {
         let _ = self.tx.send(Cmd::Release(None));
@@ -369,6 +392,8 @@ struct Slot {
     finished: bool,
     /// Taken into this pass before its deadline: start its heartbeat early.
     early: bool,
+    /// [`Engine::forget`]: never driven again.
+    forgotten: bool,
 }
 
 /// The engine thread's state.
@@ -400,6 +425,7 @@ impl Worker {
     fn mark(&mut self, i: usize) {
         if let Some(s) = self.slots.get_mut(i)
             && !s.marked
+            && !s.forgotten
         {
             s.marked = true;
             self.work.push(i);
@@ -425,11 +451,15 @@ impl Worker {
                     marked: false,
                     finished: false,
                     early: false,
+                    forgotten: false,
                 });
                 self.mark(self.slots.len() - 1);
                 self.changed = true;
             }
             Cmd::Watchdog(mut wd) => {
+                // A fresh arm fences the devices held from now on: losses before it (of
+                // devices no longer held) do not stop the petting.
+                self.lost_any = false;
                 let ok = wd.pet().is_ok();
                 self.pets += u64::from(ok);
                 self.fence = Some(if ok && !self.lost_any {
@@ -439,10 +469,33 @@ impl Worker {
                 });
                 self.watchdog = Some(wd);
             }
+            Cmd::DisarmWatchdog => {
+                if let Some(wd) = self.watchdog.take() {
+                    // Magic close only if nothing was lost (else let it fire).
+                    if !self.lost_any {
+                        let _ = wd.close_clean();
+                    }
+                }
+                self.fence = None;
+                self.changed = true;
+            }
+            Cmd::Forget(i) => {
+                if let Some(s) = self.slots.get_mut(i)
+                    && !s.forgotten
+                {
+                    s.forgotten = true;
+                    s.queued = None;
+                    if !s.finished {
+                        s.finished = true;
+                        self.done += 1;
+                    }
+                    self.changed = true;
+                }
+            }
             Cmd::Release(which) => {
                 let now = clock::now();
                 for (i, s) in self.slots.iter_mut().enumerate() {
-                    if which.is_none_or(|w| w == i) {
+                    if which.is_none_or(|w| w == i) && !s.forgotten {
                         s.dev.machine.release(now);
                     }
                 }
@@ -461,7 +514,7 @@ impl Worker {
         if !self.stopping {
             self.stopping = true;
             let now = clock::now();
-            for s in &mut self.slots {
+            for s in self.slots.iter_mut().filter(|s| !s.forgotten) {
                 s.dev.machine.release(now);
             }
             self.mark_all();
@@ -885,6 +938,14 @@ fn run(
             w.collect_early(now.mono);
         }
         std::mem::swap(&mut work, &mut w.work);
+        // A slot forgotten after it was marked in this round is not driven.
+        work.retain(|&i| {
+            let s = &mut w.slots[i];
+            if s.forgotten {
+                s.marked = false;
+            }
+            !s.forgotten
+        });
         let mut beat_ok = false;
         if let Some(r) = ring.as_mut().filter(|_| ring_ok) {
             beat_ok = service_batched(&mut w, &work, options.faults.as_mut(), events, r);
@@ -962,6 +1023,7 @@ fn publish(report: &Mutex<Report>, w: &Worker, rt: &RealtimeStatus, io: &str) {
         d.owned_until = s.dev.machine.owned_until();
         d.last_write_wall_ms = s.last_write_wall_ms;
         d.acquired = s.acquired;
+        d.forgotten = s.forgotten;
     }
     r.slots.extend(w.slots[known..].iter().map(|s| SlotReport {
         path: s.dev.target.device.path().to_path_buf(),
@@ -972,6 +1034,7 @@ fn publish(report: &Mutex<Report>, w: &Worker, rt: &RealtimeStatus, io: &str) {
         owned_until: s.dev.machine.owned_until(),
         last_write_wall_ms: s.last_write_wall_ms,
         acquired: s.acquired,
+        forgotten: s.forgotten,
     }));
     r.gaps.clone_from(&w.gaps);
     r.realtime.clone_from(rt);

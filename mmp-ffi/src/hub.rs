@@ -1,0 +1,265 @@
+//! The heartbeat engine every handle of the process shares: one heartbeat thread
+//! (`mmp-heartbeat`) for all the devices libmmp holds, as `mmp hold DEV...` has for the CLI,
+//! and one event thread (`mmp-events`) that delivers the loss callbacks. Started by the first
+//! `mmp_device_start_heartbeat`, with that handle's real-time choice; it lives as long as the
+//! process. A process-wide watchdog (`mmp_watchdog_arm`) belongs to it.
+//!
+//! Delivery rule: each device's outcome is delivered once. Its route (callback and user
+//! data) is taken out of the table under a lock, either by the event thread (which then
+//! calls the callback) or by the handle's release (which then knows no callback will come);
+//! a release that finds the route gone waits until the event thread has finished with it,
+//! unless it runs on the event thread itself. A release that ends in a loss leaves the
+//! route to the event thread and waits for its callback.
+
+use crate::boundary::Loss;
+use crate::types::mmp_loss_info;
+use mmp_core::machine::{Event, Layout, Machine, Outcome};
+use mmp_core::sys::driver;
+use mmp_core::sys::engine::{self, Engine, EngineEvent, Report};
+use mmp_core::sys::target::{Format, Target};
+use mmp_core::sys::watchdog::Watchdog;
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError, mpsc};
+
+/// State one heartbeating handle shares with the event thread.
+#[derive(Default)]
+pub(crate) struct Shared {
+    /// The outcome the engine reported (`Lost` or `Released`).
+    outcome: Mutex<Option<Outcome>>,
+    /// The engine stopped without reporting an outcome (its thread died).
+    pub(crate) stopped: AtomicBool,
+    /// A release is under way: an ending engine is expected.
+    pub(crate) releasing: AtomicBool,
+    /// The event thread is done with this device's route.
+    delivered: Mutex<bool>,
+    delivered_cv: Condvar,
+}
+
+impl Shared {
+    pub(crate) fn outcome(&self) -> Option<Outcome> {
+        *self.outcome.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set_delivered(&self) {
+        *self
+            .delivered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = true;
+        self.delivered_cv.notify_all();
+    }
+
+    fn wait_delivered(&self) {
+        let mut d = self
+            .delivered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        while !*d {
+            d = self
+                .delivered_cv
+                .wait(d)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+/// What the event thread needs to deliver one device's outcome.
+pub(crate) struct Route {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) loss: Loss,
+    pub(crate) format: Format,
+    pub(crate) layout: Layout,
+}
+
+type Routes = Arc<Mutex<Vec<Option<Route>>>>;
+
+/// The shared engine and the routes of its devices (indexed by engine slot).
+pub(crate) struct Hub {
+    engine: Mutex<Engine>,
+    routes: Routes,
+}
+
+static HUB: OnceLock<Option<Hub>> = OnceLock::new();
+
+thread_local! {
+    /// On the event thread during a loss callback: the address of that device's
+    /// [`Shared`] (0 elsewhere). A plain `Cell` rather than `std::thread::current()`, which
+    /// allocates a handle for the caller's thread that is never freed (valgrind reports it).
+    static CALLBACK_OF: Cell<usize> = const { Cell::new(0) };
+    /// This thread is the event thread.
+    static IS_EVENT_THREAD: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the current thread is inside the loss callback of the device sharing `shared`.
+pub(crate) fn in_callback_of(shared: &Arc<Shared>) -> bool {
+    CALLBACK_OF.get() == Arc::as_ptr(shared).addr()
+}
+
+impl Hub {
+    /// The process's hub, started on first use (`None` if its threads cannot be created).
+    pub(crate) fn get(realtime: bool) -> Option<&'static Hub> {
+        HUB.get_or_init(|| Hub::start(realtime)).as_ref()
+    }
+
+    /// The hub, if a heartbeat ever started.
+    pub(crate) fn existing() -> Option<&'static Hub> {
+        HUB.get().and_then(Option::as_ref)
+    }
+
+    fn start(realtime: bool) -> Option<Hub> {
+        let (tx, rx) = mpsc::channel::<EngineEvent>();
+        let routes: Routes = Arc::default();
+        let thread_routes = Arc::clone(&routes);
+        std::thread::Builder::new()
+            .name("mmp-events".into())
+            .spawn(move || event_loop(&rx, &thread_routes))
+            .ok()?;
+        let engine = Engine::start(
+            engine::Options {
+                realtime,
+                watchdog: None,
+                faults: Box::new(driver::EnvFaults::from_env()),
+                batch_io: true,
+            },
+            tx,
+        );
+        Some(Hub {
+            engine: Mutex::new(engine),
+            routes,
+        })
+    }
+
+    fn engine(&self) -> std::sync::MutexGuard<'_, Engine> {
+        self.engine.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Puts a held machine on the engine; returns its slot.
+    pub(crate) fn add(&self, target: Target, machine: Machine, route: Route) -> usize {
+        // The routes lock is held across the add, so the event thread cannot see the
+        // device's first event before its route is in place.
+        let mut routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
+        let slot = self.engine().add(target, machine);
+        if routes.len() <= slot {
+            routes.resize_with(slot + 1, || None);
+        }
+        routes[slot] = Some(route);
+        slot
+    }
+
+    /// The latest report of the engine.
+    pub(crate) fn report(&self) -> Report {
+        self.engine().report()
+    }
+
+    /// Releases `slot` (CLEAN only if the block is still what this host wrote), waits for
+    /// its outcome and for any loss callback in progress for it, and returns the outcome
+    /// (`None` if the engine died first).
+    pub(crate) fn finish(&self, slot: usize, shared: &Arc<Shared>) -> Option<Outcome> {
+        shared.releasing.store(true, Ordering::SeqCst);
+        self.engine().release(slot);
+        let outcome = loop {
+            // The report, not the event thread: the caller may be on the event thread, in
+            // another device's loss callback.
+            let r = self.report();
+            if let Some(o) = r.slots.get(slot).and_then(|s| s.outcome) {
+                break Some(o);
+            }
+            if !self.engine().is_running() {
+                break shared.outcome();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        };
+        if matches!(outcome, Some(Outcome::Lost(_))) && !IS_EVENT_THREAD.get() {
+            // Lost during the release (the block changed, or could not be verified): the
+            // event thread calls the loss callback; wait until it has.
+            shared.wait_delivered();
+        } else {
+            self.settle_route(slot, shared);
+        }
+        outcome
+    }
+
+    /// Stops driving `slot` without writing anything more (poisoned handles).
+    pub(crate) fn forget(&self, slot: usize, shared: &Arc<Shared>) {
+        shared.releasing.store(true, Ordering::SeqCst);
+        self.engine().forget(slot);
+        self.settle_route(slot, shared);
+    }
+
+    /// After this, no callback for `slot` runs or will run (see the module docs).
+    fn settle_route(&self, slot: usize, shared: &Arc<Shared>) {
+        let taken = self
+            .routes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_mut(slot)
+            .and_then(Option::take);
+        if taken.is_none() && !IS_EVENT_THREAD.get() {
+            shared.wait_delivered();
+        }
+    }
+
+    /// Arms a process-wide watchdog (see `mmp_watchdog_arm`).
+    pub(crate) fn arm_watchdog(&self, wd: Watchdog) {
+        self.engine().arm_watchdog(wd);
+    }
+
+    /// Closes the watchdog (magic close if nothing was lost).
+    pub(crate) fn disarm_watchdog(&self) {
+        self.engine().disarm_watchdog();
+    }
+}
+
+/// The event thread: delivers each device's outcome once (see the module docs); if the
+/// engine thread ends (it never does unless it dies), every device still routed is reported
+/// as stopped.
+fn event_loop(rx: &mpsc::Receiver<EngineEvent>, routes: &Mutex<Vec<Option<Route>>>) {
+    IS_EVENT_THREAD.set(true);
+    let take = |slot: usize| {
+        routes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_mut(slot)
+            .and_then(Option::take)
+    };
+    loop {
+        match rx.recv() {
+            Ok(EngineEvent {
+                slot,
+                event: Event::Finished(o),
+            }) => {
+                let Some(route) = take(slot) else { continue };
+                *route
+                    .shared
+                    .outcome
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(o);
+                if let Outcome::Lost(l) = o {
+                    CALLBACK_OF.set(Arc::as_ptr(&route.shared).addr());
+                    route
+                        .loss
+                        .call(&mmp_loss_info::from_loss(route.format, &route.layout, &l));
+                    CALLBACK_OF.set(0);
+                }
+                route.shared.set_delivered();
+            }
+            Ok(_) => {}
+            Err(mpsc::RecvError) => {
+                let n = routes.lock().unwrap_or_else(PoisonError::into_inner).len();
+                for slot in 0..n {
+                    let Some(route) = take(slot) else { continue };
+                    if route.shared.outcome().is_none() {
+                        route.shared.stopped.store(true, Ordering::SeqCst);
+                        if !route.shared.releasing.load(Ordering::SeqCst) {
+                            CALLBACK_OF.set(Arc::as_ptr(&route.shared).addr());
+                            route.loss.call(&mmp_loss_info::stopped(route.format));
+                            CALLBACK_OF.set(0);
+                        }
+                    }
+                    route.shared.set_delivered();
+                }
+                return;
+            }
+        }
+    }
+}
