@@ -648,7 +648,8 @@ fn race_native_file() {
     race.plan = Some(mild_plan());
     // The floor for CI: at least 50 acquisitions in one race.
     race.target_acq = 55;
-    race.limit = Duration::from_secs(90);
+    // About 70 s here; the limit only stops a slow machine from running forever.
+    race.limit = Duration::from_secs(180);
     let sum = run_race(&race);
     assert!(sum.acquisitions >= 50, "{}", sum.line(&race.name));
 }
