@@ -176,14 +176,15 @@ fn write_status_file(path: &Path, body: &str) {
 }
 
 fn run_loss_action(action: &LossAction, path: &str, reason: &str, child: Option<&mut Child>) {
+    // Under `run` the command never outlives ownership: whatever the action, its process
+    // group is killed first (before a hook runs or a reboot is attempted, either of which
+    // may fail or hang).
+    if let Some(ch) = child {
+        kill_group(ch, rustix::process::Signal::KILL);
+        note!("mmp: killed the command's process group (pid {})", ch.id());
+    }
     match action {
-        // Under `run` the command never outlives ownership: every action kills its group.
-        LossAction::Exit | LossAction::Kill => {
-            if let Some(ch) = child {
-                kill_group(ch, rustix::process::Signal::KILL);
-                note!("mmp: killed the command's process group (pid {})", ch.id());
-            }
-        }
+        LossAction::Exit | LossAction::Kill => {}
         LossAction::Exec(cmd) => {
             match Command::new("/bin/sh")
                 .arg("-c")
@@ -197,9 +198,6 @@ fn run_loss_action(action: &LossAction, path: &str, reason: &str, child: Option<
                     let _ = c.wait();
                 }
                 Err(e) => note!("mmp: --on-loss exec: {e}"),
-            }
-            if let Some(ch) = child {
-                kill_group(ch, rustix::process::Signal::KILL);
             }
         }
         LossAction::Reboot => {

@@ -104,12 +104,14 @@ impl Heartbeat {
         {
             return false;
         }
-        // Before the engine's first pass the report has no slot yet: still held.
-        self.hub
-            .report()
-            .slots
-            .get(self.slot)
-            .is_none_or(|s| s.outcome.is_none() && !s.forgotten)
+        // Before the engine's first pass the report has no slot yet: still held. After
+        // that, held means within the lease by the clock too: if the heartbeat thread is
+        // stuck (one hung device blocks the shared thread), ownership ends with the lease,
+        // whether or not the machine has noticed yet.
+        let now = clock::now().mono;
+        self.hub.report().slots.get(self.slot).is_none_or(|s| {
+            s.outcome.is_none() && !s.forgotten && s.owned_until.is_none_or(|t| now < t)
+        })
     }
 }
 
@@ -333,7 +335,9 @@ impl Inner {
             superblock: self.target.superblock,
             superblock_bytes: None,
         };
-        let Some(hub) = Hub::get(self.realtime) else {
+        let Some(hub) = Hub::get(self.realtime).filter(|h| h.is_running()) else {
+            // No heartbeat thread (it could not start, or it died): nobody would heartbeat
+            // or report a loss.
             self.hold = Hold::Acquired(m);
             return Err(mmp_result::Io);
         };

@@ -146,6 +146,11 @@ impl Hub {
         slot
     }
 
+    /// Whether the engine thread runs.
+    pub(crate) fn is_running(&self) -> bool {
+        self.engine().is_running()
+    }
+
     /// The latest report of the engine.
     pub(crate) fn report(&self) -> Report {
         self.engine().report()

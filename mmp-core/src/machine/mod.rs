@@ -1470,11 +1470,11 @@ impl Machine {
     }
 }
 
-/// Timing used only if an input arrives in a state that has no parsed record (never in a
-/// correct driver); conservative values.
 /// Upper bound of [`Machine::early_beat_slack`].
 pub const MAX_EARLY_BEAT: Duration = Duration::from_millis(50);
 
+/// Timing used only if an input arrives in a state that has no parsed record (never in a
+/// correct driver); conservative values.
 const FALLBACK_TIMING: Timing = Timing {
     interval: Duration::from_secs(5),
     fail_window: Duration::from_secs(5),

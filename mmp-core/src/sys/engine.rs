@@ -731,20 +731,36 @@ fn service_batched(
             if queued.is_empty() {
                 break;
             }
+            // The lease was checked when each write was queued; other devices' synchronous
+            // I/O may have taken long since. Check it again just before the writes go out:
+            // a machine whose lease ran out fences now and its write is not submitted.
+            let now = clock::now();
+            let mut fenced = [false; uring::DEPTH];
+            for (k, &(i, p, ..)) in queued.iter().enumerate() {
+                fenced[k] = p.write && !w.slots[i].dev.machine.emit_block(now, &mut rec);
+            }
             {
-                let ops: Vec<RingOp<'_>> = queued
+                let ops: Vec<Option<RingOp<'_>>> = queued
                     .iter()
-                    .map(|&(i, p, start, io_len, _)| RingOp {
-                        fd: w.slots[i].dev.target.device.fd(),
-                        write: p.write,
-                        offset: start,
-                        len: io_len,
+                    .zip(&fenced)
+                    .map(|(&(i, p, start, io_len, _), &f)| {
+                        (!f).then(|| RingOp {
+                            fd: w.slots[i].dev.target.device.fd(),
+                            write: p.write,
+                            offset: start,
+                            len: io_len,
+                        })
                     })
                     .collect();
                 ring.run(&ops, &mut results);
             }
             for (k, &(i, p, _, io_len, skip)) in queued.iter().enumerate() {
                 let s = &mut w.slots[i];
+                if fenced[k] {
+                    // Finished (fenced): its events are drained in the next round.
+                    active.push(i);
+                    continue;
+                }
                 let exact = usize::try_from(results[k]).is_ok_and(|n| n == io_len);
                 let from_ring = ring.buf(k);
                 match from_ring {
@@ -754,14 +770,14 @@ fn service_batched(
                         }
                         driver::complete(&mut s.dev.machine, &p, Ok(()), &rec);
                     }
-                    Some(buf) => {
+                    Some(_) => {
                         // Not exactly done (an error, a short transfer, EAGAIN): again,
-                        // synchronously, for the errors every other caller sees.
-                        if p.write {
-                            rec[..p.len].copy_from_slice(&buf[..p.len]);
+                        // synchronously, for the errors every other caller sees. A write
+                        // takes its block (and a fresh lease check) from the machine.
+                        if !p.write || s.dev.machine.emit_block(clock::now(), &mut rec) {
+                            let res = driver::perform(&s.dev.target.device, &p, &mut rec);
+                            driver::complete(&mut s.dev.machine, &p, res, &rec);
                         }
-                        let res = driver::perform(&s.dev.target.device, &p, &mut rec);
-                        driver::complete(&mut s.dev.machine, &p, res, &rec);
                     }
                     None if p.write => {
                         // The ring failed and its buffers (this write's block with them)

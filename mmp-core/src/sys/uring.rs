@@ -23,8 +23,9 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 use io_uring::{IoUring, opcode, types};
 
-/// Requests per submission (and buffers owned by the ring). 64 requests and 64 pages of
-/// buffer (256 KiB): a pass with more due devices submits in several batches.
+/// Requests per submission (and buffers owned by the ring): 256 requests and 256 pages of
+/// buffer (1 MiB, locked in real-time mode): a pass with more due devices submits in
+/// several batches.
 pub const DEPTH: usize = 256;
 
 /// Size and alignment of one request's buffer: covers a record of up to 1 KiB at any
@@ -97,14 +98,14 @@ impl Ring {
         self.bufs.get_mut(k).map(|p| &mut p.0)
     }
 
-    /// Performs `ops` (at most [`DEPTH`]), request `k` with buffer `k`, and stores each
-    /// result in `res[k]`: the byte count, a negated errno, or [`NOT_SUBMITTED`]. Returns
-    /// when every submitted request has completed.
+    /// Performs `ops` (at most [`DEPTH`]), request `k` with buffer `k` (`None`: nothing for
+    /// that buffer), and stores each result in `res[k]`: the byte count, a negated errno, or
+    /// [`NOT_SUBMITTED`]. Returns when every submitted request has completed.
     ///
     /// # Panics
     /// If `ops` is longer than [`DEPTH`] or `res` shorter than `ops`, or a length exceeds
     /// [`BUF_LEN`] (caller bugs).
-    pub fn run(&mut self, ops: &[RingOp<'_>], res: &mut [i32]) {
+    pub fn run(&mut self, ops: &[Option<RingOp<'_>>], res: &mut [i32]) {
         assert!(ops.len() <= DEPTH && res.len() >= ops.len());
         res[..ops.len()].fill(NOT_SUBMITTED);
         if self.is_retired() {
@@ -114,6 +115,7 @@ impl Ring {
         {
             let mut sq = self.ring.submission();
             for (k, op) in ops.iter().enumerate() {
+                let Some(op) = op else { continue };
                 assert!(op.len <= BUF_LEN);
                 let buf = self.bufs[k].0.as_mut_ptr();
                 let len = op.len as u32;
@@ -220,7 +222,7 @@ mod tests {
             });
         }
         let mut res = [0i32; DEPTH];
-        ring.run(&ops, &mut res);
+        ring.run(&some(&ops), &mut res);
         assert_eq!(&res[..3], &[512, 512, 512]);
         for (k, p) in paths.iter().enumerate() {
             let bytes = fs::read(p).unwrap();
@@ -233,7 +235,15 @@ mod tests {
             op.write = false;
             ring.buf(k).unwrap().fill(0);
         }
-        ring.run(&ops, &mut res);
+        // A hole in the batch: buffer 1 is left alone.
+        let mut holed = some(&ops);
+        holed[1] = None;
+        ring.buf(1).unwrap().fill(0xEE);
+        ring.run(&holed, &mut res);
+        assert_eq!(res[1], NOT_SUBMITTED);
+        assert!(ring.buf(1).unwrap().iter().all(|&b| b == 0xEE));
+        ring.buf(1).unwrap().fill(0);
+        ring.run(&some(&ops), &mut res);
         assert_eq!(&res[..3], &[512, 512, 512]);
         for k in 0..3 {
             assert!(
@@ -250,7 +260,7 @@ mod tests {
             offset: 16384,
             len: 512,
         }];
-        ring.run(&past, &mut res);
+        ring.run(&some(&past), &mut res);
         assert_eq!(res[0], 0);
         let odd = [RingOp {
             fd: devs[0].fd(),
@@ -258,10 +268,14 @@ mod tests {
             offset: 100,
             len: 512,
         }];
-        ring.run(&odd, &mut res);
+        ring.run(&some(&odd), &mut res);
         assert_eq!(res[0], -libc::EINVAL);
         assert!(!ring.is_retired());
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    fn some<'a>(ops: &[RingOp<'a>]) -> Vec<Option<RingOp<'a>>> {
+        ops.iter().copied().map(Some).collect()
     }
 
     fn tempfile_dir() -> std::path::PathBuf {
