@@ -289,7 +289,11 @@ impl Engine {
 
     /// Adds a device with a fresh machine (normally an acquire). Returns its slot index.
     pub fn add(&mut self, target: Target, machine: Machine) -> usize {
-        let _ = self.tx.send(Cmd::Add(Box::new(Dev { target, machine })));
+        let _ = self.tx.send(Cmd::Add(Box::new(Dev {
+            path: target.device.path().to_path_buf(),
+            target: Some(target),
+            machine,
+        })));
         self.added += 1;
         self.added - 1
     }
@@ -375,7 +379,11 @@ impl Drop for Engine {
 /// freed box behind in the adding thread's heap, and real-time mode keeps freed memory
 /// resident (locked), so 1000 devices would cost twice their state in RSS.
 struct Dev {
-    target: Target,
+    /// Closed (`None`) once the machine has finished or the slot was forgotten: a released
+    /// device must not stay open (device-mapper, LVM and loop refuse to remove a device
+    /// someone holds open).
+    target: Option<Target>,
+    path: PathBuf,
     machine: Machine,
 }
 
@@ -485,6 +493,7 @@ impl Worker {
                 {
                     s.forgotten = true;
                     s.queued = None;
+                    s.dev.target = None;
                     if !s.finished {
                         s.finished = true;
                         self.done += 1;
@@ -621,6 +630,9 @@ impl Worker {
             s.finished = true;
             self.done += 1;
         }
+        if outcome.is_some() {
+            s.dev.target = None;
+        }
         self.changed |= before != (s.dev.machine.phase(), outcome.is_some());
         // The pump left no I/O outstanding, so this is the slot's next input (or none:
         // finished).
@@ -648,12 +660,9 @@ fn drive(
     let mut on_event = |e: &Event| {
         let _ = events.send(EngineEvent { slot: i, event: *e });
     };
-    driver::pump(
-        &mut s.dev.machine,
-        &s.dev.target.device,
-        faults,
-        &mut on_event,
-    );
+    if let Some(target) = s.dev.target.as_ref() {
+        driver::pump(&mut s.dev.machine, &target.device, faults, &mut on_event);
+    }
     before
 }
 
@@ -699,7 +708,10 @@ fn service_batched(
             // Each active slot: its next I/O into the ring, or done synchronously.
             for &i in &active {
                 let s = &mut w.slots[i];
-                let dev = &s.dev.target.device;
+                let Some(target) = s.dev.target.as_ref() else {
+                    continue;
+                };
+                let dev = &target.device;
                 let mut on_event = |e: &Event| {
                     let _ = events.send(EngineEvent { slot: i, event: *e });
                 };
@@ -744,8 +756,9 @@ fn service_batched(
                     .iter()
                     .zip(&fenced)
                     .map(|(&(i, p, start, io_len, _), &f)| {
-                        (!f).then(|| RingOp {
-                            fd: w.slots[i].dev.target.device.fd(),
+                        let t = w.slots[i].dev.target.as_ref().filter(|_| !f)?;
+                        Some(RingOp {
+                            fd: t.device.fd(),
                             write: p.write,
                             offset: start,
                             len: io_len,
@@ -775,7 +788,7 @@ fn service_batched(
                         // synchronously, for the errors every other caller sees. A write
                         // takes its block (and a fresh lease check) from the machine.
                         if !p.write || s.dev.machine.emit_block(clock::now(), &mut rec) {
-                            let res = driver::perform(&s.dev.target.device, &p, &mut rec);
+                            let res = perform_on(&s.dev, &p, &mut rec);
                             driver::complete(&mut s.dev.machine, &p, res, &rec);
                         }
                     }
@@ -785,7 +798,7 @@ fn service_batched(
                         driver::complete(&mut s.dev.machine, &p, Err(libc::EIO), &rec);
                     }
                     None => {
-                        let res = driver::perform(&s.dev.target.device, &p, &mut rec);
+                        let res = perform_on(&s.dev, &p, &mut rec);
                         driver::complete(&mut s.dev.machine, &p, res, &rec);
                     }
                 }
@@ -798,6 +811,15 @@ fn service_batched(
         }
     }
     beat_ok
+}
+
+/// [`driver::perform`] on the slot's device (`EBADF` if it was closed, which an active slot
+/// never is).
+fn perform_on(dev: &Dev, p: &PendingIo, rec: &mut [u8; MAX_RECORD_LEN]) -> Result<(), i32> {
+    match dev.target.as_ref() {
+        Some(t) => driver::perform(&t.device, p, rec),
+        None => Err(libc::EBADF),
+    }
 }
 
 /// With this many devices or more, a pass that finds at least [`PARALLEL_DUE`] devices due
@@ -1042,7 +1064,7 @@ fn publish(report: &Mutex<Report>, w: &Worker, rt: &RealtimeStatus, io: &str) {
         d.forgotten = s.forgotten;
     }
     r.slots.extend(w.slots[known..].iter().map(|s| SlotReport {
-        path: s.dev.target.device.path().to_path_buf(),
+        path: s.dev.path.clone(),
         phase: s.dev.machine.phase(),
         outcome: s.dev.machine.outcome(),
         stats: s.dev.machine.stats(),
