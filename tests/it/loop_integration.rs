@@ -56,6 +56,26 @@ fn run_ok(cmd: &mut Command) {
     assert!(o.status.success(), "{cmd:?}: {}", text(&o));
 }
 
+/// A 64 MiB ext4 image with MMP at update interval 1 s, made with `mke2fs`.
+fn ext4_mmp_image(mke2fs: &Path, dir: &Path) -> PathBuf {
+    let img = sparse(dir, "fs.img", 64 << 20);
+    run_ok(
+        Command::new(mke2fs)
+            .args([
+                "-F",
+                "-q",
+                "-t",
+                "ext4",
+                "-O",
+                "mmp",
+                "-E",
+                "mmp_update_interval=1",
+            ])
+            .arg(&img),
+    );
+    img
+}
+
 fn umount_quiet(dir: &Path) {
     let _ = Command::new("umount").arg(dir).output();
 }
@@ -128,21 +148,7 @@ fn loop_ocf_tester_ext4() {
         return;
     };
     let tmp = tempfile::tempdir().expect("tempdir");
-    let img = sparse(tmp.path(), "fs.img", 64 << 20);
-    run_ok(
-        Command::new(&tools[2])
-            .args([
-                "-F",
-                "-q",
-                "-t",
-                "ext4",
-                "-O",
-                "mmp",
-                "-E",
-                "mmp_update_interval=1",
-            ])
-            .arg(&img),
-    );
+    let img = ext4_mmp_image(&tools[2], tmp.path());
     let Some(lo) = Loop::attach(&img) else { return };
     let dev = lo.dev.to_string_lossy().to_string();
     ocf_tester_passes("mmp_ext4", &dev, tmp.path());
@@ -521,21 +527,7 @@ fn loop_ocf_agent_ext4_monitor_reads_the_block() {
         return;
     };
     let tmp = tempfile::tempdir().expect("tempdir");
-    let img = sparse(tmp.path(), "fs.img", 64 << 20);
-    run_ok(
-        Command::new(&tools[1])
-            .args([
-                "-F",
-                "-q",
-                "-t",
-                "ext4",
-                "-O",
-                "mmp",
-                "-E",
-                "mmp_update_interval=1",
-            ])
-            .arg(&img),
-    );
+    let img = ext4_mmp_image(&tools[1], tmp.path());
     let Some(lo) = Loop::attach(&img) else { return };
     let dev = lo.dev.to_string_lossy().to_string();
     let state = tmp.path().join("state");
@@ -548,35 +540,11 @@ fn loop_ocf_agent_ext4_monitor_reads_the_block() {
         "clean, handed over"
     );
 
-    let mut other = Command::new(mmp_bin())
-        .env_remove("MMP_HOSTID")
-        .args([
-            "--hostid",
-            "0x99",
-            "--nodename",
-            "othernode",
-            "hold",
-            "--no-realtime",
-        ])
-        .arg(&dev)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("mmp hold");
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(other.stdout.take().expect("stdout")),
-        &mut line,
-    )
-    .expect("read");
-    assert!(line.starts_with("acquired"), "{line}");
+    let mut other = mmp_tests::hold_until_acquired("0x99", "othernode", &lo.dev);
     let (code, out) = agent("monitor", &p, &state);
     assert_eq!(code, Some(1), "another node's heartbeat: failed: {out}");
     assert!(out.contains("othernode"), "{out}");
-    let _ = Command::new("kill")
-        .args(["-TERM", &other.id().to_string()])
-        .status();
-    assert_eq!(other.wait().expect("wait").code(), Some(0));
+    assert_eq!(mmp_tests::term_and_wait(&mut other), Some(0));
     assert_eq!(agent("monitor", &p, &state).0, Some(0), "clean again");
     assert_eq!(agent("stop", &p, &state).0, Some(0));
     assert_eq!(agent("monitor", &p, &state).0, Some(7));

@@ -1021,35 +1021,11 @@ fn tool_tune_cli_commands_end_to_end() {
 
     // Another process holds the device: disable without --force watches, sees its
     // heartbeat and refuses; the file system keeps MMP.
-    let mut holder = Command::new(mmp_tests::mmp_bin())
-        .env_remove("MMP_HOSTID")
-        .args([
-            "--hostid",
-            "0x7e57c12",
-            "--nodename",
-            "cli-b",
-            "hold",
-            "--no-realtime",
-        ])
-        .arg(&img)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("mmp hold");
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(holder.stdout.take().expect("stdout")),
-        &mut line,
-    )
-    .expect("read");
-    assert!(line.starts_with("acquired"), "{line}");
+    let mut holder = mmp_tests::hold_until_acquired("0x7e57c12", "cli-b", &img);
     let (code, text) = mmp(&["disable", &img_s]);
     assert_eq!(code, Some(1), "disable while held elsewhere: {text}");
     assert!(has_mmp(&img), "MMP still on");
-    let _ = Command::new("kill")
-        .args(["-TERM", &holder.id().to_string()])
-        .status();
-    assert_eq!(holder.wait().expect("wait").code(), Some(0));
+    assert_eq!(mmp_tests::term_and_wait(&mut holder), Some(0));
 
     let (code, text) = mmp(&["disable", &img_s]);
     assert_eq!(code, Some(0), "{text}");

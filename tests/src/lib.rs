@@ -129,3 +129,45 @@ impl Drop for Loop {
         }
     }
 }
+
+/// Starts `mmp --hostid HOSTID --nodename NODE hold --no-realtime DEVICE` and returns once it
+/// printed `acquired` (its stdout is consumed; stderr is discarded).
+///
+/// # Panics
+/// If it cannot start or its first line is not `acquired ...`.
+#[must_use]
+pub fn hold_until_acquired(hostid: &str, node: &str, device: &Path) -> std::process::Child {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(mmp_bin())
+        .env_remove("MMP_HOSTID")
+        .args([
+            "--hostid",
+            hostid,
+            "--nodename",
+            node,
+            "hold",
+            "--no-realtime",
+        ])
+        .arg(device)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start mmp hold");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read mmp hold's stdout");
+    assert!(line.starts_with("acquired"), "mmp hold: {line:?}");
+    child
+}
+
+/// SIGTERM to `child`, then its exit code.
+///
+/// # Panics
+/// If waiting fails.
+pub fn term_and_wait(child: &mut std::process::Child) -> Option<i32> {
+    if let Some(pid) = rustix::process::Pid::from_raw(i32::try_from(child.id()).unwrap_or(0)) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+    child.wait().expect("wait").code()
+}
