@@ -326,21 +326,7 @@ fn loop_mount_ext4_with_mmp() {
         return;
     };
     let tmp = tempfile::tempdir().expect("tempdir");
-    let img = sparse(tmp.path(), "fs.img", 64 << 20);
-    run_ok(
-        Command::new(&tools[1])
-            .args([
-                "-F",
-                "-q",
-                "-t",
-                "ext4",
-                "-O",
-                "mmp",
-                "-E",
-                "mmp_update_interval=1",
-            ])
-            .arg(&img),
-    );
+    let img = ext4_mmp_image(&tools[1], tmp.path());
     let (Some(l1), Some(l2)) = (Loop::attach(&img), Loop::attach(&img)) else {
         return;
     };

@@ -682,6 +682,23 @@ fn ext4_image(dir: &Path) -> Option<PathBuf> {
     Some(img)
 }
 
+/// The ext4 race (11 s windows at update interval 1): 3 processes, holds of 1-4 s, 30 %
+/// SIGKILL and 20 % SIGSTOP for 12-14 s (past the window) per acquisition, no I/O faults.
+fn ext4_race(name: &str, dev: &Path) -> Race {
+    let mut race = Race::new(name, dev, 3, 11_000_000);
+    race.hold_us = (1_000_000, 4_000_000);
+    race.idle_us = (100_000, 1_000_000);
+    race.chaos = Chaos {
+        kill_p: 0.3,
+        stop_p: 0.2,
+        crash_gap_us: 0,
+        down_max_us: 1_000_000,
+        pause_gap_us: 0,
+        pause_us: (12_000_000, 14_000_000),
+    };
+    race
+}
+
 #[test]
 fn loop_race_ext4() {
     // ext4 windows are 11 s (update interval 1 s, e2fsprogs' minimum check interval of 5):
@@ -696,17 +713,7 @@ fn loop_race_ext4() {
         return;
     };
     let Some(lo) = Loop::attach(&img) else { return };
-    let mut race = Race::new("ext4-loop", &lo.dev, 3, 11_000_000);
-    race.hold_us = (1_000_000, 4_000_000);
-    race.idle_us = (100_000, 1_000_000);
-    race.chaos = Chaos {
-        kill_p: 0.3,
-        stop_p: 0.2,
-        crash_gap_us: 0,
-        down_max_us: 1_000_000,
-        pause_gap_us: 0,
-        pause_us: (12_000_000, 14_000_000),
-    };
+    let mut race = ext4_race("ext4-loop", &lo.dev);
     race.target_acq = env_u64("MMP_RACE_EXT4_ACQ").unwrap_or(4);
     race.limit = Duration::from_secs(env_u64("MMP_RACE_EXT4_SECS").unwrap_or(70));
     let sum = run_race(&race);
@@ -840,18 +847,8 @@ fn race_soak() {
                 let Some(lo) = Loop::attach(&img) else {
                     continue;
                 };
-                let mut r = Race::new(kind, &lo.dev, 3, 11_000_000);
+                let mut r = ext4_race(kind, &lo.dev);
                 r.hostid_base = 0x5243_2000;
-                r.hold_us = (1_000_000, 4_000_000);
-                r.idle_us = (100_000, 1_000_000);
-                r.chaos = Chaos {
-                    kill_p: 0.3,
-                    stop_p: 0.2,
-                    crash_gap_us: 0,
-                    down_max_us: 1_000_000,
-                    pause_gap_us: 0,
-                    pause_us: (12_000_000, 14_000_000),
-                };
                 r.target_acq = u64::MAX;
                 loops.push(lo);
                 r
