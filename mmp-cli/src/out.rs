@@ -170,6 +170,12 @@ pub(crate) fn refusal(path: &str, r: &Refusal) -> String {
             "{path}: I/O error during the protocol ({}); refusing while in doubt",
             errno_text(e.errno)
         ),
+        Refusal::TooLate { late_by } => format!(
+            "{path}: too slow to take the device safely: a result came {:.1} s after the \
+             instant it had to beat (the storage or this host stalled); nothing more was \
+             written. Retry when the storage responds normally",
+            late_by.as_secs_f64()
+        ),
     }
 }
 

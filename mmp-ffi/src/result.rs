@@ -55,6 +55,10 @@ pub enum mmp_result {
     /// Refused: formatting would overwrite a known signature or a native area that is not
     /// clean; pass `force` to overwrite.
     WouldOverwrite = 13,
+    /// Refused: this host or its I/O was too slow: the claim was verified only after the
+    /// lease it earned had run out (or a clear's write could not go out within its
+    /// deadline). Nothing more was written; retry when the storage responds normally.
+    TooLate = 14,
 
     // 100..=199: errors.
     /// A read, write or system call failed.
@@ -120,6 +124,7 @@ pub const ALL: &[mmp_result] = &[
     mmp_result::AlreadyEnabled,
     mmp_result::NeedsFsck,
     mmp_result::WouldOverwrite,
+    mmp_result::TooLate,
     mmp_result::Io,
     mmp_result::NotFound,
     mmp_result::PermissionDenied,
@@ -174,6 +179,9 @@ impl mmp_result {
             mmp_result::WouldOverwrite => {
                 "refused: the device carries data or an active MMP area; force is needed\0"
             }
+            mmp_result::TooLate => {
+                "refused: the I/O or this host was too slow to take the device safely\0"
+            }
             mmp_result::Io => "I/O error\0",
             mmp_result::NotFound => "no such file or device\0",
             mmp_result::PermissionDenied => "permission denied\0",
@@ -225,6 +233,7 @@ impl From<&Refusal> for mmp_result {
             Refusal::Active(_) => mmp_result::InUse,
             Refusal::LostRace(_) => mmp_result::LostRace,
             Refusal::Io(_) => mmp_result::Io,
+            Refusal::TooLate { .. } => mmp_result::TooLate,
         }
     }
 }

@@ -159,6 +159,10 @@ pub struct Config {
     /// Self-fencing (the lease). Always `true` outside tests; the simulator turns it off in
     /// the one scenario that proves its checker catches double owners.
     pub self_fence: bool,
+    /// Queue (`--wait`): an acquire that finds the device held keeps watching through the
+    /// owner's heartbeats (and, without `force`, through another host's stale block) until
+    /// the owner releases it, instead of refusing. The caller bounds the wait by releasing.
+    pub wait: bool,
 }
 
 impl Config {
@@ -171,6 +175,7 @@ impl Config {
             force: false,
             random_seed,
             self_fence: true,
+            wait: false,
         }
     }
 
@@ -178,6 +183,13 @@ impl Config {
     #[must_use]
     pub fn with_force(mut self) -> Self {
         self.force = true;
+        self
+    }
+
+    /// The same configuration with queueing ([`Config::wait`]) on.
+    #[must_use]
+    pub fn with_wait(mut self) -> Self {
+        self.wait = true;
         self
     }
 }
@@ -369,6 +381,16 @@ pub enum Refusal {
     LostRace(Option<Snapshot>),
     /// A read or write failed during the operation: in doubt, so refused.
     Io(IoError),
+    /// This host or its I/O was too slow: a result was handled (or a write was ready to go
+    /// out) after the instant it had to beat. For an acquire: the lease its verified claim
+    /// earned (counted from when the claim write was issued) had already run out, so the
+    /// device is not taken (the claim stays on it; other hosts treat it as a stale live
+    /// block). For a clear: the CLEAN write was not issued within its deadline after the
+    /// read. Nothing more was written.
+    TooLate {
+        /// How long after that instant it was handled.
+        late_by: Duration,
+    },
 }
 
 /// Why an owner lost the device.
@@ -562,6 +584,14 @@ impl Timing {
         let claim = self.claim_wait.max(self.fail_window + self.fail_window / 8);
         if clean { claim } else { self.watch + claim }
     }
+
+    /// The shortest claim wait any host may use on this device: two intervals (native,
+    /// without advertised delay), at most the claim wait. An aborted acquire restores the
+    /// block it replaced only if the restore is issued within half of it after its re-read.
+    #[must_use]
+    pub fn min_claim_wait(&self) -> Duration {
+        (self.interval * 2).min(self.claim_wait)
+    }
 }
 
 /// The refusal an operation meets at its first read of a block in this state, before any
@@ -627,14 +657,16 @@ enum Step {
     ReleaseRead,
     /// CLEAN write outstanding.
     ReleaseWrite,
+    /// Abort during the claim: waiting until a competitor's prompt claim would be visible.
+    RestoreWait { at: Instant },
     /// Abort during the claim: re-read outstanding.
     RestoreRead,
-    /// Abort during the claim: restoring the block we found.
-    RestoreWrite,
+    /// Abort during the claim: restoring the block we found; never issued past `deadline`.
+    RestoreWrite { deadline: Instant },
     /// Clear: first read outstanding.
     ClearRead,
-    /// Clear: CLEAN write outstanding.
-    ClearWrite,
+    /// Clear: CLEAN write outstanding; never issued past `deadline`.
+    ClearWrite { deadline: Instant },
     /// Finished.
     Done(Outcome),
 }
@@ -659,10 +691,25 @@ pub struct Machine {
     mine: Option<Snapshot>,
     timing: Option<Timing>,
     lease_until: Option<Instant>,
-    /// When the outstanding (or last) read was requested.
+    /// When the outstanding (or last) read was requested: a lower bound of the instant it
+    /// sampled the device (the caller cannot issue it earlier).
     read_requested: Instant,
+    /// When the outstanding (or last) write was emitted ([`Machine::emit_block`], right
+    /// before it is issued): a lower bound of the instant it landed.
+    write_emitted: Instant,
     /// When the read that justified our claim was requested.
     claim_basis: Instant,
+    /// When our claim write's completion was handled: an upper bound of its landing.
+    claim_done: Instant,
+    /// The claim replaces a release we watched happen (see `docs/protocol.md`): the short
+    /// claim wait is enough. Otherwise a claim on a CLEAN block waits out a fail window.
+    release_watched: bool,
+    /// Watch: when the last read that still saw the previous live block was requested,
+    /// once the watched block has changed from one live block to another (a heartbeat seen
+    /// to advance).
+    advance_basis: Option<Instant>,
+    /// Watch: when the last read that matched the watched block was requested.
+    last_match: Instant,
     last_beat_start: Option<Instant>,
     release_requested: bool,
     /// The caller abandoned the acquire while our claim was on (or going to) the device.
@@ -691,7 +738,12 @@ impl Machine {
             timing: None,
             lease_until: None,
             read_requested: now.mono,
+            write_emitted: now.mono,
             claim_basis: now.mono,
+            claim_done: now.mono,
+            release_watched: false,
+            advance_basis: None,
+            last_match: now.mono,
             last_beat_start: None,
             release_requested: false,
             abort_requested: false,
@@ -700,7 +752,11 @@ impl Machine {
             ev_head: 0,
             ev_len: 0,
         };
-        if op == Op::Acquire && cfg.identity.hostid == 0 {
+        // ext4 MMP records only a node name: the hostid rule is the native format's.
+        if op == Op::Acquire
+            && cfg.identity.hostid == 0
+            && matches!(cfg.layout, Layout::Native { .. })
+        {
             m.finish(Outcome::Refused(Refusal::NoHostid));
             return m;
         }
@@ -735,10 +791,12 @@ impl Machine {
             Step::Watch { .. } | Step::WatchRead { .. } => Phase::Watching,
             Step::ClaimWrite | Step::ClaimWait { .. } | Step::ClaimRead { .. } => Phase::Claiming,
             Step::Held { .. } | Step::BeatRead { .. } | Step::BeatWrite { .. } => Phase::Held,
-            Step::ReleaseRead | Step::ReleaseWrite | Step::RestoreRead | Step::RestoreWrite => {
-                Phase::Releasing
-            }
-            Step::ClearRead | Step::ClearWrite => Phase::Clearing,
+            Step::ReleaseRead
+            | Step::ReleaseWrite
+            | Step::RestoreWait { .. }
+            | Step::RestoreRead
+            | Step::RestoreWrite { .. } => Phase::Releasing,
+            Step::ClearRead | Step::ClearWrite { .. } => Phase::Clearing,
             Step::Done(_) => Phase::Done,
         }
     }
@@ -823,18 +881,36 @@ impl Machine {
             Step::ClaimWrite
                 | Step::BeatWrite { .. }
                 | Step::ReleaseWrite
-                | Step::ClearWrite
-                | Step::RestoreWrite
+                | Step::ClearWrite { .. }
+                | Step::RestoreWrite { .. }
         );
         if !writing || buf.len() < len {
             return false;
         }
-        if matches!(self.step, Step::BeatWrite { .. } | Step::ReleaseWrite)
-            && self.lease_expired(now.mono)
-        {
-            self.fence(now.mono);
-            return false;
+        // Every write but the claim carries a deadline and is never issued past it: the
+        // heartbeat and the release's CLEAN the lease; the restore its own (see
+        // `try_restore`); the clear its own.
+        match self.step {
+            Step::BeatWrite { .. } | Step::ReleaseWrite if self.lease_expired(now.mono) => {
+                self.fence(now.mono);
+                return false;
+            }
+            Step::RestoreWrite { deadline }
+                if now.mono >= deadline || self.lease_expired(now.mono) =>
+            {
+                // Too late to put the old block back safely: our claim stays, which other
+                // hosts treat as a stale live block (the full takeover wait, never a CLEAN).
+                self.finish(Outcome::Aborted);
+                return false;
+            }
+            Step::ClearWrite { deadline } if now.mono >= deadline => {
+                let late_by = now.mono.saturating_since(deadline);
+                self.finish(Outcome::Refused(Refusal::TooLate { late_by }));
+                return false;
+            }
+            _ => {}
         }
+        self.write_emitted = now.mono;
         buf[..len].copy_from_slice(&self.out[..len]);
         true
     }
@@ -848,6 +924,7 @@ impl Machine {
                 until, next_poll, ..
             } => Some(until.min(next_poll)),
             Step::ClaimWait { until, next_poll } => Some(until.min(next_poll)),
+            Step::RestoreWait { at } => Some(at),
             Step::Held { next_beat } => Some(match (self.cfg.self_fence, self.lease_until) {
                 (true, Some(l)) => next_beat.min(l),
                 _ => next_beat,
@@ -871,6 +948,11 @@ impl Machine {
     // ----- inputs --------------------------------------------------------------------
 
     /// A read finished with `data` (at least the requested length).
+    ///
+    /// `now` is when the result is handled, which may be long after the device was sampled:
+    /// decisions that need the sample to be *after* an instant use the time the read was
+    /// requested (a lower bound of the sample), decisions that need it *before* an instant
+    /// use `now` (an upper bound). See "Time of an I/O" in `docs/protocol.md`.
     pub fn handle_read_done(&mut self, now: Now, data: &[u8]) {
         let len = self.cfg.layout.record_len();
         let Some(data) = data.get(..len) else {
@@ -879,30 +961,20 @@ impl Machine {
         };
         match self.step {
             Step::Initial => self.on_initial(now, data),
-            Step::WatchRead { until, total } => {
-                if data != &self.seen[..len] {
-                    let snap = parse(&self.cfg.layout, data).ok();
-                    self.finish(Outcome::Refused(Refusal::Active(snap)));
-                } else if now.mono >= until {
-                    self.watch_passed(now);
+            Step::WatchRead { until, total } => self.on_watch_read(now, data, until, total),
+            Step::ClaimRead { .. } if self.abort_requested => {
+                if data != &self.written[..len] {
+                    // Someone else wrote: never overwrite it.
+                    self.finish(Outcome::Aborted);
+                } else if self.read_requested >= self.restore_not_before() {
+                    self.try_restore(now);
                 } else {
-                    let next_poll = self.next_poll(now.mono);
-                    self.step = Step::Watch {
-                        until,
-                        total,
-                        next_poll,
-                    };
-                    self.progress(Phase::Watching, until.saturating_since(now.mono), total);
+                    self.start_restore(now);
                 }
             }
-            Step::ClaimRead { .. } | Step::RestoreRead
-                if self.abort_requested || self.step == Step::RestoreRead =>
-            {
+            Step::RestoreRead => {
                 if data == &self.written[..len] {
-                    // Still our claim: put back what was there before it.
-                    self.out[..len].copy_from_slice(&self.seen[..len]);
-                    self.step = Step::RestoreWrite;
-                    self.request_write();
+                    self.try_restore(now);
                 } else {
                     self.finish(Outcome::Aborted);
                 }
@@ -911,10 +983,22 @@ impl Machine {
                 if data != &self.written[..len] {
                     let snap = parse(&self.cfg.layout, data).ok();
                     self.finish(Outcome::Refused(Refusal::LostRace(snap)));
-                } else if now.mono >= until {
-                    self.push(Event::Acquired);
-                    self.beat(now);
+                } else if self.read_requested >= until {
+                    // The read was issued after the claim wait ended, so it saw the device
+                    // after every competing prompt claim had landed.
+                    match self.lease_until {
+                        Some(l) if now.mono >= l => {
+                            let late_by = now.mono.saturating_since(l);
+                            self.finish(Outcome::Refused(Refusal::TooLate { late_by }));
+                        }
+                        _ => {
+                            self.push(Event::Acquired);
+                            self.beat(now);
+                        }
+                    }
                 } else {
+                    // Issued before the wait ended (a poll read, or handled late): it proves
+                    // nothing about the end of the wait. Read again once it has passed.
                     let next_poll = self.next_poll(now.mono);
                     self.step = Step::ClaimWait { until, next_poll };
                     let total = self.timing.map(|t| t.claim_wait).unwrap_or_default();
@@ -953,9 +1037,19 @@ impl Machine {
                 if let Some(s) = snap {
                     self.push(Event::Observed(s));
                 }
+                // The clear writes what it derived from this read: not long after it.
+                let budget = snap.map_or(FALLBACK_TIMING.fail_window, |s| {
+                    Timing::for_snapshot(&self.cfg.layout, &s).fail_window
+                }) / 2;
+                let deadline = self.read_requested + budget;
+                if now.mono >= deadline {
+                    let late_by = now.mono.saturating_since(deadline);
+                    self.finish(Outcome::Refused(Refusal::TooLate { late_by }));
+                    return;
+                }
                 match self.build_clear(now, snap) {
                     Ok(()) => {
-                        self.step = Step::ClearWrite;
+                        self.step = Step::ClearWrite { deadline };
                         self.request_write();
                     }
                     Err(c) => self.finish(Outcome::Refused(Refusal::Corrupt(c))),
@@ -966,37 +1060,46 @@ impl Machine {
     }
 
     /// The outstanding write completed durably.
+    ///
+    /// `now` (when the completion is handled) is an upper bound of when the write landed;
+    /// the instant it was emitted ([`Machine::emit_block`]) is a lower bound. Leases run
+    /// from the lower bound, waits for competitors from the upper one.
     pub fn handle_write_done(&mut self, now: Now) {
         let len = self.cfg.layout.record_len();
         match self.step {
-            Step::ClaimWrite if self.abort_requested => {
-                self.written[..len].copy_from_slice(&self.out[..len]);
-                self.step = Step::RestoreRead;
-                self.request_read(now.mono);
-            }
             Step::ClaimWrite => {
                 self.written[..len].copy_from_slice(&self.out[..len]);
                 let t = self.timing.unwrap_or(FALLBACK_TIMING);
-                // A native claim that completes more than an interval after the read that
-                // justified it may have landed on a host that became owner meanwhile and
-                // is now silent (paused, I/O stalled) but still inside its lease: the
-                // short claim wait (2 intervals) only catches owners that keep
-                // heartbeating. Such a late claim waits out a whole lease (plus 1/8 for
-                // clock drift), still well inside a waiter's watch of our claim (2 fail
-                // windows), so the silence is not mistaken for a dead claimer. ext4's
-                // claim wait equals its fail window, which leaves no margin for clock
-                // drift, so the same rule applies there.
+                // A claim whose write completed more than an interval after the read that
+                // justified it may have landed on a host that became owner meanwhile and is
+                // now silent (paused, I/O stalled) but still inside its lease: the short
+                // claim wait (2 intervals) only catches owners that keep heartbeating. Such a
+                // late claim waits out a whole lease (plus 1/8 for clock drift), still well
+                // inside a waiter's watch of our claim (2 fail windows), so the silence is not
+                // mistaken for a dead claimer. ext4's claim wait equals its fail window,
+                // which leaves no margin for clock drift, so the same rule applies there.
+                // A claim on a CLEAN block whose release we did not watch happen waits the
+                // same: that CLEAN may have landed late over an owner that is silent now.
                 let late = now.mono.saturating_since(self.claim_basis) > t.interval;
-                let wait = if late {
+                let untrusted_clean = self
+                    .first
+                    .is_some_and(|f| f.class() == Class::Clean && !self.release_watched);
+                let wait = if late || untrusted_clean {
                     t.max_acquire_wait(true)
                 } else {
                     t.claim_wait
                 };
-                // The claim is our first write: a waiter that saw it needs a whole watch
-                // plus a claim wait before it could own, so the lease covers our own claim
-                // wait plus half a fail window to get the first heartbeat out.
-                self.lease_until = Some(now.mono + wait + t.fail_window / 2);
-                self.stats.last_write = Some(now.mono);
+                // A waiter that saw our claim needs a whole watch plus a claim wait after it
+                // landed (no earlier than it was emitted) before it could own, so the lease
+                // runs from the emission: our own claim wait plus half a fail window to get
+                // the first heartbeat out. The wait itself runs from the completion.
+                self.lease_until = Some(self.write_emitted + wait + t.fail_window / 2);
+                self.stats.last_write = Some(self.write_emitted);
+                self.claim_done = now.mono;
+                if self.abort_requested {
+                    self.start_restore(now);
+                    return;
+                }
                 let until = now.mono + wait;
                 self.step = Step::ClaimWait {
                     until,
@@ -1004,8 +1107,9 @@ impl Machine {
                 };
                 self.progress(Phase::Claiming, wait, wait);
             }
-            Step::BeatWrite { started, issued } => {
+            Step::BeatWrite { started, .. } => {
                 self.written[..len].copy_from_slice(&self.out[..len]);
+                let issued = self.write_emitted;
                 self.on_beat_success(now, started, issued);
                 if self.release_requested {
                     self.step = Step::ReleaseRead;
@@ -1023,8 +1127,8 @@ impl Machine {
                 }
             }
             Step::ReleaseWrite => self.finish(Outcome::Released),
-            Step::RestoreWrite => self.finish(Outcome::Aborted),
-            Step::ClearWrite => self.finish(Outcome::Cleared),
+            Step::RestoreWrite { .. } => self.finish(Outcome::Aborted),
+            Step::ClearWrite { .. } => self.finish(Outcome::Cleared),
             _ => {}
         }
     }
@@ -1037,7 +1141,7 @@ impl Machine {
             | Step::ClaimRead { .. }
             | Step::ClaimWrite
             | Step::ClearRead
-            | Step::ClearWrite => self.finish(Outcome::Refused(Refusal::Io(err))),
+            | Step::ClearWrite { .. } => self.finish(Outcome::Refused(Refusal::Io(err))),
             Step::BeatRead { .. } | Step::BeatWrite { .. } => {
                 self.stats.io_failures += 1;
                 self.push(Event::IoRetry(err));
@@ -1063,7 +1167,7 @@ impl Machine {
             Step::ReleaseWrite => self.finish(Outcome::Lost(Loss::ReleaseReadFailed(err))),
             // Restoring after an abort is best effort: our claim stays, which other hosts
             // treat as a stale live block.
-            Step::RestoreRead | Step::RestoreWrite => self.finish(Outcome::Aborted),
+            Step::RestoreRead | Step::RestoreWrite { .. } => self.finish(Outcome::Aborted),
             _ => {}
         }
     }
@@ -1081,6 +1185,10 @@ impl Machine {
             }
             Step::ClaimWait { until, next_poll } if now.mono >= next_poll || now.mono >= until => {
                 self.step = Step::ClaimRead { until };
+                self.request_read(now.mono);
+            }
+            Step::RestoreWait { at } if now.mono >= at => {
+                self.step = Step::RestoreRead;
                 self.request_read(now.mono);
             }
             Step::Held { next_beat } => {
@@ -1133,8 +1241,10 @@ impl Machine {
     }
 
     /// Asks to release. While held: at the next opportunity the block is re-read and, only
-    /// if it is still exactly what we wrote, CLEAN is written. While acquiring or checking:
-    /// the operation is abandoned ([`Outcome::Aborted`]); a claim already on disk stays.
+    /// if it is still exactly what we wrote (and the lease still runs), CLEAN is written.
+    /// While acquiring or checking: the operation is abandoned ([`Outcome::Aborted`]); a
+    /// claim already written is replaced by the block found before it only if that can be
+    /// done safely (see [`Outcome::Aborted`]), else it stays.
     pub fn release(&mut self, now: Now) {
         match self.step {
             Step::Held { .. } => {
@@ -1145,13 +1255,13 @@ impl Machine {
             Step::Done(_)
             | Step::ReleaseRead
             | Step::ReleaseWrite
+            | Step::RestoreWait { .. }
             | Step::RestoreRead
-            | Step::RestoreWrite => {}
+            | Step::RestoreWrite { .. } => {}
             // Our claim is on the device: restore what was there, if it is still ours.
             Step::ClaimWait { .. } => {
                 self.abort_requested = true;
-                self.step = Step::RestoreRead;
-                self.request_read(now.mono);
+                self.start_restore(now);
             }
             Step::ClaimWrite | Step::ClaimRead { .. } => self.abort_requested = true,
             _ => {
@@ -1166,6 +1276,7 @@ impl Machine {
     fn on_initial(&mut self, now: Now, data: &[u8]) {
         let len = self.cfg.layout.record_len();
         self.seen[..len].copy_from_slice(data);
+        self.last_match = self.read_requested;
         let snap = match parse(&self.cfg.layout, data) {
             Ok(s) => s,
             Err(c) => {
@@ -1179,7 +1290,9 @@ impl Machine {
         self.timing = Some(timing);
         self.stats.interval = timing.interval;
         self.stats.fail_window = timing.fail_window;
-        if let Some(r) = immediate_refusal(self.op, &self.cfg.identity, self.cfg.force, &snap) {
+        // Queueing waits through another host's live block instead of refusing it.
+        let force = self.cfg.force || self.cfg.wait;
+        if let Some(r) = immediate_refusal(self.op, &self.cfg.identity, force, &snap) {
             return self.finish(Outcome::Refused(r));
         }
         if snap.class() == Class::Clean {
@@ -1192,6 +1305,12 @@ impl Machine {
             self.claim(now);
             return;
         }
+        self.start_watch(now, timing);
+    }
+
+    /// Starts (or restarts) the activity watch of the block in `seen`, from `now` (an upper
+    /// bound of when that block was sampled).
+    fn start_watch(&mut self, now: Now, timing: Timing) {
         let mut total = timing.watch;
         if self.op == Op::Acquire {
             // 0..12.5 % jitter, so two hosts that start together do not finish together.
@@ -1208,6 +1327,77 @@ impl Machine {
         self.progress(Phase::Watching, total, total);
     }
 
+    fn on_watch_read(&mut self, now: Now, data: &[u8], until: Instant, total: Duration) {
+        let len = self.cfg.layout.record_len();
+        if data == &self.seen[..len] {
+            self.last_match = self.read_requested;
+            // The watch is over only if this read was issued after its end.
+            if self.read_requested >= until {
+                self.watch_passed(now);
+            } else {
+                let next_poll = self.next_poll(now.mono);
+                self.step = Step::Watch {
+                    until,
+                    total,
+                    next_poll,
+                };
+                self.progress(Phase::Watching, until.saturating_since(now.mono), total);
+            }
+            return;
+        }
+        let snap = parse(&self.cfg.layout, data).ok();
+        let prev = self.first;
+        match snap {
+            // Released while we watched: the best news a waiter can get.
+            Some(s) if s.class() == Class::Clean && self.op == Op::Acquire => {
+                self.release_watched = prev.is_some_and(|p| self.watched_release(now, &p, &s));
+                self.adopt(data, s);
+                self.claim(now);
+            }
+            // Another heartbeat: the owner is alive. Queueing keeps watching it.
+            Some(s) if self.cfg.wait && self.op == Op::Acquire && s.class() == Class::Active => {
+                self.advance_basis = Some(self.last_match);
+                self.adopt(data, s);
+                self.last_match = self.read_requested;
+                let timing = Timing::for_snapshot(&self.cfg.layout, &s);
+                self.start_watch(now, timing);
+            }
+            _ => self.finish(Outcome::Refused(Refusal::Active(snap))),
+        }
+    }
+
+    /// Whether `clean` is the release of the live block `prev` that we saw being written:
+    /// a native release record of the same host naming the sequence that follows `prev`'s,
+    /// observed within a fail window of the last read that still saw the block before
+    /// `prev` (so `prev` was a live heartbeat that landed during our watch, and no other host
+    /// can have completed a takeover of it before the release landed). ext4 CLEAN blocks do
+    /// not name the sequence they release: never.
+    fn watched_release(&self, now: Now, prev: &Snapshot, clean: &Snapshot) -> bool {
+        let (Snapshot::Native(p), Snapshot::Native(c)) = (prev, clean) else {
+            return false;
+        };
+        let Some(basis) = self.advance_basis else {
+            return false;
+        };
+        let fail = Timing::for_snapshot(&self.cfg.layout, prev).fail_window;
+        p.state == native::State::Active
+            && c.reason == native::Reason::Released
+            && c.hostid == p.hostid
+            && c.seq == p.seq.wrapping_add(1)
+            && now.mono.saturating_since(basis) < fail
+    }
+
+    /// Makes `data` (parsed as `snap`) the block we watch and would restore.
+    fn adopt(&mut self, data: &[u8], snap: Snapshot) {
+        let len = self.cfg.layout.record_len();
+        self.seen[..len].copy_from_slice(data);
+        self.first = Some(snap);
+        let timing = Timing::for_snapshot(&self.cfg.layout, &snap);
+        self.timing = Some(timing);
+        self.stats.interval = timing.interval;
+        self.stats.fail_window = timing.fail_window;
+    }
+
     fn watch_passed(&mut self, now: Now) {
         let Some(snap) = self.first else {
             self.finish(Outcome::Refused(Refusal::Io(IoError { errno: 0 })));
@@ -1218,9 +1408,52 @@ impl Machine {
                 stale: true,
                 snapshot: snap,
             });
+        } else if self.cfg.wait && !self.cfg.force && is_foreign(&self.cfg.identity, &snap) {
+            // Another host's block went stale: taking it needs `force`. Queueing waits on
+            // for a release (or for the caller to give up).
+            let timing = self.timing.unwrap_or(FALLBACK_TIMING);
+            self.start_watch(now, timing);
         } else {
             self.claim(now);
         }
+    }
+
+    /// After an abort, the earliest instant a restore read may be requested: an interval
+    /// after our claim completed, so that a competitor's prompt claim (written within an
+    /// interval of a read that came before our claim landed) has landed and is seen.
+    fn restore_not_before(&self) -> Instant {
+        let t = self.timing.unwrap_or(FALLBACK_TIMING);
+        self.claim_done + t.interval
+    }
+
+    /// Abort with our claim on the device: wait until a competitor's prompt claim would be
+    /// visible, then re-read.
+    fn start_restore(&mut self, now: Now) {
+        let at = self.restore_not_before();
+        if now.mono >= at {
+            self.step = Step::RestoreRead;
+            self.request_read(now.mono);
+        } else {
+            self.step = Step::RestoreWait { at };
+        }
+    }
+
+    /// The restore read (issued after [`Machine::restore_not_before`]) found exactly our
+    /// claim: put back the block found before it, if that can still land before any
+    /// competitor could verify a claim of its own; else leave our claim.
+    fn try_restore(&mut self, now: Now) {
+        let t = self.timing.unwrap_or(FALLBACK_TIMING);
+        // A competitor whose claim had not landed when we read verifies no earlier than its
+        // shortest claim wait after our read: our restore must be issued within half of it.
+        let deadline = self.read_requested + t.min_claim_wait() / 2;
+        if now.mono >= deadline || self.lease_expired(now.mono) {
+            self.finish(Outcome::Aborted);
+            return;
+        }
+        let len = self.cfg.layout.record_len();
+        self.out[..len].copy_from_slice(&self.seen[..len]);
+        self.step = Step::RestoreWrite { deadline };
+        self.request_write();
     }
 
     fn claim(&mut self, now: Now) {
@@ -1460,8 +1693,20 @@ impl Machine {
 
     fn push(&mut self, e: Event) {
         if self.ev_len == EVENT_CAP {
-            // Drop the oldest event to make room (progress is the only frequent kind).
-            self.ev_head = (self.ev_head + 1) % EVENT_CAP;
+            // Make room by dropping the oldest progress report (the only frequent kind);
+            // `Acquired` and `Finished` are never dropped.
+            let victim = (0..EVENT_CAP)
+                .map(|k| (self.ev_head + k) % EVENT_CAP)
+                .find(|&i| matches!(self.events[i], Some(Event::Progress { .. })))
+                .unwrap_or(self.ev_head);
+            let mut i = victim;
+            // Close the gap: shift the younger events one place towards the head.
+            while i != (self.ev_head + self.ev_len - 1) % EVENT_CAP {
+                let next = (i + 1) % EVENT_CAP;
+                self.events[i] = self.events[next].take();
+                i = next;
+            }
+            self.events[i] = None;
             self.ev_len -= 1;
         }
         let idx = (self.ev_head + self.ev_len) % EVENT_CAP;
