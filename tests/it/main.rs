@@ -13,5 +13,6 @@ mod loop_cli;
 mod loop_integration;
 mod race;
 mod sim;
+mod timing;
 mod tool_ext4_codec;
 mod tool_tune;

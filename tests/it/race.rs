@@ -159,7 +159,7 @@ impl Summary {
 
 /// One process's ownership of one device.
 #[derive(Clone, Debug)]
-struct Interval {
+pub(crate) struct Interval {
     device: String,
     host: String,
     pid: u32,
@@ -170,7 +170,7 @@ struct Interval {
 
 /// Parses an owner log into intervals: `acquired` .. min(`released`/`lost` time, largest
 /// lease bound).
-fn intervals(log: &str) -> Result<Vec<Interval>, String> {
+pub(crate) fn intervals(log: &str) -> Result<Vec<Interval>, String> {
     #[derive(Default)]
     struct Acc {
         host: String,
@@ -242,7 +242,7 @@ fn intervals(log: &str) -> Result<Vec<Interval>, String> {
 }
 
 /// Every pair of intervals of one device that overlap.
-fn overlaps(iv: &[Interval]) -> Vec<String> {
+pub(crate) fn overlaps(iv: &[Interval]) -> Vec<String> {
     let mut sorted: Vec<&Interval> = iv.iter().collect();
     sorted.sort_by_key(|i| (i.device.clone(), i.start));
     let mut bad = Vec::new();

@@ -732,6 +732,7 @@ impl Options {
             down_max_us: f.down_max_us,
             drift: f.drift,
             scenario: sc,
+            delays: Vec::new(),
         }
     }
 

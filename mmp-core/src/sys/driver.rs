@@ -169,6 +169,68 @@ pub struct FaultPlan {
     pub drift: bool,
     /// `scenario.*` keys, in order (for replay harnesses).
     pub scenario: Vec<(String, String)>,
+    /// Targeted delays (`delay.<phase>.<read|write>.<before|after>_us = N`): every I/O of
+    /// that kind while the machine is in that phase waits `N` µs more before the data
+    /// moves (for a write: after its block was emitted, so it lands late) or after it
+    /// moved (before the machine hears the result: the result is handled late). For
+    /// regression tests of the protocol's timing rules with real processes.
+    pub delays: Vec<PhaseDelay>,
+}
+
+/// One targeted delay of a [`FaultPlan`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PhaseDelay {
+    /// The machine's phase when the I/O is performed.
+    pub phase: Phase,
+    /// Writes (else reads).
+    pub write: bool,
+    /// After the data moved (else before).
+    pub after: bool,
+    /// How long.
+    pub us: u64,
+}
+
+impl PhaseDelay {
+    /// The plan key, e.g. `delay.releasing.write.before_us`.
+    #[must_use]
+    pub fn key(&self) -> String {
+        format!(
+            "delay.{}.{}.{}_us",
+            self.phase.name(),
+            if self.write { "write" } else { "read" },
+            if self.after { "after" } else { "before" }
+        )
+    }
+
+    fn parse_key(k: &str) -> Option<(Phase, bool, bool)> {
+        let rest = k.strip_prefix("delay.")?;
+        let mut it = rest.split('.');
+        let (phase, kind, when) = (it.next()?, it.next()?, it.next()?);
+        if it.next().is_some() {
+            return None;
+        }
+        let phase = [
+            Phase::Reading,
+            Phase::Watching,
+            Phase::Claiming,
+            Phase::Held,
+            Phase::Releasing,
+            Phase::Clearing,
+        ]
+        .into_iter()
+        .find(|p| p.name() == phase)?;
+        let write = match kind {
+            "read" => false,
+            "write" => true,
+            _ => return None,
+        };
+        let after = match when {
+            "before_us" => false,
+            "after_us" => true,
+            _ => return None,
+        };
+        Some((phase, write, after))
+    }
 }
 
 /// Why a fault plan does not parse.
@@ -214,6 +276,20 @@ impl FaultPlan {
                 };
                 r.map_err(|_| err(format!("{k}: expected an integer, got {v:?}")))
             };
+            if k.starts_with("delay.") {
+                let Some((phase, write, after)) = PhaseDelay::parse_key(k) else {
+                    return Err(err(format!(
+                        "{k}: expected delay.<phase>.<read|write>.<before|after>_us"
+                    )));
+                };
+                p.delays.push(PhaseDelay {
+                    phase,
+                    write,
+                    after,
+                    us: int()?,
+                });
+                continue;
+            }
             let prob = || -> Result<f64, PlanError> {
                 match v.parse::<f64>() {
                     Ok(x) if (0.0..=1.0).contains(&x) => Ok(x),
@@ -280,6 +356,9 @@ impl FaultPlan {
             let _ = writeln!(s, "{k} = {v}");
         }
         let _ = writeln!(s, "drift = {}", self.drift);
+        for d in &self.delays {
+            let _ = writeln!(s, "{} = {}", d.key(), d.us);
+        }
         for (k, v) in &self.scenario {
             let _ = writeln!(s, "{k} = {v}");
         }
@@ -479,6 +558,19 @@ impl FaultHook for PlanFaults {
                 errno: eio.then_some(5),
             };
             kind = Some(if eio { "torn_write_eio" } else { "torn_write" });
+        }
+        let phase = io.machine.phase();
+        for d in p
+            .delays
+            .iter()
+            .filter(|d| d.phase == phase && d.write == io.write)
+        {
+            let us = Duration::from_micros(d.us);
+            if d.after {
+                fault.delay_after += us;
+            } else {
+                fault.delay_before += us;
+            }
         }
         if spike {
             self.counts.spikes += 1;
@@ -943,8 +1035,28 @@ mod tests {
             down_max_us: 3_000_000,
             drift: true,
             scenario: vec![("scenario.hosts".into(), "3".into())],
+            delays: vec![
+                PhaseDelay {
+                    phase: Phase::Releasing,
+                    write: true,
+                    after: false,
+                    us: 10_500_000,
+                },
+                PhaseDelay {
+                    phase: Phase::Claiming,
+                    write: false,
+                    after: true,
+                    us: 3,
+                },
+            ],
         };
         let text = p.to_text();
+        assert!(
+            text.contains("delay.releasing.write.before_us = 10500000"),
+            "{text}"
+        );
+        assert!(FaultPlan::parse("delay.held.write.sideways_us = 1").is_err());
+        assert!(FaultPlan::parse("delay.sleeping.read.after_us = 1").is_err());
         assert_eq!(FaultPlan::parse(&text), Ok(p.clone()));
         assert_eq!(p.scenario("hosts"), Some("3"));
         let e = FaultPlan::parse("seed = 1\neio_raed_p = 0.1\n").unwrap_err();
