@@ -599,12 +599,16 @@ mmp_result mmp_device_check(const struct mmp_device *dev,
  * `force` takes a device last held by another host and not released; the activity test
  * still runs, so a live owner is never taken. `cb` (may be NULL) is called on this thread
  * with progress; `mmp_device_cancel` stops the wait (`MMP_RESULT_ABORTED`; a claim
- * already written stays on the device).
+ * already written is replaced by the block found before it only if a fresh re-read an
+ * interval later still shows exactly the claim and the write can go out within a short
+ * deadline, see docs/protocol.md; otherwise it stays on the device as a stale live block).
  *
  * # Errors
  * The refusals `MMP_RESULT_IN_USE`, `MMP_RESULT_FOREIGN`, `MMP_RESULT_FSCK`,
  * `MMP_RESULT_UNKNOWN_SEQ`, `MMP_RESULT_MAINTENANCE`, `MMP_RESULT_CORRUPT`,
- * `MMP_RESULT_NO_HOSTID`, `MMP_RESULT_LOST_RACE`, `MMP_RESULT_ABORTED`; and
+ * `MMP_RESULT_NO_HOSTID` (native format only), `MMP_RESULT_LOST_RACE`,
+ * `MMP_RESULT_TOO_LATE` (the claim was verified only after the lease it earned had run
+ * out: the I/O or this thread was too slow), `MMP_RESULT_ABORTED`; and
  * `MMP_RESULT_IO`, `MMP_RESULT_HOSTID_INVALID`, `MMP_RESULT_READ_ONLY`,
  * `MMP_RESULT_ALREADY_HELD`, `MMP_RESULT_NULL_PARAMETER`, `MMP_RESULT_BUSY`,
  * `MMP_RESULT_POISONED`.
