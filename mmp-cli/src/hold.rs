@@ -22,6 +22,13 @@ pub(crate) struct HoldOpts {
     /// runs: a live owner is never taken).
     #[arg(long)]
     force: bool,
+    /// Queue: while another host holds a device, wait until it releases it (like
+    /// `flock -w`) instead of refusing; SECONDS bounds the wait (exit 1 when it runs out),
+    /// none means forever. A standby that watched the release takes the device after two
+    /// intervals. A dead owner's device is still taken only with --force (after the full
+    /// activity test).
+    #[arg(long, value_name = "SECONDS", num_args = 0..=1, require_equals = true)]
+    wait: Option<Option<f64>>,
     /// What to do when ownership of a device is lost: `exit` (default: release the others
     /// and exit 3), `kill` (the same; for `run` only), `exec:CMD` (run CMD with MMP_DEVICE
     /// and MMP_REASON set, then exit 3), `reboot` (sync, then an immediate sysrq reboot:
@@ -222,6 +229,17 @@ pub(crate) fn hold(
     command: Option<&[String]>,
 ) -> Result<u8, String> {
     let action = parse_loss(&opts.on_loss)?;
+    let wait_limit = match opts.wait {
+        Some(Some(s)) if !s.is_finite() || s < 0.0 => {
+            return Err(format!(
+                "--wait={s}: expected a number of seconds (0 or more), or --wait alone to wait \
+                 without a limit"
+            ));
+        }
+        Some(Some(s)) => Some(Duration::from_secs_f64(s)),
+        _ => None,
+    };
+    let queue = opts.wait.is_some();
     if action == LossAction::Kill && command.is_none() {
         return Err("--on-loss kill needs `mmp run` (there is no command to kill)".into());
     }
@@ -261,7 +279,7 @@ pub(crate) fn hold(
     if targets.len() > 1 {
         let mut code = 0u8;
         for (d, t) in devices.iter().zip(&targets) {
-            if let Some(r) = preflight(c, opts.force, d, t) {
+            if let Some(r) = preflight(c, opts.force || queue, d, t) {
                 note!("mmp: {}", out::refusal(&show(d), &r));
                 code = code.max(out::refusal_code(&r));
             }
@@ -310,6 +328,7 @@ pub(crate) fn hold(
     for (t, id) in targets.into_iter().zip(&identities) {
         let mut cfg = Config::new(t.layout, *id, clock::random_seed());
         cfg.force = opts.force;
+        cfg.wait = queue;
         eng.add(t, Machine::new(cfg, Op::Acquire, clock::now()));
     }
     let mut progress: Vec<Progress> = paths.iter().map(|p| Progress::new(p.clone())).collect();
@@ -325,6 +344,7 @@ pub(crate) fn hold(
     let mut last_status_write = Instant::now();
     let mut last_summary = Instant::now();
     let mut io_warned = vec![false; n];
+    let started = Instant::now();
     loop {
         // 25 ms: how late a SIGTERM release may start (signals cannot wake the channel).
         match rx.recv_timeout(Duration::from_millis(25)) {
@@ -384,6 +404,19 @@ pub(crate) fn hold(
             let got = acquired.iter().filter(|&&a| a).count();
             note!("mmp: acquiring {n} devices: {got} held so far");
             last_summary = Instant::now();
+        }
+        if let Some(limit) = wait_limit
+            && !ready
+            && !releasing
+            && started.elapsed() >= limit
+        {
+            note!(
+                "mmp: gave up waiting after {:.1} s (--wait): still held by another host",
+                limit.as_secs_f64()
+            );
+            code = code.max(1);
+            releasing = true;
+            eng.release_all();
         }
         if term.swap(false, Ordering::SeqCst) && !releasing {
             releasing = true;

@@ -295,3 +295,71 @@ fn timing_late_release_clean_is_not_trusted() {
     );
     let _ = fs::remove_dir_all(&dir);
 }
+
+/// `hold --wait` queues behind a live owner instead of refusing, takes the device when the
+/// owner releases it (a watched release: two intervals plus the owner's advertised delay,
+/// not a fail window), and `--wait=SECONDS` gives up with exit 1.
+#[test]
+fn timing_wait_queues_behind_a_live_owner() {
+    let dir = tempdir("wait");
+    let a_img = area(&dir, "a.img", 100, 20); // W = 2 s: a long wait would take 2.25 s
+    let mut a = hold(1, &a_img, None, &[]);
+    let mut line = String::new();
+    BufReader::new(a.stdout.as_mut().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read");
+    assert!(line.starts_with("acquired"), "A: {line:?}");
+    // A bounded wait on a live owner gives up.
+    let t = Instant::now();
+    let (code, out, err) = finish(
+        hold(3, &a_img, None, &["--wait=1"]),
+        Duration::from_secs(20),
+    );
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.contains("gave up waiting"), "{err}");
+    assert!(t.elapsed() >= Duration::from_secs(1), "{:?}", t.elapsed());
+    // A queued standby.
+    let mut b = hold(2, &a_img, None, &["--wait"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        b.try_wait().expect("try_wait").is_none(),
+        "B must keep waiting"
+    );
+    signal(&a, Signal::TERM);
+    let released = wait_for(&a_img, Duration::from_secs(10), "A's release", |r| {
+        r.state == State::Clean
+    });
+    let mut line = String::new();
+    BufReader::new(b.stdout.as_mut().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read");
+    let took = released.elapsed();
+    assert!(line.starts_with("acquired"), "B: {line:?}");
+    assert!(
+        took < Duration::from_millis(2000),
+        "a watched release is taken after the short claim wait, took {took:?}"
+    );
+    signal(&b, Signal::TERM);
+    let (code, _, err) = finish(b, Duration::from_secs(20));
+    assert_eq!(code, Some(0), "{err}");
+    // The claim wait it announced: the short one (2 × (I + D)), not a fail window and an
+    // eighth (2.25 s).
+    let wait: f64 = err
+        .split("verifying nobody else claims for ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no claim wait in {err}"));
+    assert!(
+        wait < 2.0,
+        "claim wait {wait} s after a watched release: {err}"
+    );
+    let _ = finish(a, Duration::from_secs(20));
+    // Bad values are errors before anything is written.
+    let (code, _, err) = finish(
+        hold(3, &a_img, None, &["--wait=-1"]),
+        Duration::from_secs(20),
+    );
+    assert_eq!(code, Some(2), "{err}");
+    let _ = fs::remove_dir_all(&dir);
+}

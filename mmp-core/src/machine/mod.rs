@@ -1367,11 +1367,14 @@ impl Machine {
     }
 
     /// Whether `clean` is the release of the live block `prev` that we saw being written:
-    /// a native release record of the same host naming the sequence that follows `prev`'s,
-    /// observed within a fail window of the last read that still saw the block before
-    /// `prev` (so `prev` was a live heartbeat that landed during our watch, and no other host
-    /// can have completed a takeover of it before the release landed). ext4 CLEAN blocks do
-    /// not name the sequence they release: never.
+    /// a native release record of the same host, naming (its sequence minus one) a
+    /// heartbeat at or after `prev`'s (the owner may have written a few more between our
+    /// polls: at most about a fail window's worth, `2 F + 2` allowed; an old release of an
+    /// earlier ownership has an unrelated random sequence), observed within a fail window of
+    /// the last read that still saw the block before `prev` (so `prev` was a live heartbeat
+    /// that landed during our watch, and no other host can have completed a takeover of it
+    /// before the release landed). ext4 CLEAN blocks do not name the sequence they release:
+    /// never.
     fn watched_release(&self, now: Now, prev: &Snapshot, clean: &Snapshot) -> bool {
         let (Snapshot::Native(p), Snapshot::Native(c)) = (prev, clean) else {
             return false;
@@ -1380,10 +1383,11 @@ impl Machine {
             return false;
         };
         let fail = Timing::for_snapshot(&self.cfg.layout, prev).fail_window;
+        let gap = c.seq.wrapping_sub(p.seq);
         p.state == native::State::Active
             && c.reason == native::Reason::Released
             && c.hostid == p.hostid
-            && c.seq == p.seq.wrapping_add(1)
+            && (1..=2 * u64::from(p.fail_intervals) + 2).contains(&gap)
             && now.mono.saturating_since(basis) < fail
     }
 

@@ -979,6 +979,32 @@ fn a_watched_release_gets_the_short_claim_wait() {
         "claim wait after a watched release: {t}"
     );
 
+    // Heartbeats written between our polls (the release names a later sequence than the
+    // last heartbeat we saw): still the owner's own release.
+    let mut rig = Rig::new();
+    rig.put_native(owner_record(100));
+    let mut m = Machine::new(
+        cfg(native_layout(), 1, b"b").with_wait(),
+        Op::Acquire,
+        rig.now(),
+    );
+    let mut k = 0;
+    let mut released_at = 0;
+    rig.run(&mut m, 10, |r| {
+        k += 1;
+        match k {
+            1..=4 => r.put_native(owner_record(100 + 2 * k)),
+            5 => {
+                r.put_native(release_record(110));
+                released_at = r.now_us;
+            }
+            _ => {}
+        }
+    });
+    assert!(m.is_held(), "{:?}", m.outcome());
+    let t = (rig.now_us - released_at) as f64 / 1e6;
+    assert!((0.2..0.21).contains(&t), "{t}");
+
     // Without queueing, a release seen during the watch is claimed too (not refused), but
     // with the long wait: one observation of the owner does not show the CLEAN was its
     // own fresh release.
