@@ -207,7 +207,7 @@ fn timing_restore_handled_late_writes_nothing() {
     wait_for(&a, Duration::from_secs(10), "our claim", |r| {
         r.state == State::Active && r.hostid == 1
     });
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(150));
     signal(&child, Signal::TERM);
     let (_code, out, err) = finish(child, Duration::from_secs(30));
     assert!(!out.contains("acquired"), "stdout: {out}\nstderr: {err}");
@@ -224,7 +224,7 @@ fn timing_restore_handled_late_writes_nothing() {
     wait_for(&b, Duration::from_secs(10), "our claim", |r| {
         r.state == State::Active && r.hostid == 1
     });
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(150));
     signal(&child, Signal::TERM);
     let (_code, _out, err) = finish(child, Duration::from_secs(30));
     assert_eq!(record(&b).state, State::Clean, "restored; stderr: {err}");
