@@ -25,7 +25,12 @@ const B: Host = Host {
     hostid: 0xB0B0_0002,
 };
 
-fn start(host: &Host, path: &Path, force: bool) -> Result<(Engine, Receiver<EngineEvent>), String> {
+fn start(
+    host: &Host,
+    path: &Path,
+    force: bool,
+    wait: bool,
+) -> Result<(Engine, Receiver<EngineEvent>), String> {
     let t = target::open(path, true).map_err(|e| e.to_string())?;
     let id = Identity::new(
         host.hostid,
@@ -34,6 +39,7 @@ fn start(host: &Host, path: &Path, force: bool) -> Result<(Engine, Receiver<Engi
     );
     let mut cfg = Config::new(t.layout, id, clock::random_seed());
     cfg.force = force;
+    cfg.wait = wait;
     let (tx, rx) = mpsc::channel();
     let opts = engine::Options {
         realtime: false,
@@ -111,24 +117,25 @@ fn run_demo(path: &Path) -> Result<u8, String> {
 
     println!("1. {} acquires the clean device", A.name);
     let t = Instant::now();
-    let (ea, rxa) = start(&A, path, false)?;
+    let (ea, rxa) = start(&A, path, false, false)?;
     wait_acquired(&rxa)?;
     let first = t.elapsed();
     println!(
-        "   acquired in {:.3} s (claim, wait 2 intervals, verify)",
+        "   acquired in {:.3} s (claim, wait a fail window and an eighth: nobody watched this \
+         CLEAN being written, so it may have landed late over a silent owner; verify)",
         first.as_secs_f64()
     );
     println!("   status: {}\n", status_line(path));
 
     println!("2. {} tries to take it while {} is alive", B.name, A.name);
-    let (eb, rxb) = start(&B, path, false)?;
+    let (eb, rxb) = start(&B, path, false, false)?;
     match wait_acquired(&rxb) {
         Ok(()) => return Err("node-b acquired a held device: this is a bug".into()),
         Err(e) => println!("   refused without --force: {e}"),
     }
     let _ = eb.shutdown();
     let t = Instant::now();
-    let (eb, rxb) = start(&B, path, true)?;
+    let (eb, rxb) = start(&B, path, true, false)?;
     match wait_acquired(&rxb) {
         Ok(()) => return Err("node-b acquired a held device with --force: this is a bug".into()),
         Err(e) => println!(
@@ -139,15 +146,20 @@ fn run_demo(path: &Path) -> Result<u8, String> {
     let _ = eb.shutdown();
 
     println!(
-        "3. clean handover: {} releases, {} acquires",
-        A.name, B.name
+        "3. clean handover: {} waits in the queue (hold --wait), {} releases",
+        B.name, A.name
     );
+    let (eb, rxb) = start(&B, path, false, true)?;
+    std::thread::sleep(Duration::from_millis(u64::from(interval_ms) * 5));
     let t = Instant::now();
     let _ = ea.shutdown();
-    let (eb, rxb) = start(&B, path, false)?;
     wait_acquired(&rxb)?;
     let handover = t.elapsed();
-    println!("   handover took {:.3} s", handover.as_secs_f64());
+    println!(
+        "   handover took {:.3} s ({} watched the release: claim, wait 2 intervals, verify)",
+        handover.as_secs_f64(),
+        B.name
+    );
     println!("   status: {}\n", status_line(path));
 
     println!(
@@ -156,7 +168,7 @@ fn run_demo(path: &Path) -> Result<u8, String> {
     );
     eb.abandon();
     let t = Instant::now();
-    let (ea, rxa) = start(&A, path, true)?;
+    let (ea, rxa) = start(&A, path, true, false)?;
     wait_acquired(&rxa)?;
     let takeover = t.elapsed();
     println!(
@@ -170,7 +182,10 @@ fn run_demo(path: &Path) -> Result<u8, String> {
     println!("| step | time |");
     println!("|---|---|");
     println!("| first acquire (clean) | {:.3} s |", first.as_secs_f64());
-    println!("| clean handover | {:.3} s |", handover.as_secs_f64());
+    println!(
+        "| clean handover to a queued standby | {:.3} s |",
+        handover.as_secs_f64()
+    );
     println!(
         "| crash takeover (--force) | {:.3} s |",
         takeover.as_secs_f64()
