@@ -182,10 +182,7 @@ fn run_demo(path: &Path) -> Result<u8, String> {
     println!("| step | time |");
     println!("|---|---|");
     println!("| first acquire (clean) | {:.3} s |", first.as_secs_f64());
-    println!(
-        "| clean handover to a queued standby | {:.3} s |",
-        handover.as_secs_f64()
-    );
+    println!("| clean handover | {:.3} s |", handover.as_secs_f64());
     println!(
         "| crash takeover (--force) | {:.3} s |",
         takeover.as_secs_f64()
