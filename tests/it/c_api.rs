@@ -582,7 +582,7 @@ fn ffi_result_str() {
             .to_string()
     };
     let invalid = text(mmp::mmp_result::InvalidParameter as u32);
-    for v in [14, 99, 118, 199, 201, 1000, u32::MAX] {
+    for v in [15, 99, 118, 199, 201, 1000, u32::MAX] {
         assert_eq!(text(v), invalid, "{v}");
     }
     let mut seen = std::collections::HashSet::new();

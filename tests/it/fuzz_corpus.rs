@@ -309,9 +309,9 @@ fn machine_scripts() -> Vec<(String, Vec<u8>)> {
             .step();
         s.deadline().step().write(7).deadline().step();
         out.push((format!("{lname}-lost-torn"), s.0));
-        // Abort during the claim wait.
+        // Abort during the claim wait: wait an interval, re-read, restore.
         let mut s = Script::new(l, 1, 0);
-        s.step().step().release().step().step();
+        s.step().step().release().deadline().step().step();
         out.push((format!("{lname}-abort-claim"), s.0));
         // Check and clear.
         let mut s = Script::new(l | 8, 1, 1);

@@ -701,6 +701,8 @@ pub struct Machine {
     claim_basis: Instant,
     /// When our claim write's completion was handled: an upper bound of its landing.
     claim_done: Instant,
+    /// The claim wait in force (short, or a fail window and an eighth), for progress.
+    claim_total: Duration,
     /// The claim replaces a release we watched happen (see `docs/protocol.md`): the short
     /// claim wait is enough. Otherwise a claim on a CLEAN block waits out a fail window.
     release_watched: bool,
@@ -741,6 +743,7 @@ impl Machine {
             write_emitted: now.mono,
             claim_basis: now.mono,
             claim_done: now.mono,
+            claim_total: Duration::ZERO,
             release_watched: false,
             advance_basis: None,
             last_match: now.mono,
@@ -1001,8 +1004,9 @@ impl Machine {
                     // nothing about the end of the wait. Read again once it has passed.
                     let next_poll = self.next_poll(now.mono);
                     self.step = Step::ClaimWait { until, next_poll };
-                    let total = self.timing.map(|t| t.claim_wait).unwrap_or_default();
-                    self.progress(Phase::Claiming, until.saturating_since(now.mono), total);
+                    let total = self.claim_total;
+                    let remaining = until.saturating_since(now.mono).min(total);
+                    self.progress(Phase::Claiming, remaining, total);
                 }
             }
             Step::BeatRead { started } => {
@@ -1096,6 +1100,7 @@ impl Machine {
                 self.lease_until = Some(self.write_emitted + wait + t.fail_window / 2);
                 self.stats.last_write = Some(self.write_emitted);
                 self.claim_done = now.mono;
+                self.claim_total = wait;
                 if self.abort_requested {
                     self.start_restore(now);
                     return;
