@@ -72,22 +72,6 @@ fn parse_loss(s: &str) -> Result<LossAction, String> {
     }
 }
 
-/// `eprintln!` that ignores write errors: a closed stderr must not kill a holder.
-macro_rules! note {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), $($arg)*);
-    }};
-}
-
-/// `eprint!` that ignores write errors.
-macro_rules! note_raw {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = write!(std::io::stderr(), $($arg)*);
-    }};
-}
-
 /// Prints one line on stdout and flushes it, ignoring errors: a holder must keep
 /// heartbeating (and release cleanly) even when whoever read its stdout has gone away.
 fn say(line: &str) {
@@ -225,22 +209,13 @@ pub(crate) fn hold(
     if action == LossAction::Kill && command.is_none() {
         return Err("--on-loss kill needs `mmp run` (there is no command to kill)".into());
     }
-    if let Some(e) = &c.hostid_error {
-        return Err(e.clone());
-    }
-    if c.hostid == 0 {
-        return Err(out::refusal("", &Refusal::NoHostid));
-    }
-    let mut seen = std::collections::HashSet::new();
-    for d in devices {
-        if !seen.insert(d) {
-            return Err(format!("{} is given twice", show(d)));
-        }
-    }
+    crate::refuse_duplicates(devices)?;
     // Open everything first: any bad device is an error before anything is acquired.
     let mut targets = Vec::with_capacity(devices.len());
     for d in devices {
         let t = target::open(d, true).map_err(|e| e.to_string())?;
+        c.check_hostid(t.format)?;
+        c.warn_same_nodename(&t, &show(d));
         if let Some(msg) = crate::mounted_here(&t, &show(d)) {
             note!("mmp: {msg}");
             return Ok(1);

@@ -4,6 +4,40 @@
 //! prints. Exit codes are a contract (see `mmp --help`).
 #![forbid(unsafe_code)]
 
+/// `println!` that never panics: a closed stdout (`mmp status A B C | head -c 10`) is the
+/// reader's choice, not an error; the command finishes its work and keeps its exit code.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `print!` that never panics (see [`outln`]).
+macro_rules! out_raw {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` that never panics: a closed stderr must not kill a holder or change an exit
+/// code.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// `eprint!` that never panics.
+macro_rules! note_raw {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod hold;
 mod out;
 
@@ -149,9 +183,9 @@ enum Cmd {
         /// With --generate: overwrite an existing file.
         #[arg(long, requires = "generate")]
         force: bool,
-        /// The hostid file.
-        #[arg(long, default_value = hostid::DEFAULT_PATH)]
-        file: PathBuf,
+        /// The hostid file (default: $MMP_HOSTID_FILE, else /etc/hostid).
+        #[arg(long, value_name = "PATH")]
+        file: Option<PathBuf>,
     },
     /// Enable MMP on an unmounted ext4/ldiskfs file system (like `tune2fs -O mmp`).
     #[command(after_help = "Example:\n  mmp enable --interval 5 /dev/sdb")]
@@ -163,11 +197,14 @@ enum Cmd {
         device: PathBuf,
     },
     /// Disable MMP on an unmounted ext4/ldiskfs file system, after proving it is not in use.
-    #[command(after_help = "Example:\n  mmp disable /dev/sdb")]
+    #[command(
+        after_help = "Example:\n  mmp disable /dev/sdb\n\n--force skips the activity test but still watches the MMP block for one update\ninterval (at most 31 s) and refuses if it changes: a holder is writing it, and freeing\nthe block under it would let the holder's next heartbeat land in a freed block. Give\n--force twice (--force --force) to skip that watch too."
+    )]
     Disable {
-        /// Skip the activity test (only when you know no other node uses it).
-        #[arg(long)]
-        force: bool,
+        /// Skip the activity test (only when you know no other node uses it); a block that
+        /// changes during a short watch is still refused. Twice: skip the watch too.
+        #[arg(long, action = clap::ArgAction::Count)]
+        force: u8,
         /// Device.
         device: PathBuf,
     },
@@ -192,9 +229,12 @@ enum Cmd {
         args: mount::MountArgs,
     },
     /// Unmount, then release the MMP device (stops the detached holder).
-    #[command(after_help = "Example:\n  mmp umount /srv/data")]
+    #[command(
+        after_help = "Examples:\n  mmp umount /srv/data\n  mmp umount /dev/sdb   # the device works too, as for umount(8)"
+    )]
     Umount {
-        /// Mount point.
+        /// Mount point, or the mounted device (or its --mmp-device).
+        #[arg(value_name = "DIR|DEVICE")]
         dir: PathBuf,
     },
     /// Show a clean handover and a crash takeover between two hosts on a temporary file.
@@ -210,8 +250,12 @@ enum Cmd {
 #[derive(Clone, Debug)]
 pub(crate) struct Ctx {
     pub(crate) hostid: u32,
-    /// Why the hostid could not be resolved (acquiring commands report it).
+    /// Why the hostid could not be resolved (commands that need it report it).
     pub(crate) hostid_error: Option<String>,
+    /// Whether that error is a misconfiguration the admin gave (a bad --hostid or
+    /// $MMP_HOSTID), reported by every acquiring command, rather than an unreadable hostid
+    /// file, which only the native format (whose records carry the hostid) cares about.
+    pub(crate) hostid_error_explicit: bool,
     pub(crate) nodename: Vec<u8>,
     pub(crate) verbose: bool,
 }
@@ -224,12 +268,54 @@ impl Ctx {
             path.as_os_str().as_encoded_bytes(),
         )
     }
+
+    /// Whether this host may acquire a device of this format. The native format records the
+    /// hostid and needs a non-zero one (the ZFS rule); ext4 MMP records only the node name,
+    /// as the kernel and e2fsprogs do, so a host without a hostid may use it.
+    pub(crate) fn check_hostid(&self, format: target::Format) -> Result<(), String> {
+        if let Some(e) = &self.hostid_error
+            && (self.hostid_error_explicit || format == target::Format::Native)
+        {
+            return Err(e.clone());
+        }
+        if format == target::Format::Native && self.hostid == 0 {
+            return Err(out::refusal("", &mmp_core::machine::Refusal::NoHostid));
+        }
+        Ok(())
+    }
+
+    /// A note when an ext4 MMP block that is not clean carries this host's node name: ext4
+    /// MMP names its owner by node name only, so either this host held it last, or another
+    /// node has the same node name, which MMP cannot tell apart.
+    pub(crate) fn warn_same_nodename(&self, t: &target::Target, path: &str) {
+        // With a hostid the note would only repeat what every ext4 user knows; without one
+        // the node name is this host's only identity.
+        if t.format != target::Format::Ext4 || self.hostid != 0 {
+            return;
+        }
+        let Ok(raw) = t.read_record() else { return };
+        let Ok(snap) = mmp_core::machine::parse(&t.layout, &raw) else {
+            return;
+        };
+        if snap.class() != mmp_core::machine::Class::Clean && snap.nodename() == self.nodename {
+            note!(
+                "mmp: {path}: note: the MMP block was last written by node '{}', this host's \
+                 node name, and not released. If this host did not hold it, another node has \
+                 the same node name, and ext4 MMP cannot tell the two apart: give every node a \
+                 unique node name (--nodename)",
+                out::esc(&self.nodename)
+            );
+        }
+    }
 }
 
 fn ctx(g: &Global) -> Result<Ctx, String> {
-    let (hostid, hostid_error) = match hostid::resolve(g.hostid.as_deref()) {
-        Ok(h) => (h.value, None),
-        Err(e) => (0, Some(e.to_string())),
+    let (hostid, hostid_error, hostid_error_explicit) = match hostid::resolve(g.hostid.as_deref()) {
+        Ok(h) => (h.value, None, false),
+        Err(e) => {
+            let explicit = matches!(e, hostid::HostidError::Parse { .. });
+            (0, Some(e.to_string()), explicit)
+        }
     };
     let nodename = g
         .nodename
@@ -241,6 +327,7 @@ fn ctx(g: &Global) -> Result<Ctx, String> {
     Ok(Ctx {
         hostid,
         hostid_error,
+        hostid_error_explicit,
         nodename,
         verbose: g.verbose,
     })
@@ -251,7 +338,7 @@ fn main() -> ExitCode {
     let code = match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("mmp: {e}");
+            note!("mmp: {e}");
             2
         }
     };
@@ -281,7 +368,12 @@ fn run(cli: Cli) -> Result<u8, String> {
             generate,
             force,
             file,
-        } => hostid_cmd(&cli.global, generate, force, &file),
+        } => hostid_cmd(
+            &cli.global,
+            generate,
+            force,
+            &file.unwrap_or_else(hostid::default_file),
+        ),
         Cmd::Enable { interval, device } => tune::enable(&c, interval, &device),
         Cmd::Disable { force, device } => tune::disable(&c, force, &device),
         Cmd::SetInterval { secs, device } => tune::set_interval(&c, secs, &device),
@@ -312,7 +404,7 @@ fn status(c: &Ctx, json: bool, devices: &[PathBuf]) -> u8 {
         match res {
             Ok((t, raw)) => {
                 if c.verbose && !json {
-                    eprintln!("{path}: I/O mode {}", t.device.io_mode());
+                    note!("{path}: I/O mode {}", t.device.io_mode());
                 }
                 match mmp_core::machine::parse(&t.layout, &raw) {
                     Ok(snap) => {
@@ -321,18 +413,18 @@ fn status(c: &Ctx, json: bool, devices: &[PathBuf]) -> u8 {
                             code = code.max(1);
                         }
                         if json {
-                            println!("{}", out::status_json(&path, &t, &snap));
+                            outln!("{}", out::status_json(&path, &t, &snap));
                         } else {
-                            println!("{}", out::status_text(&path, &t, &snap));
+                            outln!("{}", out::status_text(&path, &t, &snap));
                         }
                     }
                     Err(e) => {
                         code = 2;
                         let msg = format!("{path}: {e}");
                         if json {
-                            println!("{}", out::error_json(&path, Some(t.format), &msg));
+                            outln!("{}", out::error_json(&path, Some(t.format), &msg));
                         } else {
-                            eprintln!("mmp: {msg}");
+                            note!("mmp: {msg}");
                         }
                     }
                 }
@@ -340,14 +432,51 @@ fn status(c: &Ctx, json: bool, devices: &[PathBuf]) -> u8 {
             Err(msg) => {
                 code = 2;
                 if json {
-                    println!("{}", out::error_json(&path, None, &msg));
+                    outln!("{}", out::error_json(&path, None, &msg));
                 } else {
-                    eprintln!("mmp: {msg}");
+                    note!("mmp: {msg}");
                 }
             }
         }
     }
     code
+}
+
+/// What names one device, whatever the path: the device number of a block device, else
+/// the file's file system and inode.
+pub(crate) fn device_key(p: &Path) -> Option<(bool, u64, u64)> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let m = std::fs::metadata(p).ok()?;
+    if m.file_type().is_block_device() {
+        Some((true, m.rdev(), 0))
+    } else {
+        Some((false, m.dev(), m.ino()))
+    }
+}
+
+/// Refuses a device named twice (`f.img ./f.img`, a symlink and its target, two nodes of one
+/// block device): holding it twice would make the two holders see each other as another host.
+pub(crate) fn refuse_duplicates(devices: &[PathBuf]) -> Result<(), String> {
+    let mut seen: Vec<(&PathBuf, Option<(bool, u64, u64)>)> = Vec::with_capacity(devices.len());
+    for d in devices {
+        let k = device_key(d);
+        if let Some((first, _)) = seen
+            .iter()
+            .find(|(p, pk)| *p == d || (k.is_some() && *pk == k))
+        {
+            return Err(if *first == d {
+                format!("{} is given twice", show(d))
+            } else {
+                format!(
+                    "{} and {} are the same device; give each device once",
+                    show(first),
+                    show(d)
+                )
+            });
+        }
+        seen.push((d, k));
+    }
+    Ok(())
 }
 
 /// Prints wait progress on stderr: the start of each wait, then every 5 s.
@@ -387,7 +516,7 @@ impl Progress {
                     Phase::Claiming => "claimed; verifying nobody else claims",
                     _ => phase.name(),
                 };
-                eprintln!(
+                note!(
                     "mmp: {}: {what} for {:.1} s",
                     self.label,
                     total.as_secs_f64()
@@ -408,7 +537,7 @@ fn check(c: &Ctx, json: bool, device: &Path) -> Result<u8, String> {
         Ok(t) => t,
         // `--json` promises one object, also for a device that cannot be opened.
         Err(e) if json => {
-            println!(
+            outln!(
                 "{{\"device\":{},\"result\":\"error\",\"message\":{}}}",
                 out::json_str(&path),
                 out::json_str(&e.to_string())
@@ -419,14 +548,14 @@ fn check(c: &Ctx, json: bool, device: &Path) -> Result<u8, String> {
     };
     if let Some(msg) = mounted_here(&t, &path) {
         if json {
-            println!(
+            outln!(
                 "{{\"device\":{},\"format\":\"{}\",\"result\":\"in_use\",\"message\":{}}}",
                 out::json_str(&path),
                 t.format.name(),
                 out::json_str(&msg)
             );
         } else {
-            eprintln!("mmp: {msg}");
+            note!("mmp: {msg}");
         }
         return Ok(1);
     }
@@ -471,16 +600,16 @@ fn check(c: &Ctx, json: bool, device: &Path) -> Result<u8, String> {
             (1, _) => "in_use",
             _ => "error",
         };
-        println!(
+        outln!(
             "{{\"device\":{},\"format\":\"{}\",\"result\":\"{state}\",\"message\":{}}}",
             out::json_str(&path),
             t.format.name(),
             out::json_str(&text)
         );
     } else if code == 0 {
-        println!("{text}");
+        outln!("{text}");
     } else {
-        eprintln!("mmp: {text}");
+        note!("mmp: {text}");
     }
     Ok(code)
 }
@@ -509,17 +638,50 @@ fn clear(c: &Ctx, force: bool, device: &Path) -> Result<u8, String> {
         ));
     }
     let t = open_for_clear(device)?;
+    if t.format == target::Format::Native
+        && let Ok(raw) = t.read_record()
+        && mmp_core::machine::parse(&t.layout, &raw).is_err()
+    {
+        // The protocol's clear keeps the area's parameters from its record, which does not
+        // parse here: repair the record instead, keeping what can still be read.
+        drop(t);
+        return clear_unparsable_native(c, device);
+    }
     let mut cfg = Config::new(t.layout, c.identity(device), clock::random_seed());
     cfg.force = true;
     let mut m = Machine::new(cfg, Op::Clear, clock::now());
     let stop = AtomicBool::new(false);
     match driver::run_until_settled(&mut m, &t.device, &stop, &mut |_| {}) {
         Some(Outcome::Cleared) => {
-            println!("{path}: MMP reset to clean");
+            outln!("{path}: MMP reset to clean");
             Ok(0)
         }
         Some(Outcome::Refused(r)) => Err(out::refusal(&path, &r)),
         other => Err(format!("{path}: clear failed: {other:?}")),
+    }
+}
+
+fn clear_unparsable_native(c: &Ctx, device: &Path) -> Result<u8, String> {
+    use mmp_core::sys::area;
+    let path = show(device);
+    match area::reset_unparsable(device, &c.identity(device)) {
+        Ok(r) => {
+            let params = if r.kept_parameters {
+                "kept its"
+            } else {
+                "its own were unreadable, so it has the default"
+            };
+            outln!(
+                "{path}: MMP reset to clean (the record was corrupt: {}); {params} interval {} ms \
+                 and fail intervals {}",
+                r.was,
+                r.record.interval_ms,
+                r.record.fail_intervals
+            );
+            Ok(0)
+        }
+        Err(area::ResetError::Device(e)) => Err(e.to_string()),
+        Err(e) => Err(format!("{path}: {e}")),
     }
 }
 
@@ -534,7 +696,7 @@ fn dump(device: &Path) -> Result<u8, String> {
     let t = target::open(device, false).map_err(|e| e.to_string())?;
     let raw = t.read_record().map_err(|e| format!("{path}: {e}"))?;
     let parsed = mmp_core::machine::parse(&t.layout, &raw);
-    print!("{}", out::dump(&path, &t, &raw, parsed));
+    out_raw!("{}", out::dump(&path, &t, &raw, parsed));
     Ok(0)
 }
 
@@ -543,7 +705,7 @@ fn format_native(interval_ms: u32, fail: u16, force: bool, device: &Path) -> Res
     let path = show(device);
     match area::format(device, interval_ms, u32::from(fail), force) {
         Ok(_) => {
-            println!(
+            outln!(
                 "{path}: native MMP area written: interval {interval_ms} ms, fail intervals {fail} \
                  (self-fence after {} ms; a takeover waits {} ms)",
                 u64::from(interval_ms) * u64::from(fail),
@@ -552,7 +714,7 @@ fn format_native(interval_ms: u32, fail: u16, force: bool, device: &Path) -> Res
             Ok(0)
         }
         Err(area::FormatError::NotClean(r)) => {
-            eprintln!(
+            note!(
                 "mmp: {path}: holds a native MMP area that is {} ({}); refusing without --force",
                 r.state.name(),
                 out::who(&mmp_core::machine::Snapshot::Native(*r))
@@ -560,7 +722,7 @@ fn format_native(interval_ms: u32, fail: u16, force: bool, device: &Path) -> Res
             Ok(1)
         }
         Err(e) if e.is_refusal() => {
-            eprintln!("mmp: {path}: {e}");
+            note!("mmp: {path}: {e}");
             Ok(1)
         }
         Err(e @ (area::FormatError::BadInterval(_) | area::FormatError::BadFailIntervals(_))) => {
@@ -582,23 +744,23 @@ fn hostid_cmd(g: &Global, generate: bool, force: bool, file: &Path) -> Result<u8
             ),
             e => e.to_string(),
         })?;
-        println!("hostid 0x{v:08x} written to {}", file.display());
+        outln!("hostid 0x{v:08x} written to {}", file.display());
         return Ok(0);
     }
     let env = std::env::var(hostid::ENV_VAR).ok();
     let h = hostid::resolve_with_path(g.hostid.as_deref(), env.as_deref(), file)
         .map_err(|e| e.to_string())?;
     if h.is_set() {
-        println!("hostid 0x{:08x} (from {})", h.value, h.source);
+        outln!("hostid 0x{:08x} (from {})", h.value, h.source);
     } else if h.source == hostid::HostidSource::Unset {
-        println!(
-            "hostid not set (no --hostid, no ${}, no {}): run `mmp hostid --generate`",
+        outln!(
+            "hostid not set (no --hostid, no ${}, no {}): ext4 MMP needs none; for native MMP areas run `mmp hostid --generate`",
             hostid::ENV_VAR,
             file.display()
         );
     } else {
-        println!(
-            "hostid is 0 (from {}), which cannot acquire: give a non-zero hostid or run `mmp hostid --generate`",
+        outln!(
+            "hostid is 0 (from {}), which cannot acquire native MMP areas (ext4 MMP needs none): give a non-zero hostid or run `mmp hostid --generate`",
             h.source
         );
     }

@@ -126,9 +126,20 @@ pub(crate) fn refusal(path: &str, r: &Refusal) -> String {
              or give --hostid / MMP_HOSTID; --force cannot override this"
                 .to_string()
         }
+        Refusal::Corrupt(c @ Corrupt::Native(native::RecordError::UnsupportedVersion(_))) => {
+            format!(
+                "{path}: {c}; a newer mmp wrote it: use that version, or overwrite the area with \
+                 `mmp format --force {path}` if no other host uses it"
+            )
+        }
+        Refusal::Corrupt(c @ Corrupt::Native(_)) => format!(
+            "{path}: {c}; refusing to act on a block that cannot be trusted. If no other host uses \
+             it, reset it with `mmp clear --force {path}` (keeps the area's parameters where they \
+             can be read)"
+        ),
         Refusal::Corrupt(c) => format!(
             "{path}: {c}; refusing to act on a block that cannot be trusted. If no other host uses \
-             it, reset it with `mmp clear --force {path}` (ext4: or `e2fsck -f`)"
+             it, reset it with `mmp clear --force {path}` (or `e2fsck -fy {path}`)"
         ),
         Refusal::Fsck(s) => format!(
             "{path}: MMP: e2fsck being run (sequence FSCK) by {}. If you are sure no node uses it, \
