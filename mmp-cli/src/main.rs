@@ -56,12 +56,14 @@ Exit status (scripts rely on it):
   status   0 all clean, 1 any not clean (active, fsck, unknown sequence, maintenance), 2 error
   check    0 safe to take (clean, or stale and silent through the window), 1 in use, 2 error
   hold     0 released cleanly, 1 refused (in use, or foreign without --force), 2 error, 3 ownership lost
-  run      the command's status, or 1/2/3 as for hold
+  run      the command's status (127 no such command, 130 after Ctrl-C), or 1/2/3 as for hold
   format   0 written, 1 refused (a known signature or an area in use; see --force), 2 error
   others   0 success, 2 error
 A corrupt block (bad magic, bad checksum, torn write) is an error (2): it cannot be trusted.
 
-Identity: --hostid, else $MMP_HOSTID, else /etc/hostid; node name: --nodename, else uname.
+Identity: --hostid, else $MMP_HOSTID, else /etc/hostid ($MMP_HOSTID_FILE); node name:
+--nodename, else uname. Native areas need a non-zero hostid; ext4 MMP records only the node
+name and needs none.
 
 Examples:
   mmp status /dev/mapper/ost0            # one read, never writes, never waits
@@ -131,7 +133,7 @@ enum Cmd {
     },
     /// Hold the devices while a command runs; release when it exits.
     #[command(
-        after_help = "Example:\n  mmp run /dev/sdc1 -- sh -c 'mount /dev/sdb /mnt && do-work; umount /mnt'\n(/dev/sdc1: a native area from `mmp format`; for ext4 MMP use `mmp mount`, since the kernel\nrefuses to mount a device that mmp holds)"
+        after_help = "Example:\n  mmp run /dev/sdc1 -- sh -c 'mount /dev/sdb /mnt && do-work; umount /mnt'\n(/dev/sdc1: a native area from `mmp format`; for ext4 MMP use `mmp mount`, since the kernel\nrefuses to mount a device that mmp holds)\n\nThe command runs in a process group of its own, which takes the terminal when mmp has it\n(it can read it; Ctrl-C reaches it). Exit status: the command's (128 + signal; 130 after\nCtrl-C), 127 when it does not exist, 126 when it cannot be run. mmp's own lines\n(acquired, released) go to stderr."
     )]
     Run {
         #[command(flatten)]
@@ -444,7 +446,10 @@ fn status(c: &Ctx, json: bool, devices: &[PathBuf]) -> u8 {
 
 /// What names one device, whatever the path: the device number of a block device, else
 /// the file's file system and inode.
-pub(crate) fn device_key(p: &Path) -> Option<(bool, u64, u64)> {
+pub(crate) type DeviceKey = (bool, u64, u64);
+
+/// The [`DeviceKey`] of `p`; `None` when it cannot be read.
+pub(crate) fn device_key(p: &Path) -> Option<DeviceKey> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let m = std::fs::metadata(p).ok()?;
     if m.file_type().is_block_device() {
@@ -457,7 +462,7 @@ pub(crate) fn device_key(p: &Path) -> Option<(bool, u64, u64)> {
 /// Refuses a device named twice (`f.img ./f.img`, a symlink and its target, two nodes of one
 /// block device): holding it twice would make the two holders see each other as another host.
 pub(crate) fn refuse_duplicates(devices: &[PathBuf]) -> Result<(), String> {
-    let mut seen: Vec<(&PathBuf, Option<(bool, u64, u64)>)> = Vec::with_capacity(devices.len());
+    let mut seen: Vec<(&PathBuf, Option<DeviceKey>)> = Vec::with_capacity(devices.len());
     for d in devices {
         let k = device_key(d);
         if let Some((first, _)) = seen
