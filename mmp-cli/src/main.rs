@@ -164,10 +164,10 @@ enum Cmd {
     /// Write a native MMP area (for devices without ext4 MMP: a small partition or LUN).
     #[command(after_help = "Example:\n  mmp format --interval-ms 100 /dev/sdc1")]
     Format {
-        /// Heartbeat interval in milliseconds (100..=300000).
-        #[arg(long, default_value_t = native::DEFAULT_INTERVAL_MS)]
+        /// Heartbeat interval in milliseconds (100 to 300000).
+        #[arg(long, default_value_t = native::DEFAULT_INTERVAL_MS, value_parser = parse_ms)]
         interval_ms: u32,
-        /// Intervals without a successful heartbeat before the owner self-fences (2..=1000).
+        /// Intervals without a successful heartbeat before the owner self-fences (2 to 1000).
         #[arg(long, default_value_t = native::DEFAULT_FAIL_INTERVALS)]
         fail_intervals: u16,
         /// Overwrite a known signature or an area that is not clean.
@@ -192,8 +192,8 @@ enum Cmd {
     /// Enable MMP on an unmounted ext4/ldiskfs file system (like `tune2fs -O mmp`).
     #[command(after_help = "Example:\n  mmp enable --interval 5 /dev/sdb")]
     Enable {
-        /// Update interval in seconds (1..=300).
-        #[arg(long, default_value_t = 5)]
+        /// Update interval in seconds (1 to 300).
+        #[arg(long, default_value_t = 5, value_parser = parse_secs)]
         interval: u16,
         /// Device.
         device: PathBuf,
@@ -210,13 +210,14 @@ enum Cmd {
         /// Device.
         device: PathBuf,
     },
-    /// Change the ext4 MMP update interval (1..=300 s).
+    /// Change the ext4 MMP update interval (1 to 300 s).
     #[command(
         name = "set-interval",
         after_help = "Example:\n  mmp set-interval 10 /dev/sdb"
     )]
     SetInterval {
         /// Seconds.
+        #[arg(value_parser = parse_secs)]
         secs: u16,
         /// Device.
         device: PathBuf,
@@ -246,6 +247,35 @@ enum Cmd {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+}
+
+/// `--interval-ms`: a whole number of milliseconds; `1s` or `250ms` get a hint.
+fn parse_ms(s: &str) -> Result<u32, String> {
+    s.parse().map_err(|_| {
+        let t = s.trim();
+        let (num, unit) = t.split_at(
+            t.find(|c: char| !c.is_ascii_digit() && c != '.')
+                .unwrap_or(t.len()),
+        );
+        match (num.parse::<f64>(), unit) {
+            (Ok(n), "s") => format!(
+                "give milliseconds as a plain number: {s} is --interval-ms {}",
+                n * 1000.0
+            ),
+            (Ok(_), "ms") => format!("give milliseconds as a plain number: --interval-ms {num}"),
+            _ => "expected a whole number of milliseconds, such as 1000".to_string(),
+        }
+    })
+}
+
+/// An update interval in seconds; `5s` gets a hint.
+fn parse_secs(s: &str) -> Result<u16, String> {
+    s.parse().map_err(|_| match s.trim().strip_suffix('s') {
+        Some(n) if n.parse::<u16>().is_ok() => {
+            format!("give seconds as a plain number: {n}, not {s}")
+        }
+        _ => "expected a whole number of seconds, such as 5".to_string(),
+    })
 }
 
 /// Who this process is and how loud.

@@ -98,6 +98,20 @@ pub(crate) fn now_ms() -> u64 {
 /// "node 'oss2' (hostid 0x1234abcd), device 'sdb', last update 2026-11-21 10:45:12 UTC
 /// (3.2 s ago)".
 pub(crate) fn who(snap: &Snapshot) -> String {
+    // A native area as `mmp format` wrote it names no owner: say so rather than
+    // "node '' (hostid 0x00000000)".
+    if let Snapshot::Native(r) = snap
+        && r.reason == native::Reason::Formatted
+        && r.hostid == 0
+        && snap.nodename().is_empty()
+    {
+        let t = snap.time_ms();
+        return format!(
+            "never held (formatted {}, {})",
+            utc(t / 1000),
+            age(i128::from(now_ms()) - i128::from(t))
+        );
+    }
     let mut s = format!("node '{}'", esc(snap.nodename()));
     if let Some(h) = snap.hostid() {
         let _ = write!(s, " (hostid 0x{h:08x})");

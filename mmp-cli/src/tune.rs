@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 pub(crate) fn enable(c: &Ctx, interval: u16, device: &Path) -> Result<u8, String> {
     let path = show(device);
     if !(1..=300).contains(&interval) {
-        return Err(format!("--interval {interval} is outside 1..=300 seconds"));
+        return Err(format!(
+            "--interval {interval}: the update interval must be from 1 to 300 seconds"
+        ));
     }
     let dev = Device::open(device, true).map_err(|e| e.to_string())?;
     let mut opts = EnableOptions::new(
@@ -22,7 +24,28 @@ pub(crate) fn enable(c: &Ctx, interval: u16, device: &Path) -> Result<u8, String
         clock::now().wall_ms / 1000,
     );
     opts.update_interval_s = interval;
-    let r = tune::enable(&dev, &opts).map_err(|e| format!("{path}: {e}"))?;
+    let r = match tune::enable(&dev, &opts) {
+        Ok(r) => r,
+        // As tune2fs -O mmp: already there is done, not an error.
+        Err(tune::TuneError::AlreadyEnabled { block }) => {
+            let now = target::open(device, false)
+                .ok()
+                .and_then(|t| t.superblock.map(|s| s.mmp_update_interval));
+            let note = match now {
+                Some(i) if i != interval => format!(
+                    " (update interval {i} s; change it with `mmp set-interval {interval} {path}`)"
+                ),
+                Some(i) => format!(" (update interval {i} s)"),
+                None => String::new(),
+            };
+            outln!(
+                "{path}: multiple mount protection is already enabled (MMP block {block}){note}; \
+                 nothing changed"
+            );
+            return Ok(0);
+        }
+        Err(e) => return Err(format!("{path}: {e}")),
+    };
     outln!(
         "{path}: multiple mount protection enabled with update interval {} s (MMP block {})",
         r.update_interval_s,
@@ -110,6 +133,13 @@ fn refuse_if_live(t: &target::Target, path: &str) -> Result<(), u8> {
 
 pub(crate) fn disable(c: &Ctx, force: u8, device: &Path) -> Result<u8, String> {
     let path = show(device);
+    // As tune2fs -O ^mmp: already off is done, not an error.
+    let dev = Device::open(device, false).map_err(|e| e.to_string())?;
+    if let Err(tune::TuneError::NotEnabled) = tune::preflight(&dev, tune::Op::Disable) {
+        outln!("{path}: multiple mount protection is not enabled; nothing changed");
+        return Ok(0);
+    }
+    drop(dev);
     let t = target::open(device, true).map_err(|e| e.to_string())?;
     tune::preflight(&t.device, tune::Op::Disable).map_err(|e| format!("{path}: {e}"))?;
     if force == 1
@@ -159,7 +189,9 @@ pub(crate) fn disable(c: &Ctx, force: u8, device: &Path) -> Result<u8, String> {
 pub(crate) fn set_interval(c: &Ctx, secs: u16, device: &Path) -> Result<u8, String> {
     let path = show(device);
     if !(1..=300).contains(&secs) {
-        return Err(format!("interval {secs} is outside 1..=300 seconds"));
+        return Err(format!(
+            "interval {secs}: the update interval must be from 1 to 300 seconds"
+        ));
     }
     let t = target::open(device, true).map_err(|e| e.to_string())?;
     tune::preflight(&t.device, tune::Op::SetInterval).map_err(|e| format!("{path}: {e}"))?;

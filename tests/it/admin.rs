@@ -729,3 +729,37 @@ fn loop_umount_by_device_releases_the_holder() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+// ----- lower priority: messages an admin reads ---------------------------------------------------
+
+#[test]
+fn admin_messages_are_plain() {
+    let tmp = tmpdir();
+    let dev = area(tmp.path(), "a.img", &["--interval-ms", "100"]);
+    // A freshly formatted area names no owner.
+    let o = mmp_run(&["status", s(&dev)], T_SHORT);
+    o.expect(0, "status of a fresh area");
+    assert!(o.stdout.contains("never held"), "{}", o.show());
+    assert!(!o.stdout.contains("node ''"), "{}", o.show());
+    // A unit where a number is expected gets a hint; nothing is written.
+    let h = hash_file(&dev);
+    let o = mmp_run(
+        &["format", "--force", "--interval-ms", "1s", s(&dev)],
+        T_SHORT,
+    );
+    o.expect(2, "--interval-ms 1s");
+    assert!(o.stderr.contains("--interval-ms 1000"), "{}", o.show());
+    assert_eq!(hash_file(&dev), h, "nothing written");
+    // Ranges in words, not Rust syntax.
+    for args in [
+        &["format", "--force", "--interval-ms", "50", s(&dev)][..],
+        &["format", "--force", "--fail-intervals", "1", s(&dev)][..],
+        &["enable", "--interval", "301", s(&dev)][..],
+        &["set-interval", "0", s(&dev)][..],
+    ] {
+        let o = mmp_run(args, T_SHORT);
+        o.expect(2, &format!("{args:?}"));
+        assert!(!o.stderr.contains("..="), "{}", o.show());
+        assert_eq!(hash_file(&dev), h, "nothing written");
+    }
+}

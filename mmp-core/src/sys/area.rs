@@ -10,10 +10,10 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
     /// The interval is outside 100 ms..=300 s.
-    #[error("interval {0} ms is outside {min}..={max} ms", min = native::MIN_INTERVAL_MS, max = native::MAX_INTERVAL_MS)]
+    #[error("interval {0} ms is outside {min} to {max} ms", min = native::MIN_INTERVAL_MS, max = native::MAX_INTERVAL_MS)]
     BadInterval(u32),
     /// The fail-interval count is outside 2..=1000.
-    #[error("fail intervals {0} outside {min}..={max}", min = native::MIN_FAIL_INTERVALS, max = native::MAX_FAIL_INTERVALS)]
+    #[error("fail intervals {0} outside {min} to {max}", min = native::MIN_FAIL_INTERVALS, max = native::MAX_FAIL_INTERVALS)]
     BadFailIntervals(u32),
     /// The device cannot hold the 4 KiB area.
     #[error("too small for a native area ({size} bytes, need {need})", need = native::AREA_LEN)]
