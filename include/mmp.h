@@ -87,7 +87,8 @@ enum mmp_result
      */
     MMP_RESULT_CORRUPT = 6,
     /**
-     * Refused: this host's hostid is 0 (unset); set one (`mmp hostid --generate`).
+     * Refused: this host's hostid is 0 (unset) and the device is a native area; set one
+     * (`mmp hostid --generate`).
      */
     MMP_RESULT_NO_HOSTID = 7,
     /**
@@ -399,7 +400,8 @@ typedef struct mmp_device mmp_device;
  */
 typedef struct mmp_identity {
     /**
-     * The hostid written to native blocks; 0 (unset) refuses to acquire.
+     * The hostid written to native blocks; 0 (unset) refuses to acquire a native area
+     * (ext4 MMP records only the node name and needs no hostid).
      */
     uint32_t hostid;
     /**

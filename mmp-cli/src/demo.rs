@@ -106,48 +106,52 @@ fn run_demo(path: &Path) -> Result<u8, String> {
             .emit(&mut area);
         dev.write_at(0, &area).map_err(|e| e.to_string())?;
     }
-    println!(
+    outln!(
         "mmp demo: native MMP area on {} (interval {interval_ms} ms, fail intervals {fail})",
         path.display()
     );
-    println!(
+    outln!(
         "  two hosts: {} (hostid 0x{:08x}) and {} (hostid 0x{:08x})\n",
-        A.name, A.hostid, B.name, B.hostid
+        A.name,
+        A.hostid,
+        B.name,
+        B.hostid
     );
 
-    println!("1. {} acquires the clean device", A.name);
+    outln!("1. {} acquires the clean device", A.name);
     let t = Instant::now();
     let (ea, rxa) = start(&A, path, false, false)?;
     wait_acquired(&rxa)?;
     let first = t.elapsed();
-    println!(
+    outln!(
         "   acquired in {:.3} s (claim, wait a fail window and an eighth: nobody watched this \
          CLEAN being written, so it may have landed late over a silent owner; verify)",
         first.as_secs_f64()
     );
-    println!("   status: {}\n", status_line(path));
+    outln!("   status: {}\n", status_line(path));
 
-    println!("2. {} tries to take it while {} is alive", B.name, A.name);
+    outln!("2. {} tries to take it while {} is alive", B.name, A.name);
     let (eb, rxb) = start(&B, path, false, false)?;
     match wait_acquired(&rxb) {
         Ok(()) => return Err("node-b acquired a held device: this is a bug".into()),
-        Err(e) => println!("   refused without --force: {e}"),
+        Err(e) => outln!("   refused without --force: {e}"),
     }
     let _ = eb.shutdown();
     let t = Instant::now();
     let (eb, rxb) = start(&B, path, true, false)?;
     match wait_acquired(&rxb) {
         Ok(()) => return Err("node-b acquired a held device with --force: this is a bug".into()),
-        Err(e) => println!(
+        Err(e) => outln!(
             "   refused with --force after {:.3} s of watching: {e}\n",
             t.elapsed().as_secs_f64()
         ),
     }
     let _ = eb.shutdown();
 
-    println!(
+    outln!(
         "3. clean handover: {} waits in the queue (hold --wait), {} releases",
-        B.name, A.name
+        B.name,
+        A.name
     );
     let (eb, rxb) = start(&B, path, false, true)?;
     std::thread::sleep(Duration::from_millis(u64::from(interval_ms) * 5));
@@ -155,41 +159,42 @@ fn run_demo(path: &Path) -> Result<u8, String> {
     let _ = ea.shutdown();
     wait_acquired(&rxb)?;
     let handover = t.elapsed();
-    println!(
+    outln!(
         "   handover took {:.3} s ({} watched the release: claim, wait 2 intervals, verify)",
         handover.as_secs_f64(),
         B.name
     );
-    println!("   status: {}\n", status_line(path));
+    outln!("   status: {}\n", status_line(path));
 
-    println!(
+    outln!(
         "4. crash takeover: {} dies without releasing, {} takes over with --force",
-        B.name, A.name
+        B.name,
+        A.name
     );
     eb.abandon();
     let t = Instant::now();
     let (ea, rxa) = start(&A, path, true, false)?;
     wait_acquired(&rxa)?;
     let takeover = t.elapsed();
-    println!(
+    outln!(
         "   takeover took {:.3} s (watch 2 x fail window, then claim and verify)",
         takeover.as_secs_f64()
     );
-    println!("   status: {}\n", status_line(path));
+    outln!("   status: {}\n", status_line(path));
     let _ = ea.shutdown();
-    println!("5. {} releases: {}\n", A.name, status_line(path));
+    outln!("5. {} releases: {}\n", A.name, status_line(path));
 
-    println!("| step | time |");
-    println!("|---|---|");
-    println!("| first acquire (clean) | {:.3} s |", first.as_secs_f64());
-    println!("| clean handover | {:.3} s |", handover.as_secs_f64());
-    println!(
+    outln!("| step | time |");
+    outln!("|---|---|");
+    outln!("| first acquire (clean) | {:.3} s |", first.as_secs_f64());
+    outln!("| clean handover | {:.3} s |", handover.as_secs_f64());
+    outln!(
         "| crash takeover (--force) | {:.3} s |",
         takeover.as_secs_f64()
     );
-    println!(
+    outln!(
         "\nFor comparison: e2fsprogs needs 11 s to open a clean ext4 MMP file system at interval 5,"
     );
-    println!("and the kernel waits 22 s before mounting one whose holder crashed.");
+    outln!("and the kernel waits 22 s before mounting one whose holder crashed.");
     Ok(0)
 }

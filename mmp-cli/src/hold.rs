@@ -79,22 +79,6 @@ fn parse_loss(s: &str) -> Result<LossAction, String> {
     }
 }
 
-/// `eprintln!` that ignores write errors: a closed stderr must not kill a holder.
-macro_rules! note {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), $($arg)*);
-    }};
-}
-
-/// `eprint!` that ignores write errors.
-macro_rules! note_raw {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = write!(std::io::stderr(), $($arg)*);
-    }};
-}
-
 /// Prints one line on stdout and flushes it, ignoring errors: a holder must keep
 /// heartbeating (and release cleanly) even when whoever read its stdout has gone away.
 fn say(line: &str) {
@@ -218,7 +202,20 @@ fn run_loss_action(action: &LossAction, path: &str, reason: &str, child: Option<
 fn kill_group(ch: &Child, sig: rustix::process::Signal) {
     if let Some(pid) = rustix::process::Pid::from_raw(i32::try_from(ch.id()).unwrap_or(0)) {
         let _ = rustix::process::kill_process_group(pid, sig);
+        // A stopped job (Ctrl-Z, or a read from a terminal it does not own) acts on SIGTERM
+        // only once continued.
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::CONT);
     }
+}
+
+/// How `mmp run` reports the end of its command (as a shell does): its exit status, 128 +
+/// the signal that killed it.
+fn exit_code_of(status: std::process::ExitStatus) -> u8 {
+    use std::os::unix::process::ExitStatusExt;
+    status.code().map_or_else(
+        || 128 + u8::try_from(status.signal().unwrap_or(0)).unwrap_or(0),
+        |c| u8::try_from(c).unwrap_or(1),
+    )
 }
 
 /// `hold` (command = None) and `run`.
@@ -243,22 +240,13 @@ pub(crate) fn hold(
     if action == LossAction::Kill && command.is_none() {
         return Err("--on-loss kill needs `mmp run` (there is no command to kill)".into());
     }
-    if let Some(e) = &c.hostid_error {
-        return Err(e.clone());
-    }
-    if c.hostid == 0 {
-        return Err(out::refusal("", &Refusal::NoHostid));
-    }
-    let mut seen = std::collections::HashSet::new();
-    for d in devices {
-        if !seen.insert(d) {
-            return Err(format!("{} is given twice", show(d)));
-        }
-    }
+    crate::refuse_duplicates(devices)?;
     // Open everything first: any bad device is an error before anything is acquired.
     let mut targets = Vec::with_capacity(devices.len());
     for d in devices {
         let t = target::open(d, true).map_err(|e| e.to_string())?;
+        c.check_hostid(t.format)?;
+        c.warn_same_nodename(&t, &show(d));
         if let Some(msg) = crate::mounted_here(&t, &show(d)) {
             note!("mmp: {msg}");
             return Ok(1);
@@ -297,9 +285,25 @@ pub(crate) fn hold(
 
     let term = Arc::new(AtomicBool::new(false));
     let hup = Arc::new(AtomicBool::new(false));
+    // Which signal stopped `run` before its command ran: it exits 128 + that signal.
+    let got_int = Arc::new(AtomicBool::new(false));
+    let got_term = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&term)).map_err(|e| e.to_string())?;
     }
+    signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&got_int))
+        .map_err(|e| e.to_string())?;
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&got_term))
+        .map_err(|e| e.to_string())?;
+    // Under `run` stdout belongs to the command: mmp's own lines go to stderr.
+    let say = |line: &str| {
+        if command.is_some() {
+            note!("mmp: {line}");
+        } else {
+            say(line);
+        }
+    };
+    let terminal = command.and_then(|_| mmp_core::sys::job::Foreground::of_stdin());
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))
         .map_err(|e| e.to_string())?;
 
@@ -467,15 +471,28 @@ pub(crate) fn hold(
                 && !releasing
             {
                 use std::os::unix::process::CommandExt;
-                match Command::new(&cmd[0])
-                    .args(&cmd[1..])
-                    .process_group(0)
-                    .spawn()
-                {
+                let mut spawn = Command::new(&cmd[0]);
+                spawn.args(&cmd[1..]);
+                // Its own process group (a loss kills all of it), which takes the terminal
+                // when mmp has it: the command can read it, and Ctrl-C reaches it.
+                match &terminal {
+                    Some(t) => t.hand_to(&mut spawn),
+                    None => {
+                        spawn.process_group(0);
+                    }
+                }
+                match spawn.spawn() {
                     Ok(ch) => child = Some(ch),
                     Err(e) => {
                         note!("mmp: cannot run {}: {e}; releasing", cmd[0]);
-                        code = code.max(2);
+                        // As a shell: 127 when there is no such command, 126 when it cannot
+                        // be run.
+                        let cc = if e.kind() == std::io::ErrorKind::NotFound {
+                            127
+                        } else {
+                            126
+                        };
+                        child_code = Some(cc);
                         releasing = true;
                         eng.release_all();
                     }
@@ -486,12 +503,10 @@ pub(crate) fn hold(
             && child_code.is_none()
             && let Ok(Some(status)) = ch.try_wait()
         {
-            use std::os::unix::process::ExitStatusExt;
-            let cc = status.code().map_or_else(
-                || 128 + u8::try_from(status.signal().unwrap_or(0)).unwrap_or(0),
-                |c| u8::try_from(c).unwrap_or(1),
-            );
-            child_code = Some(cc);
+            if let Some(t) = &terminal {
+                t.take_back();
+            }
+            child_code = Some(exit_code_of(status));
             if !releasing {
                 releasing = true;
                 eng.release_all();
@@ -502,8 +517,11 @@ pub(crate) fn hold(
             if let Some(ch) = child.as_mut()
                 && child_code.is_none()
             {
-                let _ = ch.wait();
-                child_code = Some(1);
+                let st = ch.wait();
+                if let Some(t) = &terminal {
+                    t.take_back();
+                }
+                child_code = Some(st.map_or(1, exit_code_of));
             }
             break;
         }
@@ -522,6 +540,19 @@ pub(crate) fn hold(
             Some(Outcome::Aborted) if command.is_none() => {
                 note!("mmp: {}: acquire interrupted", paths[i]);
                 return Ok(2);
+            }
+            // `run` stopped by a signal before its command ran: 128 + the signal, as the
+            // command would have exited.
+            Some(Outcome::Aborted) if child_code.is_none() => {
+                note!("mmp: {}: acquire interrupted", paths[i]);
+                let sig = if got_int.load(Ordering::SeqCst) {
+                    signal_hook::consts::SIGINT
+                } else if got_term.load(Ordering::SeqCst) {
+                    signal_hook::consts::SIGTERM
+                } else {
+                    return Ok(2);
+                };
+                return Ok(128 + u8::try_from(sig).unwrap_or(0));
             }
             _ => {}
         }

@@ -4,6 +4,40 @@
 //! prints. Exit codes are a contract (see `mmp --help`).
 #![forbid(unsafe_code)]
 
+/// `println!` that never panics: a closed stdout (`mmp status A B C | head -c 10`) is the
+/// reader's choice, not an error; the command finishes its work and keeps its exit code.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `print!` that never panics (see [`outln`]).
+macro_rules! out_raw {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` that never panics: a closed stderr must not kill a holder or change an exit
+/// code.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// `eprint!` that never panics.
+macro_rules! note_raw {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod hold;
 mod out;
 
@@ -22,12 +56,14 @@ Exit status (scripts rely on it):
   status   0 all clean, 1 any not clean (active, fsck, unknown sequence, maintenance), 2 error
   check    0 safe to take (clean, or stale and silent through the window), 1 in use, 2 error
   hold     0 released cleanly, 1 refused (in use, or foreign without --force), 2 error, 3 ownership lost
-  run      the command's status, or 1/2/3 as for hold
+  run      the command's status (127 no such command, 130 after Ctrl-C), or 1/2/3 as for hold
   format   0 written, 1 refused (a known signature or an area in use; see --force), 2 error
   others   0 success, 2 error
 A corrupt block (bad magic, bad checksum, torn write) is an error (2): it cannot be trusted.
 
-Identity: --hostid, else $MMP_HOSTID, else /etc/hostid; node name: --nodename, else uname.
+Identity: --hostid, else $MMP_HOSTID, else /etc/hostid ($MMP_HOSTID_FILE); node name:
+--nodename, else uname. Native areas need a non-zero hostid; ext4 MMP records only the node
+name and needs none.
 
 Examples:
   mmp status /dev/mapper/ost0            # one read, never writes, never waits
@@ -97,7 +133,7 @@ enum Cmd {
     },
     /// Hold the devices while a command runs; release when it exits.
     #[command(
-        after_help = "Example:\n  mmp run /dev/sdc1 -- sh -c 'mount /dev/sdb /mnt && do-work; umount /mnt'\n(/dev/sdc1: a native area from `mmp format`; for ext4 MMP use `mmp mount`, since the kernel\nrefuses to mount a device that mmp holds)"
+        after_help = "Example:\n  mmp run /dev/sdc1 -- sh -c 'mount /dev/sdb /mnt && do-work; umount /mnt'\n(/dev/sdc1: a native area from `mmp format`; for ext4 MMP use `mmp mount`, since the kernel\nrefuses to mount a device that mmp holds)\n\nThe command runs in a process group of its own, which takes the terminal when mmp has it\n(it can read it; Ctrl-C reaches it). Exit status: the command's (128 + signal; 130 after\nCtrl-C), 127 when it does not exist, 126 when it cannot be run. mmp's own lines\n(acquired, released) go to stderr."
     )]
     Run {
         #[command(flatten)]
@@ -128,10 +164,10 @@ enum Cmd {
     /// Write a native MMP area (for devices without ext4 MMP: a small partition or LUN).
     #[command(after_help = "Example:\n  mmp format --interval-ms 100 /dev/sdc1")]
     Format {
-        /// Heartbeat interval in milliseconds (100..=300000).
-        #[arg(long, default_value_t = native::DEFAULT_INTERVAL_MS)]
+        /// Heartbeat interval in milliseconds (100 to 300000).
+        #[arg(long, default_value_t = native::DEFAULT_INTERVAL_MS, value_parser = parse_ms)]
         interval_ms: u32,
-        /// Intervals without a successful heartbeat before the owner self-fences (2..=1000).
+        /// Intervals without a successful heartbeat before the owner self-fences (2 to 1000).
         #[arg(long, default_value_t = native::DEFAULT_FAIL_INTERVALS)]
         fail_intervals: u16,
         /// Overwrite a known signature or an area that is not clean.
@@ -149,35 +185,39 @@ enum Cmd {
         /// With --generate: overwrite an existing file.
         #[arg(long, requires = "generate")]
         force: bool,
-        /// The hostid file.
-        #[arg(long, default_value = hostid::DEFAULT_PATH)]
-        file: PathBuf,
+        /// The hostid file (default: $MMP_HOSTID_FILE, else /etc/hostid).
+        #[arg(long, value_name = "PATH")]
+        file: Option<PathBuf>,
     },
     /// Enable MMP on an unmounted ext4/ldiskfs file system (like `tune2fs -O mmp`).
     #[command(after_help = "Example:\n  mmp enable --interval 5 /dev/sdb")]
     Enable {
-        /// Update interval in seconds (1..=300).
-        #[arg(long, default_value_t = 5)]
+        /// Update interval in seconds (1 to 300).
+        #[arg(long, default_value_t = 5, value_parser = parse_secs)]
         interval: u16,
         /// Device.
         device: PathBuf,
     },
     /// Disable MMP on an unmounted ext4/ldiskfs file system, after proving it is not in use.
-    #[command(after_help = "Example:\n  mmp disable /dev/sdb")]
+    #[command(
+        after_help = "Example:\n  mmp disable /dev/sdb\n\n--force skips the activity test but still watches the MMP block for one update\ninterval (at most 31 s) and refuses if it changes: a holder is writing it, and freeing\nthe block under it would let the holder's next heartbeat land in a freed block. Give\n--force twice (--force --force) to skip that watch too."
+    )]
     Disable {
-        /// Skip the activity test (only when you know no other node uses it).
-        #[arg(long)]
-        force: bool,
+        /// Skip the activity test (only when you know no other node uses it); a block that
+        /// changes during a short watch is still refused. Twice: skip the watch too.
+        #[arg(long, action = clap::ArgAction::Count)]
+        force: u8,
         /// Device.
         device: PathBuf,
     },
-    /// Change the ext4 MMP update interval (1..=300 s).
+    /// Change the ext4 MMP update interval (1 to 300 s).
     #[command(
         name = "set-interval",
         after_help = "Example:\n  mmp set-interval 10 /dev/sdb"
     )]
     SetInterval {
         /// Seconds.
+        #[arg(value_parser = parse_secs)]
         secs: u16,
         /// Device.
         device: PathBuf,
@@ -192,9 +232,12 @@ enum Cmd {
         args: mount::MountArgs,
     },
     /// Unmount, then release the MMP device (stops the detached holder).
-    #[command(after_help = "Example:\n  mmp umount /srv/data")]
+    #[command(
+        after_help = "Examples:\n  mmp umount /srv/data\n  mmp umount /dev/sdb   # the device works too, as for umount(8)"
+    )]
     Umount {
-        /// Mount point.
+        /// Mount point, or the mounted device (or its --mmp-device).
+        #[arg(value_name = "DIR|DEVICE")]
         dir: PathBuf,
     },
     /// Show a clean handover and a crash takeover between two hosts on a temporary file.
@@ -206,12 +249,45 @@ enum Cmd {
     },
 }
 
+/// `--interval-ms`: a whole number of milliseconds; `1s` or `250ms` get a hint.
+fn parse_ms(s: &str) -> Result<u32, String> {
+    s.parse().map_err(|_| {
+        let t = s.trim();
+        let (num, unit) = t.split_at(
+            t.find(|c: char| !c.is_ascii_digit() && c != '.')
+                .unwrap_or(t.len()),
+        );
+        match (num.parse::<f64>(), unit) {
+            (Ok(n), "s") => format!(
+                "give milliseconds as a plain number: {s} is --interval-ms {}",
+                n * 1000.0
+            ),
+            (Ok(_), "ms") => format!("give milliseconds as a plain number: --interval-ms {num}"),
+            _ => "expected a whole number of milliseconds, such as 1000".to_string(),
+        }
+    })
+}
+
+/// An update interval in seconds; `5s` gets a hint.
+fn parse_secs(s: &str) -> Result<u16, String> {
+    s.parse().map_err(|_| match s.trim().strip_suffix('s') {
+        Some(n) if n.parse::<u16>().is_ok() => {
+            format!("give seconds as a plain number: {n}, not {s}")
+        }
+        _ => "expected a whole number of seconds, such as 5".to_string(),
+    })
+}
+
 /// Who this process is and how loud.
 #[derive(Clone, Debug)]
 pub(crate) struct Ctx {
     pub(crate) hostid: u32,
-    /// Why the hostid could not be resolved (acquiring commands report it).
+    /// Why the hostid could not be resolved (commands that need it report it).
     pub(crate) hostid_error: Option<String>,
+    /// Whether that error is a misconfiguration the admin gave (a bad --hostid or
+    /// $MMP_HOSTID), reported by every acquiring command, rather than an unreadable hostid
+    /// file, which only the native format (whose records carry the hostid) cares about.
+    pub(crate) hostid_error_explicit: bool,
     pub(crate) nodename: Vec<u8>,
     pub(crate) verbose: bool,
 }
@@ -224,12 +300,54 @@ impl Ctx {
             path.as_os_str().as_encoded_bytes(),
         )
     }
+
+    /// Whether this host may acquire a device of this format. The native format records the
+    /// hostid and needs a non-zero one (the ZFS rule); ext4 MMP records only the node name,
+    /// as the kernel and e2fsprogs do, so a host without a hostid may use it.
+    pub(crate) fn check_hostid(&self, format: target::Format) -> Result<(), String> {
+        if let Some(e) = &self.hostid_error
+            && (self.hostid_error_explicit || format == target::Format::Native)
+        {
+            return Err(e.clone());
+        }
+        if format == target::Format::Native && self.hostid == 0 {
+            return Err(out::refusal("", &mmp_core::machine::Refusal::NoHostid));
+        }
+        Ok(())
+    }
+
+    /// A note when an ext4 MMP block that is not clean carries this host's node name: ext4
+    /// MMP names its owner by node name only, so either this host held it last, or another
+    /// node has the same node name, which MMP cannot tell apart.
+    pub(crate) fn warn_same_nodename(&self, t: &target::Target, path: &str) {
+        // With a hostid the note would only repeat what every ext4 user knows; without one
+        // the node name is this host's only identity.
+        if t.format != target::Format::Ext4 || self.hostid != 0 {
+            return;
+        }
+        let Ok(raw) = t.read_record() else { return };
+        let Ok(snap) = mmp_core::machine::parse(&t.layout, &raw) else {
+            return;
+        };
+        if snap.class() != mmp_core::machine::Class::Clean && snap.nodename() == self.nodename {
+            note!(
+                "mmp: {path}: note: the MMP block was last written by node '{}', this host's \
+                 node name, and not released. If this host did not hold it, another node has \
+                 the same node name, and ext4 MMP cannot tell the two apart: give every node a \
+                 unique node name (--nodename)",
+                out::esc(&self.nodename)
+            );
+        }
+    }
 }
 
 fn ctx(g: &Global) -> Result<Ctx, String> {
-    let (hostid, hostid_error) = match hostid::resolve(g.hostid.as_deref()) {
-        Ok(h) => (h.value, None),
-        Err(e) => (0, Some(e.to_string())),
+    let (hostid, hostid_error, hostid_error_explicit) = match hostid::resolve(g.hostid.as_deref()) {
+        Ok(h) => (h.value, None, false),
+        Err(e) => {
+            let explicit = matches!(e, hostid::HostidError::Parse { .. });
+            (0, Some(e.to_string()), explicit)
+        }
     };
     let nodename = g
         .nodename
@@ -241,6 +359,7 @@ fn ctx(g: &Global) -> Result<Ctx, String> {
     Ok(Ctx {
         hostid,
         hostid_error,
+        hostid_error_explicit,
         nodename,
         verbose: g.verbose,
     })
@@ -251,7 +370,7 @@ fn main() -> ExitCode {
     let code = match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("mmp: {e}");
+            note!("mmp: {e}");
             2
         }
     };
@@ -281,7 +400,12 @@ fn run(cli: Cli) -> Result<u8, String> {
             generate,
             force,
             file,
-        } => hostid_cmd(&cli.global, generate, force, &file),
+        } => hostid_cmd(
+            &cli.global,
+            generate,
+            force,
+            &file.unwrap_or_else(hostid::default_file),
+        ),
         Cmd::Enable { interval, device } => tune::enable(&c, interval, &device),
         Cmd::Disable { force, device } => tune::disable(&c, force, &device),
         Cmd::SetInterval { secs, device } => tune::set_interval(&c, secs, &device),
@@ -312,7 +436,7 @@ fn status(c: &Ctx, json: bool, devices: &[PathBuf]) -> u8 {
         match res {
             Ok((t, raw)) => {
                 if c.verbose && !json {
-                    eprintln!("{path}: I/O mode {}", t.device.io_mode());
+                    note!("{path}: I/O mode {}", t.device.io_mode());
                 }
                 match mmp_core::machine::parse(&t.layout, &raw) {
                     Ok(snap) => {
@@ -321,18 +445,18 @@ fn status(c: &Ctx, json: bool, devices: &[PathBuf]) -> u8 {
                             code = code.max(1);
                         }
                         if json {
-                            println!("{}", out::status_json(&path, &t, &snap));
+                            outln!("{}", out::status_json(&path, &t, &snap));
                         } else {
-                            println!("{}", out::status_text(&path, &t, &snap));
+                            outln!("{}", out::status_text(&path, &t, &snap));
                         }
                     }
                     Err(e) => {
                         code = 2;
                         let msg = format!("{path}: {e}");
                         if json {
-                            println!("{}", out::error_json(&path, Some(t.format), &msg));
+                            outln!("{}", out::error_json(&path, Some(t.format), &msg));
                         } else {
-                            eprintln!("mmp: {msg}");
+                            note!("mmp: {msg}");
                         }
                     }
                 }
@@ -340,14 +464,54 @@ fn status(c: &Ctx, json: bool, devices: &[PathBuf]) -> u8 {
             Err(msg) => {
                 code = 2;
                 if json {
-                    println!("{}", out::error_json(&path, None, &msg));
+                    outln!("{}", out::error_json(&path, None, &msg));
                 } else {
-                    eprintln!("mmp: {msg}");
+                    note!("mmp: {msg}");
                 }
             }
         }
     }
     code
+}
+
+/// What names one device, whatever the path: the device number of a block device, else
+/// the file's file system and inode.
+pub(crate) type DeviceKey = (bool, u64, u64);
+
+/// The [`DeviceKey`] of `p`; `None` when it cannot be read.
+pub(crate) fn device_key(p: &Path) -> Option<DeviceKey> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let m = std::fs::metadata(p).ok()?;
+    if m.file_type().is_block_device() {
+        Some((true, m.rdev(), 0))
+    } else {
+        Some((false, m.dev(), m.ino()))
+    }
+}
+
+/// Refuses a device named twice (`f.img ./f.img`, a symlink and its target, two nodes of one
+/// block device): holding it twice would make the two holders see each other as another host.
+pub(crate) fn refuse_duplicates(devices: &[PathBuf]) -> Result<(), String> {
+    let mut seen: Vec<(&PathBuf, Option<DeviceKey>)> = Vec::with_capacity(devices.len());
+    for d in devices {
+        let k = device_key(d);
+        if let Some((first, _)) = seen
+            .iter()
+            .find(|(p, pk)| *p == d || (k.is_some() && *pk == k))
+        {
+            return Err(if *first == d {
+                format!("{} is given twice", show(d))
+            } else {
+                format!(
+                    "{} and {} are the same device; give each device once",
+                    show(first),
+                    show(d)
+                )
+            });
+        }
+        seen.push((d, k));
+    }
+    Ok(())
 }
 
 /// Prints wait progress on stderr: the start of each wait, then every 5 s.
@@ -387,7 +551,7 @@ impl Progress {
                     Phase::Claiming => "claimed; verifying nobody else claims",
                     _ => phase.name(),
                 };
-                eprintln!(
+                note!(
                     "mmp: {}: {what} for {:.1} s",
                     self.label,
                     total.as_secs_f64()
@@ -408,7 +572,7 @@ fn check(c: &Ctx, json: bool, device: &Path) -> Result<u8, String> {
         Ok(t) => t,
         // `--json` promises one object, also for a device that cannot be opened.
         Err(e) if json => {
-            println!(
+            outln!(
                 "{{\"device\":{},\"result\":\"error\",\"message\":{}}}",
                 out::json_str(&path),
                 out::json_str(&e.to_string())
@@ -419,14 +583,14 @@ fn check(c: &Ctx, json: bool, device: &Path) -> Result<u8, String> {
     };
     if let Some(msg) = mounted_here(&t, &path) {
         if json {
-            println!(
+            outln!(
                 "{{\"device\":{},\"format\":\"{}\",\"result\":\"in_use\",\"message\":{}}}",
                 out::json_str(&path),
                 t.format.name(),
                 out::json_str(&msg)
             );
         } else {
-            eprintln!("mmp: {msg}");
+            note!("mmp: {msg}");
         }
         return Ok(1);
     }
@@ -471,16 +635,16 @@ fn check(c: &Ctx, json: bool, device: &Path) -> Result<u8, String> {
             (1, _) => "in_use",
             _ => "error",
         };
-        println!(
+        outln!(
             "{{\"device\":{},\"format\":\"{}\",\"result\":\"{state}\",\"message\":{}}}",
             out::json_str(&path),
             t.format.name(),
             out::json_str(&text)
         );
     } else if code == 0 {
-        println!("{text}");
+        outln!("{text}");
     } else {
-        eprintln!("mmp: {text}");
+        note!("mmp: {text}");
     }
     Ok(code)
 }
@@ -509,17 +673,50 @@ fn clear(c: &Ctx, force: bool, device: &Path) -> Result<u8, String> {
         ));
     }
     let t = open_for_clear(device)?;
+    if t.format == target::Format::Native
+        && let Ok(raw) = t.read_record()
+        && mmp_core::machine::parse(&t.layout, &raw).is_err()
+    {
+        // The protocol's clear keeps the area's parameters from its record, which does not
+        // parse here: repair the record instead, keeping what can still be read.
+        drop(t);
+        return clear_unparsable_native(c, device);
+    }
     let mut cfg = Config::new(t.layout, c.identity(device), clock::random_seed());
     cfg.force = true;
     let mut m = Machine::new(cfg, Op::Clear, clock::now());
     let stop = AtomicBool::new(false);
     match driver::run_until_settled(&mut m, &t.device, &stop, &mut |_| {}) {
         Some(Outcome::Cleared) => {
-            println!("{path}: MMP reset to clean");
+            outln!("{path}: MMP reset to clean");
             Ok(0)
         }
         Some(Outcome::Refused(r)) => Err(out::refusal(&path, &r)),
         other => Err(format!("{path}: clear failed: {other:?}")),
+    }
+}
+
+fn clear_unparsable_native(c: &Ctx, device: &Path) -> Result<u8, String> {
+    use mmp_core::sys::area;
+    let path = show(device);
+    match area::reset_unparsable(device, &c.identity(device)) {
+        Ok(r) => {
+            let params = if r.kept_parameters {
+                "kept its"
+            } else {
+                "its own were unreadable, so it has the default"
+            };
+            outln!(
+                "{path}: MMP reset to clean (the record was corrupt: {}); {params} interval {} ms \
+                 and fail intervals {}",
+                r.was,
+                r.record.interval_ms,
+                r.record.fail_intervals
+            );
+            Ok(0)
+        }
+        Err(area::ResetError::Device(e)) => Err(e.to_string()),
+        Err(e) => Err(format!("{path}: {e}")),
     }
 }
 
@@ -534,7 +731,7 @@ fn dump(device: &Path) -> Result<u8, String> {
     let t = target::open(device, false).map_err(|e| e.to_string())?;
     let raw = t.read_record().map_err(|e| format!("{path}: {e}"))?;
     let parsed = mmp_core::machine::parse(&t.layout, &raw);
-    print!("{}", out::dump(&path, &t, &raw, parsed));
+    out_raw!("{}", out::dump(&path, &t, &raw, parsed));
     Ok(0)
 }
 
@@ -543,7 +740,7 @@ fn format_native(interval_ms: u32, fail: u16, force: bool, device: &Path) -> Res
     let path = show(device);
     match area::format(device, interval_ms, u32::from(fail), force) {
         Ok(_) => {
-            println!(
+            outln!(
                 "{path}: native MMP area written: interval {interval_ms} ms, fail intervals {fail} \
                  (self-fence after {} ms; a takeover waits {} ms)",
                 u64::from(interval_ms) * u64::from(fail),
@@ -552,7 +749,7 @@ fn format_native(interval_ms: u32, fail: u16, force: bool, device: &Path) -> Res
             Ok(0)
         }
         Err(area::FormatError::NotClean(r)) => {
-            eprintln!(
+            note!(
                 "mmp: {path}: holds a native MMP area that is {} ({}); refusing without --force",
                 r.state.name(),
                 out::who(&mmp_core::machine::Snapshot::Native(*r))
@@ -560,7 +757,7 @@ fn format_native(interval_ms: u32, fail: u16, force: bool, device: &Path) -> Res
             Ok(1)
         }
         Err(e) if e.is_refusal() => {
-            eprintln!("mmp: {path}: {e}");
+            note!("mmp: {path}: {e}");
             Ok(1)
         }
         Err(e @ (area::FormatError::BadInterval(_) | area::FormatError::BadFailIntervals(_))) => {
@@ -582,23 +779,23 @@ fn hostid_cmd(g: &Global, generate: bool, force: bool, file: &Path) -> Result<u8
             ),
             e => e.to_string(),
         })?;
-        println!("hostid 0x{v:08x} written to {}", file.display());
+        outln!("hostid 0x{v:08x} written to {}", file.display());
         return Ok(0);
     }
     let env = std::env::var(hostid::ENV_VAR).ok();
     let h = hostid::resolve_with_path(g.hostid.as_deref(), env.as_deref(), file)
         .map_err(|e| e.to_string())?;
     if h.is_set() {
-        println!("hostid 0x{:08x} (from {})", h.value, h.source);
+        outln!("hostid 0x{:08x} (from {})", h.value, h.source);
     } else if h.source == hostid::HostidSource::Unset {
-        println!(
-            "hostid not set (no --hostid, no ${}, no {}): run `mmp hostid --generate`",
+        outln!(
+            "hostid not set (no --hostid, no ${}, no {}): ext4 MMP needs none; for native MMP areas run `mmp hostid --generate`",
             hostid::ENV_VAR,
             file.display()
         );
     } else {
-        println!(
-            "hostid is 0 (from {}), which cannot acquire: give a non-zero hostid or run `mmp hostid --generate`",
+        outln!(
+            "hostid is 0 (from {}), which cannot acquire native MMP areas (ext4 MMP needs none): give a non-zero hostid or run `mmp hostid --generate`",
             h.source
         );
     }

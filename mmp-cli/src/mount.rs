@@ -118,9 +118,14 @@ pub(crate) fn mount(c: &Ctx, a: &MountArgs) -> Result<u8, String> {
 
 fn mount_ext4(c: &Ctx, a: &MountArgs, t: target::Target) -> Result<u8, String> {
     let path = show(&a.device);
-    if let Some(e) = &c.hostid_error {
-        return Err(e.clone());
+    // Mounted here already: this host's kmmpd heartbeats; say so now rather than watch the
+    // block for a whole window and blame "another node".
+    if let Some(msg) = crate::mounted_here(&t, &path) {
+        note!("mmp: {msg}");
+        return Ok(1);
     }
+    c.check_hostid(t.format)?;
+    c.warn_same_nodename(&t, &path);
     let mut cfg = Config::new(t.layout, c.identity(&a.device), clock::random_seed());
     cfg.force = a.force;
     let mut m = Machine::new(cfg, Op::Acquire, clock::now());
@@ -132,7 +137,7 @@ fn mount_ext4(c: &Ctx, a: &MountArgs, t: target::Target) -> Result<u8, String> {
     match driver::run_until_settled(&mut m, &t.device, &stop, &mut |e| progress.event(e)) {
         None => {}
         Some(Outcome::Refused(r)) => {
-            eprintln!("mmp: {}", out::refusal(&path, &r));
+            note!("mmp: {}", out::refusal(&path, &r));
             return Ok(out::refusal_code(&r));
         }
         Some(o) => return Err(format!("{path}: acquire ended with {o:?}")),
@@ -148,7 +153,7 @@ fn mount_ext4(c: &Ctx, a: &MountArgs, t: target::Target) -> Result<u8, String> {
     }
     drop(t);
     run_mount(a)?;
-    println!(
+    outln!(
         "mounted {} on {} (ext4 MMP: the kernel heartbeats now)",
         path,
         show(&a.dir)
@@ -157,6 +162,7 @@ fn mount_ext4(c: &Ctx, a: &MountArgs, t: target::Target) -> Result<u8, String> {
 }
 
 fn mount_native(c: &Ctx, a: &MountArgs, mmp_dev: &Path) -> Result<u8, String> {
+    c.check_hostid(target::Format::Native)?;
     let rd = run_dir();
     std::fs::create_dir_all(&rd).map_err(|e| format!("{}: {e}", rd.display()))?;
     let k = key(&a.dir);
@@ -208,7 +214,7 @@ fn mount_native(c: &Ctx, a: &MountArgs, mmp_dev: &Path) -> Result<u8, String> {
         if let Ok(mut f) = std::fs::File::open(&logf) {
             let _ = f.read_to_string(&mut text);
             if text.len() > shown {
-                eprint!("{}", &text[shown..]);
+                note_raw!("{}", &text[shown..]);
                 shown = text.len();
             }
         }
@@ -220,7 +226,7 @@ fn mount_native(c: &Ctx, a: &MountArgs, mmp_dev: &Path) -> Result<u8, String> {
             let code = st.code().and_then(|c| u8::try_from(c).ok()).unwrap_or(2);
             // Relay what the holder wrote last, then leave nothing behind in the run directory.
             if let Ok(text) = std::fs::read_to_string(&logf) {
-                eprint!("{}", text.get(shown..).unwrap_or_default());
+                note_raw!("{}", text.get(shown..).unwrap_or_default());
             }
             for f in [&statusf, &outf, &logf] {
                 let _ = std::fs::remove_file(f);
@@ -242,15 +248,17 @@ fn mount_native(c: &Ctx, a: &MountArgs, mmp_dev: &Path) -> Result<u8, String> {
         }
         return Err(format!("{}; released {}", e.trim_end(), show(mmp_dev)));
     }
+    let abs = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let start = proc_start_time(child.id()).map_or_else(String::new, |t| format!("start={t}\n"));
     let body = format!(
-        "pid={}\nmmp_device={}\ndevice={}\ndir={}\n",
+        "pid={}\n{start}mmp_device={}\ndevice={}\ndir={}\n",
         child.id(),
-        mmp_dev.display(),
-        a.device.display(),
-        a.dir.display()
+        abs(mmp_dev).display(),
+        abs(&a.device).display(),
+        abs(&a.dir).display()
     );
     std::fs::write(&state, body).map_err(|e| format!("{}: {e}", state.display()))?;
-    println!(
+    outln!(
         "mounted {} on {} (heartbeat: pid {} on {}; state in {})",
         show(&a.device),
         show(&a.dir),
@@ -272,52 +280,160 @@ fn alive(pid: u32) -> bool {
         && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
 }
 
-/// `mmp umount DIR`.
-pub(crate) fn umount(dir: &Path) -> Result<u8, String> {
-    let state = run_dir().join(format!("{}.state", key(dir)));
+/// The start time of process `pid` (clock ticks after boot, field 22 of /proc/PID/stat):
+/// with the pid it names one process, even after the pid is reused.
+fn proc_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which may itself hold spaces and parentheses.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// What `mmp mount` recorded for one native mount.
+#[derive(Debug)]
+struct MountState {
+    key: String,
+    pid: u32,
+    /// Absent in state files of older versions.
+    start: Option<u64>,
+    mmp_device: PathBuf,
+    device: PathBuf,
+    dir: PathBuf,
+}
+
+fn read_states(rd: &Path) -> Vec<MountState> {
+    let Ok(entries) = std::fs::read_dir(rd) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(key) = name.strip_suffix(".state") else {
+            continue;
+        };
+        let Ok(body) = std::fs::read_to_string(e.path()) else {
+            continue;
+        };
+        let field = |k: &str| {
+            body.lines()
+                .find_map(|l| l.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
+                .map(str::to_owned)
+        };
+        let Some(pid) = field("pid").and_then(|p| p.parse().ok()) else {
+            continue;
+        };
+        out.push(MountState {
+            key: key.to_owned(),
+            pid,
+            start: field("start").and_then(|t| t.parse().ok()),
+            mmp_device: field("mmp_device").map(PathBuf::from).unwrap_or_default(),
+            device: field("device").map(PathBuf::from).unwrap_or_default(),
+            dir: field("dir").map(PathBuf::from).unwrap_or_default(),
+        });
+    }
+    out
+}
+
+/// Whether two names mean the same mount point or device: the same path, the same file, or
+/// the same block device.
+fn same(a: &Path, b: &Path) -> bool {
+    if b.as_os_str().is_empty() {
+        return false;
+    }
+    a == b
+        || std::fs::canonicalize(a).is_ok_and(|x| std::fs::canonicalize(b).is_ok_and(|y| x == y))
+        || crate::device_key(a).is_some_and(|k| crate::device_key(b) == Some(k))
+}
+
+/// Whether `st.pid` is still the holder `mmp mount` started: alive, started when it was
+/// recorded, and running `mmp ... hold`. A pid reused by another process is never signalled.
+fn is_our_holder(st: &MountState) -> bool {
+    if !alive(st.pid) {
+        return false;
+    }
+    if let Some(t) = st.start
+        && proc_start_time(st.pid) != Some(t)
+    {
+        return false;
+    }
+    std::fs::read(format!("/proc/{}/cmdline", st.pid))
+        .is_ok_and(|c| c.split(|&b| b == 0).any(|a| a == b"hold"))
+}
+
+/// `mmp umount DIR|DEVICE`.
+pub(crate) fn umount(arg: &Path) -> Result<u8, String> {
+    let rd = run_dir();
+    // Found before unmounting: afterwards the mount point no longer resolves to the mount.
+    let st = read_states(&rd)
+        .into_iter()
+        .find(|st| same(arg, &st.dir) || same(arg, &st.device) || same(arg, &st.mmp_device));
+    let mp = st.as_ref().map_or(arg, |s| s.dir.as_path());
     let out = Command::new("umount")
-        .arg(dir)
+        .arg(mp)
         .output()
         .map_err(|e| format!("cannot run umount: {e}"))?;
     if !out.status.success() {
         return Err(format!(
             "umount {} failed: {}",
-            show(dir),
+            show(mp),
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
-    let Ok(body) = std::fs::read_to_string(&state) else {
-        println!(
-            "unmounted {} (no mmp holder recorded: ext4 MMP is released by the kernel)",
-            show(dir)
+    let Some(st) = st else {
+        outln!(
+            "unmounted {} (no mmp holder recorded for it in {}; an ext4 file system with MMP \
+             is released by the kernel on unmount)",
+            show(arg),
+            rd.display()
         );
         return Ok(0);
     };
-    let pid: u32 = body
-        .lines()
-        .find_map(|l| l.strip_prefix("pid="))
-        .and_then(|p| p.parse().ok())
-        .ok_or_else(|| format!("{}: no pid", state.display()))?;
-    stop_holder(pid);
+    let files = |st: &MountState| {
+        ["state", "out", "log", "status"].map(|f| rd.join(format!("{}.{f}", st.key)))
+    };
+    if !is_our_holder(&st) {
+        let log = std::fs::read_to_string(rd.join(format!("{}.log", st.key))).unwrap_or_default();
+        for f in files(&st) {
+            let _ = std::fs::remove_file(f);
+        }
+        if !log.is_empty() {
+            note_raw!("{log}");
+        }
+        return Err(format!(
+            "unmounted {}, but its holder (pid {}) is no longer running (the pid is gone or \
+             belongs to another process now, which was left alone): {} was not released; \
+             check it with `mmp status {}`",
+            show(&st.dir),
+            st.pid,
+            show(&st.mmp_device),
+            show(&st.mmp_device)
+        ));
+    }
+    stop_holder(st.pid);
     let start = Instant::now();
-    while alive(pid) && start.elapsed() < Duration::from_secs(30) {
+    while alive(st.pid) && start.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let k = key(dir);
-    let rd = run_dir();
-    let logf = rd.join(format!("{k}.log"));
-    let log = std::fs::read_to_string(&logf).unwrap_or_default();
-    for f in ["state", "out", "log", "status"] {
-        let _ = std::fs::remove_file(rd.join(format!("{k}.{f}")));
+    let log = std::fs::read_to_string(rd.join(format!("{}.log", st.key))).unwrap_or_default();
+    if alive(st.pid) {
+        return Err(format!(
+            "holder pid {} did not stop within 30 s (state kept in {})",
+            st.pid,
+            rd.display()
+        ));
     }
-    if alive(pid) {
-        return Err(format!("holder pid {pid} did not stop within 30 s"));
+    for f in files(&st) {
+        let _ = std::fs::remove_file(f);
     }
     if log.contains("ownership lost") {
-        eprint!("{log}");
+        note_raw!("{log}");
         return Ok(3);
     }
-    println!("unmounted {} and released the MMP device", show(dir));
+    outln!(
+        "unmounted {} and released the MMP device {}",
+        show(&st.dir),
+        show(&st.mmp_device)
+    );
     Ok(0)
 }
 

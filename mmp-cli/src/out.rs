@@ -98,6 +98,20 @@ pub(crate) fn now_ms() -> u64 {
 /// "node 'oss2' (hostid 0x1234abcd), device 'sdb', last update 2026-11-21 10:45:12 UTC
 /// (3.2 s ago)".
 pub(crate) fn who(snap: &Snapshot) -> String {
+    // A native area as `mmp format` wrote it names no owner: say so rather than
+    // "node '' (hostid 0x00000000)".
+    if let Snapshot::Native(r) = snap
+        && r.reason == native::Reason::Formatted
+        && r.hostid == 0
+        && snap.nodename().is_empty()
+    {
+        let t = snap.time_ms();
+        return format!(
+            "never held (formatted {}, {})",
+            utc(t / 1000),
+            age(i128::from(now_ms()) - i128::from(t))
+        );
+    }
     let mut s = format!("node '{}'", esc(snap.nodename()));
     if let Some(h) = snap.hostid() {
         let _ = write!(s, " (hostid 0x{h:08x})");
@@ -126,9 +140,20 @@ pub(crate) fn refusal(path: &str, r: &Refusal) -> String {
              or give --hostid / MMP_HOSTID; --force cannot override this"
                 .to_string()
         }
+        Refusal::Corrupt(c @ Corrupt::Native(native::RecordError::UnsupportedVersion(_))) => {
+            format!(
+                "{path}: {c}; a newer mmp wrote it: use that version, or overwrite the area with \
+                 `mmp format --force {path}` if no other host uses it"
+            )
+        }
+        Refusal::Corrupt(c @ Corrupt::Native(_)) => format!(
+            "{path}: {c}; refusing to act on a block that cannot be trusted. If no other host uses \
+             it, reset it with `mmp clear --force {path}` (keeps the area's parameters where they \
+             can be read)"
+        ),
         Refusal::Corrupt(c) => format!(
             "{path}: {c}; refusing to act on a block that cannot be trusted. If no other host uses \
-             it, reset it with `mmp clear --force {path}` (ext4: or `e2fsck -f`)"
+             it, reset it with `mmp clear --force {path}` (or `e2fsck -fy {path}`)"
         ),
         Refusal::Fsck(s) => format!(
             "{path}: MMP: e2fsck being run (sequence FSCK) by {}. If you are sure no node uses it, \

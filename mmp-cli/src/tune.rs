@@ -8,11 +8,14 @@ use mmp_core::sys::{clock, driver, target};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
 
 pub(crate) fn enable(c: &Ctx, interval: u16, device: &Path) -> Result<u8, String> {
     let path = show(device);
     if !(1..=300).contains(&interval) {
-        return Err(format!("--interval {interval} is outside 1..=300 seconds"));
+        return Err(format!(
+            "--interval {interval}: the update interval must be from 1 to 300 seconds"
+        ));
     }
     let dev = Device::open(device, true).map_err(|e| e.to_string())?;
     let mut opts = EnableOptions::new(
@@ -21,10 +24,32 @@ pub(crate) fn enable(c: &Ctx, interval: u16, device: &Path) -> Result<u8, String
         clock::now().wall_ms / 1000,
     );
     opts.update_interval_s = interval;
-    let r = tune::enable(&dev, &opts).map_err(|e| format!("{path}: {e}"))?;
-    println!(
+    let r = match tune::enable(&dev, &opts) {
+        Ok(r) => r,
+        // As tune2fs -O mmp: already there is done, not an error.
+        Err(tune::TuneError::AlreadyEnabled { block }) => {
+            let now = target::open(device, false)
+                .ok()
+                .and_then(|t| t.superblock.map(|s| s.mmp_update_interval));
+            let note = match now {
+                Some(i) if i != interval => format!(
+                    " (update interval {i} s; change it with `mmp set-interval {interval} {path}`)"
+                ),
+                Some(i) => format!(" (update interval {i} s)"),
+                None => String::new(),
+            };
+            outln!(
+                "{path}: multiple mount protection is already enabled (MMP block {block}){note}; \
+                 nothing changed"
+            );
+            return Ok(0);
+        }
+        Err(e) => return Err(format!("{path}: {e}")),
+    };
+    outln!(
         "{path}: multiple mount protection enabled with update interval {} s (MMP block {})",
-        r.update_interval_s, r.block
+        r.update_interval_s,
+        r.block
     );
     Ok(0)
 }
@@ -37,9 +62,8 @@ pub(crate) fn enable(c: &Ctx, interval: u16, device: &Path) -> Result<u8, String
 /// readable (like `hold`), 2 for errors.
 fn prove_unused(c: &Ctx, t: &target::Target, device: &Path) -> Result<Machine, (u8, String)> {
     let path = show(device);
-    if let Some(e) = &c.hostid_error {
-        return Err((2, e.clone()));
-    }
+    c.check_hostid(t.format).map_err(|e| (2, e))?;
+    c.warn_same_nodename(t, &path);
     let mut cfg = Config::new(t.layout, c.identity(device), clock::random_seed());
     cfg.force = true;
     let mut m = Machine::new(cfg, Op::Acquire, clock::now());
@@ -61,18 +85,71 @@ fn prove_unused(c: &Ctx, t: &target::Target, device: &Path) -> Result<Machine, (
 /// [`prove_unused`], with a refusal printed and turned into its exit code.
 fn prove_or_exit(c: &Ctx, t: &target::Target, device: &Path) -> Result<Machine, u8> {
     prove_unused(c, t, device).map_err(|(code, msg)| {
-        eprintln!("mmp: {msg}; nothing changed");
+        note!("mmp: {msg}; nothing changed");
         code
     })
 }
 
-pub(crate) fn disable(c: &Ctx, force: bool, device: &Path) -> Result<u8, String> {
+/// `disable --force`: the activity test is skipped, but a block that visibly changes while
+/// watched for one update interval (plus a second, at most 31 s) has a live writer, and
+/// freeing it under that writer would let its next heartbeat land in a freed block. `Err`
+/// carries the exit code (1: live, 2: unreadable) after printing why.
+fn refuse_if_live(t: &target::Target, path: &str) -> Result<(), u8> {
+    let secs = t
+        .superblock
+        .as_ref()
+        .map_or(5, |s| u64::from(s.mmp_update_interval))
+        .clamp(1, 30)
+        + 1;
+    let read = || {
+        t.read_record().map_err(|e| {
+            note!("mmp: {path}: {e}; nothing changed");
+            2u8
+        })
+    };
+    let first = read()?;
+    note!(
+        "mmp: {path}: --force: watching the MMP block for {secs} s for a live holder \
+         (--force --force skips this)"
+    );
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = read()?;
+        if now != first {
+            let who = mmp_core::machine::parse(&t.layout, &now)
+                .map_or_else(|e| format!("now unreadable: {e}"), |s| out::who(&s));
+            note!(
+                "mmp: {path}: the MMP block changed while watched: a holder is writing it now \
+                 ({who}). Refusing to disable MMP under a live holder, even with --force: stop \
+                 it (unmount the file system on its node) first, or give --force twice if you \
+                 know the writer is gone; nothing changed"
+            );
+            return Err(1);
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn disable(c: &Ctx, force: u8, device: &Path) -> Result<u8, String> {
     let path = show(device);
+    // As tune2fs -O ^mmp: already off is done, not an error.
+    let dev = Device::open(device, false).map_err(|e| e.to_string())?;
+    if let Err(tune::TuneError::NotEnabled) = tune::preflight(&dev, tune::Op::Disable) {
+        outln!("{path}: multiple mount protection is not enabled; nothing changed");
+        return Ok(0);
+    }
+    drop(dev);
     let t = target::open(device, true).map_err(|e| e.to_string())?;
     tune::preflight(&t.device, tune::Op::Disable).map_err(|e| format!("{path}: {e}"))?;
+    if force == 1
+        && let Err(code) = refuse_if_live(&t, &path)
+    {
+        return Ok(code);
+    }
     // Holding the device while the superblock changes; after MMP is off the block is freed,
     // so the machine is dropped without writing to it again (never CLEAN into a freed block).
-    let held = if force {
+    let held = if force > 0 {
         None
     } else {
         match prove_or_exit(c, &t, device) {
@@ -85,12 +162,12 @@ pub(crate) fn disable(c: &Ctx, force: bool, device: &Path) -> Result<u8, String>
             // The machine ends here without writing again (it holds no resources).
             let _ = held;
             if r.freed {
-                println!(
+                outln!(
                     "{path}: multiple mount protection disabled (MMP block {} freed)",
                     r.old_block
                 );
             } else {
-                println!(
+                outln!(
                     "{path}: multiple mount protection disabled; MMP block {} not freed ({}): run e2fsck to reclaim it",
                     r.old_block,
                     r.not_freed_reason.unwrap_or_default()
@@ -112,7 +189,9 @@ pub(crate) fn disable(c: &Ctx, force: bool, device: &Path) -> Result<u8, String>
 pub(crate) fn set_interval(c: &Ctx, secs: u16, device: &Path) -> Result<u8, String> {
     let path = show(device);
     if !(1..=300).contains(&secs) {
-        return Err(format!("interval {secs} is outside 1..=300 seconds"));
+        return Err(format!(
+            "interval {secs}: the update interval must be from 1 to 300 seconds"
+        ));
     }
     let t = target::open(device, true).map_err(|e| e.to_string())?;
     tune::preflight(&t.device, tune::Op::SetInterval).map_err(|e| format!("{path}: {e}"))?;
@@ -126,8 +205,8 @@ pub(crate) fn set_interval(c: &Ctx, secs: u16, device: &Path) -> Result<u8, Stri
     let end = driver::run_until_settled(&mut m, &t.device, &stop, &mut |_| {});
     res.map_err(|e| format!("{path}: {e}"))?;
     if end != Some(Outcome::Released) {
-        eprintln!("mmp: {path}: warning: release after the change ended with {end:?}");
+        note!("mmp: {path}: warning: release after the change ended with {end:?}");
     }
-    println!("{path}: MMP update interval set to {secs} s");
+    outln!("{path}: MMP update interval set to {secs} s");
     Ok(0)
 }

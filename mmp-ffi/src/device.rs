@@ -286,7 +286,12 @@ impl Inner {
     ) -> Result<(), mmp_result> {
         self.require_writable()?;
         self.require_idle()?;
-        if let Some(e) = self.hostid_error {
+        // Only the native format records the hostid; ext4 MMP names its owner by node
+        // name alone, as the kernel and e2fsprogs do, so an unreadable or missing hostid
+        // does not stop it.
+        if let Some(e) = self.hostid_error
+            && self.target.format == target::Format::Native
+        {
             return Err(e);
         }
         let mut cfg = self.config();

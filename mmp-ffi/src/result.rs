@@ -39,7 +39,8 @@ pub enum mmp_result {
     /// Refused: the MMP block does not parse (bad magic, bad checksum, torn write); it
     /// cannot be trusted.
     Corrupt = 6,
-    /// Refused: this host's hostid is 0 (unset); set one (`mmp hostid --generate`).
+    /// Refused: this host's hostid is 0 (unset) and the device is a native area; set one
+    /// (`mmp hostid --generate`).
     NoHostid = 7,
     /// Refused: another host claimed the device at the same time and won.
     LostRace = 8,

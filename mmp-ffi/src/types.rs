@@ -135,7 +135,8 @@ pub enum mmp_loss {
 #[repr(C)]
 #[derive(Debug)]
 pub struct mmp_identity {
-    /// The hostid written to native blocks; 0 (unset) refuses to acquire.
+    /// The hostid written to native blocks; 0 (unset) refuses to acquire a native area
+    /// (ext4 MMP records only the node name and needs no hostid).
     pub hostid: u32,
     /// The node name written to the block (NUL-terminated bytes, at most 64 used), or NULL
     /// for this host's `uname` node name. Copied by `mmp_device_open`.

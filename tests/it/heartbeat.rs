@@ -1139,11 +1139,19 @@ fn hb_loss_actions_kill_and_exec() {
         let mut child = Command::new(&bin)
             .env_remove("MMP_HOSTID")
             .args(&args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("mmp run");
-        wait_acquired(&mut child);
+        // `run` prints its own lines on stderr (stdout is the command's).
+        let err = BufReader::new(child.stderr.take().expect("stderr"));
+        let mut lines = err.lines();
+        assert!(
+            lines.any(|l| l.is_ok_and(|l| l.starts_with("mmp: acquired "))),
+            "mmp run: no `mmp: acquired` line on stderr"
+        );
+        // Keep reading (and dropping) the rest, so that mmp never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
         let t = Instant::now();
         while !pidfile.exists() && t.elapsed() < Duration::from_secs(5) {
             std::thread::sleep(Duration::from_millis(10));

@@ -444,8 +444,8 @@ fn agent(action: &str, params: &[(&str, &str)], state: &Path) -> (Option<i32>, S
 
 /// The agent with a separate MMP area (`mmp_device`) protecting an XFS data device: ocf-tester
 /// passes; start holds the area (not the data device), stop releases it; an `mmp_device`
-/// that is not a native area is a configuration error; the advertised start timeout follows
-/// the area's takeover wait.
+/// that is not a native area is a configuration error; validate-all reports the start
+/// timeout the area's takeover wait needs.
 #[test]
 fn loop_ocf_agent_with_mmp_device() {
     let Some(_) = need(&["ocf-tester"]) else {
@@ -482,7 +482,8 @@ fn loop_ocf_agent_with_mmp_device() {
     let (code, out) = agent("validate-all", &bad, &state);
     assert_eq!(code, Some(6), "OCF_ERR_CONFIGURED: {out}");
 
-    // Meta-data: the start timeout comes from the area's takeover wait.
+    // validate-all reports the start timeout the area's takeover wait needs; the meta-data
+    // is static text (120 s), whatever the device.
     let o = mmp(&rig.run, "0x1", "n1", &["status", "--json", &rig.area]);
     let json = String::from_utf8_lossy(&o.stdout).to_string();
     let wait: u64 = json
@@ -492,16 +493,19 @@ fn loop_ocf_agent_with_mmp_device() {
         .and_then(|s| s.parse().ok())
         .expect("takeover_wait_ms");
     let want = (wait * 5 / 4).div_ceil(1000) + 30;
-    let (_, md) = agent("meta-data", &p, &state);
+    let (code, out) = agent("validate-all", &p, &state);
+    assert_eq!(code, Some(0), "{out}");
     assert!(
-        md.contains(&format!("<action name=\"start\" timeout=\"{want}s\"/>")),
-        "takeover {wait} ms: {md}"
+        out.contains(&format!("start timeout must be at least {want} s")),
+        "takeover {wait} ms: {out}"
     );
-    let (_, md) = agent("meta-data", &[], &state);
-    assert!(
-        md.contains("<action name=\"start\" timeout=\"120s\"/>"),
-        "{md}"
-    );
+    for params in [&p[..], &[]] {
+        let (_, md) = agent("meta-data", params, &state);
+        assert!(
+            md.contains("<action name=\"start\" timeout=\"120s\"/>"),
+            "{md}"
+        );
+    }
 }
 
 /// ext4: after the agent's start (the block handed over CLEAN), monitor reads the block:

@@ -3,6 +3,7 @@
 //! Tiers by name prefix: plain names run everywhere; `tool_*` need the e2fsprogs binaries;
 //! `loop_*` need root and loop devices. A test that cannot run prints why and returns.
 
+mod admin;
 mod c_api;
 mod cli;
 mod crash;

@@ -376,21 +376,44 @@ fn worker(race: &Race, w: usize, dir: &Path, sh: &Shared) {
             .append(true)
             .open(&err_log)
             .expect("stderr log");
-        let mut child: Child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(err)
-            .spawn()
-            .expect("spawn mmp");
+        // `hold` says `acquired` on stdout; `run` on stderr (`mmp: acquired`), which is then
+        // copied to the stderr log as it is read.
+        let mut child: Child = if race.use_run {
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+        } else {
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(err.try_clone().expect("stderr log"))
+        }
+        .spawn()
+        .expect("spawn mmp");
         let pid = child.id();
         let acquired_at = Arc::new(Mutex::new(None::<Instant>));
-        if let Some(out) = child.stdout.take() {
+        let lines: Option<Box<dyn std::io::Read + Send>> = if race.use_run {
+            child
+                .stderr
+                .take()
+                .map(|e| Box::new(e) as Box<dyn std::io::Read + Send>)
+        } else {
+            child
+                .stdout
+                .take()
+                .map(|o| Box::new(o) as Box<dyn std::io::Read + Send>)
+        };
+        if let Some(out) = lines {
             let at = Arc::clone(&acquired_at);
+            let copy = race.use_run.then_some(err);
             thread::spawn(move || {
-                use std::io::BufRead;
+                use std::io::{BufRead, Write};
+                let mut copy = copy;
                 for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-                    if l.starts_with("acquired") {
+                    if l.starts_with("acquired") || l.starts_with("mmp: acquired") {
                         *at.lock().unwrap() = Some(Instant::now());
+                    }
+                    if let Some(f) = copy.as_mut() {
+                        let _ = writeln!(f, "{l}");
                     }
                 }
             });

@@ -1012,7 +1012,12 @@ fn tool_tune_cli_commands_end_to_end() {
     assert!(h.contains("MMP update interval:      1"), "{h}");
     fsck_clean(&img);
     let (code, text) = mmp(&["enable", &img_s]);
-    assert_eq!(code, Some(2), "enabling twice is refused: {text}");
+    assert_eq!(
+        code,
+        Some(0),
+        "enabling twice is a no-op, as for tune2fs: {text}"
+    );
+    assert!(text.contains("already enabled"), "{text}");
 
     let (code, text) = mmp(&["set-interval", "3", &img_s]);
     assert_eq!(code, Some(0), "{text}");
@@ -1032,5 +1037,12 @@ fn tool_tune_cli_commands_end_to_end() {
     assert!(!has_mmp(&img), "MMP off");
     fsck_clean(&img);
     let (code, text) = mmp(&["disable", &img_s]);
-    assert_eq!(code, Some(2), "disabling twice is refused: {text}");
+    assert_eq!(
+        code,
+        Some(0),
+        "disabling twice is a no-op, as for tune2fs: {text}"
+    );
+    assert!(text.contains("not enabled"), "{text}");
+    assert!(!has_mmp(&img), "still off");
+    fsck_clean(&img);
 }

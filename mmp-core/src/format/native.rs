@@ -217,11 +217,11 @@ impl fmt::Display for RecordError {
             RecordError::BadReason(r) => write!(f, "native MMP record has unknown reason {r}"),
             RecordError::BadInterval(i) => write!(
                 f,
-                "native MMP interval {i} ms is outside {MIN_INTERVAL_MS}..={MAX_INTERVAL_MS} ms"
+                "native MMP interval {i} ms is outside {MIN_INTERVAL_MS} to {MAX_INTERVAL_MS} ms"
             ),
             RecordError::BadFailIntervals(n) => write!(
                 f,
-                "native MMP fail intervals {n} outside {MIN_FAIL_INTERVALS}..={MAX_FAIL_INTERVALS}"
+                "native MMP fail intervals {n} outside {MIN_FAIL_INTERVALS} to {MAX_FAIL_INTERVALS}"
             ),
             RecordError::ReservedNotZero => {
                 write!(f, "native MMP record has non-zero reserved bytes")

@@ -10,10 +10,10 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
     /// The interval is outside 100 ms..=300 s.
-    #[error("interval {0} ms is outside {min}..={max} ms", min = native::MIN_INTERVAL_MS, max = native::MAX_INTERVAL_MS)]
+    #[error("interval {0} ms is outside {min} to {max} ms", min = native::MIN_INTERVAL_MS, max = native::MAX_INTERVAL_MS)]
     BadInterval(u32),
     /// The fail-interval count is outside 2..=1000.
-    #[error("fail intervals {0} outside {min}..={max}", min = native::MIN_FAIL_INTERVALS, max = native::MAX_FAIL_INTERVALS)]
+    #[error("fail intervals {0} outside {min} to {max}", min = native::MIN_FAIL_INTERVALS, max = native::MAX_FAIL_INTERVALS)]
     BadFailIntervals(u32),
     /// The device cannot hold the 4 KiB area.
     #[error("too small for a native area ({size} bytes, need {need})", need = native::AREA_LEN)]
@@ -111,4 +111,101 @@ pub fn format(
     rec.emit(&mut area);
     dev.write_at(0, &area)?;
     Ok(rec)
+}
+
+/// What [`reset_unparsable`] wrote.
+#[derive(Clone, Copy, Debug)]
+pub struct Reset {
+    /// The clean record now on the device.
+    pub record: native::Record,
+    /// Why the old record did not parse.
+    pub was: native::RecordError,
+    /// Whether the interval and fail-interval count were read from the old record (`false`:
+    /// they were unreadable or out of range and the defaults were written).
+    pub kept_parameters: bool,
+}
+
+/// Why [`reset_unparsable`] wrote nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ResetError {
+    /// The record parses: the protocol's own clear applies (`Op::Clear`).
+    #[error("the native MMP record parses; nothing to repair")]
+    Parses,
+    /// No native magic: not a native area (use `mmp format`).
+    #[error("no native MMP area (no native magic)")]
+    NotNative,
+    /// A format version this code does not know: a newer mmp wrote it, and rewriting it
+    /// with this version would throw away what that one recorded.
+    #[error("{0}: use the mmp that wrote it, or overwrite it with `mmp format --force`")]
+    Newer(native::RecordError),
+    /// Opening, reading or writing the device failed.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+}
+
+/// The operator's reset (`mmp clear --force`) of a native area whose record does not parse
+/// (a bad checksum, a torn write, a field out of range): writes a clean record with reason
+/// "cleared", keeping the area identifier, the sequence (plus one) and the heartbeat
+/// parameters where they can still be read and lie in range, else the defaults of
+/// `mmp format`. `identity` names who cleared it. No activity test: only when no other node
+/// uses the device.
+///
+/// # Errors
+/// [`ResetError`]; nothing is written then.
+pub fn reset_unparsable(
+    path: &Path,
+    identity: &crate::machine::Identity,
+) -> Result<Reset, ResetError> {
+    let dev = Device::open(path, true)?;
+    let len = usize::try_from(native::AREA_LEN).unwrap_or(4096);
+    if dev.size_bytes() < native::AREA_LEN {
+        return Err(ResetError::NotNative);
+    }
+    let mut area = vec![0u8; len];
+    dev.read_at(0, &mut area)?;
+    let was = match native::Record::parse(&area) {
+        Ok(_) => return Err(ResetError::Parses),
+        Err(native::RecordError::BadMagic) => return Err(ResetError::NotNative),
+        Err(e @ native::RecordError::UnsupportedVersion(_)) => return Err(ResetError::Newer(e)),
+        Err(e) => e,
+    };
+    let le = |f: core::ops::Range<usize>| -> u64 {
+        area.get(f).map_or(0, |b| {
+            b.iter().rev().fold(0u64, |acc, &x| acc << 8 | u64::from(x))
+        })
+    };
+    let interval = u32::try_from(le(native::field::INTERVAL_MS))
+        .ok()
+        .filter(|i| (native::MIN_INTERVAL_MS..=native::MAX_INTERVAL_MS).contains(i));
+    let fail = u16::try_from(le(native::field::FAIL_INTERVALS))
+        .ok()
+        .filter(|f| (native::MIN_FAIL_INTERVALS..=native::MAX_FAIL_INTERVALS).contains(f));
+    let kept_parameters = interval.is_some() && fail.is_some();
+    let mut area_id = [0u8; 16];
+    if let Some(b) = area.get(native::field::AREA_ID) {
+        area_id.copy_from_slice(b);
+    }
+    let now = clock::now().wall_ms;
+    let mut rec = native::Record::formatted(
+        area_id,
+        interval.unwrap_or(native::DEFAULT_INTERVAL_MS),
+        fail.unwrap_or(native::DEFAULT_FAIL_INTERVALS),
+        now,
+    );
+    rec.reason = native::Reason::Cleared;
+    rec.seq = le(native::field::SEQ).wrapping_add(1);
+    rec.hostid = identity.hostid;
+    rec.nodename = identity.nodename;
+    rec.devname = identity.devname;
+    let mut out = vec![0u8; len];
+    rec.emit(&mut out);
+    // Only the record is rewritten; the rest of the area is kept as it was.
+    let n = native::RECORD_LEN;
+    area[..n].copy_from_slice(&out[..n]);
+    dev.write_at(0, &area)?;
+    Ok(Reset {
+        record: rec,
+        was,
+        kept_parameters,
+    })
 }

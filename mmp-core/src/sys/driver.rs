@@ -293,7 +293,9 @@ impl FaultPlan {
             let prob = || -> Result<f64, PlanError> {
                 match v.parse::<f64>() {
                     Ok(x) if (0.0..=1.0).contains(&x) => Ok(x),
-                    _ => Err(err(format!("{k}: expected a probability 0..=1, got {v:?}"))),
+                    _ => Err(err(format!(
+                        "{k}: expected a probability from 0 to 1, got {v:?}"
+                    ))),
                 }
             };
             match k {

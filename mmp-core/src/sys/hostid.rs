@@ -23,6 +23,10 @@ pub const DEFAULT_PATH: &str = "/etc/hostid";
 /// The environment variable consulted by [`resolve`] when no flag is given.
 pub const ENV_VAR: &str = "MMP_HOSTID";
 
+/// The environment variable naming the hostid file [`resolve`] reads instead of
+/// [`DEFAULT_PATH`] (tests, and hosts that keep the hostid elsewhere).
+pub const FILE_ENV_VAR: &str = "MMP_HOSTID_FILE";
+
 /// Where a [`Hostid`] came from.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum HostidSource {
@@ -122,7 +126,8 @@ pub fn parse_hostid(s: &str) -> Result<u32, HostidError> {
 }
 
 /// Resolves this host's hostid: `flag` if given, else `MMP_HOSTID` if set and non-empty, else
-/// the first 4 bytes of `/etc/hostid`, else [`HostidSource::Unset`] with value 0.
+/// the first 4 bytes of `/etc/hostid` (or of the file `MMP_HOSTID_FILE` names), else
+/// [`HostidSource::Unset`] with value 0.
 ///
 /// # Errors
 /// [`HostidError::Parse`] if the flag or the variable is not a valid hostid (a
@@ -139,7 +144,16 @@ pub fn resolve(flag: Option<&str>) -> Result<Hostid, HostidError> {
             });
         }
     };
-    resolve_with_path(flag, env, Path::new(DEFAULT_PATH))
+    resolve_with_path(flag, env, &default_file())
+}
+
+/// The hostid file [`resolve`] reads: `MMP_HOSTID_FILE` if set and non-empty, else
+/// [`DEFAULT_PATH`].
+#[must_use]
+pub fn default_file() -> PathBuf {
+    std::env::var_os(FILE_ENV_VAR)
+        .filter(|f| !f.is_empty())
+        .map_or_else(|| PathBuf::from(DEFAULT_PATH), PathBuf::from)
 }
 
 /// The testable core of [`resolve`]: `flag`, else `env` (an empty string counts as absent),

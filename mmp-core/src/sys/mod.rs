@@ -11,6 +11,7 @@ pub mod clock;
 pub mod driver;
 pub mod engine;
 pub mod hostid;
+pub mod job;
 pub mod rt;
 pub mod target;
 pub mod tune;

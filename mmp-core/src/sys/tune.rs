@@ -230,7 +230,7 @@ pub enum TuneError {
         feature: &'static str,
     },
     /// An update interval outside 1..=300 seconds.
-    #[error("MMP update interval {0} is out of range (1..=300 seconds)")]
+    #[error("MMP update interval {0} is out of range (1 to 300 seconds)")]
     BadInterval(u32),
     /// No free block for the MMP block.
     #[error("no free block for the MMP block")]
