@@ -1155,8 +1155,11 @@ impl Worker {
         if s.dev.machine.is_held() {
             s.acquired = true;
         }
-        let lw = s.dev.machine.stats().last_write;
-        if lw != s.last_write && s.acquired {
+        // Heartbeat writes only: the claim's write (which a slot whose acquire completes in
+        // steps may see here first) is followed by the claim wait, not an interval.
+        let stats = s.dev.machine.stats();
+        let lw = stats.last_write.filter(|_| stats.beats > 0);
+        if lw.is_some() && lw != s.last_write && s.acquired {
             if let (Some(prev), Some(cur)) = (s.last_write, lw) {
                 self.gaps.record(cur.saturating_since(prev));
             }
