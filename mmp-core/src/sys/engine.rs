@@ -22,8 +22,8 @@
 //! device alone ([`Machine::handle_stall`]), with `Event::Finished(Outcome::Lost(..))` as
 //! for any other loss. Its ring buffer and descriptor stay reserved until the kernel
 //! completes the request. On stop, requests still outstanding once every machine has
-//! finished get [`STOP_GRACE`]; then the thread ends and leaves them to the kernel (see
-//! [`Batch`]).
+//! finished get 2 s; then the thread ends and leaves them to the kernel (their ring buffers
+//! and descriptors are leaked, never reused).
 //!
 //! Commands reach the thread over a channel; events leave over another; a shared
 //! [`Report`] (updated after every pass) answers status queries without touching the disk.
