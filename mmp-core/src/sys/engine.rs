@@ -243,7 +243,8 @@ pub struct Options {
     /// Fault injection (tests).
     pub faults: Box<dyn FaultHook + Send>,
     /// Batch heartbeat I/O through `io_uring` when the kernel allows it (the default);
-    /// `false` keeps every I/O a synchronous system call.
+    /// `false` keeps every I/O a synchronous system call (made on the engine's I/O threads,
+    /// never on the heartbeat thread).
     pub batch_io: bool,
 }
 
@@ -604,8 +605,8 @@ const STRAGGLER: Duration = Duration::from_millis(10);
 /// Longest sleep in the ring while requests are in flight (commands arrive on a channel the
 /// ring cannot see): how late a command may be handled while a device is stuck.
 const RING_POLL: Duration = Duration::from_millis(20);
-/// The same while I/O threads have requests outstanding (their completions arrive over the
-/// command channel).
+/// The same while I/O threads have requests outstanding for less than [`STUCK`] (their
+/// completions arrive over the command channel).
 const THREAD_POLL: Duration = Duration::from_millis(2);
 /// On stop, once every machine has finished: how long to wait for requests still
 /// outstanding (a stuck device's) before the thread ends anyway, leaving them to the kernel
@@ -1109,9 +1110,15 @@ impl Worker {
     /// [`RING_POLL`] (or [`THREAD_POLL`]) has passed, then reaps what completed (handled at
     /// the start of the next pass).
     fn wait_ring(&mut self, until: Instant) {
-        let threads = !self.pool.outstanding.is_empty();
-        let Some(b) = self.batch.as_mut() else { return };
         let now = clock::now().mono;
+        // Only requests of I/O threads that may still come back soon (a stuck one does not
+        // keep the engine polling).
+        let threads = self
+            .pool
+            .outstanding
+            .iter()
+            .any(|&(_, t)| now.saturating_since(t) < STUCK);
+        let Some(b) = self.batch.as_mut() else { return };
         let mut young = 0usize;
         let mut young_end: Option<Instant> = None;
         for r in b.owners.iter().flatten() {
