@@ -106,8 +106,8 @@ impl Heartbeat {
         }
         // Before the engine's first pass the report has no slot yet: still held. After
         // that, held means within the lease by the clock too: if the heartbeat thread is
-        // stuck (one hung device blocks the shared thread), ownership ends with the lease,
-        // whether or not the machine has noticed yet.
+        // stuck (a hung device no longer blocks it, but the thread itself may hang),
+        // ownership ends with the lease, whether or not the machine has noticed yet.
         let now = clock::now().mono;
         self.hub.report().slots.get(self.slot).is_none_or(|s| {
             s.outcome.is_none() && !s.forgotten && s.owned_until.is_none_or(|t| now < t)

@@ -1211,9 +1211,8 @@ fn hb_loss_actions_kill_and_exec() {
 
 /// 300 devices in one process, both ways the engine does heartbeat I/O: batched through
 /// io_uring (the default, where the kernel allows it) and synchronously (`MMP_IO=sync`,
-/// where above 256 devices each pass's due I/O is spread over a few short-lived threads,
-/// `PARALLEL_MIN_DEVICES`). Either way all are acquired, heartbeat on time, and are all
-/// released clean on SIGTERM; the status file says which I/O path ran.
+/// where the engine's I/O threads do the requests). Either way all are acquired, heartbeat
+/// on time, and are all released clean on SIGTERM; the status file says which I/O path ran.
 #[test]
 fn hb_many_devices_batched_and_parallel() {
     many_devices(None);

@@ -12,6 +12,7 @@ mod fuzz_corpus;
 mod heartbeat;
 mod loop_cli;
 mod loop_integration;
+mod loop_slow_device;
 mod race;
 mod sim;
 mod timing;

@@ -45,6 +45,8 @@ use crate::format::{ext4, native};
 use crate::rand::Rng;
 use crate::time::{Duration, Instant, Now};
 
+mod stall;
+
 /// The largest record the machine reads or writes (the ext4 MMP structure).
 pub const MAX_RECORD_LEN: usize = ext4::STRUCT_LEN;
 

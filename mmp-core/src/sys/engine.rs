@@ -7,15 +7,30 @@
 //! allows it: the reads (then the writes) of every device due in a pass go to the kernel in
 //! one submission, and a pass also takes the devices whose heartbeat is due within their
 //! [`Machine::early_beat_slack`], so devices that fall due at nearly the same time settle into
-//! shared batches. Without `io_uring`, I/O is synchronous, and above 256 devices a pass that
-//! finds many devices due spreads it over a few short-lived scoped threads (the machines
-//! stay owned by the engine thread).
+//! shared batches. Requests the ring cannot take (fault injection, buffered image files,
+//! `MMP_IO=sync`, or a kernel without `io_uring`) are performed by a small pool of I/O
+//! threads.
+//!
+//! # One device never stalls the others
+//!
+//! The engine thread never waits for one device's I/O. A device's request is issued and
+//! the device goes on only when its completion arrives; every completion is handled as it
+//! comes (the ring is asked for whatever has completed, with a sleep bounded by the next
+//! deadline), so a slow device delays nobody else's heartbeats. While a request is
+//! outstanding, the device's entry in the deadline heap is the end of its lease
+//! ([`Machine::stall_deadline`]): a request that does not come back by then fences that
+//! device alone ([`Machine::handle_stall`]), with `Event::Finished(Outcome::Lost(..))` as
+//! for any other loss. Its ring buffer and descriptor stay reserved until the kernel
+//! completes the request. On stop, requests still outstanding once every machine has
+//! finished get 2 s; then the thread ends and leaves them to the kernel (their ring buffers
+//! and descriptors are leaked, never reused).
 //!
 //! Commands reach the thread over a channel; events leave over another; a shared
 //! [`Report`] (updated after every pass) answers status queries without touching the disk.
 
 use crate::machine::{Event, Machine, Outcome, Phase, Stats, Timing};
 use crate::machine::{MAX_EARLY_BEAT, MAX_RECORD_LEN};
+use crate::sys::blockdev::DirectSpan;
 use crate::sys::clock;
 use crate::sys::driver::{self, Fault, FaultHook, PendingIo};
 use crate::sys::target::Target;
@@ -23,7 +38,7 @@ use crate::sys::uring::{self, Ring, RingOp};
 use crate::sys::watchdog::Watchdog;
 use crate::time::{Duration, Instant};
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -209,6 +224,8 @@ pub struct EngineEvent {
 
 enum Cmd {
     Add(Box<Dev>),
+    /// An I/O thread finished a request.
+    IoDone(JobDone),
     Watchdog(Watchdog),
     DisarmWatchdog,
     Forget(usize),
@@ -226,7 +243,8 @@ pub struct Options {
     /// Fault injection (tests).
     pub faults: Box<dyn FaultHook + Send>,
     /// Batch heartbeat I/O through `io_uring` when the kernel allows it (the default);
-    /// `false` keeps every I/O a synchronous system call.
+    /// `false` keeps every I/O a synchronous system call (made on the engine's I/O threads,
+    /// never on the heartbeat thread).
     pub batch_io: bool,
 }
 
@@ -274,10 +292,11 @@ impl Engine {
         let (tx, rx) = mpsc::channel();
         let report = Arc::new(Mutex::new(Report::default()));
         let shared = Arc::clone(&report);
+        let done = tx.clone();
         let thread = std::thread::Builder::new()
             .name("mmp-heartbeat".into())
             .stack_size(HEARTBEAT_STACK)
-            .spawn(move || run(options, &rx, &events, &shared))
+            .spawn(move || run(options, &rx, done, &events, &shared))
             .expect("spawn the heartbeat thread");
         Engine {
             tx,
@@ -291,7 +310,7 @@ impl Engine {
     pub fn add(&mut self, target: Target, machine: Machine) -> usize {
         let _ = self.tx.send(Cmd::Add(Box::new(Dev {
             path: target.device.path().to_path_buf(),
-            target: Some(target),
+            target: Some(Arc::new(target)),
             machine,
         })));
         self.added += 1;
@@ -379,12 +398,26 @@ impl Drop for Engine {
 /// freed box behind in the adding thread's heap, and real-time mode keeps freed memory
 /// resident (locked), so 1000 devices would cost twice their state in RSS.
 struct Dev {
-    /// Closed (`None`) once the machine has finished or the slot was forgotten: a released
+    /// Dropped (`None`) once the machine has finished or the slot was forgotten: a released
     /// device must not stay open (device-mapper, LVM and loop refuse to remove a device
-    /// someone holds open).
-    target: Option<Target>,
+    /// someone holds open). A request still outstanding holds its own reference, so the
+    /// descriptor closes when that request is over.
+    target: Option<Arc<Target>>,
     path: PathBuf,
     machine: Machine,
+}
+
+/// A slot's one outstanding request (a machine has at most one).
+#[derive(Clone, Copy, Debug)]
+enum SlotIo {
+    /// None.
+    Idle,
+    /// For the ring, waiting for a free buffer (in [`Batch::starved`]).
+    Starved(PendingIo),
+    /// In the ring (staged or in flight; [`Batch::owners`] knows its buffer).
+    Ring,
+    /// On an I/O thread ([`Pool`]).
+    Thread,
 }
 
 struct Slot {
@@ -392,7 +425,8 @@ struct Slot {
     acquired: bool,
     last_write: Option<Instant>,
     last_write_wall_ms: Option<u64>,
-    /// The deadline this slot has in the heap (entries that do not match are stale).
+    /// The deadline this slot has in the heap (entries that do not match are stale): the
+    /// machine's next timeout, or while a request is outstanding its stall deadline.
     queued: Option<Instant>,
     /// Already in this pass's work list.
     marked: bool,
@@ -402,14 +436,195 @@ struct Slot {
     early: bool,
     /// [`Engine::forget`]: never driven again.
     forgotten: bool,
+    /// The request outstanding.
+    io: SlotIo,
+    /// Phase and finished flag when last accounted (a change is published at once).
+    seen: (Phase, bool),
 }
+
+/// A ring request: whose it is and what it needs until its completion is reaped.
+struct RingReq {
+    slot: usize,
+    p: PendingIo,
+    span: DirectSpan,
+    /// A write's lease end: not submitted at or after it.
+    not_after: Option<Instant>,
+    /// When it went to the kernel (`None`: staged, not yet submitted).
+    pushed: Option<Instant>,
+    /// Keeps the descriptor open until the completion is reaped.
+    target: Arc<Target>,
+}
+
+/// The ring and the engine's view of its buffers.
+struct Batch {
+    ring: Ring,
+    /// Per buffer: the request using it.
+    owners: Vec<Option<RingReq>>,
+    /// Buffers reserved and filled in this pass, submitted together just before the wait.
+    staged: Vec<usize>,
+    /// Slots whose plain request found no free buffer, oldest first.
+    starved: VecDeque<usize>,
+    /// Completions reaped by the last wait, handled at the start of the next pass.
+    reaped: Vec<(usize, i32)>,
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        // Requests the kernel may still perform (a device that never answered, an abandoned
+        // engine): their descriptors stay open for good, so that a reused descriptor number
+        // can never receive them. `Ring`'s own drop leaks their buffers.
+        for req in self.owners.iter_mut().filter_map(Option::take) {
+            if req.pushed.is_some() {
+                std::mem::forget(req.target);
+            }
+        }
+    }
+}
+
+/// A synchronous request for an I/O thread.
+struct Job {
+    slot: usize,
+    p: PendingIo,
+    /// A write's block in, a read's data out.
+    rec: Box<[u8; MAX_RECORD_LEN]>,
+    target: Arc<Target>,
+    /// A write's lease end: not issued at or after it.
+    not_after: Option<Instant>,
+}
+
+/// How a synchronous request ended (sent back over the command channel).
+struct JobDone {
+    slot: usize,
+    p: PendingIo,
+    /// `None`: not issued, the lease had run out (a write only).
+    res: Option<Result<(), i32>>,
+    rec: Box<[u8; MAX_RECORD_LEN]>,
+}
+
+/// The I/O threads that do synchronous requests (fault injection, buffered image files,
+/// `MMP_IO=sync`, requests the ring did not complete exactly), so that the heartbeat thread
+/// never blocks on a device. Threads start on demand: up to [`POOL_BASE`] busy at once,
+/// plus one per request outstanding longer than [`STUCK`] (a stuck device holds its thread
+/// without starving the others), at most [`POOL_MAX`]. They live until the engine ends.
+struct Pool {
+    jobs: Option<Sender<Job>>,
+    queue: Arc<Mutex<Receiver<Job>>>,
+    done: Sender<Cmd>,
+    threads: usize,
+    /// Requests handed out and not back yet: slot and when.
+    outstanding: Vec<(usize, Instant)>,
+}
+
+/// Thread-pool sizing, see [`Pool`].
+const POOL_BASE: usize = 4;
+/// See [`Pool`].
+const POOL_MAX: usize = 64;
+/// See [`Pool`].
+const STUCK: Duration = Duration::from_secs(1);
+/// Stack of an I/O thread (memory is locked in real-time mode, so keep it small).
+const IO_STACK: usize = 256 * 1024;
+
+impl Pool {
+    fn new(done: Sender<Cmd>) -> Pool {
+        let (tx, rx) = mpsc::channel();
+        Pool {
+            jobs: Some(tx),
+            queue: Arc::new(Mutex::new(rx)),
+            done,
+            threads: 0,
+            outstanding: Vec::new(),
+        }
+    }
+
+    fn send(&mut self, job: Job) {
+        let now = clock::now().mono;
+        if self.outstanding.len() >= self.threads {
+            let stuck = self
+                .outstanding
+                .iter()
+                .filter(|&&(_, t)| now.saturating_since(t) >= STUCK)
+                .count();
+            if self.threads < (POOL_BASE + stuck).min(POOL_MAX) {
+                let queue = Arc::clone(&self.queue);
+                let done = self.done.clone();
+                // A failed spawn only means the job waits for a busy thread.
+                if std::thread::Builder::new()
+                    .name("mmp-io".into())
+                    .stack_size(IO_STACK)
+                    .spawn(move || io_thread(&queue, &done))
+                    .is_ok()
+                {
+                    self.threads += 1;
+                }
+            }
+        }
+        self.outstanding.push((job.slot, now));
+        if let Some(tx) = &self.jobs {
+            let _ = tx.send(job);
+        }
+    }
+
+    fn finished(&mut self, slot: usize) {
+        if let Some(k) = self.outstanding.iter().position(|&(s, _)| s == slot) {
+            self.outstanding.swap_remove(k);
+        }
+    }
+}
+
+/// An I/O thread: performs jobs until the engine ends.
+fn io_thread(queue: &Mutex<Receiver<Job>>, done: &Sender<Cmd>) {
+    loop {
+        let job = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
+        let Ok(mut job) = job else { return };
+        // The engine checked the lease when it emitted the block; the job may have waited
+        // for a thread since. Check again right before the write is issued (a fault's delay
+        // comes after this check, like a process paused with the block in hand).
+        let res = if job.p.write && job.not_after.is_some_and(|t| clock::now().mono >= t) {
+            None
+        } else {
+            Some(driver::perform(&job.target.device, &job.p, &mut job.rec))
+        };
+        drop(job.target);
+        let msg = Cmd::IoDone(JobDone {
+            slot: job.slot,
+            p: job.p,
+            res,
+            rec: job.rec,
+        });
+        if done.send(msg).is_err() {
+            return;
+        }
+    }
+}
+
+/// How long a ring request counts as young: a wait sleeps until every young request has
+/// completed (one wake-up for a whole batch on healthy storage), but no longer than this
+/// after the oldest young one was submitted. An older request is a straggler: the others'
+/// completions are handled as they come, without waiting for it.
+const STRAGGLER: Duration = Duration::from_millis(10);
+/// Longest sleep in the ring while requests are in flight (commands arrive on a channel the
+/// ring cannot see): how late a command may be handled while a device is stuck.
+const RING_POLL: Duration = Duration::from_millis(20);
+/// The same while I/O threads have requests outstanding for less than [`STUCK`] (their
+/// completions arrive over the command channel).
+const THREAD_POLL: Duration = Duration::from_millis(2);
+/// On stop, once every machine has finished: how long to wait for requests still
+/// outstanding (a stuck device's) before the thread ends anyway, leaving them to the kernel
+/// (their ring buffers and descriptors are leaked; an I/O thread finishes on its own).
+const STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// The engine thread's state.
 ///
 /// Each pass services only the slots that need it: those whose deadline passed (a min-heap
-/// of deadlines, with stale entries skipped) and those a command touched. A pass therefore
-/// costs O(k log N) for k due devices, not O(N): with 1000 devices whose deadlines are
-/// spread over the interval, the thread wakes hundreds of times a second.
+/// of deadlines, with stale entries skipped), those a command touched, and those whose
+/// request completed. A pass therefore costs O(k log N) for k such devices, not O(N): with
+/// 1000 devices whose deadlines are spread over the interval, the thread wakes hundreds of
+/// times a second.
+///
+/// No device's I/O is waited for: a slot issues its request (into the ring, or to an I/O
+/// thread) and goes on only when the completion arrives; meanwhile its stall deadline (the
+/// end of its lease, [`Machine::stall_deadline`]) is its entry in the heap, so a request
+/// that never comes back fences that device alone.
 struct Worker {
     slots: Vec<Slot>,
     heap: BinaryHeap<Reverse<(Instant, usize)>>,
@@ -427,6 +642,14 @@ struct Worker {
     lost_any: bool,
     /// A slot changed phase or finished, or one was added: publish now.
     changed: bool,
+    /// A heartbeat write succeeded in this pass (the watchdog is petted).
+    beat_ok: bool,
+    batch: Option<Batch>,
+    pool: Pool,
+    faults: Box<dyn FaultHook + Send>,
+    events: Sender<EngineEvent>,
+    /// Scratch record buffer.
+    rec: [u8; MAX_RECORD_LEN],
 }
 
 impl Worker {
@@ -460,10 +683,13 @@ impl Worker {
                     finished: false,
                     early: false,
                     forgotten: false,
+                    io: SlotIo::Idle,
+                    seen: (Phase::Reading, false),
                 });
                 self.mark(self.slots.len() - 1);
                 self.changed = true;
             }
+            Cmd::IoDone(d) => self.job_done(d),
             Cmd::Watchdog(mut wd) => {
                 // A fresh arm fences the devices held from now on: losses before it (of
                 // devices no longer held) do not stop the petting.
@@ -494,6 +720,9 @@ impl Worker {
                     s.forgotten = true;
                     s.queued = None;
                     s.dev.target = None;
+                    if matches!(s.io, SlotIo::Starved(_)) {
+                        s.io = SlotIo::Idle; // never went out
+                    }
                     if !s.finished {
                         s.finished = true;
                         self.done += 1;
@@ -558,10 +787,11 @@ impl Worker {
             if s.queued != Some(t) {
                 continue; // stale
             }
-            if s.dev
-                .machine
-                .early_beat_slack()
-                .is_some_and(|sl| t <= now + sl)
+            if matches!(s.io, SlotIo::Idle)
+                && s.dev
+                    .machine
+                    .early_beat_slack()
+                    .is_some_and(|sl| t <= now + sl)
             {
                 s.queued = None;
                 s.early = true;
@@ -588,39 +818,361 @@ impl Worker {
         None
     }
 
-    /// Runs slot `i`: its timeout if due, then its I/O. Returns whether a heartbeat write
-    /// succeeded.
-    ///
-    /// The machine gets the time of this call, not of the start of the pass: when many
-    /// devices are due together, the last one's cycle starts after the others' I/O, and its
-    /// cycle time, its next deadline (planned from the cycle start) and its lease check must
-    /// say so.
-    fn service(
-        &mut self,
-        i: usize,
-        faults: &mut dyn FaultHook,
-        events: &Sender<EngineEvent>,
-    ) -> bool {
-        let before = drive(&mut self.slots[i], i, faults, events);
-        self.account(i, before)
+    /// Requests outstanding (staged, in the ring, waiting for a buffer, on a thread).
+    fn outstanding(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| !matches!(s.io, SlotIo::Idle))
+            .count()
     }
 
-    /// Bookkeeping after [`drive`]: gaps, loss, completion, the slot's next deadline.
-    /// Returns whether a heartbeat write succeeded.
-    fn account(&mut self, i: usize, before: (Phase, bool)) -> bool {
+    /// Services slot `i` in this pass: if it has a request outstanding, whether that
+    /// request has outlived the lease (the machine fences); else its timeout if due (or its
+    /// early heartbeat). Then its next request goes out.
+    ///
+    /// The machine gets the time of this call, not of the start of the pass.
+    fn kick(&mut self, i: usize) {
+        let now = clock::now();
         let s = &mut self.slots[i];
+        s.marked = false;
+        if s.forgotten {
+            return;
+        }
+        let m = &mut s.dev.machine;
+        if matches!(s.io, SlotIo::Idle) {
+            if m.poll_timeout().is_some_and(|t| t <= now.mono) {
+                m.handle_timeout(now);
+            } else if s.early {
+                m.beat_early(now);
+            }
+        } else {
+            m.handle_stall(now);
+            if m.outcome().is_some() && matches!(s.io, SlotIo::Starved(_)) {
+                // It never went out (its entry in the starved queue is skipped).
+                s.io = SlotIo::Idle;
+            }
+        }
+        s.early = false;
+        self.advance(i);
+    }
+
+    /// Hands slot `i`'s events on and, if it has no request outstanding, issues its next
+    /// one; then its bookkeeping.
+    fn advance(&mut self, i: usize) {
+        let Worker {
+            slots,
+            faults,
+            events,
+            rec,
+            ..
+        } = self;
+        let s = &mut slots[i];
+        if s.forgotten {
+            return;
+        }
+        let mut on_event = |e: &Event| {
+            let _ = events.send(EngineEvent { slot: i, event: *e });
+        };
+        let m = &mut s.dev.machine;
+        match s.dev.target.clone() {
+            Some(t) if matches!(s.io, SlotIo::Idle) => {
+                if let Some(p) = driver::next_io(m, &t.device, faults.as_mut(), &mut on_event, rec)
+                {
+                    self.dispatch(i, p, t);
+                }
+            }
+            Some(t) => {
+                while let Some(e) = m.poll_event() {
+                    faults.on_event(&t.device, m, &e);
+                    on_event(&e);
+                }
+            }
+            None => while m.poll_event().is_some() {},
+        }
+        self.account(i);
+    }
+
+    /// Issues `p` (a write's block is in `self.rec`): into the ring if it can take it (or
+    /// queued for a free buffer), else to an I/O thread.
+    fn dispatch(&mut self, i: usize, p: PendingIo, target: Arc<Target>) {
+        let s = &mut self.slots[i];
+        let not_after = if p.write {
+            s.dev.machine.stall_deadline()
+        } else {
+            None
+        };
+        if let Some(b) = self.batch.as_mut()
+            && p.fault == Fault::NONE
+            && let Some(span) = target
+                .device
+                .direct_span(p.offset, p.len, p.write, uring::BUF_LEN)
+        {
+            let Some(k) = b.ring.reserve() else {
+                s.io = SlotIo::Starved(p);
+                b.starved.push_back(i);
+                return;
+            };
+            if p.write
+                && let Some(buf) = b.ring.buf(k)
+            {
+                buf[..p.len].copy_from_slice(&self.rec[..p.len]);
+            }
+            b.owners[k] = Some(RingReq {
+                slot: i,
+                p,
+                span,
+                not_after,
+                pushed: None,
+                target,
+            });
+            b.staged.push(k);
+            s.io = SlotIo::Ring;
+            return;
+        }
+        s.io = SlotIo::Thread;
+        self.pool.send(Job {
+            slot: i,
+            p,
+            rec: Box::new(self.rec),
+            target,
+            not_after,
+        });
+    }
+
+    /// Does `p` again on an I/O thread (a ring request not completed exactly, or one the
+    /// failed ring lost): a write takes its block, and a fresh lease check, from the machine
+    /// (if the lease ran out it fences instead).
+    fn redo(&mut self, i: usize, p: PendingIo, target: Arc<Target>) {
+        let s = &mut self.slots[i];
+        if p.write && !s.dev.machine.emit_block(clock::now(), &mut self.rec) {
+            return;
+        }
+        let not_after = if p.write {
+            s.dev.machine.stall_deadline()
+        } else {
+            None
+        };
+        s.io = SlotIo::Thread;
+        self.pool.send(Job {
+            slot: i,
+            p,
+            rec: Box::new(self.rec),
+            target,
+            not_after,
+        });
+    }
+
+    /// A ring completion: buffer `k`, result `res`.
+    fn ring_done(&mut self, k: usize, res: i32) {
+        let Some(b) = self.batch.as_mut() else { return };
+        let Some(req) = b.owners.get_mut(k).and_then(Option::take) else {
+            b.ring.release(k);
+            return;
+        };
+        let RingReq {
+            slot: i,
+            p,
+            span,
+            target,
+            ..
+        } = req;
+        let s = &mut self.slots[i];
+        s.io = SlotIo::Idle;
+        if s.forgotten || s.dev.machine.outcome().is_some() {
+            // Fenced while it was in flight (or forgotten): its result no longer matters.
+            b.ring.release(k);
+            self.advance(i);
+            return;
+        }
+        let exact = usize::try_from(res).is_ok_and(|n| n == span.io_len);
+        let m = &mut s.dev.machine;
+        match b.ring.buf(k) {
+            Some(buf) if exact => {
+                if !p.write {
+                    self.rec[..p.len].copy_from_slice(&buf[span.skip..span.skip + p.len]);
+                }
+                b.ring.release(k);
+                driver::complete(m, &p, Ok(()), &self.rec);
+            }
+            // The ring failed and its buffers (this write's block with them) are gone: a
+            // failed write, which the machine retries.
+            None if p.write => driver::complete(m, &p, Err(libc::EIO), &self.rec),
+            _ => {
+                // Not exactly done (an error, a short transfer, EAGAIN), or a read the
+                // failed ring lost: again, synchronously, for the errors every other caller
+                // sees.
+                b.ring.release(k);
+                self.redo(i, p, target);
+            }
+        }
+        self.advance(i);
+    }
+
+    /// An I/O thread's completion.
+    fn job_done(&mut self, d: JobDone) {
+        self.pool.finished(d.slot);
+        let Some(s) = self.slots.get_mut(d.slot) else {
+            return;
+        };
+        s.io = SlotIo::Idle;
+        if s.forgotten || s.dev.machine.outcome().is_some() {
+            self.advance(d.slot);
+            return;
+        }
+        let now = clock::now();
+        match d.res {
+            // The lease ran out before the write could be issued.
+            None => s.dev.machine.handle_stall(now),
+            Some(res) => driver::complete(&mut s.dev.machine, &d.p, res, &d.rec),
+        }
+        self.advance(d.slot);
+    }
+
+    /// Gives freed ring buffers to the slots waiting for one, oldest first.
+    fn feed_starved(&mut self) {
+        loop {
+            let Some(b) = self.batch.as_mut() else { return };
+            if b.ring.available() == 0 {
+                return;
+            }
+            let Some(i) = b.starved.pop_front() else {
+                return;
+            };
+            let s = &mut self.slots[i];
+            let SlotIo::Starved(p) = s.io else { continue };
+            s.io = SlotIo::Idle;
+            let Some(t) = s.dev.target.clone().filter(|_| !s.forgotten) else {
+                continue;
+            };
+            // A write's block again (and a fresh lease check: it may have waited long).
+            if p.write && !s.dev.machine.emit_block(clock::now(), &mut self.rec) {
+                self.advance(i);
+                continue;
+            }
+            self.dispatch(i, p, t);
+            self.account(i);
+        }
+    }
+
+    /// Submits the staged ring requests. The lease of each write was checked when its block
+    /// was emitted; it is checked again here, just before the write goes out: a machine
+    /// whose lease ran out meanwhile fences and its write is not submitted.
+    fn flush(&mut self) {
+        let Some(b) = self.batch.as_mut() else { return };
+        if b.staged.is_empty() {
+            return;
+        }
+        let now = clock::now();
+        let mut staged = std::mem::take(&mut b.staged);
+        let mut back = Vec::new();
+        for &k in &staged {
+            let Some(b) = self.batch.as_mut() else { break };
+            let Some(req) = b.owners[k].as_mut() else {
+                continue;
+            };
+            let i = req.slot;
+            let s = &mut self.slots[i];
+            let late = req.p.write && req.not_after.is_some_and(|t| now.mono >= t);
+            if late || s.forgotten || s.dev.machine.outcome().is_some() {
+                b.owners[k] = None;
+                b.ring.release(k);
+                s.io = SlotIo::Idle;
+                s.dev.machine.handle_stall(now);
+                back.push(i);
+                continue;
+            }
+            let op = RingOp {
+                fd: req.target.device.fd(),
+                write: req.p.write,
+                offset: req.span.start,
+                len: req.span.io_len,
+            };
+            if b.ring.push(k, op) {
+                req.pushed = Some(now.mono);
+            } else if let Some(req) = b.owners[k].take() {
+                // The submission queue is full (it holds DEPTH entries, as many as there
+                // are buffers, so this does not happen): do it synchronously.
+                b.ring.release(k);
+                self.redo(i, req.p, req.target);
+                back.push(i);
+            }
+        }
+        staged.clear();
+        if let Some(b) = self.batch.as_mut() {
+            b.staged = staged;
+        }
+        for i in back {
+            self.advance(i);
+        }
+    }
+
+    /// Sleeps in the ring until its young requests have completed, a deadline passes or
+    /// [`RING_POLL`] (or [`THREAD_POLL`]) has passed, then reaps what completed (handled at
+    /// the start of the next pass).
+    fn wait_ring(&mut self, until: Instant) {
+        let now = clock::now().mono;
+        // Only requests of I/O threads that may still come back soon (a stuck one does not
+        // keep the engine polling).
+        let threads = self
+            .pool
+            .outstanding
+            .iter()
+            .any(|&(_, t)| now.saturating_since(t) < STUCK);
+        let Some(b) = self.batch.as_mut() else { return };
+        let mut young = 0usize;
+        let mut young_end: Option<Instant> = None;
+        for r in b.owners.iter().flatten() {
+            if let Some(t) = r.pushed
+                && now.saturating_since(t) < STRAGGLER
+            {
+                young += 1;
+                let end = t + STRAGGLER;
+                young_end = Some(young_end.map_or(end, |e| e.min(end)));
+            }
+        }
+        let cap = now + if threads { THREAD_POLL } else { RING_POLL };
+        let until = young_end.map_or(until, |e| e.min(until)).min(cap);
+        let mut reaped = std::mem::take(&mut b.reaped);
+        b.ring
+            .wait(young.max(1), until.saturating_since(now), &mut |k, r| {
+                reaped.push((k, r))
+            });
+        b.reaped = reaped;
+    }
+
+    /// Handles the completions the last wait reaped.
+    fn reap(&mut self) {
+        let Some(b) = self.batch.as_mut() else { return };
+        let mut reaped = std::mem::take(&mut b.reaped);
+        for &(k, r) in &reaped {
+            self.ring_done(k, r);
+        }
+        reaped.clear();
+        if let Some(b) = self.batch.as_mut() {
+            b.reaped = reaped;
+        }
+    }
+
+    /// Bookkeeping after a slot moved: gaps, loss, completion, the slot's next deadline.
+    fn account(&mut self, i: usize) {
+        let s = &mut self.slots[i];
+        if s.forgotten {
+            return;
+        }
         if s.dev.machine.is_held() {
             s.acquired = true;
         }
-        let mut beat_ok = false;
-        let lw = s.dev.machine.stats().last_write;
-        if lw != s.last_write && s.acquired {
+        // Heartbeat writes only: the claim's write (which a slot whose acquire completes in
+        // steps may see here first) is followed by the claim wait, not an interval.
+        let stats = s.dev.machine.stats();
+        let lw = stats.last_write.filter(|_| stats.beats > 0);
+        if lw.is_some() && lw != s.last_write && s.acquired {
             if let (Some(prev), Some(cur)) = (s.last_write, lw) {
                 self.gaps.record(cur.saturating_since(prev));
             }
             s.last_write = lw;
             s.last_write_wall_ms = Some(clock::now().wall_ms);
-            beat_ok = true;
+            self.beat_ok = true;
         }
         let outcome = s.dev.machine.outcome();
         if matches!(outcome, Some(Outcome::Lost(_))) {
@@ -633,285 +1185,29 @@ impl Worker {
         if outcome.is_some() {
             s.dev.target = None;
         }
-        self.changed |= before != (s.dev.machine.phase(), outcome.is_some());
-        // The pump left no I/O outstanding, so this is the slot's next input (or none:
-        // finished).
-        // A changed deadline leaves the old heap entry stale (skipped when popped).
-        let next = s.dev.machine.poll_timeout();
+        let seen = (s.dev.machine.phase(), outcome.is_some());
+        self.changed |= seen != s.seen;
+        s.seen = seen;
+        // The slot's next input: its request's completion (or its stall deadline), else its
+        // timeout (none: finished). A changed deadline leaves the old heap entry stale
+        // (skipped when popped).
+        let next = match s.io {
+            SlotIo::Idle => s.dev.machine.poll_timeout(),
+            _ => s.dev.machine.stall_deadline(),
+        };
         if next != s.queued {
             s.queued = next;
             if let Some(t) = next {
                 self.heap.push(Reverse((t, i)));
             }
         }
-        beat_ok
     }
-}
-
-/// Runs one slot's machine: its timeout if due, then all its I/O. Returns the phase and
-/// finished flag from before, for [`Worker::account`].
-fn drive(
-    s: &mut Slot,
-    i: usize,
-    faults: &mut dyn FaultHook,
-    events: &Sender<EngineEvent>,
-) -> (Phase, bool) {
-    let before = begin(s);
-    let mut on_event = |e: &Event| {
-        let _ = events.send(EngineEvent { slot: i, event: *e });
-    };
-    if let Some(target) = s.dev.target.as_ref() {
-        driver::pump(&mut s.dev.machine, &target.device, faults, &mut on_event);
-    }
-    before
-}
-
-/// Starts a slot's turn in a pass: its timeout if due (or its early heartbeat). Returns the
-/// phase and finished flag from before, for [`Worker::account`].
-fn begin(s: &mut Slot) -> (Phase, bool) {
-    let now = clock::now();
-    s.marked = false;
-    let before = (s.dev.machine.phase(), s.dev.machine.outcome().is_some());
-    if s.dev.machine.poll_timeout().is_some_and(|t| t <= now.mono) {
-        s.dev.machine.handle_timeout(now);
-    } else if s.early {
-        s.dev.machine.beat_early(now);
-    }
-    s.early = false;
-    before
-}
-
-/// Drives the due slots `work` with their plain I/O batched through `ring`, [`uring::DEPTH`]
-/// slots at a time: the reads of a group go in one submission, then their writes in
-/// another, so a slot's read-to-write window spans one batch, not the whole pass. Requests
-/// the ring cannot take (fault injection, buffered files, read-modify-write) and requests it
-/// did not complete exactly are performed synchronously, as [`driver::pump`] would.
-/// Returns whether any heartbeat write succeeded.
-fn service_batched(
-    w: &mut Worker,
-    work: &[usize],
-    faults: &mut dyn FaultHook,
-    events: &Sender<EngineEvent>,
-    ring: &mut Ring,
-) -> bool {
-    let mut beat_ok = false;
-    let mut rec = [0u8; MAX_RECORD_LEN];
-    let mut befores = [(Phase::Reading, false); uring::DEPTH];
-    let mut queued: Vec<(usize, PendingIo, u64, usize, usize)> = Vec::with_capacity(uring::DEPTH);
-    let mut results = [0i32; uring::DEPTH];
-    for group in work.chunks(uring::DEPTH) {
-        for (b, &i) in befores.iter_mut().zip(group) {
-            *b = begin(&mut w.slots[i]);
-        }
-        let mut active: Vec<usize> = group.to_vec();
-        while !active.is_empty() {
-            // Each active slot: its next I/O into the ring, or done synchronously.
-            for &i in &active {
-                let s = &mut w.slots[i];
-                let Some(target) = s.dev.target.as_ref() else {
-                    continue;
-                };
-                let dev = &target.device;
-                let mut on_event = |e: &Event| {
-                    let _ = events.send(EngineEvent { slot: i, event: *e });
-                };
-                while let Some(p) =
-                    driver::next_io(&mut s.dev.machine, dev, faults, &mut on_event, &mut rec)
-                {
-                    let span = if p.fault == Fault::NONE {
-                        dev.direct_span(p.offset, p.len, p.write, uring::BUF_LEN)
-                    } else {
-                        None
-                    };
-                    let k = queued.len();
-                    match (span, ring.buf(k)) {
-                        (Some(span), Some(buf)) => {
-                            if p.write {
-                                buf[..p.len].copy_from_slice(&rec[..p.len]);
-                            }
-                            queued.push((i, p, span.start, span.io_len, span.skip));
-                            break;
-                        }
-                        _ => {
-                            let res = driver::perform(dev, &p, &mut rec);
-                            driver::complete(&mut s.dev.machine, &p, res, &rec);
-                        }
-                    }
-                }
-            }
-            active.clear();
-            if queued.is_empty() {
-                break;
-            }
-            // The lease was checked when each write was queued; other devices' synchronous
-            // I/O may have taken long since. Check it again just before the writes go out:
-            // a machine whose lease ran out fences now and its write is not submitted.
-            let now = clock::now();
-            let mut fenced = [false; uring::DEPTH];
-            for (k, &(i, p, ..)) in queued.iter().enumerate() {
-                fenced[k] = p.write && !w.slots[i].dev.machine.emit_block(now, &mut rec);
-            }
-            {
-                let ops: Vec<Option<RingOp<'_>>> = queued
-                    .iter()
-                    .zip(&fenced)
-                    .map(|(&(i, p, start, io_len, _), &f)| {
-                        let t = w.slots[i].dev.target.as_ref().filter(|_| !f)?;
-                        Some(RingOp {
-                            fd: t.device.fd(),
-                            write: p.write,
-                            offset: start,
-                            len: io_len,
-                        })
-                    })
-                    .collect();
-                ring.run(&ops, &mut results);
-            }
-            for (k, &(i, p, _, io_len, skip)) in queued.iter().enumerate() {
-                let s = &mut w.slots[i];
-                if fenced[k] {
-                    // Finished (fenced): its events are drained in the next round.
-                    active.push(i);
-                    continue;
-                }
-                let exact = usize::try_from(results[k]).is_ok_and(|n| n == io_len);
-                let from_ring = ring.buf(k);
-                match from_ring {
-                    Some(buf) if exact => {
-                        if !p.write {
-                            rec[..p.len].copy_from_slice(&buf[skip..skip + p.len]);
-                        }
-                        driver::complete(&mut s.dev.machine, &p, Ok(()), &rec);
-                    }
-                    Some(_) => {
-                        // Not exactly done (an error, a short transfer, EAGAIN): again,
-                        // synchronously, for the errors every other caller sees. A write
-                        // takes its block (and a fresh lease check) from the machine.
-                        if !p.write || s.dev.machine.emit_block(clock::now(), &mut rec) {
-                            let res = perform_on(&s.dev, &p, &mut rec);
-                            driver::complete(&mut s.dev.machine, &p, res, &rec);
-                        }
-                    }
-                    None if p.write => {
-                        // The ring failed and its buffers (this write's block with them)
-                        // are gone: a failed write, which the machine retries.
-                        driver::complete(&mut s.dev.machine, &p, Err(libc::EIO), &rec);
-                    }
-                    None => {
-                        let res = perform_on(&s.dev, &p, &mut rec);
-                        driver::complete(&mut s.dev.machine, &p, res, &rec);
-                    }
-                }
-                active.push(i);
-            }
-            queued.clear();
-        }
-        for (&i, &b) in group.iter().zip(&befores) {
-            beat_ok |= w.account(i, b);
-        }
-    }
-    beat_ok
-}
-
-/// [`driver::perform`] on the slot's device (`EBADF` if it was closed, which an active slot
-/// never is).
-fn perform_on(dev: &Dev, p: &PendingIo, rec: &mut [u8; MAX_RECORD_LEN]) -> Result<(), i32> {
-    match dev.target.as_ref() {
-        Some(t) => driver::perform(&t.device, p, rec),
-        None => Err(libc::EBADF),
-    }
-}
-
-/// With this many devices or more, a pass that finds at least [`PARALLEL_DUE`] devices due
-/// performs their I/O on [`IO_THREADS`] short-lived threads: heartbeat I/O is synchronous,
-/// and one thread doing a thousand devices' reads, writes and flushes in a row falls behind
-/// when the storage is slow. Below it, everything stays on the one heartbeat thread.
-const PARALLEL_MIN_DEVICES: usize = 256;
-/// See [`PARALLEL_MIN_DEVICES`].
-const PARALLEL_DUE: usize = 32;
-/// See [`PARALLEL_MIN_DEVICES`].
-const IO_THREADS: usize = 4;
-/// Stack of an I/O thread (memory is locked in real-time mode, so keep it small).
-const IO_STACK: usize = 256 * 1024;
-
-/// A fault hook shared by the I/O threads of a parallel pass.
-struct LockedHook<'a, 'b>(&'a Mutex<&'b mut (dyn FaultHook + Send)>);
-
-impl FaultHook for LockedHook<'_, '_> {
-    fn before_io(&mut self, io: &driver::IoInfo<'_>) -> driver::Fault {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .before_io(io)
-    }
-    fn on_event(
-        &mut self,
-        device: &crate::sys::blockdev::Device,
-        machine: &Machine,
-        event: &Event,
-    ) {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .on_event(device, machine, event);
-    }
-}
-
-/// Drives the due slots `work` on up to [`IO_THREADS`] threads (this one included) that
-/// take slots from a shared queue, then does the bookkeeping on this thread. If a thread
-/// cannot be created, the others (at least this one) drain the queue: no slot is skipped.
-/// Returns whether any heartbeat write succeeded.
-fn service_parallel(
-    w: &mut Worker,
-    work: &[usize],
-    faults: &mut (dyn FaultHook + Send),
-    events: &Sender<EngineEvent>,
-) -> bool {
-    let mut due = vec![false; w.slots.len()];
-    for &i in work {
-        due[i] = true;
-    }
-    let queue: Mutex<Vec<(usize, &mut Slot)>> = Mutex::new(
-        w.slots
-            .iter_mut()
-            .enumerate()
-            .filter(|(i, _)| due[*i])
-            .collect(),
-    );
-    let shared = Mutex::new(faults);
-    let done: Mutex<Vec<(usize, (Phase, bool))>> = Mutex::new(Vec::with_capacity(work.len()));
-    let drain = || {
-        let mut hook = LockedHook(&shared);
-        loop {
-            let next = queue.lock().unwrap_or_else(PoisonError::into_inner).pop();
-            let Some((i, s)) = next else { break };
-            let before = drive(s, i, &mut hook, events);
-            done.lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push((i, before));
-        }
-    };
-    std::thread::scope(|scope| {
-        for _ in 1..IO_THREADS {
-            // A failed spawn only means fewer helpers.
-            let _ = std::thread::Builder::new()
-                .name("mmp-io".into())
-                .stack_size(IO_STACK)
-                .spawn_scoped(scope, drain);
-        }
-        drain();
-    });
-    let befores = done.into_inner().unwrap_or_else(PoisonError::into_inner);
-    let mut beat_ok = false;
-    for (i, before) in befores {
-        beat_ok |= w.account(i, before);
-    }
-    beat_ok
 }
 
 fn run(
     mut options: Options,
     rx: &Receiver<Cmd>,
+    done: Sender<Cmd>,
     events: &Sender<EngineEvent>,
     report: &Mutex<Report>,
 ) {
@@ -919,6 +1215,23 @@ fn run(
         crate::sys::rt::enter_realtime()
     } else {
         RealtimeStatus::default()
+    };
+    let (batch, mut io) = if options.batch_io {
+        match Ring::new() {
+            Ok(ring) => (
+                Some(Batch {
+                    ring,
+                    owners: (0..uring::DEPTH).map(|_| None).collect(),
+                    staged: Vec::with_capacity(uring::DEPTH),
+                    starved: VecDeque::new(),
+                    reaped: Vec::with_capacity(uring::DEPTH),
+                }),
+                "io_uring".to_string(),
+            ),
+            Err(e) => (None, format!("sync (io_uring: {e})")),
+        }
+    } else {
+        (None, "sync".to_string())
     };
     let mut w = Worker {
         slots: Vec::new(),
@@ -933,21 +1246,24 @@ fn run(
         pets: 0,
         lost_any: false,
         changed: false,
+        beat_ok: false,
+        batch,
+        pool: Pool::new(done),
+        faults: options.faults,
+        events: events.clone(),
+        rec: [0; MAX_RECORD_LEN],
     };
     w.fence = w.watchdog.as_ref().map(|_| SelfFence::Active);
-    let (mut ring, mut io) = if options.batch_io {
-        match Ring::new() {
-            Ok(r) => (Some(r), "io_uring".to_string()),
-            Err(e) => (None, format!("sync (io_uring: {e})")),
-        }
-    } else {
-        (None, "sync".to_string())
-    };
     let mut last_publish: Option<Instant> = None;
     let mut next_cmd: Option<Cmd> = None;
     let mut work = Vec::new();
+    // Set once stopping and every machine has finished: the end of the wait for requests
+    // still outstanding.
+    let mut grace: Option<Instant> = None;
     loop {
-        // Commands: the one that woke us, then whatever else is queued.
+        // Commands (and I/O threads' completions): the one that woke us, then whatever else
+        // is queued. (The I/O threads hold senders too, so the channel never reports a
+        // disconnect once one has started: dropping the `Engine` sends `Stop` anyway.)
         if let Some(cmd) = next_cmd.take()
             && !w.command(cmd)
         {
@@ -967,40 +1283,29 @@ fn run(
                 Err(mpsc::TryRecvError::Empty) => break,
             }
         }
+        // Ring completions reaped by the last wait.
+        w.reap();
+        if w.batch.as_ref().is_some_and(|b| b.ring.is_retired()) {
+            w.batch = None;
+            io = "sync (io_uring failed while in use)".to_string();
+            w.changed = true;
+        }
         // Slots touched by commands, then those whose deadline passed, earliest deadline
         // first (when the thread falls behind, the most overdue device goes first).
         let now = clock::now();
         w.collect_due(now.mono);
-        let ring_ok = ring.as_ref().is_some_and(|r| !r.is_retired());
-        if ring_ok && !w.work.is_empty() {
+        if w.batch.is_some() && !w.work.is_empty() {
             w.collect_early(now.mono);
         }
         std::mem::swap(&mut work, &mut w.work);
-        // A slot forgotten after it was marked in this round is not driven.
-        work.retain(|&i| {
-            let s = &mut w.slots[i];
-            if s.forgotten {
-                s.marked = false;
-            }
-            !s.forgotten
-        });
-        let mut beat_ok = false;
-        if let Some(r) = ring.as_mut().filter(|_| ring_ok) {
-            beat_ok = service_batched(&mut w, &work, options.faults.as_mut(), events, r);
-            if r.is_retired() {
-                ring = None;
-                io = "sync (io_uring failed while in use)".to_string();
-                w.changed = true;
-            }
-        } else if w.slots.len() >= PARALLEL_MIN_DEVICES && work.len() >= PARALLEL_DUE {
-            beat_ok = service_parallel(&mut w, &work, options.faults.as_mut(), events);
-        } else {
-            for &i in &work {
-                beat_ok |= w.service(i, options.faults.as_mut(), events);
-            }
+        for &i in &work {
+            w.kick(i);
         }
         work.clear();
+        w.feed_starved();
+        w.flush();
         // Watchdog: pet only after a successful heartbeat while no device has been lost.
+        let beat_ok = std::mem::take(&mut w.beat_ok);
         if let Some(wd) = w.watchdog.as_mut() {
             if w.lost_any {
                 w.fence = Some(SelfFence::Degraded);
@@ -1021,17 +1326,28 @@ fn run(
             last_publish = Some(now.mono);
             w.changed = false;
         }
-        if w.stopping && all_done {
-            break;
-        }
-        // Sleep until the earliest deadline or the next command.
-        let next = w.next_deadline();
         let now = clock::now().mono;
-        let wait = match next {
-            Some(t) => t.saturating_since(now),
-            None if w.stopping => Duration::from_millis(10),
-            None => Duration::from_secs(3600),
+        if w.stopping && all_done {
+            let end = *grace.get_or_insert(now + STOP_GRACE);
+            if now >= end || w.outstanding() == 0 {
+                break;
+            }
+        }
+        // Sleep until the earliest deadline (a timeout, or a stall: the end of the lease of
+        // a device whose request is outstanding), the next command or completion.
+        let mut until = match w.next_deadline() {
+            Some(t) => t,
+            None if w.stopping => now + Duration::from_millis(10),
+            None => now + Duration::from_secs(3600),
         };
+        if let Some(g) = grace {
+            until = until.min(g);
+        }
+        if w.batch.as_ref().is_some_and(|b| b.ring.in_flight() > 0) {
+            w.wait_ring(until);
+            continue;
+        }
+        let wait = until.saturating_since(now);
         if wait.is_zero() {
             continue;
         }
@@ -1042,7 +1358,7 @@ fn run(
         }
     }
     // Clean end: magic close only if nothing was lost.
-    if let Some(wd) = w.watchdog.filter(|_| !w.lost_any) {
+    if let Some(wd) = w.watchdog.take().filter(|_| !w.lost_any) {
         let _ = wd.close_clean();
     }
 }
