@@ -115,6 +115,25 @@ fn finish(mut child: Child, limit: Duration) -> (Option<i32>, String, String) {
     )
 }
 
+/// Polls the area until `pred` holds; `false` after `limit`.
+fn poll_until(p: &Path, limit: Duration, pred: impl Fn(&Record) -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if record_opt(p).is_some_and(|r| pred(&r)) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+fn record_opt(p: &Path) -> Option<Record> {
+    let mut f = fs::File::open(p).ok()?;
+    let mut buf = [0u8; native::RECORD_LEN];
+    f.read_exact(&mut buf).ok()?;
+    Record::parse(&buf).ok()
+}
+
 /// Polls the area until `pred` holds (or panics after `limit`); returns when it first held.
 fn wait_for(p: &Path, limit: Duration, what: &str, pred: impl Fn(&Record) -> bool) -> Instant {
     let start = Instant::now();
@@ -267,9 +286,15 @@ fn timing_late_release_clean_is_not_trusted() {
         "B must own before A's CLEAN lands (took {b_acquired:?})"
     );
     // A's CLEAN lands over B's record.
-    wait_for(&a_img, Duration::from_secs(20), "A's late CLEAN", |r| {
-        r.state == State::Clean
-    });
+    if !poll_until(&a_img, Duration::from_secs(20), |r| r.state == State::Clean) {
+        let _ = b.kill();
+        let (_, a_out, a_err) = finish(a, Duration::from_secs(1));
+        let (_, _, b_err) = finish(b, Duration::from_secs(1));
+        panic!(
+            "A's late CLEAN never landed ({:?}); A: {a_out}{a_err}\nB: {b_err}",
+            record(&a_img)
+        );
+    }
     let c = hold(3, &a_img, None, &["--owner-log", &log_arg]);
     // Long enough for C to own under either rule, then let B see what happened.
     std::thread::sleep(Duration::from_secs(6));

@@ -705,6 +705,10 @@ pub struct Machine {
     claim_done: Instant,
     /// The claim wait in force (short, or a fail window and an eighth), for progress.
     claim_total: Duration,
+    /// Our claim was late (its completion handled more than an interval after the read
+    /// that justified it): it may have landed over a block other than the one we saw, so
+    /// an abort never restores that block.
+    claim_late: bool,
     /// The claim replaces a release we watched happen (see `docs/protocol.md`): the short
     /// claim wait is enough. Otherwise a claim on a CLEAN block waits out a fail window.
     release_watched: bool,
@@ -746,6 +750,7 @@ impl Machine {
             claim_basis: now.mono,
             claim_done: now.mono,
             claim_total: Duration::ZERO,
+            claim_late: false,
             release_watched: false,
             advance_basis: None,
             last_match: now.mono,
@@ -1103,6 +1108,7 @@ impl Machine {
                 self.stats.last_write = Some(self.write_emitted);
                 self.claim_done = now.mono;
                 self.claim_total = wait;
+                self.claim_late = late;
                 if self.abort_requested {
                     self.start_restore(now);
                     return;
@@ -1457,7 +1463,9 @@ impl Machine {
         // A competitor whose claim had not landed when we read verifies no earlier than its
         // shortest claim wait after our read: our restore must be issued within half of it.
         let deadline = self.read_requested + t.min_claim_wait() / 2;
-        if now.mono >= deadline || self.lease_expired(now.mono) {
+        // A late claim may have covered a block written after the one we saw (another
+        // host's heartbeat): writing back what we saw would not restore anything.
+        if self.claim_late || now.mono >= deadline || self.lease_expired(now.mono) {
             self.finish(Outcome::Aborted);
             return;
         }

@@ -1107,3 +1107,22 @@ fn acquired_and_finished_are_never_dropped_from_the_event_queue() {
         .position(|e| matches!(e, Event::Finished(Outcome::Aborted)));
     assert!(acq.is_some() && fin.is_some() && acq < fin, "{got:?}");
 }
+
+#[test]
+fn a_late_claim_is_never_restored() {
+    // Found by the simulator (MMP_SEED=2766502138665456333): a CLEAN read handled late, a
+    // late claim over an owner stalled inside its lease, SIGTERM, then a prompt restore read
+    // would write back the stale CLEAN over that owner. A late claim is left alone.
+    let mut rig = Rig::new();
+    rig.put_native(Record::formatted([1; 16], 100, 10, 0));
+    let mut m = Machine::new(cfg(native_layout(), 1, b"a"), Op::Acquire, rig.now());
+    let _ = read_clean_and_emit_claim(&mut rig, &mut m);
+    rig.now_us += 300_000; // the claim's completion is handled 3 intervals after the read
+    m.handle_write_done(rig.now());
+    let writes = rig.writes;
+    m.release(rig.now());
+    rig.run(&mut m, 2, |_| {});
+    assert_eq!(m.outcome(), Some(Outcome::Aborted));
+    assert_eq!(rig.writes, writes, "no restore after a late claim");
+    assert_eq!(rig.native().state, State::Active);
+}

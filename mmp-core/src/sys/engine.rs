@@ -646,6 +646,11 @@ struct Worker {
     beat_ok: bool,
     batch: Option<Batch>,
     pool: Pool,
+    /// The latest instant an injected fault delay of a request handed to an I/O thread
+    /// runs to (test builds): such a request stands for a write held in the storage, which
+    /// an exiting process cannot take back, so stopping waits for it beyond
+    /// [`STOP_GRACE`].
+    fault_until: Option<Instant>,
     faults: Box<dyn FaultHook + Send>,
     events: Sender<EngineEvent>,
     /// Scratch record buffer.
@@ -930,6 +935,11 @@ impl Worker {
             return;
         }
         s.io = SlotIo::Thread;
+        let injected = p.fault.delay_before + p.fault.delay_after;
+        if !injected.is_zero() {
+            let until = clock::now().mono + injected + Duration::from_millis(100);
+            self.fault_until = Some(self.fault_until.map_or(until, |u| u.max(until)));
+        }
         self.pool.send(Job {
             slot: i,
             p,
@@ -953,6 +963,11 @@ impl Worker {
             None
         };
         s.io = SlotIo::Thread;
+        let injected = p.fault.delay_before + p.fault.delay_after;
+        if !injected.is_zero() {
+            let until = clock::now().mono + injected + Duration::from_millis(100);
+            self.fault_until = Some(self.fault_until.map_or(until, |u| u.max(until)));
+        }
         self.pool.send(Job {
             slot: i,
             p,
@@ -1249,6 +1264,7 @@ fn run(
         beat_ok: false,
         batch,
         pool: Pool::new(done),
+        fault_until: None,
         faults: options.faults,
         events: events.clone(),
         rec: [0; MAX_RECORD_LEN],
@@ -1328,7 +1344,8 @@ fn run(
         }
         let now = clock::now().mono;
         if w.stopping && all_done {
-            let end = *grace.get_or_insert(now + STOP_GRACE);
+            let end =
+                *grace.get_or_insert_with(|| (now + STOP_GRACE).max(w.fault_until.unwrap_or(now)));
             if now >= end || w.outstanding() == 0 {
                 break;
             }
