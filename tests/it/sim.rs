@@ -283,3 +283,40 @@ fn torn_options(seed: u64) -> Options {
     o.faults.torn_write_p = r.range(5, 50) as f64 / 1000.0;
     o
 }
+
+#[test]
+#[ignore = "a seed hunt, run by hand: MMP_SEEDS=N MMP_HUNT_BASE=B"]
+fn sim_hunt() {
+    // Runs N swarm seeds derived from MMP_HUNT_BASE and prints every failing seed with its
+    // failure, one line each (how REGRESSION_SEEDS was collected).
+    let started = Instant::now();
+    let base = std::env::var("MMP_HUNT_BASE")
+        .ok()
+        .and_then(|v| sim::parse_seed(&v))
+        .unwrap_or(0x4855_4E54);
+    let n = sim::env_seed_count().unwrap_or(20_000);
+    let seeds = sim::derived_seeds(base, n);
+    // MMP_HUNT_LAX=1: do not stop at an Event::Acquired outside the lease (the most common
+    // failure) to see what else breaks.
+    let make: fn(u64) -> Options = if std::env::var("MMP_HUNT_LAX").is_ok_and(|v| v == "1") {
+        lax_swarm
+    } else {
+        Options::swarm
+    };
+    let totals = sim::run_seeds(&seeds, "sim_hunt", false, make);
+    print_summary("sim_hunt", &totals.stats, started);
+    let mut failed = totals.failed_seeds.clone();
+    failed.sort_unstable();
+    for seed in failed {
+        let r = sim::run(&make(seed));
+        let f = r.failure.map(|f| f.to_string()).unwrap_or_default();
+        eprintln!("FAILED {seed}: {f}");
+    }
+}
+
+fn lax_swarm(seed: u64) -> Options {
+    Options {
+        check_acquired: false,
+        ..Options::swarm(seed)
+    }
+}

@@ -344,6 +344,19 @@ pub struct Faults {
     pub down_max_us: u64,
     /// Whether clocks drift.
     pub drift: bool,
+    /// Longest pause right after `emit_block`, before the write is issued (0: `pause_max_us`).
+    /// With the latency spikes it makes the issue-to-land bound of the timing argument, so the
+    /// swarm keeps it at most an eighth of the fail window (spikes another eighth).
+    pub emit_pause_max_us: u64,
+    /// Probability that an I/O completion is handled late: the host's I/O thread is busy with
+    /// a slow sibling device (a `hold A B` or libmmp engine sharing one heartbeat thread), so
+    /// the whole host handles nothing until the stall ends.
+    pub stall_p: f64,
+    /// Longest such stall (heavy-tailed: most are short, a few reach several fail windows).
+    pub stall_max_us: u64,
+    /// Probability that an acquire attempt is abandoned at a random point (SIGTERM, or another
+    /// device of an all-or-nothing `hold A B` refused): the host calls `Machine::release`.
+    pub abort_p: f64,
 }
 
 impl Faults {
@@ -403,6 +416,13 @@ pub struct Options {
     /// Hosts sometimes wake before a heartbeat is due and start it early
     /// (`Machine::beat_early`, as the engine does to batch devices).
     pub early_beats: bool,
+    /// Per host: a kernel-like ext4 peer instead of an mmp machine (ext4 disks only): mounts
+    /// a CLEAN block at once, a live one after the kernel's two waits, then writes `seq + 1`
+    /// every update interval without re-reading and never self-fences; unmounts with CLEAN.
+    pub kernel: [bool; MAX_HOSTS],
+    /// Fail a run whose machine emits `Event::Acquired` outside its lease (on by default;
+    /// a seed hunt turns it off to see what else breaks behind it).
+    pub check_acquired: bool,
 }
 
 impl Options {
@@ -434,10 +454,19 @@ impl Options {
             pauses: Vec::new(),
             liveness: true,
             early_beats: false,
+            kernel: [false; MAX_HOSTS],
+            check_acquired: true,
         }
     }
 
     /// Everything drawn from `seed` (swarm testing: which faults are on and how often).
+    ///
+    /// The envelope: native intervals 100 ms..5 s with 2..=10 fail intervals, ext4 update
+    /// intervals 1..=10 s; host pauses up to three fail windows anywhere except between
+    /// `emit_block` and the write being issued (at most W/8 there, and latency spikes at most
+    /// W/8: the issue-to-land bound is W/4); completions handled up to several fail windows
+    /// late (a slow sibling device stalls the host's I/O thread); acquires abandoned at
+    /// random points; on ext4, sometimes a kernel-like peer.
     #[must_use]
     pub fn swarm(seed: u64) -> Self {
         let mut r = SimRng::new(mix(seed ^ 0x5357_4152_4D21));
@@ -445,11 +474,15 @@ impl Options {
         let disk = match r.below(4) {
             k @ (0 | 1) => DiskKind::Ext4 {
                 csum: k == 1,
-                update_interval_s: r.range(1, 5) as u16,
+                update_interval_s: r.range(1, 10) as u16,
             },
             _ => DiskKind::Native {
-                interval_ms: r.range(100, 1000) as u32,
-                fail_intervals: [2, 3, 5, 10][r.below(4) as usize],
+                interval_ms: if r.chance(0.5) {
+                    r.range(100, 1000)
+                } else {
+                    r.range(100, 5000)
+                } as u32,
+                fail_intervals: r.range(2, 10) as u16,
             },
         };
         let mut o = Options::quiet(seed, hosts, disk);
@@ -469,7 +502,7 @@ impl Options {
         }
         if r.chance(0.5) {
             f.spike_p = r.range(1, 20) as f64 / 1000.0;
-            f.spike_max_us = r.range(i / 4, (w / 4).max(i / 4));
+            f.spike_max_us = r.range((i / 4).min(w / 8), w / 8);
         }
         if r.chance(0.5) {
             f.eio_read_p = r.range(1, 50) as f64 / 1000.0;
@@ -481,7 +514,8 @@ impl Options {
             f.lost_write_p = r.range(1, 20) as f64 / 1000.0;
         }
         if r.chance(0.5) {
-            f.pause_max_us = r.range(w / 10, w * 9 / 10);
+            f.pause_max_us = r.range(w / 10, 3 * w);
+            f.emit_pause_max_us = w / 8;
             if r.chance(0.7) {
                 f.pause_gap_us = r.range(3 * w, 30 * w);
             }
@@ -499,10 +533,21 @@ impl Options {
                 o.drift_ppm[h] = r.range(0, 20_000) as i32 - 10_000;
             }
         }
-        o.faults = f;
         o.acquisitions = r.range(2, 4);
-        // Drawn last, from its own stream: the other knobs of a seed stay as they were.
+        // Drawn last, from their own streams: the other knobs of a seed stay as they were.
         o.early_beats = SimRng::new(mix(seed ^ 0xEA21)).chance(0.5);
+        let mut e = SimRng::new(mix(seed ^ 0xE1E7_E10E));
+        if e.chance(0.5) {
+            f.stall_p = e.range(1, 30) as f64 / 1000.0;
+            f.stall_max_us = e.range(w / 2, 4 * w);
+        }
+        if e.chance(0.4) {
+            f.abort_p = e.range(5, 40) as f64 / 100.0;
+        }
+        if matches!(disk, DiskKind::Ext4 { .. }) && e.chance(0.4) {
+            o.kernel[e.below(hosts as u64) as usize] = true;
+        }
+        o.faults = f;
         o
     }
 
@@ -592,6 +637,7 @@ impl fmt::Display for Options {
             "seed={} hosts={} disk={} self_fence={} force={:?} drift_ppm={:?}\n  \
              latency: min={}us mean={}us spikes p={} max={}us | eio read p={} write p={} | \
              lost writes p={} torn p={} | pauses gap={}us io_p={} max={}us | crashes gap={}us down<={}us\n  \
+             emit pause max={}us | stalls p={} max={}us | aborts p={} | kernel peers={:?}\n  \
              fault phase: {} acquisitions or {}us; hold {:?}us idle {:?}us; liveness={} early_beats={}",
             self.seed,
             self.hosts,
@@ -612,6 +658,11 @@ impl fmt::Display for Options {
             fl.pause_max_us,
             fl.crash_gap_us,
             fl.down_max_us,
+            fl.emit_pause_max_us,
+            fl.stall_p,
+            fl.stall_max_us,
+            fl.abort_p,
+            &self.kernel[..self.hosts],
             self.acquisitions,
             self.fault_phase_us,
             self.hold_us,
@@ -715,6 +766,14 @@ impl Options {
         put("pauses", pauses.join(","));
         put("liveness", u8::from(self.liveness).to_string());
         put("early_beats", u8::from(self.early_beats).to_string());
+        // Simulator-only knobs (no FaultPlan field): a real harness cannot stall a sibling
+        // device or run a kernel peer from a plan; it may ignore them.
+        put("kernel", flags(&self.kernel));
+        put("check_acquired", u8::from(self.check_acquired).to_string());
+        put("emit_pause_max_us", f.emit_pause_max_us.to_string());
+        put("stall_p", f.stall_p.to_string());
+        put("stall_max_us", f.stall_max_us.to_string());
+        put("abort_p", f.abort_p.to_string());
         FaultPlan {
             seed: Some(self.seed),
             lat_min_us: f.lat_min_us,
@@ -755,6 +814,12 @@ impl Options {
                     .map_err(|_| format!("scenario.{k}: expected an integer, got {v:?}"))
             })
         };
+        let prob = |k: &str| -> Result<f64, String> {
+            get(k).map_or(Ok(0.0), |v| {
+                v.parse()
+                    .map_err(|_| format!("scenario.{k}: expected a probability, got {v:?}"))
+            })
+        };
         let hosts = usize::try_from(num("hosts", 3)?).map_err(|e| e.to_string())?;
         if !(1..=MAX_HOSTS).contains(&hosts) {
             return Err(format!("scenario.hosts: 1..={MAX_HOSTS}, got {hosts}"));
@@ -792,7 +857,15 @@ impl Options {
             crash_gap_us: plan.crash_gap_us,
             down_max_us: plan.down_max_us,
             drift: plan.drift,
+            emit_pause_max_us: num("emit_pause_max_us", 0)?,
+            stall_p: prob("stall_p")?,
+            stall_max_us: num("stall_max_us", 0)?,
+            abort_p: prob("abort_p")?,
         };
+        if let Some(v) = get("kernel") {
+            o.kernel = parse_flags("kernel", v)?;
+        }
+        o.check_acquired = num("check_acquired", 1)? != 0;
         if let Some(v) = get("force") {
             o.force = parse_flags("force", v)?;
         }
@@ -893,7 +966,8 @@ impl Summary {
             Some(_) => 254,
             None => match snap.nodename() {
                 b"operator" => 255,
-                [b'h', b'o', b's', b't', d @ b'0'..=b'4'] => d - b'0',
+                [b'h', b'o', b's', b't', d @ b'0'..=b'4']
+                | [b'k', b'e', b'r', b'n', d @ b'0'..=b'4'] => d - b'0',
                 _ => 254,
             },
         };
@@ -1020,6 +1094,35 @@ pub enum TraceKind {
     BadWrite(u8),
     /// Some host acquired after healing.
     LivenessOk,
+    /// The host abandons its acquire (0: SIGTERM, 1: another device of an all-or-nothing
+    /// hold refused): `Machine::release` while acquiring.
+    AbortAsked(u8),
+    /// A completion for an abandoned machine, thrown away.
+    Discarded {
+        /// I/O id.
+        id: u32,
+    },
+    /// A kernel peer's step (see [`KernelNote`]).
+    Kernel(KernelNote),
+    /// CLEAN landed while other hosts owned the device (bit mask of host indexes).
+    LateClean(u8),
+}
+
+/// What a kernel-like ext4 peer did, for trace lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KernelNote {
+    /// `mount`: the first read.
+    Mount,
+    /// A live block: waits this long before re-reading.
+    Wait(u64),
+    /// Writes its own sequence.
+    Claim,
+    /// Mounted (owner until it unmounts; it never self-fences).
+    Mounted,
+    /// The mount failed (block changed, not ours, unreadable, fsck or corrupt).
+    GaveUp,
+    /// Unmount: writes CLEAN.
+    Unmount,
 }
 
 /// How a machine finished, for traces and counters.
@@ -1147,7 +1250,12 @@ impl fmt::Display for TraceLine {
             TraceKind::Pause { until_us, at_emit } => write!(
                 f,
                 "PAUSED{} until t={}.{:06}",
-                ["", " before I/O", " after emit_block"][usize::from(at_emit.min(2))],
+                [
+                    "",
+                    " before I/O",
+                    " after emit_block",
+                    " at an I/O completion (slow sibling device)"
+                ][usize::from(at_emit.min(3))],
                 until_us / 1_000_000,
                 until_us % 1_000_000
             ),
@@ -1172,9 +1280,34 @@ impl fmt::Display for TraceLine {
                     "write requested outside claiming/held/releasing/clearing",
                     "heartbeat emitted outside the lease",
                     "CLEAN written by a machine that did not own the device",
-                ][usize::from(code.min(2))]
+                    "Event::Acquired emitted outside the lease",
+                ][usize::from(code.min(3))]
             ),
             TraceKind::LivenessOk => f.write_str("liveness: acquired after healing"),
+            TraceKind::AbortAsked(k) => write!(
+                f,
+                "ABORT requested ({})",
+                ["SIGTERM", "another device of the hold refused"][usize::from(k.min(1))]
+            ),
+            TraceKind::Discarded { id } => {
+                write!(f, "completion of #{id} discarded (machine abandoned)")
+            }
+            TraceKind::Kernel(n) => match n {
+                KernelNote::Mount => f.write_str("kernel: mount, reading the MMP block"),
+                KernelNote::Wait(us) => write!(
+                    f,
+                    "kernel: waits {}.{:06}s",
+                    us / 1_000_000,
+                    us % 1_000_000
+                ),
+                KernelNote::Claim => f.write_str("kernel: writes its own sequence"),
+                KernelNote::Mounted => f.write_str("kernel: MOUNTED"),
+                KernelNote::GaveUp => f.write_str("kernel: mount failed"),
+                KernelNote::Unmount => f.write_str("kernel: unmount, writes CLEAN"),
+            },
+            TraceKind::LateClean(mask) => {
+                write!(f, "LATE CLEAN: landed while host mask {mask:#07b} owns")
+            }
         }
     }
 }
@@ -1241,6 +1374,14 @@ pub struct Stats {
     pub double_owners: u64,
     /// Liveness phases passed.
     pub liveness_ok: u64,
+    /// Completions handled late (slow sibling device).
+    pub stalls: u64,
+    /// Acquires abandoned (SIGTERM, or another device of the hold refused).
+    pub aborts: u64,
+    /// Kernel peer mounts.
+    pub kernel_mounts: u64,
+    /// CLEAN records that landed while another host owned the device.
+    pub late_cleans: u64,
 }
 
 impl Stats {
@@ -1265,6 +1406,10 @@ impl Stats {
         self.operator_repairs += o.operator_repairs;
         self.double_owners += o.double_owners;
         self.liveness_ok += o.liveness_ok;
+        self.stalls += o.stalls;
+        self.aborts += o.aborts;
+        self.kernel_mounts += o.kernel_mounts;
+        self.late_cleans += o.late_cleans;
     }
 }
 
@@ -1274,8 +1419,8 @@ impl fmt::Display for Stats {
             f,
             "seeds={} events={} virtual={}s acquisitions={} releases={} lost_foreign={} \
              fenced={} refusals={} | faults: eio_read={} eio_write={} lost_write={} torn={} \
-             spikes={} pauses={} crashes={} drift_runs={} | operator_repairs={} liveness_ok={} \
-             double_owners={}",
+             spikes={} pauses={} crashes={} drift_runs={} stalls={} aborts={} kernel_mounts={} | \
+             operator_repairs={} liveness_ok={} double_owners={} late_cleans={}",
             self.runs,
             self.events,
             self.virtual_us / 1_000_000,
@@ -1292,9 +1437,13 @@ impl fmt::Display for Stats {
             self.pauses,
             self.crashes,
             self.drift_runs,
+            self.stalls,
+            self.aborts,
+            self.kernel_mounts,
             self.operator_repairs,
             self.liveness_ok,
             self.double_owners,
+            self.late_cleans,
         )
     }
 }
@@ -1325,6 +1474,16 @@ pub enum Failure {
         /// Budget.
         budget_us: u64,
     },
+    /// A CLEAN record landed while another host owned the device (a kernel would mount it
+    /// at once).
+    LateClean {
+        /// When.
+        t_us: u64,
+        /// The host whose CLEAN landed.
+        writer: usize,
+        /// The owners at that instant.
+        owners: Vec<usize>,
+    },
     /// The event budget ran out (a livelock).
     Stuck,
 }
@@ -1353,6 +1512,17 @@ impl fmt::Display for Failure {
                 budget_us,
                 healed_us / 1_000_000,
                 healed_us % 1_000_000
+            ),
+            Failure::LateClean {
+                t_us,
+                writer,
+                owners,
+            } => write!(
+                f,
+                "SAFETY: CLEAN from host {writer} landed while hosts {owners:?} own the device \
+                 (t={}.{:06}); a kernel would mount it at once",
+                t_us / 1_000_000,
+                t_us % 1_000_000
             ),
             Failure::Stuck => write!(f, "STUCK: more than {MAX_EVENTS} events"),
         }
@@ -1531,6 +1701,51 @@ struct Host {
     attempts: u64,
     last_outcome: Option<OutcomeKind>,
     acquired: u64,
+    /// When this acquire attempt is abandoned (global), and why (see `TraceKind::AbortAsked`).
+    abort_at: Option<(u64, u8)>,
+    /// This attempt was abandoned: its CLEAN can only be the restore of a CLEAN block.
+    aborted: bool,
+    /// A kernel-like peer (no machine): its mount state.
+    is_kernel: bool,
+    kernel: Option<Kernel>,
+}
+
+/// A kernel-like ext4 peer's progress (local clock times).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KStep {
+    /// First read outstanding.
+    Read1,
+    /// Waiting on a live block.
+    Wait1 { until: u64 },
+    /// Re-read outstanding.
+    Read2,
+    /// Its own sequence is being written (`clean`: the block was CLEAN, no wait).
+    Claim { clean: bool },
+    /// Waiting after its write.
+    Wait2 { until: u64 },
+    /// Final re-read outstanding.
+    Read3,
+    /// Mounted, idle.
+    Mounted,
+    /// Mounted, heartbeat write outstanding.
+    Beat,
+    /// CLEAN write outstanding (no longer an owner).
+    Unmount,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Kernel {
+    step: KStep,
+    /// The sequence seen (live block) or its own.
+    seq: u32,
+    /// The kernel's wait, microseconds.
+    wait_us: u64,
+    /// Mounted and not yet unmounting: an owner (no lease, never fences).
+    mounted: bool,
+    /// Next heartbeat (local).
+    next_beat: u64,
+    /// When it unmounts (global).
+    unmount_at: Option<u64>,
 }
 
 struct Sim {
@@ -1620,6 +1835,10 @@ impl Sim {
                 attempts: 0,
                 last_outcome: None,
                 acquired: 0,
+                abort_at: None,
+                aborted: false,
+                is_kernel: !operator && o.kernel[h],
+                kernel: None,
             });
         }
         let faults_on = o.faults.any();
@@ -1739,7 +1958,7 @@ impl Sim {
             self.check_owners();
             if self.healed_at.is_none()
                 && self.o.liveness
-                && self.stats.acquisitions >= self.o.acquisitions
+                && self.stats.acquisitions + self.stats.kernel_mounts >= self.o.acquisitions
             {
                 self.heal();
             }
@@ -1792,6 +2011,7 @@ impl Sim {
                     && io.id == id
                 {
                     io.done = true;
+                    self.maybe_stall(host);
                     self.service(host);
                 }
             }
@@ -1863,6 +2083,18 @@ impl Sim {
         };
         let now = self.disk_summary;
         self.trace(host, TraceKind::Landed { id, now });
+        // CLEAN tells a kernel to mount at once: it must never land while another host
+        // owns the device. (The operator's clear is exempt: it is unsafe by definition.)
+        let others = self.owners() & !(1u8 << host.min(7));
+        if now.class == 1 && host < self.o.hosts && others != 0 {
+            self.stats.late_cleans += 1;
+            self.trace(usize::MAX, TraceKind::LateClean(others));
+            self.fail(Failure::LateClean {
+                t_us: self.t,
+                writer: host,
+                owners: (0..self.o.hosts).filter(|o| others & (1 << o) != 0).collect(),
+            });
+        }
     }
 
     fn schedule_wake(&mut self, h: usize) {
@@ -1876,7 +2108,26 @@ impl Sim {
                 next = Some(next.map_or(t, |n| n.min(t)));
             }
         };
-        if hs.io.is_none() && hs.deferred.is_none() {
+        if hs.is_kernel {
+            if hs.io.is_none() {
+                match hs.kernel {
+                    None => consider(hs.start_at),
+                    Some(k) => match k.step {
+                        KStep::Wait1 { until } | KStep::Wait2 { until } => {
+                            consider(Some(hs.clock.global(until)));
+                        }
+                        KStep::Mounted => {
+                            consider(Some(hs.clock.global(k.next_beat)));
+                            consider(k.unmount_at);
+                        }
+                        _ => {}
+                    },
+                }
+            }
+        } else if hs.machine.is_some() && hs.abort_at.is_some() {
+            consider(hs.abort_at.map(|a| a.0));
+        }
+        if !hs.is_kernel && hs.io.is_none() && hs.deferred.is_none() {
             if let Some(m) = &hs.machine {
                 let mut due = m.poll_timeout().map(|d| d.as_micros());
                 // Early beats: wake up to the machine's slack before the beat (one wake in
@@ -1934,7 +2185,17 @@ impl Sim {
                 return;
             }
         }
+        if self.hosts[h].is_kernel {
+            self.kernel_service(h);
+            self.schedule_wake(h);
+            return;
+        }
         let now = self.hosts[h].clock.now(self.t);
+        // The completion of a read an abandoned machine had outstanding.
+        if self.hosts[h].machine.is_none() && self.hosts[h].io.as_ref().is_some_and(|io| io.done) {
+            let id = self.hosts[h].io.take().expect("io").id;
+            self.trace(h, TraceKind::Discarded { id });
+        }
         if self.hosts[h].machine.is_none()
             && self.hosts[h].io.is_none()
             && self.hosts[h].start_at.is_some_and(|s| s <= self.t)
@@ -1955,6 +2216,13 @@ impl Sim {
                 },
             );
             self.hosts[h].machine = Some(Machine::new(cfg, op, now));
+            self.hosts[h].aborted = false;
+            if op == Op::Acquire && self.faults_on && self.rng.chance(self.o.faults.abort_p) {
+                // Anywhere in the acquire: the first read, the watch, the claim (with the
+                // claim write or a verify read outstanding).
+                let at = self.t + self.rng.below(self.o.disk.takeover_us() * 5 / 4);
+                self.hosts[h].abort_at = Some((at, self.rng.below(2) as u8));
+            }
         }
         let Some(mut m) = self.hosts[h].machine.take() else {
             self.schedule_wake(h);
@@ -2010,6 +2278,20 @@ impl Sim {
                 Deferred::AfterEmit { buf, len } => self.issue_write(h, &buf, len),
             }
         }
+        // An abandoned acquire: release at once, whatever I/O is outstanding (a signal
+        // handler or the multi-device hold does not wait for the device).
+        if let Some((at, kind)) = self.hosts[h].abort_at
+            && at <= self.t
+            && self.hosts[h].deferred.is_none()
+        {
+            self.hosts[h].abort_at = None;
+            if matches!(m.phase(), Phase::Reading | Phase::Watching | Phase::Claiming) {
+                self.stats.aborts += 1;
+                self.hosts[h].aborted = true;
+                self.trace(h, TraceKind::AbortAsked(kind));
+                m.release(now);
+            }
+        }
         if self.hosts[h].io.is_none() && self.hosts[h].deferred.is_none() {
             if self.hosts[h].release_at.is_some_and(|r| r <= self.t) && m.is_held() {
                 self.hosts[h].release_at = None;
@@ -2036,11 +2318,187 @@ impl Sim {
         self.schedule_wake(h);
     }
 
+    /// The kernel-like ext4 peer: `ext4_multi_mount_protect` and kmmpd as the lead's model
+    /// has them. CLEAN: write its own sequence and own at once (no wait). Live: wait
+    /// `wait_time(ci)`, re-read; unchanged: write its own sequence, wait again, re-read; its
+    /// sequence: mounted. Mounted: `seq + 1` every update interval without re-reading; an
+    /// owner (no lease) until it unmounts after its hold time by writing CLEAN.
+    fn kernel_service(&mut self, h: usize) {
+        let local = self.hosts[h].clock.local(self.t);
+        if self.hosts[h].kernel.is_none()
+            && self.hosts[h].io.is_none()
+            && self.hosts[h].start_at.is_some_and(|s| s <= self.t)
+        {
+            self.hosts[h].start_at = None;
+            self.hosts[h].attempts += 1;
+            self.hosts[h].kernel = Some(Kernel {
+                step: KStep::Read1,
+                seq: 0,
+                wait_us: 0,
+                mounted: false,
+                next_beat: 0,
+                unmount_at: None,
+            });
+            self.trace(h, TraceKind::Kernel(KernelNote::Mount));
+            self.issue_read(h, ext4::STRUCT_LEN);
+            return;
+        }
+        let Some(mut k) = self.hosts[h].kernel.take() else {
+            return;
+        };
+        let upd = self.kernel_update_interval_s();
+        if self.hosts[h].io.as_ref().is_some_and(|io| io.done) {
+            let io = self.hosts[h].io.take().expect("io");
+            let block = if io.kind == IoKind::Read && !io.err {
+                ext4::Block::parse(&io.buf[..io.len], self.csum_seed()).ok()
+            } else {
+                None
+            };
+            match k.step {
+                KStep::Read1 => match block.map(|b| (b, b.seq_class())) {
+                    Some((_, ext4::SeqClass::Clean)) => {
+                        self.kernel_write(h, &mut k, KStep::Claim { clean: true });
+                    }
+                    Some((b, ext4::SeqClass::Live(_))) => {
+                        let ci = u32::from(upd)
+                            .max(u32::from(ext4::MIN_CHECK_INTERVAL_S))
+                            .max(u32::from(b.check_interval));
+                        k.wait_us = u64::from(ext4::wait_time_s(ci)) * 1_000_000;
+                        k.seq = b.seq;
+                        k.step = KStep::Wait1 {
+                            until: local + k.wait_us,
+                        };
+                        self.trace(h, TraceKind::Kernel(KernelNote::Wait(k.wait_us)));
+                    }
+                    _ => return self.kernel_done(h, false),
+                },
+                KStep::Read2 => match block {
+                    Some(b) if b.seq == k.seq => {
+                        self.kernel_write(h, &mut k, KStep::Claim { clean: false });
+                    }
+                    _ => return self.kernel_done(h, false),
+                },
+                KStep::Claim { .. } if io.err => return self.kernel_done(h, false),
+                KStep::Claim { clean: true } => self.kernel_mounted(h, &mut k, local),
+                KStep::Claim { clean: false } => {
+                    k.step = KStep::Wait2 {
+                        until: local + k.wait_us,
+                    };
+                    self.trace(h, TraceKind::Kernel(KernelNote::Wait(k.wait_us)));
+                }
+                KStep::Read3 => match block {
+                    Some(b) if b.seq == k.seq => self.kernel_mounted(h, &mut k, local),
+                    _ => return self.kernel_done(h, false),
+                },
+                // A failed heartbeat write is only logged by the kernel: still mounted.
+                KStep::Beat => k.step = KStep::Mounted,
+                KStep::Unmount => return self.kernel_done(h, true),
+                KStep::Wait1 { .. } | KStep::Wait2 { .. } | KStep::Mounted => {}
+            }
+        }
+        if self.hosts[h].io.is_none() {
+            match k.step {
+                KStep::Wait1 { until } if local >= until => {
+                    k.step = KStep::Read2;
+                    self.issue_read(h, ext4::STRUCT_LEN);
+                }
+                KStep::Wait2 { until } if local >= until => {
+                    k.step = KStep::Read3;
+                    self.issue_read(h, ext4::STRUCT_LEN);
+                }
+                KStep::Mounted if k.unmount_at.is_some_and(|u| u <= self.t) => {
+                    k.mounted = false;
+                    self.trace(h, TraceKind::Kernel(KernelNote::Unmount));
+                    k.seq = ext4::SEQ_CLEAN;
+                    self.kernel_write(h, &mut k, KStep::Unmount);
+                }
+                KStep::Mounted if local >= k.next_beat => {
+                    k.seq = if k.seq >= ext4::SEQ_MAX { 1 } else { k.seq + 1 };
+                    k.next_beat = (k.next_beat + u64::from(upd) * 1_000_000).max(local + 1);
+                    self.kernel_write(h, &mut k, KStep::Beat);
+                }
+                _ => {}
+            }
+        }
+        self.hosts[h].kernel = Some(k);
+    }
+
+    fn kernel_update_interval_s(&self) -> u16 {
+        match self.o.disk {
+            DiskKind::Ext4 {
+                update_interval_s: 0,
+                ..
+            }
+            | DiskKind::Native { .. } => ext4::DEFAULT_UPDATE_INTERVAL_S,
+            DiskKind::Ext4 {
+                update_interval_s, ..
+            } => update_interval_s,
+        }
+    }
+
+    fn csum_seed(&self) -> Option<u32> {
+        match self.o.disk {
+            DiskKind::Ext4 { csum: true, .. } => Some(CSUM_SEED),
+            _ => None,
+        }
+    }
+
+    /// Writes the kernel's block with `k.seq` (a fresh random one for a claim).
+    fn kernel_write(&mut self, h: usize, k: &mut Kernel, step: KStep) {
+        if let KStep::Claim { .. } = step {
+            k.seq = self.rng.range(1, u64::from(ext4::SEQ_MAX)) as u32;
+            self.trace(h, TraceKind::Kernel(KernelNote::Claim));
+        }
+        let upd = self.kernel_update_interval_s();
+        let ci = upd
+            .saturating_mul(2)
+            .clamp(ext4::MIN_CHECK_INTERVAL_S, ext4::MAX_CHECK_INTERVAL_S);
+        let wall_s = self.hosts[h].clock.now(self.t).wall_ms / 1000;
+        let name = format!("kern{h}");
+        let mut b = ext4::Block::new(k.seq, wall_s, name.as_bytes(), b"/dev/sim", ci);
+        let mut buf = [0u8; MAX_RECORD_LEN];
+        b.emit(&mut buf[..ext4::STRUCT_LEN], self.csum_seed());
+        k.step = step;
+        self.issue_write(h, &buf, ext4::STRUCT_LEN);
+    }
+
+    fn kernel_mounted(&mut self, h: usize, k: &mut Kernel, local: u64) {
+        k.mounted = true;
+        k.step = KStep::Mounted;
+        k.next_beat = local + u64::from(self.kernel_update_interval_s()) * 1_000_000;
+        if !self.o.hold_forever[h] {
+            let (lo, hi) = self.o.hold_us;
+            k.unmount_at = Some(self.t + self.rng.range(lo, hi));
+        }
+        self.stats.kernel_mounts += 1;
+        self.trace(h, TraceKind::Kernel(KernelNote::Mounted));
+    }
+
+    /// The mount failed (`unmounted` false) or the unmount finished; the next attempt
+    /// comes after an idle time (none after healing: the liveness phase is about mmp).
+    fn kernel_done(&mut self, h: usize, unmounted: bool) {
+        self.hosts[h].kernel = None;
+        if !unmounted {
+            self.trace(h, TraceKind::Kernel(KernelNote::GaveUp));
+        }
+        if self.o.single_attempt[h] || self.healed_at.is_some() {
+            return;
+        }
+        let (lo, hi) = self.o.idle_us;
+        let idle = self.rng.range(lo, hi);
+        self.hosts[h].start_at = Some(self.t + idle);
+    }
+
     /// Drains events and issues requests until the machine waits for an I/O or time.
     fn pump(&mut self, h: usize, m: &mut Machine, now: Now) {
         for _ in 0..16 {
             while let Some(e) = m.poll_event() {
                 if e == Event::Acquired {
+                    if self.o.check_acquired && !m.is_owner(now.mono) {
+                        // The caller would start using the device on this event.
+                        self.bad_write(h, 3);
+                        return;
+                    }
                     self.acquired(h);
                 }
             }
@@ -2088,6 +2546,7 @@ impl Sim {
         hs.last_outcome = Some(k);
         hs.release_at = None;
         hs.lease_seen = None;
+        hs.abort_at = None;
         if hs.operator {
             if k == OutcomeKind::RefusedCorrupt {
                 // `mmp clear` cannot keep the parameters of an unreadable native record; the
@@ -2150,10 +2609,13 @@ impl Sim {
                     return;
                 }
                 let what = Summary::of(&self.layout, &buf[..len]);
+                // (An abandoned acquire restores the block it found, CLEAN or not; whether that
+                // lands safely is the late-CLEAN checker's business.)
+                let restore = self.hosts[h].aborted && self.hosts[h].lease_seen.is_none();
                 if what.class == 1
                     && m.op() == Op::Acquire
                     && !(phase == Phase::Releasing
-                        && self.hosts[h].lease_seen.is_some_and(|l| now.mono < l))
+                        && (restore || self.hosts[h].lease_seen.is_some_and(|l| now.mono < l)))
                 {
                     self.bad_write(h, 2);
                     return;
@@ -2163,7 +2625,13 @@ impl Sim {
                         buf: Box::new(buf),
                         len,
                     });
-                    self.pause(h, 2, 0);
+                    // Part of the issue-to-land bound: short, unlike other pauses.
+                    let cap = match f.emit_pause_max_us {
+                        0 => f.pause_max_us,
+                        c => c.min(f.pause_max_us),
+                    };
+                    let dur = self.rng.range(1, cap.max(1));
+                    self.pause(h, 2, dur);
                     return;
                 }
                 self.issue_write(h, &buf, len);
@@ -2177,6 +2645,7 @@ impl Sim {
             "write requested outside claiming/held/releasing/clearing",
             "heartbeat emitted outside the lease",
             "CLEAN written by a machine that did not own the device",
+            "Event::Acquired emitted outside the lease",
         ][usize::from(code)];
         self.fail(Failure::BadWrite {
             t_us: self.t,
@@ -2295,7 +2764,9 @@ impl Sim {
             self.rng.range(1, self.o.faults.pause_max_us.max(1))
         };
         let until = self.t + dur;
-        self.stats.pauses += 1;
+        if at != 3 {
+            self.stats.pauses += 1;
+        }
         self.hosts[h].paused_until = Some(until);
         let epoch = self.hosts[h].epoch;
         self.push(until, Ev::Resume { host: h, epoch });
@@ -2308,8 +2779,34 @@ impl Sim {
         );
     }
 
+    /// A completion that arrives while the host's I/O thread is busy with a slow sibling
+    /// device: the host handles nothing (this device's completion, its timers) until the
+    /// stall ends. Heavy-tailed: most stalls are short, a few last several fail windows.
+    fn maybe_stall(&mut self, h: usize) {
+        let f = self.o.faults;
+        let hs = &self.hosts[h];
+        if !self.faults_on
+            || hs.is_kernel
+            || hs.operator
+            || hs.down
+            || hs.paused_until.is_some()
+            || f.stall_max_us == 0
+            || !self.rng.chance(f.stall_p)
+        {
+            return;
+        }
+        let u = self.rng.unit();
+        let dur = ((f.stall_max_us as f64) * u * u * u) as u64;
+        self.stats.stalls += 1;
+        self.pause(h, 3, dur.max(1));
+    }
+
     fn pause_start(&mut self, h: usize, epoch: u64, scripted_us: u64) {
         let scripted = scripted_us > 0;
+        if self.hosts[h].is_kernel {
+            // A kernel is not SIGSTOPped (a paused mounted kernel breaks any on-disk MMP).
+            return;
+        }
         if !scripted && (epoch != self.hosts[h].epoch || !self.faults_on) {
             return;
         }
@@ -2362,6 +2859,8 @@ impl Sim {
         }
         let hs = &mut self.hosts[h];
         hs.machine = None;
+        hs.kernel = None;
+        hs.abort_at = None;
         hs.epoch += 1;
         hs.down = true;
         hs.deferred = None;
@@ -2410,7 +2909,12 @@ impl Sim {
         self.faults_on = false;
         self.healed_at = Some(self.t);
         let f = self.o.faults;
-        let settle = f.lat_min_us + 10 * f.lat_mean_us + f.spike_max_us + f.pause_max_us + 1000;
+        let settle = f.lat_min_us
+            + 10 * f.lat_mean_us
+            + f.spike_max_us
+            + f.pause_max_us
+            + f.stall_max_us
+            + 1000;
         // The longest wait any host may face: a watch and a claim wait on the worst record
         // the fault phase can leave (ext4 check interval up to 300 s), plus holds and idles.
         let off = self.off();
@@ -2432,6 +2936,7 @@ impl Sim {
         self.push(self.t + budget, Ev::Deadline);
         self.push(self.t + settle, Ev::OperatorCheck);
         for h in 0..self.o.hosts {
+            self.hosts[h].abort_at = None;
             if self.hosts[h].down {
                 self.hosts[h].epoch += 1;
                 self.restart(h);
@@ -2444,15 +2949,25 @@ impl Sim {
         }
     }
 
-    fn check_owners(&mut self) {
+    /// Hosts that own the device now: an mmp machine within its lease (by its own clock,
+    /// paused or not), or a mounted kernel peer.
+    fn owners(&self) -> u8 {
         let mut mask = 0u8;
         for (h, hs) in self.hosts.iter().enumerate() {
-            if let Some(m) = &hs.machine
-                && m.is_owner(Instant::from_micros(hs.clock.local(self.t)))
-            {
+            let owner = match (&hs.machine, &hs.kernel) {
+                (Some(m), _) => m.is_owner(Instant::from_micros(hs.clock.local(self.t))),
+                (None, Some(k)) => k.mounted,
+                (None, None) => false,
+            };
+            if owner {
                 mask |= 1 << h;
             }
         }
+        mask
+    }
+
+    fn check_owners(&mut self) {
+        let mask = self.owners();
         if mask.count_ones() > 1 && mask != self.owner_mask {
             let owners = (0..self.hosts.len())
                 .filter(|h| mask & (1 << h) != 0)
