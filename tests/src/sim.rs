@@ -62,6 +62,11 @@ use std::collections::{BinaryHeap, VecDeque};
 use std::fmt;
 use std::hash::{Hash, Hasher};
 
+/// Whether the machine fixes for the bugs the grown envelope found have landed. While
+/// `false`, the CI swarm tests run [`Options::swarm_known_bugs_masked`] and the scenario tests
+/// of the bugs (and [`REGRESSION_SEEDS`]) are `#[ignore]`d; flip it with the fix.
+pub const MACHINE_FIX_LANDED: bool = false;
+
 /// Most hosts a run has.
 pub const MAX_HOSTS: usize = 5;
 /// Sector size for torn writes.
@@ -376,6 +381,27 @@ pub struct ScriptedPause {
     pub dur_us: u64,
 }
 
+/// A scripted I/O fault (scenario tests): the `nth` (0-based) read or write that `host`'s
+/// machine issues in `phase` is handled `stall_us` late (the host's I/O thread is stuck on a
+/// slow sibling device meanwhile: the host handles nothing) and/or takes `slow_us` itself (a
+/// read samples, a write lands, at the end: a slow device, outside the W/4 envelope when
+/// longer than that).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScriptedIo {
+    /// Host index.
+    pub host: usize,
+    /// The machine's phase when the I/O is issued.
+    pub phase: Phase,
+    /// A write (else a read).
+    pub write: bool,
+    /// Which one of those (0: the first).
+    pub nth: u32,
+    /// Completion handled this late.
+    pub stall_us: u64,
+    /// The I/O takes this long (0: the usual latency).
+    pub slow_us: u64,
+}
+
 /// Everything a run depends on; [`Options::swarm`] derives it all from a seed.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -423,6 +449,15 @@ pub struct Options {
     /// Fail a run whose machine emits `Event::Acquired` outside its lease (on by default;
     /// a seed hunt turns it off to see what else breaks behind it).
     pub check_acquired: bool,
+    /// Scripted I/O stalls and slow I/Os.
+    pub scripted_io: Vec<ScriptedIo>,
+    /// Per host: its first acquire is abandoned (SIGTERM) at this global time.
+    pub abort_at_us: [Option<u64>; MAX_HOSTS],
+    /// While its I/O thread is stalled, a host's application is not told anything: it
+    /// counts as an owner while its machine holds the device, lease or not (the CLI's
+    /// on-loss action runs on the heartbeat thread). Without it (the default) a stalled
+    /// host counts only within its lease, as a paused one does.
+    pub stall_blind: bool,
 }
 
 impl Options {
@@ -456,6 +491,9 @@ impl Options {
             early_beats: false,
             kernel: [false; MAX_HOSTS],
             check_acquired: true,
+            scripted_io: Vec::new(),
+            abort_at_us: [None; MAX_HOSTS],
+            stall_blind: false,
         }
     }
 
@@ -551,6 +589,25 @@ impl Options {
         o
     }
 
+    /// The swarm with the knobs that expose the machine's open bugs turned off (see
+    /// [`MACHINE_FIX_LANDED`]): no completions handled late by a stalled I/O thread, no
+    /// aborted acquires, host pauses shorter than the fail window, and no check of
+    /// `Event::Acquired` against the lease. Everything else (intervals, kernel peers,
+    /// the late-CLEAN checker) stays.
+    #[must_use]
+    pub fn swarm_known_bugs_masked(seed: u64) -> Self {
+        let mut o = Options::swarm(seed);
+        if !MACHINE_FIX_LANDED {
+            let w = o.disk.fail_window_us();
+            o.faults.stall_p = 0.0;
+            o.faults.stall_max_us = 0;
+            o.faults.abort_p = 0.0;
+            o.faults.pause_max_us = o.faults.pause_max_us.min(w * 9 / 10);
+            o.check_acquired = false;
+        }
+        o
+    }
+
     /// The scenario that breaks the timing assumption: host 0 holds, is paused for five
     /// takeover windows, and host 1 takes over with force meanwhile. With `self_fence` off
     /// the checker must see two owners; with it on, none.
@@ -594,6 +651,127 @@ impl Options {
         o.acquisitions = u64::MAX;
         o.fault_phase_us = freeze + 7 * take;
         o.liveness = false;
+        o
+    }
+}
+
+/// The scripted scenarios of the bugs the grown envelope found in the machine (each test
+/// in `tests/it/sim.rs` of the same name asserts the run is safe; they fail until the
+/// machine fix lands). Timings are exact: one host, or two, with 100 us I/O and no other
+/// fault; `seed` only moves the watch jitter, the clock offsets and the sequence numbers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BugScenario {
+    /// Bug 1: the claim write's completion is handled 8.6 s late (native 1 s x 10): the
+    /// lease after the verified claim runs from the handling, so it ends 8.6 s too late;
+    /// the holder then stalls before its first heartbeat and a forced taker owns while the
+    /// holder's (too long) lease still runs.
+    LateClaimCompletion,
+    /// Bug 2: a claim-wait read sampled at 9 s is handled at 21.5 s, after the wait's end
+    /// (ext4, update interval 10 s, wait 21 s): it passes as the verify read and misses the
+    /// prompt claim another host wrote at 9.9 s; both verify.
+    VerifyReadHandledLate,
+    /// Bug 3: SIGTERM during the claim wait; the restore read is handled 60 s late and
+    /// writes back the CLEAN block first found over a host that took over meanwhile.
+    LateRestoreClean,
+    /// Bug 4: a release's CLEAN write takes 40 s to land (a slow device: outside the W/4
+    /// issue-to-land bound) and lands while a forced taker owns the device.
+    LateReleaseClean,
+    /// Bug 5: the verify read is handled 6 s late, after the lease ran out: the machine
+    /// still emits `Event::Acquired`.
+    AcquiredAfterLease,
+    /// Bug 6: a held device's heartbeat read completion waits 50 s behind a slow sibling
+    /// device of the same process; nothing tells the application (stall_blind) while a
+    /// forced taker owns it.
+    SlowSiblingDevice,
+}
+
+impl BugScenario {
+    /// Every scenario.
+    pub const ALL: [BugScenario; 6] = [
+        BugScenario::LateClaimCompletion,
+        BugScenario::VerifyReadHandledLate,
+        BugScenario::LateRestoreClean,
+        BugScenario::LateReleaseClean,
+        BugScenario::AcquiredAfterLease,
+        BugScenario::SlowSiblingDevice,
+    ];
+}
+
+impl Options {
+    /// The options of a [`BugScenario`].
+    #[must_use]
+    pub fn bug_scenario(seed: u64, bug: BugScenario) -> Self {
+        let native = DiskKind::Native {
+            interval_ms: 1000,
+            fail_intervals: 10,
+        };
+        let s = |s: u64| s * 1_000_000;
+        let io = |host, phase, write, nth, stall_us, slow_us| ScriptedIo {
+            host,
+            phase,
+            write,
+            nth,
+            stall_us,
+            slow_us,
+        };
+        let mut r = SimRng::new(mix(seed ^ 0xB065));
+        let mut o = Options::quiet(seed, 2, native);
+        o.clock_offset_us = [r.below(1 << 40), r.below(1 << 40), 0, 0, 0];
+        o.single_attempt = [true; MAX_HOSTS];
+        o.hold_forever = [true; MAX_HOSTS];
+        o.start_at_us[0] = Some(0);
+        o.liveness = false;
+        o.acquisitions = u64::MAX;
+        o.fault_phase_us = s(90);
+        match bug {
+            BugScenario::LateClaimCompletion => {
+                o.force[1] = true;
+                o.start_at_us[1] = Some(10_000);
+                o.scripted_io = vec![
+                    io(0, Phase::Claiming, true, 0, 8_600_000, 0),
+                    io(0, Phase::Held, false, 0, s(60), 0),
+                ];
+            }
+            BugScenario::VerifyReadHandledLate => {
+                o.disk = DiskKind::Ext4 {
+                    csum: true,
+                    update_interval_s: 10,
+                };
+                o.start_at_us[1] = Some(0);
+                o.pauses.push(ScriptedPause {
+                    host: 1,
+                    at_us: 50,
+                    dur_us: 9_900_000,
+                });
+                o.scripted_io = vec![
+                    io(0, Phase::Claiming, false, 8, 12_500_000, 0),
+                    io(0, Phase::Held, false, 0, s(20), 0),
+                ];
+            }
+            BugScenario::LateRestoreClean => {
+                o.force[1] = true;
+                o.start_at_us[1] = Some(10_000);
+                o.abort_at_us[0] = Some(1_500_000);
+                o.scripted_io = vec![io(0, Phase::Releasing, false, 0, s(60), 0)];
+            }
+            BugScenario::LateReleaseClean => {
+                o.force[1] = true;
+                o.hold_forever[0] = false;
+                o.hold_us = (s(3), s(3));
+                o.start_at_us[1] = Some(5_500_000);
+                o.scripted_io = vec![io(0, Phase::Releasing, true, 0, 0, s(40))];
+            }
+            BugScenario::AcquiredAfterLease => {
+                o.hosts = 1;
+                o.scripted_io = vec![io(0, Phase::Claiming, false, 1, s(6), 0)];
+            }
+            BugScenario::SlowSiblingDevice => {
+                o.force[1] = true;
+                o.stall_blind = true;
+                o.start_at_us[1] = Some(s(8));
+                o.scripted_io = vec![io(0, Phase::Held, false, 5, s(50), 0)];
+            }
+        }
         o
     }
 }
@@ -770,6 +948,29 @@ impl Options {
         // device or run a kernel peer from a plan; it may ignore them.
         put("kernel", flags(&self.kernel));
         put("check_acquired", u8::from(self.check_acquired).to_string());
+        put("stall_blind", u8::from(self.stall_blind).to_string());
+        let aborts: Vec<String> = self
+            .abort_at_us
+            .iter()
+            .map(|s| s.map_or("-".into(), |t| t.to_string()))
+            .collect();
+        put("abort_at_us", aborts.join(","));
+        let ios: Vec<String> = self
+            .scripted_io
+            .iter()
+            .map(|s| {
+                format!(
+                    "{}:{}:{}:{}:{}:{}",
+                    s.host,
+                    s.phase.name(),
+                    if s.write { "w" } else { "r" },
+                    s.nth,
+                    s.stall_us,
+                    s.slow_us
+                )
+            })
+            .collect();
+        put("scripted_io", ios.join(","));
         put("emit_pause_max_us", f.emit_pause_max_us.to_string());
         put("stall_p", f.stall_p.to_string());
         put("stall_max_us", f.stall_max_us.to_string());
@@ -866,6 +1067,50 @@ impl Options {
             o.kernel = parse_flags("kernel", v)?;
         }
         o.check_acquired = num("check_acquired", 1)? != 0;
+        o.stall_blind = num("stall_blind", 0)? != 0;
+        if let Some(v) = get("abort_at_us") {
+            for (i, x) in v.split(',').enumerate().take(MAX_HOSTS) {
+                o.abort_at_us[i] = match x.trim() {
+                    "-" | "" => None,
+                    t => Some(t.parse().map_err(|_| {
+                        format!("scenario.abort_at_us: bad element {t:?}")
+                    })?),
+                };
+            }
+        }
+        if let Some(v) = get("scripted_io") {
+            for p in v.split(',').filter(|p| !p.trim().is_empty()) {
+                let bad = || format!("scenario.scripted_io: expected H:PHASE:r|w:N:STALL:SLOW, got {p:?}");
+                let f: Vec<&str> = p.trim().split(':').collect();
+                let [h, phase, rw, n, stall, slow] = f[..] else {
+                    return Err(bad());
+                };
+                let phase = [
+                    Phase::Reading,
+                    Phase::Watching,
+                    Phase::Claiming,
+                    Phase::Held,
+                    Phase::Releasing,
+                    Phase::Clearing,
+                    Phase::Done,
+                ]
+                .into_iter()
+                .find(|ph| ph.name() == phase)
+                .ok_or_else(bad)?;
+                o.scripted_io.push(ScriptedIo {
+                    host: h.parse().map_err(|_| bad())?,
+                    phase,
+                    write: match rw {
+                        "w" => true,
+                        "r" => false,
+                        _ => return Err(bad()),
+                    },
+                    nth: n.parse().map_err(|_| bad())?,
+                    stall_us: stall.parse().map_err(|_| bad())?,
+                    slow_us: slow.parse().map_err(|_| bad())?,
+                });
+            }
+        }
         if let Some(v) = get("force") {
             o.force = parse_flags("force", v)?;
         }
@@ -1670,6 +1915,8 @@ struct InFlight {
     done: bool,
     /// Read: what the disk held when sampled; write: what it writes.
     what: Summary,
+    /// Scripted: the completion is handled this late.
+    stall_us: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -1705,6 +1952,8 @@ struct Host {
     abort_at: Option<(u64, u8)>,
     /// This attempt was abandoned: its CLEAN can only be the restore of a CLEAN block.
     aborted: bool,
+    /// The current pause is an I/O-thread stall (slow sibling device).
+    stalled: bool,
     /// A kernel-like peer (no machine): its mount state.
     is_kernel: bool,
     kernel: Option<Kernel>,
@@ -1770,6 +2019,10 @@ struct Sim {
     tail: VecDeque<TraceLine>,
     print: bool,
     owner_mask: u8,
+    /// The scripted stall and slowness of the I/O about to be issued.
+    next_script: Option<(u64, u64)>,
+    /// Per host, per (phase, write): I/Os issued so far (for [`ScriptedIo::nth`]).
+    io_counts: Vec<(usize, Phase, bool, u32)>,
 }
 
 /// Runs one schedule.
@@ -1837,6 +2090,7 @@ impl Sim {
                 acquired: 0,
                 abort_at: None,
                 aborted: false,
+                stalled: false,
                 is_kernel: !operator && o.kernel[h],
                 kernel: None,
             });
@@ -1866,6 +2120,8 @@ impl Sim {
             tail: VecDeque::with_capacity(TRACE_TAIL),
             print: std::env::var("MMP_TRACE").is_ok_and(|v| v == "1"),
             owner_mask: 0,
+            next_script: None,
+            io_counts: Vec::new(),
             o,
         };
         for h in 0..sim.o.hosts {
@@ -2011,7 +2267,13 @@ impl Sim {
                     && io.id == id
                 {
                     io.done = true;
-                    self.maybe_stall(host);
+                    let scripted = io.stall_us;
+                    if scripted > 0 && self.hosts[host].paused_until.is_none() {
+                        self.stats.stalls += 1;
+                        self.pause(host, 3, scripted);
+                    } else {
+                        self.maybe_stall(host);
+                    }
                     self.service(host);
                 }
             }
@@ -2217,7 +2479,15 @@ impl Sim {
             );
             self.hosts[h].machine = Some(Machine::new(cfg, op, now));
             self.hosts[h].aborted = false;
-            if op == Op::Acquire && self.faults_on && self.rng.chance(self.o.faults.abort_p) {
+            if op == Op::Acquire
+                && self.hosts[h].attempts == 1
+                && let Some(at) = self.o.abort_at_us[h]
+            {
+                self.hosts[h].abort_at = Some((at.max(self.t), 0));
+            } else if op == Op::Acquire
+                && self.faults_on
+                && self.rng.chance(self.o.faults.abort_p)
+            {
                 // Anywhere in the acquire: the first read, the watch, the claim (with the
                 // claim write or a verify read outstanding).
                 let at = self.t + self.rng.below(self.o.disk.takeover_us() * 5 / 4);
@@ -2275,7 +2545,10 @@ impl Sim {
         {
             match d {
                 Deferred::Before(req) => self.carry_out(h, &mut m, req, now, false),
-                Deferred::AfterEmit { buf, len } => self.issue_write(h, &buf, len),
+                Deferred::AfterEmit { buf, len } => {
+                    self.script(h, m.phase(), true);
+                    self.issue_write(h, &buf, len);
+                }
             }
         }
         // An abandoned acquire: release at once, whatever I/O is outstanding (a signal
@@ -2586,6 +2859,7 @@ impl Sim {
             IoRequest::Read { offset_bytes, len } => {
                 assert_eq!(offset_bytes, self.layout.offset_bytes());
                 assert_eq!(len, self.layout.record_len());
+                self.script(h, m.phase(), false);
                 self.issue_read(h, len);
             }
             IoRequest::Write { offset_bytes, len } => {
@@ -2634,8 +2908,38 @@ impl Sim {
                     self.pause(h, 2, dur);
                     return;
                 }
+                self.script(h, phase, true);
                 self.issue_write(h, &buf, len);
             }
+        }
+    }
+
+    /// Looks up the scripted fault of the I/O host `h` is about to issue in `phase`.
+    fn script(&mut self, h: usize, phase: Phase, write: bool) {
+        if self.o.scripted_io.is_empty() {
+            return;
+        }
+        let n = match self
+            .io_counts
+            .iter_mut()
+            .find(|c| c.0 == h && c.1 == phase && c.2 == write)
+        {
+            Some(c) => {
+                c.3 += 1;
+                c.3 - 1
+            }
+            None => {
+                self.io_counts.push((h, phase, write, 1));
+                0
+            }
+        };
+        if let Some(s) = self
+            .o
+            .scripted_io
+            .iter()
+            .find(|s| s.host == h && s.phase == phase && s.write == write && s.nth == n)
+        {
+            self.next_script = Some((s.stall_us, s.slow_us));
         }
     }
 
@@ -2671,13 +2975,18 @@ impl Sim {
 
     fn issue_read(&mut self, h: usize, len: usize) {
         let id = self.new_io();
-        let lat = self.latency();
+        let (stall_us, slow_us) = self.next_script.take().unwrap_or((0, 0));
+        let lat = if slow_us > 0 { slow_us } else { self.latency() };
         let eio = self.faults_on && self.rng.chance(self.o.faults.eio_read_p);
         let epoch = self.hosts[h].epoch;
         if eio {
             self.stats.eio_reads += 1;
         } else {
-            let at = self.t + self.rng.below(lat + 1);
+            let at = if slow_us > 0 {
+                self.t + lat
+            } else {
+                self.t + self.rng.below(lat + 1)
+            };
             self.push(at, Ev::Sample { host: h, epoch, id });
         }
         self.push(self.t + lat, Ev::Done { host: h, epoch, id });
@@ -2691,6 +3000,7 @@ impl Sim {
             land_len: 0,
             done: false,
             what: Summary::CORRUPT,
+            stall_us,
         });
         self.trace(
             h,
@@ -2704,7 +3014,8 @@ impl Sim {
 
     fn issue_write(&mut self, h: usize, data: &[u8; MAX_RECORD_LEN], len: usize) {
         let id = self.new_io();
-        let lat = self.latency();
+        let (stall_us, slow_us) = self.next_script.take().unwrap_or((0, 0));
+        let lat = if slow_us > 0 { slow_us } else { self.latency() };
         let f = self.o.faults;
         let fate = if !self.faults_on {
             0
@@ -2729,7 +3040,11 @@ impl Sim {
         let epoch = self.hosts[h].epoch;
         let will_land = matches!(fate, 0 | 2 | 4 | 5);
         if will_land {
-            let at = self.t + self.rng.below(lat + 1);
+            let at = if slow_us > 0 {
+                self.t + lat
+            } else {
+                self.t + self.rng.below(lat + 1)
+            };
             self.push(at, Ev::Land { host: h, epoch, id });
         }
         self.push(self.t + lat, Ev::Done { host: h, epoch, id });
@@ -2744,6 +3059,7 @@ impl Sim {
             land_len,
             done: false,
             what,
+            stall_us,
         });
         self.trace(
             h,
@@ -2768,6 +3084,7 @@ impl Sim {
             self.stats.pauses += 1;
         }
         self.hosts[h].paused_until = Some(until);
+        self.hosts[h].stalled = at == 3;
         let epoch = self.hosts[h].epoch;
         self.push(until, Ev::Resume { host: h, epoch });
         self.trace(
@@ -2955,6 +3272,9 @@ impl Sim {
         let mut mask = 0u8;
         for (h, hs) in self.hosts.iter().enumerate() {
             let owner = match (&hs.machine, &hs.kernel) {
+                (Some(m), _) if self.o.stall_blind && hs.stalled && hs.paused_until.is_some() => {
+                    m.is_held()
+                }
                 (Some(m), _) => m.is_owner(Instant::from_micros(hs.clock.local(self.t))),
                 (None, Some(k)) => k.mounted,
                 (None, None) => false,
