@@ -359,6 +359,13 @@ fn bug_scenario(test: &str, bug: sim::BugScenario) {
         let r = sim::run(&Options::bug_scenario(seed, bug));
         stats.add(&r.stats);
         assert!(r.failure.is_none(), "seed {seed}: {}", r.explain(test));
+        // Not vacuous: these two need the takeover to happen.
+        if matches!(
+            bug,
+            sim::BugScenario::LateReleaseClean | sim::BugScenario::SlowSiblingDevice
+        ) {
+            assert_eq!(r.acquired, [1, 1, 0], "seed {seed}: {}", r.explain(test));
+        }
     }
     print_summary(test, &stats, started);
 }

@@ -476,6 +476,9 @@ pub struct Options {
     pub scripted_io: Vec<ScriptedIo>,
     /// Per host: its first acquire is abandoned (SIGTERM) at this global time.
     pub abort_at_us: [Option<u64>; MAX_HOSTS],
+    /// Per host: the first attempt starts this long after host 0's first acquisition
+    /// (scenarios that must not depend on how long the machine's claim wait is).
+    pub start_after_acquired_us: [Option<u64>; MAX_HOSTS],
     /// While its I/O thread is stalled, a host's application is not told anything: it
     /// counts as an owner while its machine holds the device, lease or not (the CLI's
     /// on-loss action runs on the heartbeat thread). Without it (the default) a stalled
@@ -516,6 +519,7 @@ impl Options {
             check_acquired: true,
             scripted_io: Vec::new(),
             abort_at_us: [None; MAX_HOSTS],
+            start_after_acquired_us: [None; MAX_HOSTS],
             stall_blind: false,
         }
     }
@@ -781,7 +785,7 @@ impl Options {
                 o.force[1] = true;
                 o.hold_forever[0] = false;
                 o.hold_us = (s(3), s(3));
-                o.start_at_us[1] = Some(5_500_000);
+                o.start_after_acquired_us[1] = Some(3_500_000);
                 o.scripted_io = vec![io(0, Phase::Releasing, true, 0, 0, s(40))];
             }
             BugScenario::AcquiredAfterLease => {
@@ -791,7 +795,7 @@ impl Options {
             BugScenario::SlowSiblingDevice => {
                 o.force[1] = true;
                 o.stall_blind = true;
-                o.start_at_us[1] = Some(s(8));
+                o.start_after_acquired_us[1] = Some(s(6));
                 o.scripted_io = vec![io(0, Phase::Held, false, 5, s(50), 0)];
             }
         }
@@ -980,6 +984,12 @@ impl Options {
             .map(|s| s.map_or("-".into(), |t| t.to_string()))
             .collect();
         put("abort_at_us", aborts.join(","));
+        let after: Vec<String> = self
+            .start_after_acquired_us
+            .iter()
+            .map(|s| s.map_or("-".into(), |t| t.to_string()))
+            .collect();
+        put("start_after_acquired_us", after.join(","));
         let ios: Vec<String> = self
             .scripted_io
             .iter()
@@ -1101,6 +1111,16 @@ impl Options {
                         t.parse()
                             .map_err(|_| format!("scenario.abort_at_us: bad element {t:?}"))?,
                     ),
+                };
+            }
+        }
+        if let Some(v) = get("start_after_acquired_us") {
+            for (i, x) in v.split(',').enumerate().take(MAX_HOSTS) {
+                o.start_after_acquired_us[i] = match x.trim() {
+                    "-" | "" => None,
+                    t => Some(t.parse().map_err(|_| {
+                        format!("scenario.start_after_acquired_us: bad element {t:?}")
+                    })?),
                 };
             }
         }
@@ -2154,8 +2174,10 @@ impl Sim {
                 let (lo, hi) = sim.o.idle_us;
                 sim.rng.range(lo, hi)
             });
-            sim.hosts[h].start_at = Some(start);
-            sim.schedule_wake(h);
+            if sim.o.start_after_acquired_us[h].is_none() {
+                sim.hosts[h].start_at = Some(start);
+                sim.schedule_wake(h);
+            }
             if sim.o.faults.pause_gap_us > 0 {
                 let at = sim.rng.exp(sim.o.faults.pause_gap_us);
                 sim.push(
@@ -2817,6 +2839,14 @@ impl Sim {
     }
 
     fn acquired(&mut self, h: usize) {
+        if h == 0 && self.hosts[0].acquired == 0 {
+            for o in 1..self.o.hosts {
+                if let Some(d) = self.o.start_after_acquired_us[o] {
+                    self.hosts[o].start_at = Some(self.t + d);
+                    self.schedule_wake(o);
+                }
+            }
+        }
         self.stats.acquisitions += 1;
         self.hosts[h].acquired += 1;
         self.trace(h, TraceKind::Acquired);
