@@ -3501,7 +3501,7 @@ pub const FIXED_SEEDS: [u64; 20] = [
 ///
 /// Found by `sim_hunt` (300 000 seeds from `MMP_HUNT_BASE=0xABCDEF` with `MMP_HUNT_LAX=1`,
 /// 4 000 from the default base without); each one's bug, from its trace:
-pub const REGRESSION_SEEDS: [u64; 20] = [
+pub const REGRESSION_SEEDS: [u64; 21] = [
     // Bug 1 (lease from the handling of the claim write's completion): the claim write's
     // completion is stalled (or the host paused) for seconds, the too-long lease still runs
     // when a forced taker that watched the silent claim for a whole window owns.
@@ -3528,6 +3528,11 @@ pub const REGRESSION_SEEDS: [u64; 20] = [
     1_451_724_424_385_543_276,
     1_715_268_586_518_939_816,
     1_728_546_728_116_057_677,
+    // Found against main at cefe3c5 (the fix; the unfixed machine takes another path here
+    // and passes): a CLEAN read handled 13.6 s late, the late claim over an owner stalled
+    // inside its lease, SIGTERM, the restore read handled promptly, CLEAN restored over the
+    // owner.
+    2_766_502_138_665_456_333,
     // Bug 5 (Event::Acquired after the lease ran out): the verify read's completion is
     // handled after the claim's lease ended (about 7 % of whole-envelope seeds).
     2_059_751_352_332_142,
