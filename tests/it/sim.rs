@@ -374,7 +374,6 @@ fn bug_scenario(test: &str, bug: sim::BugScenario) {
 }
 
 #[test]
-#[ignore = "fails until the machine fix lands"]
 fn sim_late_claim_completion() {
     bug_scenario(
         "sim_late_claim_completion",
@@ -383,7 +382,6 @@ fn sim_late_claim_completion() {
 }
 
 #[test]
-#[ignore = "fails until the machine fix lands"]
 fn sim_verify_read_handled_late() {
     bug_scenario(
         "sim_verify_read_handled_late",
@@ -392,19 +390,16 @@ fn sim_verify_read_handled_late() {
 }
 
 #[test]
-#[ignore = "fails until the machine fix lands"]
 fn sim_late_restore_clean() {
     bug_scenario("sim_late_restore_clean", sim::BugScenario::LateRestoreClean);
 }
 
 #[test]
-#[ignore = "fails until the machine fix lands"]
 fn sim_late_release_clean() {
     bug_scenario("sim_late_release_clean", sim::BugScenario::LateReleaseClean);
 }
 
 #[test]
-#[ignore = "fails until the machine fix lands"]
 fn sim_acquired_after_lease() {
     bug_scenario(
         "sim_acquired_after_lease",
@@ -413,7 +408,6 @@ fn sim_acquired_after_lease() {
 }
 
 #[test]
-#[ignore = "fails until the machine fix lands"]
 fn sim_slow_sibling_device() {
     bug_scenario(
         "sim_slow_sibling_device",
@@ -462,7 +456,6 @@ fn sim_bug_scenarios_fail_today() {
 }
 
 #[test]
-#[ignore = "fails until the machine fix lands"]
 fn sim_regression_seeds() {
     // Swarm seeds that failed against the machine before the fix (whole envelope).
     let started = Instant::now();

@@ -88,7 +88,7 @@ use std::hash::{Hash, Hasher};
 /// Whether the machine fixes for the bugs the grown envelope found have landed. While
 /// `false`, the CI swarm tests run [`Options::swarm_known_bugs_masked`] and the scenario tests
 /// of the bugs (and [`REGRESSION_SEEDS`]) are `#[ignore]`d; flip it with the fix.
-pub const MACHINE_FIX_LANDED: bool = false;
+pub const MACHINE_FIX_LANDED: bool = true;
 
 /// Most hosts a run has.
 pub const MAX_HOSTS: usize = 5;
@@ -1894,6 +1894,8 @@ impl Report {
 enum Ev {
     /// Service the host (timer, release, start).
     Wake { host: usize, epoch: u64 },
+    /// The engine's stall deadline of a stalled host's device passed: `handle_stall`.
+    StallFence { host: usize, epoch: u64 },
     /// A read samples the disk.
     Sample { host: usize, epoch: u64, id: u32 },
     /// A write lands.
@@ -2351,6 +2353,28 @@ impl Sim {
                 epoch,
                 scripted_us,
             } => self.pause_start(host, epoch, scripted_us),
+            Ev::StallFence { host, epoch } => {
+                let hs = &self.hosts[host];
+                if epoch != hs.epoch || !hs.stalled || hs.paused_until.is_none() {
+                    return;
+                }
+                let now = hs.clock.now(self.t);
+                let Some(mut m) = self.hosts[host].machine.take() else {
+                    return;
+                };
+                m.handle_stall(now);
+                while m.poll_event().is_some() {}
+                if let Some(outcome) = m.outcome() {
+                    // Fenced while the request is outstanding: its completion (already
+                    // landed: stalls start at a completion) is never delivered.
+                    if self.hosts[host].io.as_ref().is_some_and(|io| io.done) {
+                        self.hosts[host].io = None;
+                    }
+                    self.finished(host, &outcome);
+                } else {
+                    self.hosts[host].machine = Some(m);
+                }
+            }
             Ev::Resume { host, epoch } => {
                 let hs = &mut self.hosts[host];
                 if epoch != hs.epoch || hs.paused_until != Some(self.t) {
@@ -3167,6 +3191,20 @@ impl Sim {
         self.hosts[h].stalled = at == 3;
         let epoch = self.hosts[h].epoch;
         self.push(until, Ev::Resume { host: h, epoch });
+        // A stalled request (the host's own I/O, or a sibling device's holding the thread)
+        // does not stop the engine's timer: at the machine's stall deadline (the end of its
+        // lease) the engine fences the device although its request is still outstanding.
+        if at == 3
+            && let Some(d) = self.hosts[h]
+                .machine
+                .as_ref()
+                .and_then(Machine::stall_deadline)
+        {
+            let at_global = self.hosts[h].clock.global(d.as_micros());
+            if at_global < until {
+                self.push(at_global.max(self.t), Ev::StallFence { host: h, epoch });
+            }
+        }
         self.trace(
             h,
             TraceKind::Pause {
