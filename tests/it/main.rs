@@ -11,6 +11,7 @@ mod fuzz_corpus;
 mod heartbeat;
 mod loop_cli;
 mod loop_integration;
+mod pr;
 mod race;
 mod sim;
 mod timing;
