@@ -74,9 +74,18 @@ pub(crate) fn pr(c: &Ctx, args: &PrArgs) -> Result<u8, String> {
 }
 
 fn message(path: &str, e: &PrError) -> String {
-    match e {
-        PrError::Io(errno) => format!("{path}: cannot open: {}", out::errno_text(*errno)),
-        e => format!("{path}: {e}"),
+    match *e {
+        PrError::Io(errno)
+            if errno == rustix::io::Errno::PERM.raw_os_error()
+                || errno == rustix::io::Errno::ACCESS.raw_os_error() =>
+        {
+            format!(
+                "{path}: {}: persistent reservation commands need root (CAP_SYS_RAWIO)",
+                out::errno_text(errno)
+            )
+        }
+        PrError::Io(errno) => format!("{path}: {}", out::errno_text(errno)),
+        ref e => format!("{path}: {e}"),
     }
 }
 
@@ -290,6 +299,23 @@ mod tests {
         let t = text("d", &k, &r, None);
         assert!(t.contains("type: reserved type 0xf, scope: 0x2"), "{t}");
         assert!(json("d", &k, &r, None).contains("\"type\":null,\"type_code\":15,\"scope\":2"));
+    }
+
+    #[test]
+    fn io_error_messages() {
+        assert_eq!(
+            message("/dev/sdb", &PrError::Io(1)),
+            "/dev/sdb: Operation not permitted (os error 1): persistent reservation commands \
+             need root (CAP_SYS_RAWIO)"
+        );
+        assert_eq!(
+            message("/x", &PrError::Io(2)),
+            "/x: No such file or directory (os error 2)"
+        );
+        assert_eq!(
+            message("/x", &PrError::Conflict),
+            "/x: RESERVATION CONFLICT"
+        );
     }
 
     #[test]

@@ -76,7 +76,7 @@ fn cli_pr_bad_key_and_missing_device() {
     out.expect(2, "pr on a missing path");
     assert!(
         out.stderr
-            .contains("/nonexistent/mmp-pr: cannot open: No such file"),
+            .contains("mmp: /nonexistent/mmp-pr: No such file"),
         "{}",
         out.show()
     );
