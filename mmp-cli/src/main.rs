@@ -240,6 +240,9 @@ enum Cmd {
         #[arg(value_name = "DIR|DEVICE")]
         dir: PathBuf,
     },
+    /// Show SCSI persistent reservations (keys, holder, type; mmp keys as hostids); read-only.
+    #[command(after_help = "Example:\n  mmp pr --json /dev/sdb /dev/sdc")]
+    Pr(pr::PrArgs),
     /// Show a clean handover and a crash takeover between two hosts on a temporary file.
     #[command(after_help = "Example:\n  mmp demo --dir /var/tmp")]
     Demo {
@@ -412,11 +415,13 @@ fn run(cli: Cli) -> Result<u8, String> {
         Cmd::Demo { dir } => demo::demo(dir.as_deref()),
         Cmd::Mount { args } => mount::mount(&c, &args),
         Cmd::Umount { dir } => mount::umount(&dir),
+        Cmd::Pr(args) => pr::pr(&c, &args),
     }
 }
 
 mod demo;
 mod mount;
+mod pr;
 mod tune;
 
 fn show(p: &Path) -> String {

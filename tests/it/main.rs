@@ -13,6 +13,7 @@ mod heartbeat;
 mod loop_cli;
 mod loop_integration;
 mod loop_slow_device;
+mod pr;
 mod race;
 mod sim;
 mod timing;
