@@ -29,6 +29,13 @@ pub(crate) struct HoldOpts {
     /// activity test).
     #[arg(long, value_name = "SECONDS", num_args = 0..=1, require_equals = true)]
     wait: Option<Option<f64>>,
+    /// A data device this hold protects (repeatable). On SIGTERM/SIGINT, and under `run`
+    /// when the command ends, the MMP devices are released (CLEAN) only once no guarded
+    /// device is mounted on this host: until then mmp keeps heartbeating and says why, so
+    /// no other host is told the data is free while it is in use here. (SIGKILL never
+    /// writes CLEAN: the partner then needs the full takeover.)
+    #[arg(long, value_name = "DEVICE")]
+    guard: Vec<PathBuf>,
     /// What to do when ownership of a device is lost: `exit` (default: release the others
     /// and exit 3), `kill` (the same; for `run` only), `exec:CMD` (run CMD with MMP_DEVICE
     /// and MMP_REASON set, then exit 3), `reboot` (sync, then an immediate sysrq reboot:
@@ -218,6 +225,36 @@ fn exit_code_of(status: std::process::ExitStatus) -> u8 {
     )
 }
 
+/// Mounts in `after` (`/proc/self/mountinfo` text) whose mount id is not in `before`, as
+/// "SOURCE at MOUNTPOINT".
+fn new_mounts(before: &[u8], after: &[u8]) -> Vec<String> {
+    let ids = |text: &[u8]| -> std::collections::HashSet<Vec<u8>> {
+        text.split(|&b| b == b'\n')
+            .filter_map(|l| l.split(|&b| b == b' ').next().map(<[u8]>::to_vec))
+            .filter(|id| !id.is_empty())
+            .collect()
+    };
+    let old = ids(before);
+    let text = String::from_utf8_lossy(after);
+    text.lines()
+        .filter(|l| {
+            l.split(' ')
+                .next()
+                .is_some_and(|id| !old.contains(id.as_bytes()))
+        })
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let mp = f.get(4).copied().unwrap_or("?");
+            let src = l
+                .split(" - ")
+                .nth(1)
+                .and_then(|r| r.split(' ').nth(1))
+                .unwrap_or("?");
+            format!("{src} at {mp}")
+        })
+        .collect()
+}
+
 /// `hold` (command = None) and `run`.
 pub(crate) fn hold(
     c: &Ctx,
@@ -237,6 +274,18 @@ pub(crate) fn hold(
         _ => None,
     };
     let queue = opts.wait.is_some();
+    let mut guards = Vec::with_capacity(opts.guard.len());
+    for g in &opts.guard {
+        let dev = mmp_core::sys::blockdev::Device::open(g, false)
+            .map_err(|e| format!("--guard {}: {e}", show(g)))?;
+        guards.push((show(g), dev));
+    }
+    // Where a guarded device is mounted on this host, if anywhere.
+    let guard_mounted = || {
+        guards
+            .iter()
+            .find_map(|(p, d)| d.is_mounted().ok().flatten().map(|mp| (p.clone(), mp)))
+    };
     if action == LossAction::Kill && command.is_none() {
         return Err("--on-loss kill needs `mmp run` (there is no command to kill)".into());
     }
@@ -341,6 +390,11 @@ pub(crate) fn hold(
     let mut done: Vec<Option<Outcome>> = vec![None; n];
     let mut ready = false;
     let mut releasing = false;
+    // A release was asked for (signal, the command ended) and waits for the guarded data
+    // devices to be unmounted.
+    let mut release_wanted = false;
+    let mut guard_note: Option<Instant> = None;
+    let mut mounts_before: Option<Vec<u8>> = None;
     let mut code: u8 = 0;
     let mut lost = false;
     let mut child: Option<Child> = None;
@@ -422,12 +476,31 @@ pub(crate) fn hold(
             releasing = true;
             eng.release_all();
         }
-        if term.swap(false, Ordering::SeqCst) && !releasing {
-            releasing = true;
+        if term.swap(false, Ordering::SeqCst) && !releasing && !release_wanted {
+            release_wanted = true;
             if let Some(ch) = child.as_ref() {
                 kill_group(ch, rustix::process::Signal::TERM);
             }
-            eng.release_all();
+        }
+        if release_wanted && !releasing {
+            if !ready {
+                // Not acquired yet: nothing is mounted under our protection.
+                releasing = true;
+                eng.release_all();
+            } else if let Some((g, mp)) = guard_mounted() {
+                if guard_note.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                    note!(
+                        "mmp: not releasing {}: the guarded device {g} is still mounted at \
+                         {mp}; unmount it first (`umount {mp}`), then mmp releases. The \
+                         heartbeat goes on meanwhile",
+                        paths.join(", ")
+                    );
+                    guard_note = Some(Instant::now());
+                }
+            } else {
+                releasing = true;
+                eng.release_all();
+            }
         }
         if hup.swap(false, Ordering::SeqCst) {
             let body = report_lines(&eng.report());
@@ -481,6 +554,7 @@ pub(crate) fn hold(
                         spawn.process_group(0);
                     }
                 }
+                mounts_before = std::fs::read("/proc/self/mountinfo").ok();
                 match spawn.spawn() {
                     Ok(ch) => child = Some(ch),
                     Err(e) => {
@@ -507,10 +581,21 @@ pub(crate) fn hold(
                 t.take_back();
             }
             child_code = Some(exit_code_of(status));
-            if !releasing {
-                releasing = true;
-                eng.release_all();
+            if guards.is_empty()
+                && let (Some(before), Ok(after)) = (
+                    mounts_before.as_deref(),
+                    std::fs::read("/proc/self/mountinfo"),
+                )
+            {
+                for m in new_mounts(before, &after) {
+                    note!(
+                        "mmp: warning: the command left {m} mounted; releasing the MMP device \
+                         now tells other hosts the data is free. Use `mmp mount`, or `mmp run \
+                         --guard DATA_DEVICE`, to keep it held while the data is mounted"
+                    );
+                }
             }
+            release_wanted = true;
         }
         if done.iter().all(Option::is_some) {
             // Wait for the child too (it was killed or told to stop on loss/termination).

@@ -193,6 +193,9 @@ fn mount_native(c: &Ctx, a: &MountArgs, mmp_dev: &Path) -> Result<u8, String> {
     if a.force {
         cmd.arg("--force");
     }
+    // The holder never releases while the data device is mounted here (SIGTERM from an
+    // admin or the OOM killer's neighbour must not tell other hosts the data is free).
+    cmd.arg("--guard").arg(&a.device);
     cmd.arg(mmp_dev);
     let stdout = std::fs::File::create(&outf).map_err(|e| format!("{}: {e}", outf.display()))?;
     let stderr = std::fs::File::create(&logf).map_err(|e| format!("{}: {e}", logf.display()))?;

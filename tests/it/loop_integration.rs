@@ -539,3 +539,114 @@ fn loop_ocf_agent_ext4_monitor_reads_the_block() {
     assert_eq!(agent("stop", &p, &state).0, Some(0));
     assert_eq!(agent("monitor", &p, &state).0, Some(7));
 }
+
+/// Issue 14 item 1: the holder of `mmp mount --mmp-device AREA DATA DIR` never writes CLEAN
+/// while DATA is mounted: SIGTERM (an admin, a stray `kill`) leaves it heartbeating and
+/// saying why, another host stays refused, and `mmp umount` (unmount, then stop the holder)
+/// releases. `mmp run AREA -- mount ...` warns that its command left a mount behind.
+#[test]
+fn loop_mount_holder_never_releases_while_mounted() {
+    let Some(x) = XfsRig::new() else { return };
+    let (rd, d, m, mnt1, mnt2) = (&x.run, &x.data, &x.area, &x.mnt1, &x.mnt2);
+    let (m1, m2) = (
+        mnt1.to_string_lossy().to_string(),
+        mnt2.to_string_lossy().to_string(),
+    );
+    let o = mmp(
+        rd,
+        "0xa1",
+        "host-a",
+        &["mount", "-t", "xfs", "--mmp-device", m, d, &m1],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let state = std::fs::read_dir(rd)
+        .expect("run dir")
+        .filter_map(Result::ok)
+        .find(|e| e.file_name().to_string_lossy().ends_with(".state"))
+        .expect("state file");
+    let body = std::fs::read_to_string(state.path()).expect("state");
+    let pid: i32 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("pid="))
+        .expect("pid")
+        .parse()
+        .expect("pid number");
+    run_ok(Command::new("kill").args(["-TERM", &pid.to_string()]));
+    std::thread::sleep(Duration::from_millis(1500));
+    let alive = Command::new("kill")
+        .args(["-0", &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    let log = std::fs::read_to_string(state.path().with_extension("log")).unwrap_or_default();
+    assert!(
+        alive,
+        "the holder must keep the device while the data is mounted: {log}"
+    );
+    assert!(log.contains("not releasing"), "says why: {log}");
+    let o = mmp(rd, "0xb2", "host-b", &["status", m]);
+    assert_eq!(o.status.code(), Some(1), "still active: {}", text(&o));
+    let o = mmp(
+        rd,
+        "0xb2",
+        "host-b",
+        &["mount", "-t", "xfs", "--mmp-device", m, d, &m2],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    // Unmounting lets the holder (already told to stop) release.
+    let o = mmp(rd, "0xa1", "host-a", &["umount", &m1]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = mmp(rd, "0xb2", "host-b", &["status", m]);
+    assert_eq!(o.status.code(), Some(0), "released clean: {}", text(&o));
+
+    // `run` with a command that leaves the data mounted: a warning (and with --guard, no
+    // release until it is unmounted).
+    let o = mmp(rd, "0xa1", "host-a", &["run", m, "--", "mount", d, &m1]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("left"), "warns: {}", text(&o));
+    umount_quiet(mnt1);
+    let mut guarded = Command::new(mmp_bin())
+        .env_remove("MMP_HOSTID")
+        .env("MMP_RUN_DIR", rd)
+        .args([
+            "--hostid",
+            "0xa1",
+            "--nodename",
+            "host-a",
+            "run",
+            "--guard",
+            d,
+            m,
+        ])
+        .args(["--", "mount", d, &m1])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run --guard");
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        guarded.try_wait().expect("try_wait").is_none(),
+        "run --guard must hold while the data is mounted"
+    );
+    let o = mmp(rd, "0xb2", "host-b", &["status", m]);
+    assert_eq!(o.status.code(), Some(1), "still active: {}", text(&o));
+    umount_quiet(mnt1);
+    let t = Instant::now();
+    while guarded.try_wait().expect("try_wait").is_none() && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = guarded.wait_with_output().expect("wait");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let o = mmp(rd, "0xb2", "host-b", &["status", m]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "released after the unmount: {}",
+        text(&o)
+    );
+    umount_quiet(mnt2);
+}
