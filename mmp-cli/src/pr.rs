@@ -49,23 +49,23 @@ pub(crate) fn pr(c: &Ctx, args: &PrArgs) -> Result<u8, String> {
         match res {
             Ok((keys, res)) => {
                 if args.json {
-                    println!("{}", json(&path, &keys, &res, own));
+                    outln!("{}", json(&path, &keys, &res, own));
                 } else {
-                    print!("{}", text(&path, &keys, &res, own));
+                    out_raw!("{}", text(&path, &keys, &res, own));
                 }
             }
             Err(e) => {
                 code = 2;
                 let msg = message(&path, &e);
                 if args.json {
-                    println!(
+                    outln!(
                         "{{\"device\":{},\"error\":{},\"not_scsi\":{}}}",
                         out::json_str(&path),
                         out::json_str(&msg),
                         matches!(e, PrError::NotScsi(_))
                     );
                 } else {
-                    eprintln!("mmp: {msg}");
+                    note!("mmp: {msg}");
                 }
             }
         }

@@ -3540,7 +3540,7 @@ pub const FIXED_SEEDS: [u64; 20] = [
 ///
 /// Found by `sim_hunt` (300 000 seeds from `MMP_HUNT_BASE=0xABCDEF` with `MMP_HUNT_LAX=1`,
 /// 4 000 from the default base without); each one's bug, from its trace:
-pub const REGRESSION_SEEDS: [u64; 21] = [
+pub const REGRESSION_SEEDS: [u64; 23] = [
     // Bug 1 (lease from the handling of the claim write's completion): the claim write's
     // completion is stalled (or the host paused) for seconds, the too-long lease still runs
     // when a forced taker that watched the silent claim for a whole window owns.
@@ -3580,6 +3580,11 @@ pub const REGRESSION_SEEDS: [u64; 21] = [
     15_279_109_944_225_089_465,
     16_243_570_891_482_901_809,
     17_192_647_389_030_121_689,
+    // An abort's restore read sampled just before the next heartbeat of a kernel that had
+    // mounted the CLEAN block (no wait) before our claim landed: the restore wrote CLEAN
+    // over the mounted kernel (the restore read now waits an interval and W/4).
+    9228204365228054242,
+    1799694757639996463,
 ];
 
 #[cfg(test)]

@@ -1436,11 +1436,15 @@ impl Machine {
     }
 
     /// After an abort, the earliest instant a restore read may be requested: an interval
-    /// after our claim completed, so that a competitor's prompt claim (written within an
-    /// interval of a read that came before our claim landed) has landed and is seen.
+    /// and a quarter fail window (the issue-to-land bound) after our claim completed, so
+    /// that a competitor's prompt claim (written within an interval of a read that came
+    /// before our claim landed), and the next heartbeat of a kernel that mounted the CLEAN
+    /// block with no wait just before our claim landed (kmmpd writes every interval without
+    /// reading), have landed and are seen. The simulator found the kernel case (seed
+    /// 9228204365228054242).
     fn restore_not_before(&self) -> Instant {
         let t = self.timing.unwrap_or(FALLBACK_TIMING);
-        self.claim_done + t.interval
+        self.claim_done + t.interval + t.fail_window / 4
     }
 
     /// Abort with our claim on the device: wait until a competitor's prompt claim would be

@@ -859,7 +859,7 @@ fn a_restore_handled_late_writes_nothing() {
     let mut m = Machine::new(cfg(native_layout(), 1, b"a"), Op::Acquire, rig.now());
     let _ = read_clean_and_emit_claim(&mut rig, &mut m);
     m.handle_write_done(rig.now());
-    rig.now_us += 150_000;
+    rig.now_us += 400_000; // past the restore's earliest read (I + W/4 = 0.35 s)
     m.release(rig.now());
     assert!(matches!(m.poll_io(), Some(IoRequest::Read { .. })));
     let sample = rig.disk[..512].to_vec();
@@ -875,7 +875,7 @@ fn a_restore_handled_late_writes_nothing() {
     let mut m = Machine::new(cfg(native_layout(), 1, b"a"), Op::Acquire, rig.now());
     let _ = read_clean_and_emit_claim(&mut rig, &mut m);
     m.handle_write_done(rig.now());
-    rig.now_us += 150_000;
+    rig.now_us += 400_000; // past the restore's earliest read (I + W/4 = 0.35 s)
     m.release(rig.now());
     assert!(matches!(m.poll_io(), Some(IoRequest::Read { .. })));
     let sample = rig.disk[..512].to_vec();
@@ -899,15 +899,16 @@ fn an_abort_right_after_the_claim_waits_before_restoring() {
     m.handle_write_done(rig.now());
     m.release(rig.now());
     assert_eq!(m.poll_io(), None, "no restore read at once");
+    // An interval and a quarter fail window (I = 1 s, W = 10 s).
     assert_eq!(
         m.poll_timeout().map(Instant::as_micros),
-        Some(claim_at + 1_000_000)
+        Some(claim_at + 1_000_000 + 2_500_000)
     );
     let mut other = rig.native();
     other.hostid = 2;
     other.seq ^= 0x77;
     let writes = rig.writes;
-    rig.run(&mut m, 3, |r| r.put_native(other));
+    rig.run(&mut m, 5, |r| r.put_native(other));
     assert_eq!(m.outcome(), Some(Outcome::Aborted));
     assert_eq!(rig.writes, writes);
     assert_eq!(rig.native().hostid, 2);
