@@ -452,8 +452,13 @@ fn takeover_timings(ctx: &Ctx, r: &mut Report) -> Result<()> {
             "native 1 s: clean handover, release not watched",
             took(&j.out).unwrap_or(-1.0),
         );
-        let w = a.spawn("a queues", &start_holder("hold", "hold --wait /dev/vda"))?;
-        std::thread::sleep(Duration::from_secs(4));
+        // The standby must see a few of b's heartbeats before the release (the mmp process
+        // starts from 9p and locks its memory: seconds under TCG).
+        let w = a.spawn(
+            "a queues",
+            &start_holder("hold", "hold --wait --verbose /dev/vda"),
+        )?;
+        std::thread::sleep(Duration::from_secs(8));
         b.expect("b releases", &stop_holder("hold"), 0, SHORT)?;
         let released = Instant::now();
         let j = w.wait(LONG)?;
