@@ -1,6 +1,7 @@
 //! Shared test harness.
 
 pub mod fuzz_bodies;
+pub mod lab;
 pub mod sim;
 
 use std::path::{Path, PathBuf};

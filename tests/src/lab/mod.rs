@@ -1,0 +1,574 @@
+//! The multi-host lab: guests with their own kernels on shared raw disks, driven from the host.
+//!
+//! Each [`Node`] is a QEMU process (TCG) that boots the Debian kernel and the busybox
+//! initramfs built by `lab/build-images`. Every node sees the same disk files as virtio-blk
+//! devices (`cache=none`, `share-rw=on`, host locking off), so every write a guest issues goes
+//! to the host file at once and the other guests read it through their own kernel and block
+//! layer. The host's `mmp`, e2fsprogs and xfsprogs reach the guests read-only over virtio-9p
+//! ([`Tools`]); commands run through a job folder shared over 9p ([`Node::run`]); faults come
+//! from the host over QMP ([`qmp::Qmp`]): power loss, reset, freeze and resume, and
+//! `query-blockstats`, a host-side count of every write a guest issued to each disk.
+//!
+//! The scenarios built on it are in [`scenarios`].
+
+pub mod qmp;
+pub mod scenarios;
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Every lab failure is a message for a person: what was tried and what was seen.
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+/// The lab's result type.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// The guest kernel and initramfs (see `lab/build-images`).
+#[derive(Clone, Debug)]
+pub struct Images {
+    /// `vmlinuz` of the Debian guest kernel.
+    pub kernel: PathBuf,
+    /// The busybox initramfs with the modules and `lab/guest-init`.
+    pub initrd: PathBuf,
+    /// One line naming the package versions the images came from.
+    pub version: String,
+}
+
+impl Images {
+    /// Runs `lab/build-images` (which answers from its cache when nothing changed) and returns
+    /// the images it names.
+    ///
+    /// # Errors
+    /// When the script fails (missing packages, no network for the first download).
+    pub fn build(repo: &Path) -> Result<Self> {
+        let out = Command::new(repo.join("lab/build-images"))
+            .stderr(Stdio::inherit())
+            .output()?;
+        if !out.status.success() {
+            return Err(format!("lab/build-images failed ({})", out.status).into());
+        }
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let dir = PathBuf::from(stdout.lines().last().unwrap_or_default().trim());
+        let version = fs::read_to_string(dir.join("VERSION")).unwrap_or_default();
+        Ok(Self {
+            kernel: dir.join("vmlinuz"),
+            initrd: dir.join("initrd.gz"),
+            version: version.trim().to_owned(),
+        })
+    }
+}
+
+/// The host binaries shared with the guests: `DIR/bin` holds copies of the binaries,
+/// `DIR/lib` every library `ldd` names for them (the guest runs them with
+/// `LD_LIBRARY_PATH=/tools/lib` and the initramfs's `ld-linux`).
+#[derive(Clone, Debug)]
+pub struct Tools {
+    /// The folder exported read-only as the 9p tag `tools`.
+    pub dir: PathBuf,
+}
+
+impl Tools {
+    /// Copies `binaries` and their libraries into `dir`.
+    ///
+    /// # Errors
+    /// When a binary is missing or `ldd` fails on it.
+    pub fn assemble(dir: &Path, binaries: &[PathBuf]) -> Result<Self> {
+        let bin = dir.join("bin");
+        let lib = dir.join("lib");
+        fs::create_dir_all(&bin)?;
+        fs::create_dir_all(&lib)?;
+        for b in binaries {
+            let name = b.file_name().ok_or("binary without a name")?;
+            fs::copy(b, bin.join(name)).map_err(|e| format!("copy {}: {e}", b.display()))?;
+            let out = Command::new("ldd").arg(b).output()?;
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux..."
+                let path = match line.split_once("=>") {
+                    Some((_, rest)) => rest.split_whitespace().next(),
+                    None => line
+                        .split_whitespace()
+                        .next()
+                        .filter(|p| p.starts_with('/')),
+                };
+                let Some(path) = path.filter(|p| p.starts_with('/')) else {
+                    continue;
+                };
+                let src = Path::new(path);
+                if let Some(libname) = src.file_name() {
+                    let dst = lib.join(libname);
+                    if !dst.exists() {
+                        fs::copy(src, &dst).map_err(|e| format!("copy {path}: {e}"))?;
+                    }
+                }
+            }
+        }
+        Ok(Self {
+            dir: dir.to_owned(),
+        })
+    }
+}
+
+/// A raw disk file on the host, shared by every node that lists it.
+#[derive(Clone, Debug)]
+pub struct Disk {
+    /// The QEMU drive id suffix and a name for people (`area`, `data`).
+    pub name: String,
+    /// The host file.
+    pub path: PathBuf,
+}
+
+impl Disk {
+    /// Creates (or truncates to zero and resizes) a sparse file of `size_bytes`.
+    ///
+    /// # Errors
+    /// When the file cannot be created.
+    pub fn create(dir: &Path, name: &str, size_bytes: u64) -> Result<Self> {
+        let path = dir.join(format!("{name}.img"));
+        let f = fs::File::create(&path)?;
+        f.set_len(size_bytes)?;
+        Ok(Self {
+            name: name.to_owned(),
+            path,
+        })
+    }
+}
+
+/// What a node is: its name, hostid, disks (in order: the first is `/dev/vda`), devices.
+#[derive(Clone, Debug)]
+pub struct NodeSpec {
+    /// Host name inside the guest, and the name of its folder.
+    pub name: String,
+    /// The mmp hostid (`MMP_HOSTID` of every job).
+    pub hostid: u32,
+    /// Shared disks, `/dev/vda`, `/dev/vdb`, ... in this order.
+    pub disks: Vec<Disk>,
+    /// Add an i6300esb watchdog whose expiry powers the node off.
+    pub watchdog: bool,
+    /// Guest memory.
+    pub memory_mb: u32,
+}
+
+impl NodeSpec {
+    /// A node with 256 MiB, no watchdog.
+    #[must_use]
+    pub fn new(name: &str, hostid: u32, disks: &[Disk]) -> Self {
+        Self {
+            name: name.to_owned(),
+            hostid,
+            disks: disks.to_vec(),
+            watchdog: false,
+            memory_mb: 256,
+        }
+    }
+}
+
+/// The result of one job run in a guest.
+#[derive(Clone, Debug)]
+pub struct JobResult {
+    /// Exit status of `sh JOB`.
+    pub rc: i32,
+    /// Its stdout and stderr, interleaved.
+    pub out: String,
+    /// Host time from submitting the job to seeing its status (includes up to about 0.2 s of
+    /// channel latency).
+    pub elapsed: Duration,
+}
+
+/// A job submitted with [`Node::spawn`], not waited for yet.
+#[derive(Debug)]
+pub struct Job {
+    base: PathBuf,
+    started: Instant,
+    what: String,
+}
+
+impl Job {
+    /// The status if the job finished, without waiting.
+    ///
+    /// # Errors
+    /// When the status file cannot be read.
+    pub fn try_result(&self) -> Result<Option<JobResult>> {
+        let rc_path = self.base.with_extension("rc");
+        let Ok(rc) = fs::read_to_string(&rc_path) else {
+            return Ok(None);
+        };
+        let out = fs::read_to_string(self.base.with_extension("out")).unwrap_or_default();
+        let rc = rc
+            .trim()
+            .parse()
+            .map_err(|e| format!("{}: bad status {rc:?}: {e}", rc_path.display()))?;
+        Ok(Some(JobResult {
+            rc,
+            out,
+            elapsed: self.started.elapsed(),
+        }))
+    }
+
+    /// Waits for the job to finish.
+    ///
+    /// # Errors
+    /// When it does not finish within `timeout`.
+    pub fn wait(&self, timeout: Duration) -> Result<JobResult> {
+        let deadline = self.started + timeout;
+        loop {
+            if let Some(r) = self.try_result()? {
+                return Ok(r);
+            }
+            if Instant::now() > deadline {
+                return Err(
+                    format!("job {:?} did not finish within {timeout:?}", self.what).into(),
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Lines every job starts with: the tools folder (`$T`), a clock (guest uptime in seconds).
+const JOB_PRELUDE: &str = "T=/tools/bin\nnow() { cut -d' ' -f1 /proc/uptime; }\n";
+
+/// One running guest.
+#[derive(Debug)]
+pub struct Node {
+    /// What it was booted with.
+    pub spec: NodeSpec,
+    dir: PathBuf,
+    child: Option<Child>,
+    qmp: Option<qmp::Qmp>,
+    jobs: PathBuf,
+    next_job: u32,
+    /// When the QEMU process was started.
+    pub booted_at: Instant,
+}
+
+impl Node {
+    /// Starts QEMU for `spec` under `run_dir/NAME` (console log, QMP socket, job folder).
+    /// Returns once QMP answers; [`Node::wait_ready`] waits for the guest's job loop.
+    ///
+    /// # Errors
+    /// When QEMU cannot start or QMP does not answer within 30 s.
+    pub fn boot(run_dir: &Path, images: &Images, tools: &Tools, spec: NodeSpec) -> Result<Self> {
+        let dir = run_dir.join(&spec.name);
+        let jobs = dir.join("jobs");
+        if jobs.exists() {
+            fs::remove_dir_all(&jobs)?;
+        }
+        fs::create_dir_all(&jobs)?;
+        let sock = dir.join("qmp.sock");
+        let _ = fs::remove_file(&sock);
+        let mut append = format!(
+            "console=ttyS0 panic=-1 loglevel=4 mmplab_node={} mmplab_hostid={:#010x}",
+            spec.name, spec.hostid
+        );
+        if let Ok(extra) = std::env::var("MMP_LAB_APPEND") {
+            let _ = write!(append, " {extra}");
+        }
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args(["-accel", "tcg,thread=multi", "-smp", "1", "-nodefaults"])
+            .args(["-no-user-config", "-display", "none"])
+            .args(["-m", &spec.memory_mb.to_string()])
+            .arg("-kernel")
+            .arg(&images.kernel)
+            .arg("-initrd")
+            .arg(&images.initrd)
+            .args(["-append", &append])
+            .arg("-serial")
+            .arg(format!("file:{}", dir.join("console.log").display()))
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", sock.display()))
+            .arg("-virtfs")
+            .arg(format!(
+                "local,path={},mount_tag=tools,security_model=none,readonly=on",
+                tools.dir.display()
+            ))
+            .arg("-virtfs")
+            .arg(format!(
+                "local,path={},mount_tag=jobs,security_model=none",
+                jobs.display()
+            ));
+        for (i, disk) in spec.disks.iter().enumerate() {
+            cmd.arg("-drive").arg(format!(
+                "file={},if=none,id=d{i}-{},format=raw,cache=none,file.locking=off",
+                disk.path.display(),
+                disk.name
+            ));
+            cmd.arg("-device").arg(format!(
+                "virtio-blk-pci,drive=d{i}-{},share-rw=on,serial={}",
+                disk.name, disk.name
+            ));
+        }
+        if spec.watchdog {
+            cmd.args(["-device", "i6300esb", "-watchdog-action", "poweroff"]);
+        }
+        let log = fs::File::create(dir.join("qemu.log"))?;
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let booted_at = Instant::now();
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("start qemu-system-x86_64: {e}"))?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let qmp = loop {
+            if let Some(status) = child.try_wait()? {
+                let log = fs::read_to_string(dir.join("qemu.log")).unwrap_or_default();
+                return Err(
+                    format!("qemu for {} exited at once ({status}): {log}", spec.name).into(),
+                );
+            }
+            if let Ok(q) = qmp::Qmp::connect(&sock) {
+                break q;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return Err(format!("no QMP from {} within 30 s", spec.name).into());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        Ok(Self {
+            spec,
+            dir,
+            child: Some(child),
+            qmp: Some(qmp),
+            jobs,
+            next_job: 0,
+            booted_at,
+        })
+    }
+
+    /// The node's name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// Waits for the guest's job loop (`jobs/ready`); returns the boot time.
+    ///
+    /// # Errors
+    /// When the guest is not ready within `timeout` (the console log is quoted).
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<Duration> {
+        let ready = self.jobs.join("ready");
+        loop {
+            if ready.exists() {
+                return Ok(self.booted_at.elapsed());
+            }
+            if !self.is_running()? || self.booted_at.elapsed() > timeout {
+                return Err(format!(
+                    "{} not ready after {:?}; console:\n{}",
+                    self.name(),
+                    self.booted_at.elapsed(),
+                    self.console_tail(30)
+                )
+                .into());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The last `lines` lines of the serial console.
+    #[must_use]
+    pub fn console_tail(&self, lines: usize) -> String {
+        let text = fs::read_to_string(self.dir.join("console.log")).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Drops a job script into the node's folder; the guest starts it within about 0.1 s.
+    ///
+    /// # Errors
+    /// When the script cannot be written.
+    pub fn spawn(&mut self, what: &str, script: &str) -> Result<Job> {
+        self.next_job += 1;
+        let slug: String = what
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .take(40)
+            .collect();
+        let base = self.jobs.join(format!("{:03}-{slug}", self.next_job));
+        let tmp = base.with_extension("tmp");
+        fs::write(&tmp, format!("{JOB_PRELUDE}{script}\n"))?;
+        fs::rename(&tmp, base.with_extension("sh"))?;
+        Ok(Job {
+            base,
+            started: Instant::now(),
+            what: format!("{}: {what}", self.name()),
+        })
+    }
+
+    /// Runs a job and waits for it.
+    ///
+    /// # Errors
+    /// When it cannot be submitted or does not finish within `timeout`.
+    pub fn run(&mut self, what: &str, script: &str, timeout: Duration) -> Result<JobResult> {
+        let job = self.spawn(what, script)?;
+        job.wait(timeout)
+    }
+
+    /// Runs a job and requires exit status `want`.
+    ///
+    /// # Errors
+    /// When the status differs (the output is quoted) or the job times out.
+    pub fn expect(
+        &mut self,
+        what: &str,
+        script: &str,
+        want: i32,
+        timeout: Duration,
+    ) -> Result<JobResult> {
+        let r = self.run(what, script, timeout)?;
+        if r.rc != want {
+            return Err(format!(
+                "{}: {what}: exit {} (wanted {want}); output:\n{}",
+                self.name(),
+                r.rc,
+                r.out.trim_end()
+            )
+            .into());
+        }
+        Ok(r)
+    }
+
+    /// A file in the node's job folder (the guest sees it as `/jobs/NAME`).
+    #[must_use]
+    pub fn job_file(&self, name: &str) -> PathBuf {
+        self.jobs.join(name)
+    }
+
+    /// Whether the QEMU process still runs.
+    ///
+    /// # Errors
+    /// When its status cannot be read.
+    pub fn is_running(&mut self) -> Result<bool> {
+        match &mut self.child {
+            Some(c) => Ok(c.try_wait()?.is_none()),
+            None => Ok(false),
+        }
+    }
+
+    fn qmp(&mut self) -> Result<&mut qmp::Qmp> {
+        self.qmp
+            .as_mut()
+            .ok_or_else(|| format!("{}: no QMP (powered off)", self.spec.name).into())
+    }
+
+    /// Freezes the whole guest (QMP `stop`): no vCPU runs, its clocks stop.
+    ///
+    /// # Errors
+    /// When QMP fails.
+    pub fn freeze(&mut self) -> Result<()> {
+        self.qmp()?.execute("stop", None).map(drop)
+    }
+
+    /// Resumes a frozen guest (QMP `cont`).
+    ///
+    /// # Errors
+    /// When QMP fails.
+    pub fn resume(&mut self) -> Result<()> {
+        self.qmp()?.execute("cont", None).map(drop)
+    }
+
+    /// Resets the guest (QMP `system_reset`): it reboots with the same disks.
+    ///
+    /// # Errors
+    /// When QMP fails.
+    pub fn reset(&mut self) -> Result<()> {
+        self.qmp()?.execute("system_reset", None).map(drop)
+    }
+
+    /// Power loss (QMP `quit`): the QEMU process ends without the guest noticing.
+    ///
+    /// # Errors
+    /// When the process does not end within 10 s (it is then killed).
+    pub fn power_off(&mut self) -> Result<()> {
+        if let Some(q) = self.qmp.as_mut() {
+            let _ = q.execute("quit", None);
+        }
+        self.qmp = None;
+        if let Some(mut child) = self.child.take() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait()?.is_none() {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!("{}: qemu did not quit", self.spec.name).into());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
+    }
+
+    /// Per-disk I/O counts seen by QEMU (`query-blockstats`): what the guest issued.
+    ///
+    /// # Errors
+    /// When QMP fails or the answer is not the expected shape.
+    pub fn blockstats(&mut self) -> Result<Vec<qmp::BlockStats>> {
+        let v = self.qmp()?.execute("query-blockstats", None)?;
+        qmp::BlockStats::parse_all(&v)
+    }
+
+    /// Write operations the guest issued to `disk` so far.
+    ///
+    /// # Errors
+    /// As [`Node::blockstats`], or when the node has no such disk.
+    pub fn writes_to(&mut self, disk: &str) -> Result<u64> {
+        let stats = self.blockstats()?;
+        stats
+            .iter()
+            .find(|s| s.device.ends_with(&format!("-{disk}")))
+            .map(|s| s.wr_operations)
+            .ok_or_else(|| format!("{}: no disk {disk} in blockstats", self.spec.name).into())
+    }
+
+    /// QMP events received so far (`WATCHDOG`, `SHUTDOWN`, `STOP`, ...), with their host
+    /// arrival time.
+    #[must_use]
+    pub fn events(&self) -> Vec<(Instant, String)> {
+        self.qmp
+            .as_ref()
+            .map(|q| q.events.clone())
+            .unwrap_or_default()
+    }
+
+    /// Reads pending QMP events without sending a command.
+    ///
+    /// # Errors
+    /// When the socket fails (a powered-off node has none: that is not an error).
+    pub fn poll_events(&mut self) -> Result<()> {
+        if let Some(q) = self.qmp.as_mut() {
+            q.poll_events()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Boots several nodes at once and waits until all are ready.
+///
+/// # Errors
+/// When one fails to boot.
+pub fn boot_all(
+    run_dir: &Path,
+    images: &Images,
+    tools: &Tools,
+    specs: Vec<NodeSpec>,
+) -> Result<Vec<Node>> {
+    let mut nodes = Vec::new();
+    for spec in specs {
+        nodes.push(Node::boot(run_dir, images, tools, spec)?);
+    }
+    for n in &mut nodes {
+        n.wait_ready(Duration::from_secs(180))?;
+    }
+    Ok(nodes)
+}
