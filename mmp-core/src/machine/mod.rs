@@ -1048,10 +1048,18 @@ impl Machine {
                 if let Some(s) = snap {
                     self.push(Event::Observed(s));
                 }
-                // The clear writes what it derived from this read: not long after it.
-                let budget = snap.map_or(FALLBACK_TIMING.fail_window, |s| {
-                    Timing::for_snapshot(&self.cfg.layout, &s).fail_window
-                }) / 2;
+                // The clear writes what it derived from this read: not later than a fail
+                // window after it (ext4: the file system's own, also for a block that does
+                // not parse).
+                let budget = match (snap, self.cfg.layout) {
+                    (Some(s), layout) => Timing::for_snapshot(&layout, &s).fail_window,
+                    (None, layout @ Layout::Ext4 { .. }) => {
+                        let base = u32::from(layout.ext4_update_interval_s())
+                            .max(u32::from(ext4::MIN_CHECK_INTERVAL_S));
+                        Duration::from_secs(u64::from(ext4::wait_time_s(base)))
+                    }
+                    (None, Layout::Native { .. }) => FALLBACK_TIMING.fail_window,
+                };
                 let deadline = self.read_requested + budget;
                 if now.mono >= deadline {
                     let late_by = now.mono.saturating_since(deadline);

@@ -923,7 +923,7 @@ fn a_clear_handled_late_writes_nothing() {
     let mut m = Machine::new(cfg(native_layout(), 3, b"me"), Op::Clear, rig.now());
     assert!(matches!(m.poll_io(), Some(IoRequest::Read { .. })));
     let sample = rig.disk[..512].to_vec();
-    rig.now_us += 2_000_000; // W/2 = 0.5 s
+    rig.now_us += 2_000_000; // W = 1 s
     m.handle_read_done(rig.now(), &sample);
     assert_eq!(m.poll_io(), None);
     assert!(matches!(
