@@ -58,6 +58,9 @@ Exit status (scripts rely on it):
   hold     0 released cleanly, 1 refused (in use, or foreign without --force), 2 error, 3 ownership lost
   run      the command's status (127 no such command, 130 after Ctrl-C), or 1/2/3 as for hold
   format   0 written, 1 refused (a known signature or an area in use; see --force), 2 error
+  disable, set-interval   0 done, 1 refused (activity seen or in doubt; nothing changed), 2 error
+  mount    0 mounted and held, 1 refused (in use, or mounted here already), 2 error, 3 lost
+  umount   0 unmounted and released, 2 error, 3 ownership was lost while mounted
   others   0 success, 2 error
 A corrupt block (bad magic, bad checksum, torn write) is an error (2): it cannot be trusted.
 
@@ -369,8 +372,14 @@ fn ctx(g: &Global) -> Result<Ctx, String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let code = match run(cli) {
+    // `mmp generate ...` (man pages, completions) is a parser of its own, so that neither
+    // `--help`, the man pages nor the completions offer it. It needs no hostid or node name.
+    let result = if std::env::args_os().nth(1).is_some_and(|a| a == "generate") {
+        generate::main(std::env::args_os().skip(1))
+    } else {
+        run(Cli::parse())
+    };
+    let code = match result {
         Ok(code) => code,
         Err(e) => {
             note!("mmp: {e}");
@@ -420,6 +429,7 @@ fn run(cli: Cli) -> Result<u8, String> {
 }
 
 mod demo;
+mod generate;
 mod mount;
 mod pr;
 mod tune;

@@ -9,6 +9,7 @@ mod cli;
 mod crash;
 mod format_doc;
 mod fuzz_corpus;
+mod generate;
 mod heartbeat;
 mod loop_cli;
 mod loop_integration;
