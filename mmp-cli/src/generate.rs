@@ -161,6 +161,20 @@ pub(crate) const EXIT_STATUS: &[(&str, &[(&str, &str)])] = &[
             ("3", "ownership was lost while mounted"),
         ],
     ),
+    (
+        "list",
+        &[
+            ("0", "every recorded holder runs, or none is recorded"),
+            (
+                "1",
+                "a recorded holder is gone: its MMP device is not heartbeated from this host",
+            ),
+            (
+                "2",
+                "error: the state directory or a state file cannot be read",
+            ),
+        ],
+    ),
 ];
 
 /// The exit codes of every other subcommand.

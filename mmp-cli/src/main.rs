@@ -61,6 +61,7 @@ Exit status (scripts rely on it):
   disable, set-interval   0 done, 1 refused (activity seen or in doubt; nothing changed), 2 error
   mount    0 mounted and held, 1 refused (in use, or mounted here already), 2 error, 3 lost
   umount   0 unmounted and released, 2 error, 3 ownership was lost while mounted
+  list     0 every recorded holder runs (or none is recorded), 1 any holder gone, 2 error
   others   0 success, 2 error
 A corrupt block (bad magic, bad checksum, torn write) is an error (2): it cannot be trusted.
 
@@ -233,6 +234,16 @@ enum Cmd {
     Mount {
         #[command(flatten)]
         args: mount::MountArgs,
+    },
+    /// List what this host holds through `mmp mount`: device, MMP device, mount point, holder
+    /// pid, since when, and whether the holder still runs (from the state under /run/mmp).
+    #[command(
+        after_help = "Example:\n  mmp list\n\nThe state directory is /run/mmp, or $MMP_RUN_DIR. A holder that is GONE (killed, or its\npid now belongs to another process) no longer heartbeats its MMP device: check the device\nwith `mmp status`. ext4 file systems mounted by `mmp mount` are held by the kernel and not\nlisted."
+    )]
+    List {
+        /// One JSON object per recorded mount per line.
+        #[arg(long)]
+        json: bool,
     },
     /// Unmount, then release the MMP device (stops the detached holder).
     #[command(
@@ -424,6 +435,7 @@ fn run(cli: Cli) -> Result<u8, String> {
         Cmd::Demo { dir } => demo::demo(dir.as_deref()),
         Cmd::Mount { args } => mount::mount(&c, &args),
         Cmd::Umount { dir } => mount::umount(&dir),
+        Cmd::List { json } => mount::list(json),
         Cmd::Pr(args) => pr::pr(&c, &args),
     }
 }

@@ -11,6 +11,7 @@ mod format_doc;
 mod fuzz_corpus;
 mod generate;
 mod heartbeat;
+mod list;
 mod loop_cli;
 mod loop_integration;
 mod loop_slow_device;
