@@ -15,6 +15,7 @@ mod list;
 mod loop_cli;
 mod loop_integration;
 mod loop_slow_device;
+mod ocf_monitor;
 mod pr;
 mod race;
 mod sim;
