@@ -58,6 +58,10 @@ Exit status (scripts rely on it):
   hold     0 released cleanly, 1 refused (in use, or foreign without --force), 2 error, 3 ownership lost
   run      the command's status (127 no such command, 130 after Ctrl-C), or 1/2/3 as for hold
   format   0 written, 1 refused (a known signature or an area in use; see --force), 2 error
+  disable, set-interval   0 done, 1 refused (activity seen or in doubt; nothing changed), 2 error
+  mount    0 mounted and held, 1 refused (in use, or mounted here already), 2 error, 3 lost
+  umount   0 unmounted and released, 2 error, 3 ownership was lost while mounted
+  list     0 every recorded holder runs (or none is recorded), 1 any holder gone, 2 error
   others   0 success, 2 error
 A corrupt block (bad magic, bad checksum, torn write) is an error (2): it cannot be trusted.
 
@@ -231,6 +235,16 @@ enum Cmd {
         #[command(flatten)]
         args: mount::MountArgs,
     },
+    /// List what this host holds through `mmp mount`: device, MMP device, mount point, holder
+    /// pid, since when, and whether the holder still runs (from the state under /run/mmp).
+    #[command(
+        after_help = "Example:\n  mmp list\n\nThe state directory is /run/mmp, or $MMP_RUN_DIR. A holder that is GONE (killed, or its\npid now belongs to another process) no longer heartbeats its MMP device: check the device\nwith `mmp status`. ext4 file systems mounted by `mmp mount` are held by the kernel and not\nlisted."
+    )]
+    List {
+        /// One JSON object per recorded mount per line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Unmount, then release the MMP device (stops the detached holder).
     #[command(
         after_help = "Examples:\n  mmp umount /srv/data\n  mmp umount /dev/sdb   # the device works too, as for umount(8)"
@@ -369,8 +383,14 @@ fn ctx(g: &Global) -> Result<Ctx, String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let code = match run(cli) {
+    // `mmp generate ...` (man pages, completions) is a parser of its own, so that neither
+    // `--help`, the man pages nor the completions offer it. It needs no hostid or node name.
+    let result = if std::env::args_os().nth(1).is_some_and(|a| a == "generate") {
+        generate::main(std::env::args_os().skip(1))
+    } else {
+        run(Cli::parse())
+    };
+    let code = match result {
         Ok(code) => code,
         Err(e) => {
             note!("mmp: {e}");
@@ -415,11 +435,13 @@ fn run(cli: Cli) -> Result<u8, String> {
         Cmd::Demo { dir } => demo::demo(dir.as_deref()),
         Cmd::Mount { args } => mount::mount(&c, &args),
         Cmd::Umount { dir } => mount::umount(&dir),
+        Cmd::List { json } => mount::list(json),
         Cmd::Pr(args) => pr::pr(&c, &args),
     }
 }
 
 mod demo;
+mod generate;
 mod mount;
 mod pr;
 mod tune;

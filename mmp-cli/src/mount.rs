@@ -451,3 +451,175 @@ impl FromBytesCompat for std::ffi::OsStr {
         std::ffi::OsStr::from_bytes(b)
     }
 }
+
+/// One recorded holder, as `mmp list` reports it.
+struct Listed {
+    st: MountState,
+    /// When `mmp mount` finished (the state file's modification time), Unix seconds.
+    since: Option<u64>,
+    alive: bool,
+}
+
+/// `mmp list`: what this host holds through `mmp mount`, from the holders' state files in
+/// the run directory. Exit 0 when every recorded holder runs (or none is recorded), 1 when
+/// any is gone (its device was not released by it), 2 on an error.
+pub(crate) fn list(json: bool) -> Result<u8, String> {
+    let rd = run_dir();
+    let entries = match std::fs::read_dir(&rd) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if !json {
+                outln!("no mmp mounts recorded ({} does not exist)", rd.display());
+            }
+            return Ok(0);
+        }
+        Err(e) => return Err(format!("{}: {e}", rd.display())),
+    };
+    let mut code = 0u8;
+    let mut names: Vec<std::ffi::OsString> = entries
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| n.as_encoded_bytes().ends_with(b".state"))
+        .collect();
+    names.sort();
+    let mut listed = Vec::new();
+    for name in names {
+        let p = rd.join(&name);
+        match read_state(&p) {
+            Ok(st) => {
+                let since = std::fs::metadata(&p)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_secs());
+                let alive = is_our_holder(&st);
+                if !alive {
+                    code = code.max(1);
+                }
+                listed.push(Listed { st, since, alive });
+            }
+            Err(e) => {
+                code = 2;
+                if json {
+                    outln!(
+                        "{{\"state_file\":{},\"error\":{}}}",
+                        out::json_str(&show(&p)),
+                        out::json_str(&e)
+                    );
+                } else {
+                    note!("mmp: {}: {e}", show(&p));
+                }
+            }
+        }
+    }
+    if json {
+        for l in &listed {
+            outln!("{}", list_json(&rd, l));
+        }
+    } else {
+        list_text(&rd, &listed);
+    }
+    Ok(code)
+}
+
+/// Reads one state file; a file without a pid is not one `mmp mount` wrote.
+fn read_state(p: &Path) -> Result<MountState, String> {
+    let body = std::fs::read_to_string(p).map_err(|e| e.to_string())?;
+    let field = |k: &str| {
+        body.lines()
+            .find_map(|l| l.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
+            .map(str::to_owned)
+    };
+    let pid = field("pid")
+        .ok_or("no pid= line: not a state file of `mmp mount`")?
+        .parse::<u32>()
+        .map_err(|_| "the pid= line is not a process id".to_string())?;
+    let key = p
+        .file_name()
+        .map(|n| n.to_string_lossy().trim_end_matches(".state").to_owned())
+        .unwrap_or_default();
+    Ok(MountState {
+        key,
+        pid,
+        start: field("start").and_then(|t| t.parse().ok()),
+        mmp_device: field("mmp_device").map(PathBuf::from).unwrap_or_default(),
+        device: field("device").map(PathBuf::from).unwrap_or_default(),
+        dir: field("dir").map(PathBuf::from).unwrap_or_default(),
+    })
+}
+
+fn list_json(rd: &Path, l: &Listed) -> String {
+    let since = l.since.map_or_else(
+        || "null,\"since_unix\":null".to_owned(),
+        |s| format!("{},\"since_unix\":{s}", out::json_str(&out::utc(s))),
+    );
+    format!(
+        "{{\"device\":{},\"mmp_device\":{},\"mount_point\":{},\"pid\":{},\"since\":{since},\
+         \"holder\":\"{}\",\"state_file\":{}}}",
+        out::json_str(&show(&l.st.device)),
+        out::json_str(&show(&l.st.mmp_device)),
+        out::json_str(&show(&l.st.dir)),
+        l.st.pid,
+        if l.alive { "alive" } else { "gone" },
+        out::json_str(&show(&rd.join(format!("{}.state", l.st.key))))
+    )
+}
+
+fn list_text(rd: &Path, listed: &[Listed]) {
+    if listed.is_empty() {
+        outln!("no mmp mounts recorded in {}", rd.display());
+        return;
+    }
+    let rows: Vec<[String; 6]> = listed
+        .iter()
+        .map(|l| {
+            [
+                show(&l.st.device),
+                show(&l.st.mmp_device),
+                show(&l.st.dir),
+                l.st.pid.to_string(),
+                l.since.map_or_else(|| "?".to_owned(), out::utc),
+                if l.alive { "alive" } else { "GONE" }.to_owned(),
+            ]
+        })
+        .collect();
+    let head = [
+        "DEVICE",
+        "MMP DEVICE",
+        "MOUNT POINT",
+        "PID",
+        "SINCE",
+        "HOLDER",
+    ];
+    let mut w = head.map(str::len);
+    for r in &rows {
+        for (w, c) in w.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: [&str; 6]| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<width$}  ", width = w[i]));
+            }
+        }
+        s
+    };
+    outln!("{}", line(head));
+    for r in &rows {
+        outln!("{}", line(r.each_ref().map(String::as_str)));
+    }
+    for l in listed.iter().filter(|l| !l.alive) {
+        note!(
+            "mmp: the holder of {} (pid {}) is gone (the pid no longer runs `mmp hold`): {} is \
+             not heartbeated from this host; check it with `mmp status {}`",
+            show(&l.st.dir),
+            l.st.pid,
+            show(&l.st.mmp_device),
+            show(&l.st.mmp_device)
+        );
+    }
+}

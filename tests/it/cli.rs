@@ -1655,6 +1655,7 @@ fn help_shows_examples() {
         "enable",
         "disable",
         "set-interval",
+        "list",
         "demo",
     ] {
         let out = mmp_run(&[sub, "--help"], T_SHORT);

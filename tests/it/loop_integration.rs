@@ -256,6 +256,65 @@ fn loop_mount_xfs_with_native_partition() {
     umount_quiet(mnt2);
 }
 
+/// `mmp list` shows a live `mmp mount` holder with its devices, mount point and pid; after
+/// the holder is killed it shows it GONE (exit 1); after `mmp umount` nothing.
+#[test]
+fn loop_list_shows_the_live_holder() {
+    let Some(x) = XfsRig::new() else { return };
+    let (rd, d, m, mnt1) = (&x.run, &x.data, &x.area, &x.mnt1);
+    let m1 = mnt1.to_string_lossy().to_string();
+    let o = mmp(
+        rd,
+        "0xa1",
+        "host-a",
+        &["mount", "-t", "xfs", "--mmp-device", m, d, &m1],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let o = mmp(rd, "0xa1", "host-a", &["list"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let row = out.lines().nth(1).unwrap_or_default().to_owned();
+    let abs = std::fs::canonicalize(mnt1).expect("mount point");
+    for want in [
+        d.as_str(),
+        m.as_str(),
+        &abs.to_string_lossy(),
+        " UTC",
+        "alive",
+    ] {
+        assert!(row.contains(want), "{want} missing in:\n{out}");
+    }
+    let o = mmp(rd, "0xa1", "host-a", &["list", "--json"]);
+    let json = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(json.contains("\"holder\":\"alive\""), "{json}");
+    let pid: u32 = json
+        .split("\"pid\":")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {json}"));
+    assert!(row.contains(&pid.to_string()), "{out}");
+    // The holder dies: listed as GONE, exit 1.
+    run_ok(Command::new("kill").args(["-KILL", &pid.to_string()]));
+    let start = Instant::now();
+    let gone = loop {
+        let o = mmp(rd, "0xa1", "host-a", &["list"]);
+        if o.status.code() == Some(1) || start.elapsed() > Duration::from_secs(10) {
+            break o;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(gone.status.code(), Some(1), "{}", text(&gone));
+    assert!(text(&gone).contains("GONE"), "{}", text(&gone));
+    // `mmp umount` unmounts and reports the lost holder (exit 2), leaving nothing listed.
+    let o = mmp(rd, "0xa1", "host-a", &["umount", &m1]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let o = mmp(rd, "0xa1", "host-a", &["list"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("no mmp mounts recorded"), "{}", text(&o));
+    umount_quiet(mnt1);
+}
+
 #[test]
 fn loop_mount_killed_holder_needs_force_and_waits() {
     let Some(x) = XfsRig::new() else { return };

@@ -1,0 +1,114 @@
+//! The OCF agent's monitor of a native holder (no root: a stand-in holder process and a
+//! status file as `mmp hold --status-file` writes it). Slow heartbeats under load are
+//! logged and succeed; OCF_DEGRADED (190), which Pacemaker lists under "Failed Resource
+//! Actions", only when no heartbeat succeeded for more than half the fail window.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::cli::tmpdir;
+
+const DEVICE: &str = "/dev/mmp-test-area";
+
+fn agent_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/ocf/mmp")
+}
+
+/// A live process standing in for the holder, killed on drop.
+struct StandIn(Child);
+
+impl Drop for StandIn {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `monitor` with a status line whose last write was `age_ms` ago and whose last cycle
+/// took `cycle_ms` (interval 1000 ms, fail window 10000 ms); returns the exit code and the
+/// agent's log output.
+fn monitor(state: &Path, age_ms: u64, cycle_ms: u64) -> (Option<i32>, String) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    let last_write = now - age_ms as f64 / 1000.0;
+    let key = DEVICE.replace(|c: char| !c.is_ascii_alphanumeric() && c != '.', "_");
+    fs::write(
+        state.join(format!("ocf-{key}.status")),
+        format!(
+            "{{\"device\":\"{DEVICE}\",\"state\":\"held\",\"last_write\":{last_write:.3},\
+             \"last_cycle_ms\":{cycle_ms}.000,\"advertised_delay_ms\":0.000,\"interval_ms\":1000,\
+             \"fail_window_ms\":10000,\"beats\":5,\"io_failures\":0,\"max_gap_ms\":1000.000,\
+             \"self_fence\":\"off\"}}\n{{\"summary\":true}}\n"
+        ),
+    )
+    .expect("status file");
+    run_monitor(state)
+}
+
+/// `monitor` (without ocf-shellfuncs: the agent's own ocf_log writes to stderr).
+fn run_monitor(state: &Path) -> (Option<i32>, String) {
+    let o = Command::new("sh")
+        .arg(agent_path())
+        .arg("monitor")
+        .env("OCF_ROOT", state.join("no-ocf-root"))
+        .env("OCF_RESKEY_device", DEVICE)
+        .env("OCF_RESKEY_state_dir", state)
+        .output()
+        .expect("run the agent");
+    (
+        o.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
+}
+
+#[test]
+fn ocf_monitor_slow_heartbeats_succeed_degraded_only_near_self_fence() {
+    let tmp = tmpdir();
+    let state = tmp.path();
+    let holder = StandIn(Command::new("sleep").arg("60").spawn().expect("sleep"));
+    let key = DEVICE.replace(|c: char| !c.is_ascii_alphanumeric() && c != '.', "_");
+    fs::write(
+        state.join(format!("ocf-{key}.pid")),
+        holder.0.id().to_string(),
+    )
+    .expect("pid");
+
+    // On time: success, nothing to say.
+    let (code, log) = monitor(state, 200, 5);
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(log, "", "on time");
+
+    // A slow cycle (2.5 intervals) with writes on time: success, an info line.
+    let (code, log) = monitor(state, 200, 2500);
+    assert_eq!(code, Some(0), "slow cycle: {log}");
+    assert!(log.contains("slow heartbeat cycle: 2500"), "{log}");
+
+    // Late writes (3 s ago, interval 1 s), well inside the 10 s fail window: success, logged.
+    let (code, log) = monitor(state, 3000, 2900);
+    assert_eq!(code, Some(0), "late writes: {log}");
+    assert!(log.contains("heartbeats are late"), "{log}");
+
+    // No successful write for 6 s, more than half the fail window: really degraded.
+    let (code, log) = monitor(state, 6000, 0);
+    assert_eq!(code, Some(190), "near self-fence: {log}");
+    assert!(log.contains("half the 10000 ms fail window"), "{log}");
+
+    // Ownership lost stays a failure.
+    fs::write(
+        state.join(format!("ocf-{key}.status")),
+        format!("{{\"device\":\"{DEVICE}\",\"state\":\"lost\",\"interval_ms\":1000}}\n"),
+    )
+    .expect("status");
+    let (code, log) = run_monitor(state);
+    assert_eq!(code, Some(1), "lost: {log}");
+    assert!(log.contains("ownership lost"), "{log}");
+    drop(holder);
+}
