@@ -935,6 +935,17 @@ impl Worker {
             return;
         }
         s.io = SlotIo::Thread;
+        self.send_to_thread(i, p, target, not_after);
+    }
+
+    /// Hands `p` (a write's block is in `self.rec`) to an I/O thread.
+    fn send_to_thread(
+        &mut self,
+        i: usize,
+        p: PendingIo,
+        target: Arc<Target>,
+        not_after: Option<Instant>,
+    ) {
         let injected = p.fault.delay_before + p.fault.delay_after;
         if !injected.is_zero() {
             let until = clock::now().mono + injected + Duration::from_millis(100);
@@ -963,18 +974,7 @@ impl Worker {
             None
         };
         s.io = SlotIo::Thread;
-        let injected = p.fault.delay_before + p.fault.delay_after;
-        if !injected.is_zero() {
-            let until = clock::now().mono + injected + Duration::from_millis(100);
-            self.fault_until = Some(self.fault_until.map_or(until, |u| u.max(until)));
-        }
-        self.pool.send(Job {
-            slot: i,
-            p,
-            rec: Box::new(self.rec),
-            target,
-            not_after,
-        });
+        self.send_to_thread(i, p, target, not_after);
     }
 
     /// A ring completion: buffer `k`, result `res`.
