@@ -395,6 +395,20 @@ pub(crate) fn umount(arg: &Path) -> Result<u8, String> {
         ["state", "out", "log", "status"].map(|f| rd.join(format!("{}.{f}", st.key)))
     };
     if !is_our_holder(&st) {
+        // A holder told to stop while the data was mounted (`--guard`) releases by itself as
+        // soon as the unmount above is done, and may have exited already.
+        let out = std::fs::read_to_string(rd.join(format!("{}.out", st.key))).unwrap_or_default();
+        if out.lines().any(|l| l.starts_with("released ")) {
+            for f in files(&st) {
+                let _ = std::fs::remove_file(f);
+            }
+            outln!(
+                "unmounted {} and released the MMP device {}",
+                show(&st.dir),
+                show(&st.mmp_device)
+            );
+            return Ok(0);
+        }
         let log = std::fs::read_to_string(rd.join(format!("{}.log", st.key))).unwrap_or_default();
         for f in files(&st) {
             let _ = std::fs::remove_file(f);

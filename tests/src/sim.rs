@@ -1155,18 +1155,7 @@ impl Options {
                 let [h, phase, rw, n, stall, slow] = f[..] else {
                     return Err(bad());
                 };
-                let phase = [
-                    Phase::Reading,
-                    Phase::Watching,
-                    Phase::Claiming,
-                    Phase::Held,
-                    Phase::Releasing,
-                    Phase::Clearing,
-                    Phase::Done,
-                ]
-                .into_iter()
-                .find(|ph| ph.name() == phase)
-                .ok_or_else(bad)?;
+                let phase = Phase::from_name(phase).ok_or_else(bad)?;
                 o.scripted_io.push(ScriptedIo {
                     host: h.parse().map_err(|_| bad())?,
                     phase,

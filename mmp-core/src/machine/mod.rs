@@ -458,6 +458,23 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Every phase, in the order of an acquire.
+    pub const ALL: [Phase; 7] = [
+        Phase::Reading,
+        Phase::Watching,
+        Phase::Claiming,
+        Phase::Held,
+        Phase::Releasing,
+        Phase::Clearing,
+        Phase::Done,
+    ];
+
+    /// The phase whose [`Phase::name`] is `name`.
+    #[must_use]
+    pub fn from_name(name: &str) -> Option<Phase> {
+        Phase::ALL.into_iter().find(|p| p.name() == name)
+    }
+
     /// A short name for output.
     #[must_use]
     pub fn name(self) -> &'static str {
@@ -654,7 +671,7 @@ enum Step {
     /// Heartbeat verify read outstanding.
     BeatRead { started: Instant },
     /// Heartbeat write outstanding.
-    BeatWrite { started: Instant, issued: Instant },
+    BeatWrite { started: Instant },
     /// Release verify read outstanding.
     ReleaseRead,
     /// CLEAN write outstanding.
@@ -897,13 +914,46 @@ impl Machine {
         if !writing || buf.len() < len {
             return false;
         }
-        // Every write but the claim carries a deadline and is never issued past it: the
-        // heartbeat and the release's CLEAN the lease; the restore its own (see
-        // `try_restore`); the clear its own.
+        if self.write_past_deadline(now) {
+            return false;
+        }
+        self.write_emitted = now.mono;
+        buf[..len].copy_from_slice(&self.out[..len]);
+        true
+    }
+
+    /// The instant the outstanding write must be issued before: the lease for a heartbeat
+    /// and the release's CLEAN, the restore's own deadline (and the claim's lease), the
+    /// clear's own deadline. `None` for the claim (a late claim waits longer instead) and
+    /// when no write is outstanding. [`Machine::emit_block`] applies it; a driver that issues
+    /// the emitted block later (a queue, an I/O thread) must not issue it at or after this
+    /// instant, and then calls [`Machine::handle_write_not_issued`].
+    #[must_use]
+    pub fn write_deadline(&self) -> Option<Instant> {
+        let lease = self.lease_until.filter(|_| self.cfg.self_fence);
+        match self.step {
+            Step::BeatWrite { .. } | Step::ReleaseWrite => lease,
+            Step::RestoreWrite { deadline } => Some(lease.map_or(deadline, |l| l.min(deadline))),
+            Step::ClearWrite { deadline } => Some(deadline),
+            _ => None,
+        }
+    }
+
+    /// The outstanding write was emitted but not issued by its [`Machine::write_deadline`]:
+    /// the machine ends as [`Machine::emit_block`] would have past it (fenced, aborted with
+    /// the claim left, or a clear refused as too late).
+    pub fn handle_write_not_issued(&mut self, now: Now) {
+        let _ = self.write_past_deadline(now);
+    }
+
+    /// Every write but the claim carries a deadline and is never issued past it (see
+    /// [`Machine::write_deadline`]). Returns whether it has passed: the machine has then
+    /// finished (or fenced).
+    fn write_past_deadline(&mut self, now: Now) -> bool {
         match self.step {
             Step::BeatWrite { .. } | Step::ReleaseWrite if self.lease_expired(now.mono) => {
                 self.fence(now.mono);
-                return false;
+                true
             }
             Step::RestoreWrite { deadline }
                 if now.mono >= deadline || self.lease_expired(now.mono) =>
@@ -911,18 +961,15 @@ impl Machine {
                 // Too late to put the old block back safely: our claim stays, which other
                 // hosts treat as a stale live block (the full takeover wait, never a CLEAN).
                 self.finish(Outcome::Aborted);
-                return false;
+                true
             }
             Step::ClearWrite { deadline } if now.mono >= deadline => {
                 let late_by = now.mono.saturating_since(deadline);
                 self.finish(Outcome::Refused(Refusal::TooLate { late_by }));
-                return false;
+                true
             }
-            _ => {}
+            _ => false,
         }
-        self.write_emitted = now.mono;
-        buf[..len].copy_from_slice(&self.out[..len]);
-        true
     }
 
     /// The next deadline: call [`Machine::handle_timeout`] once it has passed. `None` when
@@ -1026,10 +1073,7 @@ impl Machine {
                     self.start_release_write(now);
                 } else {
                     self.build_heartbeat(now, started);
-                    self.step = Step::BeatWrite {
-                        started,
-                        issued: now.mono,
-                    };
+                    self.step = Step::BeatWrite { started };
                     self.request_write();
                 }
             }
@@ -1128,7 +1172,7 @@ impl Machine {
                 };
                 self.progress(Phase::Claiming, wait, wait);
             }
-            Step::BeatWrite { started, .. } => {
+            Step::BeatWrite { started } => {
                 self.written[..len].copy_from_slice(&self.out[..len]);
                 let issued = self.write_emitted;
                 self.on_beat_success(now, started, issued);
@@ -1458,6 +1502,11 @@ impl Machine {
     /// Abort with our claim on the device: wait until a competitor's prompt claim would be
     /// visible, then re-read.
     fn start_restore(&mut self, now: Now) {
+        if self.claim_late {
+            // Nothing to restore (see `try_restore`): no wait, no read.
+            self.finish(Outcome::Aborted);
+            return;
+        }
         let at = self.restore_not_before();
         if now.mono >= at {
             self.step = Step::RestoreRead;

@@ -948,33 +948,37 @@ fn release_record(seq: u64) -> Record {
     r
 }
 
+/// B starts on the owner's live record 100 (queueing if `wait`, else with force), the disk
+/// gets `script[k]` at B's k-th step (`None`: unchanged), the last entry being a CLEAN
+/// record; returns the seconds from that CLEAN to B holding the device.
+fn held_after_release(wait: bool, script: &[Option<Record>]) -> f64 {
+    let mut rig = Rig::new();
+    rig.put_native(owner_record(100));
+    let c = cfg(native_layout(), 1, b"b");
+    let c = if wait { c.with_wait() } else { c.with_force() };
+    let mut m = Machine::new(c, Op::Acquire, rig.now());
+    let mut k = 0;
+    let mut released_at = 0;
+    rig.run(&mut m, 10, |r| {
+        if let Some(Some(rec)) = script.get(k) {
+            r.put_native(*rec);
+            released_at = r.now_us;
+        }
+        k += 1;
+    });
+    assert!(m.is_held(), "{:?}", m.outcome());
+    (rig.now_us - released_at) as f64 / 1e6
+}
+
 #[test]
 fn a_watched_release_gets_the_short_claim_wait() {
     // Queueing: B watches A's heartbeats advance, then sees A's release naming the next
     // sequence: A wrote that CLEAN itself, over its own heartbeat, so the short claim wait
     // (2 intervals) is enough.
-    let mut rig = Rig::new();
-    rig.put_native(owner_record(100));
-    let mut m = Machine::new(
-        cfg(native_layout(), 1, b"b").with_wait(),
-        Op::Acquire,
-        rig.now(),
-    );
-    let mut k = 0;
-    let mut released_at = 0;
-    rig.run(&mut m, 10, |r| {
-        k += 1;
-        match k {
-            1..=4 => r.put_native(owner_record(100 + k)),
-            5 => {
-                r.put_native(release_record(104));
-                released_at = r.now_us;
-            }
-            _ => {}
-        }
-    });
-    assert!(m.is_held(), "{:?}", m.outcome());
-    let t = (rig.now_us - released_at) as f64 / 1e6;
+    let beats = |step: u64| (1..=4).map(move |k| Some(owner_record(100 + step * k)));
+    let mut script: Vec<_> = beats(1).collect();
+    script.push(Some(release_record(104)));
+    let t = held_after_release(true, &script);
     assert!(
         (0.2..0.21).contains(&t),
         "claim wait after a watched release: {t}"
@@ -982,77 +986,22 @@ fn a_watched_release_gets_the_short_claim_wait() {
 
     // Heartbeats written between our polls (the release names a later sequence than the
     // last heartbeat we saw): still the owner's own release.
-    let mut rig = Rig::new();
-    rig.put_native(owner_record(100));
-    let mut m = Machine::new(
-        cfg(native_layout(), 1, b"b").with_wait(),
-        Op::Acquire,
-        rig.now(),
-    );
-    let mut k = 0;
-    let mut released_at = 0;
-    rig.run(&mut m, 10, |r| {
-        k += 1;
-        match k {
-            1..=4 => r.put_native(owner_record(100 + 2 * k)),
-            5 => {
-                r.put_native(release_record(110));
-                released_at = r.now_us;
-            }
-            _ => {}
-        }
-    });
-    assert!(m.is_held(), "{:?}", m.outcome());
-    let t = (rig.now_us - released_at) as f64 / 1e6;
+    let mut script: Vec<_> = beats(2).collect();
+    script.push(Some(release_record(110)));
+    let t = held_after_release(true, &script);
     assert!((0.2..0.21).contains(&t), "{t}");
 
     // Without queueing, a release seen during the watch is claimed too (not refused), but
     // with the long wait: one observation of the owner does not show the CLEAN was its
     // own fresh release.
-    let mut rig = Rig::new();
-    rig.put_native(owner_record(100));
-    let mut m = Machine::new(
-        cfg(native_layout(), 1, b"b").with_force(),
-        Op::Acquire,
-        rig.now(),
-    );
-    let mut k = 0;
-    let mut released_at = 0;
-    rig.run(&mut m, 10, |r| {
-        k += 1;
-        if k == 2 {
-            r.put_native(release_record(100));
-            released_at = r.now_us;
-        }
-    });
-    assert!(m.is_held(), "{:?}", m.outcome());
-    let t = (rig.now_us - released_at) as f64 / 1e6;
+    let t = held_after_release(false, &[None, Some(release_record(100))]);
     assert!((1.125..1.13).contains(&t), "{t}");
 
     // A CLEAN that does not name the next sequence of the block we watched (a restore, a
     // clear, a late release landing over someone else) gets the long wait.
-    let mut rig = Rig::new();
-    rig.put_native(owner_record(100));
-    let mut m = Machine::new(
-        cfg(native_layout(), 1, b"b").with_wait(),
-        Op::Acquire,
-        rig.now(),
-    );
-    let mut k = 0;
-    let mut released_at = 0;
-    rig.run(&mut m, 10, |r| {
-        k += 1;
-        match k {
-            1..=4 => r.put_native(owner_record(100 + k)),
-            5 => {
-                r.put_native(release_record(50));
-                released_at = r.now_us;
-            }
-            _ => {}
-        }
-    });
-    assert!(m.is_held(), "{:?}", m.outcome());
-    let t = (rig.now_us - released_at) as f64 / 1e6;
+    let mut script: Vec<_> = beats(1).collect();
+    script.push(Some(release_record(50)));
+    let t = held_after_release(true, &script);
     assert!((1.125..1.13).contains(&t), "{t}");
 }
 
@@ -1126,4 +1075,53 @@ fn a_late_claim_is_never_restored() {
     assert_eq!(m.outcome(), Some(Outcome::Aborted));
     assert_eq!(rig.writes, writes, "no restore after a late claim");
     assert_eq!(rig.native().state, State::Active);
+}
+
+#[test]
+fn an_emitted_write_not_issued_by_its_deadline_ends_the_machine() {
+    // A restore emitted in time but held in a driver's queue past its deadline: the driver
+    // must not issue it, and the machine ends as if the emit had come too late.
+    let mut rig = Rig::new();
+    rig.put_native(Record::formatted([1; 16], 100, 10, 0));
+    let mut m = Machine::new(cfg(native_layout(), 1, b"a"), Op::Acquire, rig.now());
+    let _ = read_clean_and_emit_claim(&mut rig, &mut m);
+    m.handle_write_done(rig.now());
+    assert_eq!(m.write_deadline(), None, "no write outstanding");
+    rig.now_us += 400_000;
+    m.release(rig.now());
+    assert!(matches!(m.poll_io(), Some(IoRequest::Read { .. })));
+    let sample = rig.disk[..512].to_vec();
+    m.handle_read_done(rig.now(), &sample);
+    assert!(matches!(m.poll_io(), Some(IoRequest::Write { .. })));
+    let deadline = m.write_deadline().expect("a restore has a deadline");
+    let mut buf = [0u8; MAX_RECORD_LEN];
+    assert!(m.emit_block(rig.now(), &mut buf));
+    rig.now_us = deadline.as_micros();
+    m.handle_write_not_issued(rig.now());
+    assert_eq!(m.outcome(), Some(Outcome::Aborted));
+
+    // A heartbeat: its deadline is the lease; past it the machine fences.
+    let mut rig = Rig::new();
+    rig.put_native(Record::formatted([1; 16], 100, 10, 0));
+    let mut m = Machine::new(cfg(native_layout(), 1, b"a"), Op::Acquire, rig.now());
+    rig.run(&mut m, 5, |_| {});
+    assert!(m.is_held());
+    let beat = m.poll_timeout().expect("next beat");
+    rig.now_us = beat.as_micros();
+    m.handle_timeout(rig.now());
+    assert!(matches!(m.poll_io(), Some(IoRequest::Read { .. })));
+    let sample = rig.disk[..512].to_vec();
+    m.handle_read_done(rig.now(), &sample);
+    assert!(matches!(m.poll_io(), Some(IoRequest::Write { .. })));
+    assert_eq!(m.write_deadline(), m.owned_until());
+    assert!(m.emit_block(rig.now(), &mut buf));
+    // Before the deadline nothing happens; after it, fenced.
+    m.handle_write_not_issued(rig.now());
+    assert!(m.is_held());
+    rig.now_us = m.write_deadline().expect("lease").as_micros();
+    m.handle_write_not_issued(rig.now());
+    assert!(matches!(
+        m.outcome(),
+        Some(Outcome::Lost(Loss::Fenced { .. }))
+    ));
 }

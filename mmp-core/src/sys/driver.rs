@@ -209,16 +209,7 @@ impl PhaseDelay {
         if it.next().is_some() {
             return None;
         }
-        let phase = [
-            Phase::Reading,
-            Phase::Watching,
-            Phase::Claiming,
-            Phase::Held,
-            Phase::Releasing,
-            Phase::Clearing,
-        ]
-        .into_iter()
-        .find(|p| p.name() == phase)?;
+        let phase = Phase::from_name(phase).filter(|p| *p != Phase::Done)?;
         let write = match kind {
             "read" => false,
             "write" => true,

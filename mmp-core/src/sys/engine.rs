@@ -447,7 +447,7 @@ struct RingReq {
     slot: usize,
     p: PendingIo,
     span: DirectSpan,
-    /// A write's lease end: not submitted at or after it.
+    /// A write's deadline ([`Machine::write_deadline`]): not submitted at or after it.
     not_after: Option<Instant>,
     /// When it went to the kernel (`None`: staged, not yet submitted).
     pushed: Option<Instant>,
@@ -488,7 +488,7 @@ struct Job {
     /// A write's block in, a read's data out.
     rec: Box<[u8; MAX_RECORD_LEN]>,
     target: Arc<Target>,
-    /// A write's lease end: not issued at or after it.
+    /// A write's deadline ([`Machine::write_deadline`]): not issued at or after it.
     not_after: Option<Instant>,
 }
 
@@ -496,7 +496,7 @@ struct Job {
 struct JobDone {
     slot: usize,
     p: PendingIo,
-    /// `None`: not issued, the lease had run out (a write only).
+    /// `None`: not issued, its deadline had passed (a write only).
     res: Option<Result<(), i32>>,
     rec: Box<[u8; MAX_RECORD_LEN]>,
 }
@@ -902,7 +902,7 @@ impl Worker {
     fn dispatch(&mut self, i: usize, p: PendingIo, target: Arc<Target>) {
         let s = &mut self.slots[i];
         let not_after = if p.write {
-            s.dev.machine.stall_deadline()
+            s.dev.machine.write_deadline()
         } else {
             None
         };
@@ -969,7 +969,7 @@ impl Worker {
             return;
         }
         let not_after = if p.write {
-            s.dev.machine.stall_deadline()
+            s.dev.machine.write_deadline()
         } else {
             None
         };
@@ -1036,8 +1036,8 @@ impl Worker {
         }
         let now = clock::now();
         match d.res {
-            // The lease ran out before the write could be issued.
-            None => s.dev.machine.handle_stall(now),
+            // The write's deadline passed before it could be issued.
+            None => s.dev.machine.handle_write_not_issued(now),
             Some(res) => driver::complete(&mut s.dev.machine, &d.p, res, &d.rec),
         }
         self.advance(d.slot);
@@ -1092,7 +1092,9 @@ impl Worker {
                 b.owners[k] = None;
                 b.ring.release(k);
                 s.io = SlotIo::Idle;
-                s.dev.machine.handle_stall(now);
+                if late {
+                    s.dev.machine.handle_write_not_issued(now);
+                }
                 back.push(i);
                 continue;
             }
