@@ -11,8 +11,12 @@
  * Native MMP area: acquires it, starts the heartbeat, mounts DEVICE on DIR with mount(8),
  * then stays in the foreground heartbeating until DIR is unmounted (polled every 200 ms) or
  * SIGTERM/SIGINT arrives (it then runs umount(8) on DIR and releases only if that worked).
- * Exit status: 0 released cleanly; 1 refused (another host holds the device); 2 error;
- * 3 ownership lost while mounted (the file system must be considered fenced: stop using it).
+ * Exit status, as the mmp command's: 0 released cleanly; 1 refused (another host holds the
+ * device); 2 error (a corrupt MMP block and a missing hostid included); 3 ownership lost
+ * while mounted (the file system must be considered fenced: stop using it).
+ *
+ * A loss is noticed through libmmp's event descriptor (mmp_device_event_fd), which the main
+ * loop polls together with its 200 ms mount check: no callback, no thread of its own.
  *
  * ext4/ldiskfs with MMP: the kernel heartbeats a mounted ext4 itself. The helper runs the
  * full acquire protocol (which the kernel skips on a clean block), hands the device to the
@@ -25,8 +29,8 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <poll.h>
 #include <signal.h>
-#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -39,9 +43,8 @@
 
 #include <mmp.h>
 
-/* Set from the signal handler and the loss callback (the event thread). */
+/* Set from the signal handler. */
 static volatile sig_atomic_t g_stop = 0;
-static atomic_int g_lost = 0;
 static struct mmp_device *volatile g_dev = NULL; /* for mmp_device_cancel in the handler */
 
 static void on_signal(int sig) {
@@ -51,13 +54,6 @@ static void on_signal(int sig) {
         /* Lock-free and async-signal-safe: stops an acquire that is still waiting. */
         (void)mmp_device_cancel(g_dev);
     }
-}
-
-/* Runs on libmmp's event thread: only record the loss; the main loop acts on it. */
-static void on_loss(void *userdata, const struct mmp_loss_info *info) {
-    (void)userdata;
-    (void)info;
-    atomic_store(&g_lost, (int)info->reason);
 }
 
 static void on_progress(void *userdata, mmp_phase phase, uint64_t remaining_ms, uint64_t total_ms) {
@@ -135,8 +131,39 @@ static bool is_mounted(const char *dir) {
     return found;
 }
 
+/* The mmp command's exit codes: a corrupt block and a missing hostid are errors there,
+ * not refusals by another host. */
 static int exit_for(mmp_result r) {
-    return mmp_result_is_refusal(r) && r != MMP_RESULT_ABORTED ? 1 : 2;
+    if (r == MMP_RESULT_OK) {
+        return 0;
+    }
+    if (mmp_result_is_lost(r)) {
+        return 3;
+    }
+    if (r == MMP_RESULT_CORRUPT || r == MMP_RESULT_NO_HOSTID || r == MMP_RESULT_ABORTED) {
+        return 2;
+    }
+    return mmp_result_is_refusal(r) ? 1 : 2;
+}
+
+/* Says why a call on `dev` failed: with the owner behind a refusal, or the errno behind an
+ * I/O error, from the same call (no second status read, which could see a later block). */
+static void report(const char *path, const struct mmp_device *dev, mmp_result r) {
+    struct mmp_error_info e;
+    if (dev != NULL && mmp_device_last_error(dev, &e) == MMP_RESULT_OK && e.result == r) {
+        if (e.owner_valid) {
+            fprintf(stderr, "mount-helper: %s: %s (held by %s, hostid %08x, last write %.1f s ago)\n",
+                    path, mmp_result_str(r), e.owner.nodename, (unsigned)e.owner.hostid,
+                    (double)e.owner_age_ms / 1000.0);
+            return;
+        }
+        if (e.os_error != 0) {
+            fprintf(stderr, "mount-helper: %s: %s (%s)\n", path, mmp_result_str(r),
+                    strerror(e.os_error));
+            return;
+        }
+    }
+    fprintf(stderr, "mount-helper: %s: %s\n", path, mmp_result_str(r));
 }
 
 static void usage(void) {
@@ -180,7 +207,12 @@ int main(int argc, char **argv) {
     struct mmp_device *dev = NULL;
     mmp_result r = mmp_device_open(mmp_path, NULL, 0, &dev);
     if (r != MMP_RESULT_OK) {
-        fprintf(stderr, "mount-helper: %s: %s\n", mmp_path, mmp_result_str(r));
+        if (r == MMP_RESULT_NOT_FOUND || r == MMP_RESULT_IO || r == MMP_RESULT_PERMISSION_DENIED) {
+            fprintf(stderr, "mount-helper: %s: %s (%s)\n", mmp_path, mmp_result_str(r),
+                    strerror(mmp_last_os_error()));
+        } else {
+            fprintf(stderr, "mount-helper: %s: %s\n", mmp_path, mmp_result_str(r));
+        }
         return 2;
     }
     g_dev = dev;
@@ -195,7 +227,7 @@ int main(int argc, char **argv) {
 
     r = mmp_device_acquire(dev, force, on_progress, (void *)mmp_path);
     if (r != MMP_RESULT_OK) {
-        fprintf(stderr, "mount-helper: %s: %s\n", mmp_path, mmp_result_str(r));
+        report(mmp_path, dev, r);
         g_dev = NULL;
         mmp_device_free(dev);
         return exit_for(r);
@@ -239,8 +271,12 @@ int main(int argc, char **argv) {
     sigaddset(&sigs, SIGTERM);
     sigaddset(&sigs, SIGINT);
     sigprocmask(SIG_BLOCK, &sigs, &old);
-    r = mmp_device_start_heartbeat(dev, on_loss, NULL);
+    r = mmp_device_start_heartbeat(dev, NULL, NULL); /* no callback: the event fd instead */
     sigprocmask(SIG_SETMASK, &old, NULL);
+    struct pollfd pfd = {-1, POLLIN, 0};
+    if (r == MMP_RESULT_OK) {
+        r = mmp_device_event_fd(dev, &pfd.fd);
+    }
     if (r != MMP_RESULT_OK) {
         fprintf(stderr, "mount-helper: %s: %s\n", mmp_path, mmp_result_str(r));
         g_dev = NULL;
@@ -259,11 +295,13 @@ int main(int argc, char **argv) {
 
     int code = 0;
     for (;;) {
-        int lost = atomic_load(&g_lost);
-        if (lost != 0) {
+        uint32_t events = 0;
+        struct mmp_loss_info loss;
+        if (mmp_device_read_events(dev, &events, &loss) == MMP_RESULT_OK &&
+            (events & MMP_EVENT_LOST)) {
             fprintf(stderr,
-                    "mount-helper: %s: ownership LOST (reason %d): stop using %s at once\n",
-                    mmp_path, lost, dir);
+                    "mount-helper: %s: ownership LOST (reason %u): stop using %s at once\n",
+                    mmp_path, (unsigned)loss.reason, dir);
             code = 3;
             break;
         }
@@ -277,15 +315,16 @@ int main(int argc, char **argv) {
         if (!is_mounted(canon)) {
             break;
         }
-        struct timespec ts = {0, 200 * 1000 * 1000};
-        nanosleep(&ts, NULL);
+        /* Wakes at once on a loss or a signal (EINTR), else after 200 ms for the mount
+         * check. */
+        (void)poll(&pfd, 1, 200);
     }
     r = mmp_device_release(dev);
     g_dev = NULL;
     mmp_device_free(dev);
     if (code == 0 && r != MMP_RESULT_OK) {
         fprintf(stderr, "mount-helper: %s: release: %s\n", mmp_path, mmp_result_str(r));
-        code = r == MMP_RESULT_LOST ? 3 : 2;
+        code = exit_for(r);
     }
     if (code == 0) {
         printf("unmounted %s; released %s\n", dir, mmp_path);

@@ -39,6 +39,12 @@
 #define MMP_OPEN_ALL (MMP_OPEN_READ_ONLY | MMP_OPEN_REALTIME)
 
 /**
+ * `mmp_device_read_events`: a held device was lost (the loss callback, if any, is called
+ * too); the details come with the event.
+ */
+#define MMP_EVENT_LOST 1
+
+/**
  * Size of the name arrays in `mmp_status`: up to 64 bytes and a terminating NUL.
  */
 #define MMP_NAME_SIZE 65
@@ -199,6 +205,32 @@ enum mmp_result
      */
     MMP_RESULT_NOT_EXT4 = 117,
     /**
+     * Called in a `fork()` child on a handle opened before the fork: the child owns
+     * nothing the parent holds (the parent still does). `mmp_device_status` still reads
+     * the block (with `owned` false) and `mmp_device_free` frees the child's copy without
+     * writing; handles opened in the child work normally.
+     */
+    MMP_RESULT_FORKED = 118,
+    /**
+     * `mmp_watchdog_disarm` with no watchdog armed.
+     */
+    MMP_RESULT_NOT_ARMED = 119,
+    /**
+     * `mmp_watchdog_arm` while a watchdog is armed already.
+     */
+    MMP_RESULT_ALREADY_ARMED = 120,
+    /**
+     * `mmp_fence_*`: the device does not take SCSI persistent reservations (a file, loop,
+     * virtio-blk or NVMe device, or a SCSI target without them).
+     */
+    MMP_RESULT_NOT_SCSI = 121,
+    /**
+     * `mmp_fence_*`: a persistent-reservation step failed: another software's key holds
+     * the device, another host preempted ours while acquiring, the reservation kept
+     * changing, or the target refused a command (see `mmp_last_os_error` for an errno).
+     */
+    MMP_RESULT_FENCE_FAILED = 122,
+    /**
      * This host lost a device it held: another host wrote the block, no heartbeat
      * succeeded within the fail window (self-fenced), or the release could not verify the
      * block. Stop using the device at once.
@@ -347,6 +379,11 @@ enum mmp_loss
      * The heartbeat thread stopped unexpectedly (a bug); no more heartbeats are written.
      */
     MMP_LOSS_HEARTBEAT_STOPPED = 4,
+    /**
+     * The storage refused a heartbeat with RESERVATION CONFLICT: another host preempted
+     * this host's SCSI persistent reservation. `os_error` is the errno (`EBADE`).
+     */
+    MMP_LOSS_PREEMPTED = 5,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -390,8 +427,16 @@ typedef uint32_t mmp_self_fence;
  * An open device: the opaque handle C code holds as `struct mmp_device *`.
  *
  * Ownership: `mmp_device_open` creates it, `mmp_device_free` frees it, exactly once.
- * Overlapping calls on one handle (from two threads, or from a callback) get
- * `MMP_RESULT_BUSY` instead of racing.
+ * Calls on one handle take turns (see `docs/c-api.md`, Threads): a re-entry from a
+ * callback gets `MMP_RESULT_BUSY` instead of racing or waiting for itself.
+ *
+ * fork, exec, exit: a `fork()` child owns nothing its parent holds. On a handle opened
+ * before the fork, the child's `mmp_device_status` reads the block with `owned` false,
+ * `mmp_device_free` frees the child's copy without writing, and every other call returns
+ * `MMP_RESULT_FORKED`; handles opened in the child work, with the child's own heartbeat
+ * thread. Leave such a child with `_exit()` or `exec`. Device, event and watchdog
+ * descriptors are close-on-exec. An exec or exit while holding ends the heartbeats without
+ * writing CLEAN (a crash, to other hosts): release first.
  */
 typedef struct mmp_device mmp_device;
 
@@ -440,8 +485,10 @@ typedef struct mmp_status {
      */
     bool has_hostid;
     /**
-     * Whether this handle holds the device right now (acquired, not released, not lost).
-     * Always false in statuses that describe someone else's block (check, loss).
+     * Whether this handle holds the device right now (acquired, not released, not lost),
+     * by the clock: false once the lease ran out, even if the heartbeat thread has not
+     * noticed (or is gone), and always false in a `fork()` child. Always false in statuses
+     * that describe someone else's block (check, loss, `mmp_error_info.owner`).
      */
     bool owned;
     /**
@@ -513,6 +560,38 @@ typedef struct mmp_loss_info {
  */
 typedef void (*mmp_loss_cb)(void *userdata, const struct mmp_loss_info *info);
 
+/**
+ * Why the last failed call on a handle failed (`mmp_device_last_error`): the result, the
+ * operating system's error number behind it, and for a refusal the owner whose block
+ * caused it.
+ */
+typedef struct mmp_error_info {
+    /**
+     * The result the call returned (`MMP_RESULT_OK` if no call on the handle failed yet).
+     */
+    uint32_t result;
+    /**
+     * The `errno` behind it (for `MMP_RESULT_IO` and the other results that come from a
+     * system call), else 0.
+     */
+    int32_t os_error;
+    /**
+     * Whether `owner` describes the block that caused a refusal (`MMP_RESULT_IN_USE`,
+     * `FOREIGN`, `FSCK`, `UNKNOWN_SEQ`, `MAINTENANCE`, `LOST_RACE` when the block parsed).
+     */
+    bool owner_valid;
+    /**
+     * The block found, when `owner_valid`: the owner's node name, hostid, state.
+     */
+    struct mmp_status owner;
+    /**
+     * When `owner_valid`: how long before the failure the owner last wrote the block, by
+     * the wall clocks of both hosts, milliseconds (0 if its clock is ahead; ext4 records
+     * whole seconds).
+     */
+    uint64_t owner_age_ms;
+} mmp_error_info;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -549,7 +628,9 @@ mmp_result mmp_device_open(const char *path,
  * Frees a handle. NULL is allowed and does nothing.
  *
  * A device still held is released first, as `mmp_device_release` would (errors are
- * ignored); a poisoned handle writes nothing.
+ * ignored); a poisoned handle writes nothing. In a `fork()` child, freeing a handle
+ * inherited from the parent frees the child's copy only: it writes nothing and does not
+ * touch the parent's heartbeat.
  *
  * # Safety
  * `dev` is NULL or a handle from `mmp_device_open` that has not been freed, and no other
@@ -559,11 +640,18 @@ mmp_result mmp_device_open(const char *path,
 void mmp_device_free(struct mmp_device *dev);
 
 /**
- * Reads the device's MMP block once and describes it: never writes, never waits.
+ * Reads the device's MMP block once and describes it: never writes, never waits, and
+ * never waits for (or delays) another call on the handle or the heartbeat, so any thread
+ * may poll it at any time, also while an acquire or release runs.
+ *
+ * `owned` follows the lease by the clock: it is true only while this handle holds the
+ * device and its lease (renewed by every successful heartbeat) has not run out, whether
+ * or not the heartbeat thread has noticed. In a `fork()` child, on a handle inherited from
+ * the parent, the block is read as usual and `owned` is false.
  *
  * # Errors
  * `MMP_RESULT_NULL_PARAMETER`, `MMP_RESULT_CORRUPT` (the block does not parse),
- * `MMP_RESULT_IO`, `MMP_RESULT_BUSY`, `MMP_RESULT_POISONED`.
+ * `MMP_RESULT_IO`, `MMP_RESULT_POISONED`.
  *
  * # Safety
  * `dev` is NULL or a live handle; `out` is NULL or writable.
@@ -573,16 +661,20 @@ mmp_result mmp_device_status(const struct mmp_device *dev, struct mmp_status *ou
 /**
  * The activity test, read-only: watches the block as long as its owner's parameters
  * require and succeeds when the device is safe to take (clean, or not clean but silent
- * for the whole window). `*out_owner` then describes the block as found.
+ * for the whole window). `*out_owner` (may be NULL) then describes the block as found.
  *
- * `cb` (may be NULL) is called on this thread with the phase and the time left in each
- * wait. `mmp_device_cancel` stops the wait (`MMP_RESULT_ABORTED`).
+ * `cb` (may be NULL) is called on this thread: once with `MMP_PHASE_READING` (0 ms) at
+ * the start, then with `MMP_PHASE_WATCHING` and the time left in the wait.
+ * `mmp_device_cancel` stops the wait (`MMP_RESULT_ABORTED`).
  *
  * # Errors
  * `MMP_RESULT_IN_USE` (another host is active), `MMP_RESULT_FSCK`,
  * `MMP_RESULT_UNKNOWN_SEQ`, `MMP_RESULT_MAINTENANCE`, `MMP_RESULT_CORRUPT`,
  * `MMP_RESULT_IO`, `MMP_RESULT_ABORTED`, `MMP_RESULT_ALREADY_HELD` (this handle holds
- * it), `MMP_RESULT_NULL_PARAMETER`, `MMP_RESULT_BUSY`, `MMP_RESULT_POISONED`.
+ * it), `MMP_RESULT_LOST` (this handle's acquire lapsed, see `mmp_device_acquire`; the
+ * handle is idle again), `MMP_RESULT_NULL_PARAMETER` (`dev` NULL), `MMP_RESULT_BUSY`,
+ * `MMP_RESULT_FORKED`, `MMP_RESULT_POISONED`. `mmp_device_last_error` gives the owner
+ * behind a refusal.
  *
  * # Safety
  * `dev` is NULL or a live handle; `cb` is NULL or a function that may be called with
@@ -599,21 +691,36 @@ mmp_result mmp_device_check(const struct mmp_device *dev,
  * (within the fail window, `mmp_status.fail_window_ms`), or the lease runs out.
  *
  * `force` takes a device last held by another host and not released; the activity test
- * still runs, so a live owner is never taken. `cb` (may be NULL) is called on this thread
- * with progress; `mmp_device_cancel` stops the wait (`MMP_RESULT_ABORTED`; a claim
- * already written is replaced by the block found before it only if a fresh re-read an
- * interval later still shows exactly the claim and the write can go out within a short
- * deadline, see docs/protocol.md; otherwise it stays on the device as a stale live block).
+ * still runs, so a live owner is never taken. `cb` (may be NULL) is called on this thread:
+ * once with `MMP_PHASE_READING` (0 ms) at the start, then with `MMP_PHASE_WATCHING` and
+ * `MMP_PHASE_CLAIMING` and the time left in each wait (the other phases are never
+ * reported). A callback that blocks delays the acquire: past the fail window during the
+ * claim the acquire ends in `MMP_RESULT_LOST` or `MMP_RESULT_TOO_LATE`.
+ *
+ * `mmp_device_cancel` stops the wait (`MMP_RESULT_ABORTED`). A cancel during the claim
+ * restores the block found before it: the previous block is written back if a fresh
+ * re-read an interval later still shows exactly the claim and the write can go out within
+ * a short deadline (see docs/protocol.md); only if not (the claim was overwritten, or the
+ * I/O is too slow) does the claim stay on the device, as a stale live block.
+ *
+ * A lapsed hold: if `mmp_device_start_heartbeat` is not called within the fail window,
+ * the lease runs out: `owned` becomes false, and the next call on the handle that finds it
+ * (`mmp_device_start_heartbeat`, `mmp_device_release`, `mmp_device_check`,
+ * `mmp_device_acquire`, `mmp_device_clear`) returns `MMP_RESULT_LOST` once and leaves the
+ * handle idle (nothing is written; the claim stays on the device as a stale live block).
  *
  * # Errors
  * The refusals `MMP_RESULT_IN_USE`, `MMP_RESULT_FOREIGN`, `MMP_RESULT_FSCK`,
  * `MMP_RESULT_UNKNOWN_SEQ`, `MMP_RESULT_MAINTENANCE`, `MMP_RESULT_CORRUPT`,
  * `MMP_RESULT_NO_HOSTID` (native format only), `MMP_RESULT_LOST_RACE`,
  * `MMP_RESULT_TOO_LATE` (the claim was verified only after the lease it earned had run
- * out: the I/O or this thread was too slow), `MMP_RESULT_ABORTED`; and
- * `MMP_RESULT_IO`, `MMP_RESULT_HOSTID_INVALID`, `MMP_RESULT_READ_ONLY`,
+ * out: the I/O or this thread was too slow), `MMP_RESULT_ABORTED`; `MMP_RESULT_LOST`
+ * (the claim was overwritten or its lease ran out while it was being verified, e.g. a
+ * progress callback that blocked past the fail window; or a lapsed earlier hold, above);
+ * and `MMP_RESULT_IO`, `MMP_RESULT_HOSTID_INVALID`, `MMP_RESULT_READ_ONLY`,
  * `MMP_RESULT_ALREADY_HELD`, `MMP_RESULT_NULL_PARAMETER`, `MMP_RESULT_BUSY`,
- * `MMP_RESULT_POISONED`.
+ * `MMP_RESULT_FORKED` (a handle inherited through `fork()`), `MMP_RESULT_POISONED`.
+ * `mmp_device_last_error` gives the errno and the owner behind a failure.
  *
  * # Safety
  * `dev` is NULL or a live handle; `cb` is NULL or a function that may be called with
@@ -636,7 +743,8 @@ mmp_result mmp_device_acquire(const struct mmp_device *dev,
  * `MMP_RESULT_NOT_HELD`, `MMP_RESULT_ALREADY_HELD` (already heartbeating),
  * `MMP_RESULT_LOST` (the lease ran out before this call; the handle no longer holds the
  * device), `MMP_RESULT_IO`, `MMP_RESULT_NULL_PARAMETER`, `MMP_RESULT_BUSY`,
- * `MMP_RESULT_POISONED`.
+ * `MMP_RESULT_FORKED` (a handle inherited through `fork()`; a handle opened in the child
+ * gets the child's own heartbeat thread), `MMP_RESULT_POISONED`.
  *
  * # Safety
  * `dev` is NULL or a live handle; `cb` is NULL or a function that may be called with
@@ -648,12 +756,17 @@ mmp_result mmp_device_start_heartbeat(const struct mmp_device *dev, mmp_loss_cb 
 /**
  * Releases the device: the block is re-read and CLEAN is written only if it still holds
  * what this host last wrote. Stops the heartbeat (waiting for its threads) if it runs.
- * The handle can acquire again afterwards.
+ * The handle can acquire again afterwards. If another call on the handle runs (on another
+ * thread), the release waits for it to finish, then runs; `mmp_device_status` never
+ * delays it.
  *
  * # Errors
- * `MMP_RESULT_LOST` (ownership was lost before or during the release; nothing was
- * written), `MMP_RESULT_NOT_HELD`, `MMP_RESULT_IN_CALLBACK` (called from this handle's
- * loss callback), `MMP_RESULT_NULL_PARAMETER`, `MMP_RESULT_BUSY`, `MMP_RESULT_POISONED`.
+ * `MMP_RESULT_LOST` (ownership was lost before or during the release, or the hold had
+ * lapsed; nothing was written), `MMP_RESULT_NOT_HELD`, `MMP_RESULT_IN_CALLBACK` (called
+ * from this handle's loss callback), `MMP_RESULT_NULL_PARAMETER`, `MMP_RESULT_BUSY` (from
+ * a progress callback of a call on the same handle, or from a loss callback while another
+ * call runs), `MMP_RESULT_FORKED` (a handle inherited through `fork()`: the child owns
+ * nothing and writes nothing; the parent still holds the device), `MMP_RESULT_POISONED`.
  *
  * # Safety
  * `dev` is NULL or a live handle.
@@ -668,8 +781,10 @@ mmp_result mmp_device_release(const struct mmp_device *dev);
  *
  * # Errors
  * `MMP_RESULT_CORRUPT`, `MMP_RESULT_READ_ONLY`, `MMP_RESULT_ALREADY_HELD` (release
- * instead), `MMP_RESULT_IO`,
- * `MMP_RESULT_NULL_PARAMETER`, `MMP_RESULT_BUSY`, `MMP_RESULT_POISONED`.
+ * instead), `MMP_RESULT_LOST` (this handle's acquire lapsed, see `mmp_device_acquire`; the
+ * handle is idle again), `MMP_RESULT_ABORTED` (`mmp_device_cancel`), `MMP_RESULT_IO`,
+ * `MMP_RESULT_NULL_PARAMETER`, `MMP_RESULT_BUSY`, `MMP_RESULT_FORKED`,
+ * `MMP_RESULT_POISONED`.
  *
  * # Safety
  * `dev` is NULL or a live handle.
@@ -677,12 +792,14 @@ mmp_result mmp_device_release(const struct mmp_device *dev);
 mmp_result mmp_device_clear(const struct mmp_device *dev);
 
 /**
- * Cancels the check or acquire running on this handle, or the next one if none runs: it
- * returns `MMP_RESULT_ABORTED` at its next wake-up (within 50 ms). Lock-free: may be
- * called from any thread and from a signal handler.
+ * Cancels the check, acquire or clear running on this handle: it returns
+ * `MMP_RESULT_ABORTED` at its next wake-up (within 50 ms). It applies only to the call in
+ * flight: when none runs (before it starts, or while the device is held), it does nothing
+ * and the next call is not affected. Lock-free: may be called from any thread and from a
+ * signal handler.
  *
  * # Errors
- * `MMP_RESULT_NULL_PARAMETER`, `MMP_RESULT_POISONED`.
+ * `MMP_RESULT_NULL_PARAMETER`, `MMP_RESULT_FORKED`, `MMP_RESULT_POISONED`.
  *
  * # Safety
  * `dev` is NULL or a live handle.
@@ -775,7 +892,7 @@ mmp_result mmp_hostid_get(uint32_t *out);
  *
  * # Errors
  * `MMP_RESULT_NOT_HELD` (no device is heartbeating), `MMP_RESULT_INVALID_PARAMETER` (bad
- * timeout), `MMP_RESULT_ALREADY_HELD` (a watchdog is armed), `MMP_RESULT_NOT_FOUND`,
+ * timeout), `MMP_RESULT_ALREADY_ARMED`, `MMP_RESULT_NOT_FOUND`,
  * `MMP_RESULT_PERMISSION_DENIED`, `MMP_RESULT_IO` (opening or setting the timeout failed),
  * `MMP_RESULT_NULL_PARAMETER`.
  *
@@ -789,7 +906,8 @@ mmp_result mmp_watchdog_arm(const char *path, uint32_t timeout_s);
  * device was lost, else without it (the reset goes ahead).
  *
  * # Errors
- * `MMP_RESULT_NOT_HELD` (no watchdog armed).
+ * `MMP_RESULT_NOT_ARMED` (no watchdog armed in this process; a `fork()` child never
+ * inherits one).
  */
 mmp_result mmp_watchdog_disarm(void);
 
@@ -821,10 +939,127 @@ bool mmp_result_is_refusal(uint32_t result);
 bool mmp_result_is_error(uint32_t result);
 
 /**
+ * Whether `result` says a held device was lost (200..): stop using the device at once.
+ */
+bool mmp_result_is_lost(uint32_t result);
+
+/**
+ * The `errno` behind the error the last libmmp call on this thread returned (0 if that
+ * call succeeded or its error came from no system call), like `errno` itself: read it
+ * right after the failing call. Per handle, `mmp_device_last_error` keeps it too.
+ */
+int32_t mmp_last_os_error(void);
+
+/**
+ * The context of the last call on this handle that failed (other than
+ * `mmp_device_status`, which changes nothing, and this function): its result, the `errno`
+ * behind it, and for a refusal the owner whose block caused it (node name, hostid, state,
+ * and how long ago it last wrote), so no second `mmp_device_status` is needed (it might
+ * describe a later block anyway). `result` is `MMP_RESULT_OK` if no call failed yet.
+ * Never waits for another call on the handle.
+ *
+ * # Errors
+ * `MMP_RESULT_NULL_PARAMETER`, `MMP_RESULT_FORKED`, `MMP_RESULT_POISONED`.
+ *
+ * # Safety
+ * `dev` is NULL or a live handle; `out` is NULL or writable.
+ */
+mmp_result mmp_device_last_error(const struct mmp_device *dev, struct mmp_error_info *out);
+
+/**
+ * A file descriptor that becomes readable when an event is pending on this handle (a
+ * loss: `MMP_EVENT_LOST`), for `poll`/`epoll`/`select` event loops; then call
+ * `mmp_device_read_events`. The loss callback, if one was given, is still called as well.
+ *
+ * The descriptor (an eventfd: non-blocking, close-on-exec) belongs to the handle: it is
+ * the same on every call, stays valid until `mmp_device_free`, and must not be closed,
+ * read or written by the caller. Events of earlier holds that were not read stay pending.
+ *
+ * # Errors
+ * `MMP_RESULT_IO` (the descriptor could not be created; see `mmp_last_os_error`),
+ * `MMP_RESULT_NULL_PARAMETER`, `MMP_RESULT_FORKED`, `MMP_RESULT_POISONED`.
+ *
+ * # Safety
+ * `dev` is NULL or a live handle; `out_fd` is NULL or writable.
+ */
+mmp_result mmp_device_event_fd(const struct mmp_device *dev, int32_t *out_fd);
+
+/**
+ * Takes the pending events of this handle and makes its event descriptor unreadable
+ * again: `*out_events` receives a combination of `MMP_EVENT_*` bits (0 when nothing was
+ * pending, which a wake-up may show), and when `MMP_EVENT_LOST` is among them and
+ * `out_loss` is not NULL, `*out_loss` receives the details of the last loss (as the loss
+ * callback saw them). Never waits for another call on the handle; may be called from any
+ * thread, not from a signal handler.
+ *
+ * # Errors
+ * `MMP_RESULT_NULL_PARAMETER` (`dev` or `out_events`), `MMP_RESULT_FORKED`,
+ * `MMP_RESULT_POISONED`.
+ *
+ * # Safety
+ * `dev` is NULL or a live handle; `out_events` is NULL or writable; `out_loss` is NULL or
+ * writable.
+ */
+mmp_result mmp_device_read_events(const struct mmp_device *dev,
+                                  uint32_t *out_events,
+                                  struct mmp_loss_info *out_loss);
+
+/**
  * The library version, `"MAJOR.MINOR.PATCH"`: static, NUL-terminated, never NULL. Compare
  * with the `MMP_VERSION_*` macros to detect a header/library mismatch.
  */
 const char *mmp_version(void);
+
+/**
+ * Registers this host's reservation key (`0x6d6d7000` and the hostid; `hostid` 0 means
+ * this host's) on each of the `n` devices `paths`: the MMP device and the data devices it
+ * protects. Call it before `mmp_device_acquire`: under a crashed owner's reservation only
+ * a registered host can write its claim. Idempotent.
+ *
+ * # Errors
+ * `MMP_RESULT_NOT_SCSI` (checked on every device before anything is registered),
+ * `MMP_RESULT_NO_HOSTID`, `MMP_RESULT_NOT_FOUND`, `MMP_RESULT_PERMISSION_DENIED` (needs
+ * root: `CAP_SYS_RAWIO`), `MMP_RESULT_IO`, `MMP_RESULT_FENCE_FAILED`,
+ * `MMP_RESULT_NULL_PARAMETER`, `MMP_RESULT_INVALID_PARAMETER` (`n` 0 or over 64, an empty
+ * path).
+ *
+ * # Safety
+ * `paths` is NULL or points to `n` pointers, each NULL or a NUL-terminated string.
+ */
+mmp_result mmp_fence_register(const char *const *paths, size_t n, uint32_t hostid);
+
+/**
+ * Takes a Write Exclusive – Registrants Only reservation on each device, preempting the
+ * previous owner's key and removing every other registration. Call it only after
+ * `mmp_device_acquire` returned `MMP_RESULT_OK` (the activity test proved the previous
+ * owner gone), and before the data is used. From then on the storage refuses every
+ * write of any other host.
+ *
+ * # Errors
+ * As `mmp_fence_register`; `MMP_RESULT_FENCE_FAILED` when a key of other software holds a
+ * device (never preempted), another host preempted ours meanwhile, or the reservation
+ * kept changing. Devices before the failing one may hold our reservation: call
+ * `mmp_fence_release`.
+ *
+ * # Safety
+ * As `mmp_fence_register`.
+ */
+mmp_result mmp_fence_acquire(const char *const *paths, size_t n, uint32_t hostid);
+
+/**
+ * Gives the devices up: releases our reservation and removes our registration on each
+ * (every device is tried; the first failure is returned). Call it after the data is
+ * quiesced and before `mmp_device_release` writes CLEAN, or after an acquire that did not
+ * succeed. Never after a loss: the reservation then stays until the next owner preempts
+ * it. Idempotent; harmless when another host preempted us.
+ *
+ * # Errors
+ * As `mmp_fence_register`.
+ *
+ * # Safety
+ * As `mmp_fence_register`.
+ */
+mmp_result mmp_fence_release(const char *const *paths, size_t n, uint32_t hostid);
 
 #ifdef __cplusplus
 }  // extern "C"

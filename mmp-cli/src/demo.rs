@@ -67,7 +67,7 @@ fn wait_acquired(rx: &Receiver<EngineEvent>) -> Result<(), String> {
             Ok(EngineEvent {
                 event: Event::Finished(o),
                 ..
-            }) => return Err(format!("{o:?}")),
+            }) => return Err(out::outcome("demo device", Some(&o))),
             Ok(_) => {}
             Err(_) => return Err("timed out".into()),
         }

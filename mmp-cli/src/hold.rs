@@ -6,7 +6,7 @@ use clap::Args;
 use mmp_core::machine::{Config, Event, Identity, Loss, Machine, Op, Outcome, Refusal};
 use mmp_core::sys::engine::{self, Engine, EngineEvent, Report};
 use mmp_core::sys::watchdog::Watchdog;
-use mmp_core::sys::{clock, driver, target};
+use mmp_core::sys::{clock, driver, pr, target};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -27,7 +27,8 @@ pub(crate) struct HoldOpts {
     /// none means forever. A standby that watched the release takes the device after two
     /// intervals. A dead owner's device is still taken only with --force (after the full
     /// activity test).
-    #[arg(long, value_name = "SECONDS", num_args = 0..=1, require_equals = true)]
+    #[arg(long, value_name = "SECONDS", num_args = 0..=1, require_equals = true,
+          value_parser = crate::parse_wait)]
     wait: Option<Option<f64>>,
     /// A data device this hold protects (repeatable). On SIGTERM/SIGINT, and under `run`
     /// when the command ends, the MMP devices are released (CLEAN) only once no guarded
@@ -36,6 +37,24 @@ pub(crate) struct HoldOpts {
     /// writes CLEAN: the partner then needs the full takeover.)
     #[arg(long, value_name = "DEVICE")]
     guard: Vec<PathBuf>,
+    /// Fence the storage as well: `scsi-pr` registers this host's key (0x6d6d7000 and the
+    /// hostid) on every MMP device and every --guard device, and once every MMP device is
+    /// acquired takes a SCSI-3 persistent reservation (Write Exclusive, Registrants Only)
+    /// on each, preempting the previous owner, before the command runs or `acquired` is
+    /// reported. A host that lost the device then gets RESERVATION CONFLICT on every write,
+    /// even if it was frozen and comes back. Released (before CLEAN) on a clean release;
+    /// kept after a loss until the next owner preempts it. Needs a hostid and SCSI devices
+    /// (iSCSI, FC, SAS; not loop, virtio-blk or NVMe); checked before anything is written.
+    #[arg(long, value_name = "KIND", value_parser = ["scsi-pr"])]
+    fence: Option<String>,
+    /// A device-mapper mapping over a data device (repeatable): on loss it is switched to
+    /// the error target, so every further I/O to the data fails at once on this host,
+    /// before the --on-loss action. `NAME` uses an existing mapping (as `mmp mount
+    /// --cut-io` makes); `NAME=DEVICE` makes it over DEVICE first (mount
+    /// /dev/mapper/NAME then) and removes it when the hold ends without a loss. Its node
+    /// counts as a guarded device (no CLEAN while it is mounted).
+    #[arg(long, value_name = "NAME[=DEVICE]")]
+    cut_io: Vec<String>,
     /// What to do when ownership of a device is lost: `exit` (default: release the others
     /// and exit 3), `kill` (the same; for `run` only), `exec:CMD` (run CMD with MMP_DEVICE
     /// and MMP_REASON set, then exit 3), `reboot` (sync, then an immediate sysrq reboot:
@@ -49,7 +68,7 @@ pub(crate) struct HoldOpts {
     watchdog_device: Option<PathBuf>,
     /// Watchdog timeout in seconds (default: the shortest fail window, rounded down); must
     /// not exceed any device's fail window.
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS", value_parser = crate::parse_whole_secs)]
     watchdog_timeout: Option<u64>,
     /// Write per-device state as JSON lines to this file every second (and on SIGHUP).
     #[arg(long, value_name = "PATH")]
@@ -62,6 +81,13 @@ pub(crate) struct HoldOpts {
     /// docs/RELIABILITY.md).
     #[arg(long, value_name = "PATH", hide = true)]
     owner_log: Option<PathBuf>,
+}
+
+impl HoldOpts {
+    /// The --guard devices (for `UUID=`/`LABEL=` names).
+    pub(crate) fn guards_mut(&mut self) -> &mut Vec<PathBuf> {
+        &mut self.guard
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,7 +106,7 @@ fn parse_loss(s: &str) -> Result<LossAction, String> {
         _ => match s.strip_prefix("exec:") {
             Some(cmd) if !cmd.trim().is_empty() => Ok(LossAction::Exec(cmd.to_string())),
             _ => Err(format!(
-                "--on-loss {s:?}: expected exit, kill, exec:COMMAND or reboot"
+                "--on-loss '{s}': expected exit, kill, exec:COMMAND or reboot"
             )),
         },
     }
@@ -114,47 +140,68 @@ fn notify_ready() {
     }
 }
 
-/// Per-device state lines (JSON), for SIGHUP and the status file.
-fn report_lines(r: &Report) -> String {
+/// Per-device state lines (JSON, docs/json.md), for SIGHUP and the status file: one `holder`
+/// object per device, then a `summary`.
+fn report_lines(r: &Report, formats: &[target::Format], ids: &[Identity]) -> String {
     let mut s = String::new();
     let fence = r.self_fence.map_or("off", |f| f.name());
-    for d in &r.slots {
+    for (i, d) in r.slots.iter().enumerate() {
         let st = d.stats;
         let state = match d.outcome {
-            None if d.owned_until.is_some() => "held".to_string(),
-            None => d.phase.name().to_string(),
-            Some(Outcome::Lost(_)) => "lost".to_string(),
-            Some(Outcome::Released) => "released".to_string(),
-            Some(Outcome::Refused(_)) => "refused".to_string(),
-            Some(o) => format!("{o:?}").to_lowercase(),
+            None if d.owned_until.is_some() => "held",
+            None => d.phase.name(),
+            Some(o) => out::outcome_name(&o),
         };
-        s.push_str(&format!(
-            "{{\"device\":{},\"state\":\"{state}\",\"last_write\":{},\"last_cycle_ms\":{:.3},\"advertised_delay_ms\":{:.3},\"interval_ms\":{},\"fail_window_ms\":{},\"beats\":{},\"io_failures\":{},\"max_gap_ms\":{:.3},\"self_fence\":\"{fence}\"}}\n",
-            out::json_bytes(d.path.as_os_str().as_encoded_bytes()),
-            d.last_write_wall_ms.map_or("null".to_string(), |t| format!("{:.3}", t as f64 / 1000.0)),
-            st.last_cycle.as_secs_f64() * 1000.0,
-            st.advertised_delay.as_secs_f64() * 1000.0,
-            st.interval.as_millis(),
-            st.fail_window.as_millis(),
-            st.beats,
-            st.io_failures,
-            st.max_gap.as_secs_f64() * 1000.0,
-        ));
+        let path = out::esc(d.path.as_os_str().as_encoded_bytes());
+        let o = crate::json::Obj::device("holder", &path, formats.get(i).copied())
+            .str("state", state)
+            .raw(
+                "last_write",
+                d.last_write_wall_ms
+                    .map_or("null".to_string(), |t| format!("{:.3}", t as f64 / 1000.0)),
+            )
+            .raw(
+                "last_cycle_ms",
+                format!("{:.3}", st.last_cycle.as_secs_f64() * 1000.0),
+            )
+            .raw(
+                "advertised_delay_ms",
+                format!("{:.3}", st.advertised_delay.as_secs_f64() * 1000.0),
+            )
+            .raw("interval_ms", st.interval.as_millis())
+            .raw("fail_window_ms", st.fail_window.as_millis())
+            .raw("beats", st.beats)
+            .raw("io_failures", st.io_failures)
+            .raw(
+                "max_gap_ms",
+                format!("{:.3}", st.max_gap.as_secs_f64() * 1000.0),
+            )
+            .str("self_fence", fence);
+        let o = match (d.outcome, ids.get(i)) {
+            (Some(Outcome::Refused(x)), _) => o.str("error", &out::refusal(&path, &x)),
+            (Some(Outcome::Lost(l)), Some(me)) => o.str("error", &out::loss(&path, &l, me)),
+            _ => o,
+        };
+        s.push_str(&o.end());
+        s.push('\n');
     }
     let g = &r.gaps;
-    s.push_str(&format!(
-        "{{\"summary\":true,\"devices\":{},\"gaps\":{},\"gap_p50_ms\":{:.3},\"gap_p99_ms\":{:.3},\"gap_p999_ms\":{:.3},\"gap_max_ms\":{:.3},\"self_fence\":\"{fence}\",\"watchdog_pets\":{},\"mlock\":{},\"sched_fifo\":{},\"io\":{}}}\n",
-        r.slots.len(),
-        g.count(),
-        g.quantile(0.5).as_secs_f64() * 1000.0,
-        g.quantile(0.99).as_secs_f64() * 1000.0,
-        g.quantile(0.999).as_secs_f64() * 1000.0,
-        g.max().as_secs_f64() * 1000.0,
-        r.watchdog_pets,
-        rt_json(r.realtime.mlock.as_ref()),
-        rt_json(r.realtime.fifo.as_ref()),
-        crate::out::json_str(&r.io),
-    ));
+    let ms = |d: Duration| format!("{:.3}", d.as_secs_f64() * 1000.0);
+    let summary = crate::json::Obj::new("summary")
+        .raw("summary", true)
+        .raw("devices", r.slots.len())
+        .raw("gaps", g.count())
+        .raw("gap_p50_ms", ms(g.quantile(0.5)))
+        .raw("gap_p99_ms", ms(g.quantile(0.99)))
+        .raw("gap_p999_ms", ms(g.quantile(0.999)))
+        .raw("gap_max_ms", ms(g.max()))
+        .str("self_fence", fence)
+        .raw("watchdog_pets", r.watchdog_pets)
+        .raw("mlock", rt_json(r.realtime.mlock.as_ref()))
+        .raw("sched_fifo", rt_json(r.realtime.fifo.as_ref()))
+        .str("io", &r.io);
+    s.push_str(&summary.end());
+    s.push('\n');
     s
 }
 
@@ -162,7 +209,7 @@ fn rt_json(r: Option<&Result<(), String>>) -> String {
     match r {
         None => "\"off\"".into(),
         Some(Ok(())) => "\"ok\"".into(),
-        Some(Err(e)) => out::json_str(e),
+        Some(Err(e)) => out::json_str(&out::plain(e)),
     }
 }
 
@@ -274,11 +321,36 @@ pub(crate) fn hold(
         _ => None,
     };
     let queue = opts.wait.is_some();
+    // Declared before the open devices so that it is dropped after them (a mapping still
+    // open cannot be removed).
+    let mut made_cuts = MadeCuts::default();
     let mut guards = Vec::with_capacity(opts.guard.len());
     for g in &opts.guard {
         let dev = mmp_core::sys::blockdev::Device::open(g, false)
             .map_err(|e| format!("--guard {}: {e}", show(g)))?;
         guards.push((show(g), dev));
+    }
+    let mut cuts = Vec::with_capacity(opts.cut_io.len());
+    for arg in &opts.cut_io {
+        let m = match arg.split_once('=') {
+            None => {
+                mmp_core::sys::dm::Mapping::find(arg).map_err(|e| format!("--cut-io {arg}: {e}"))?
+            }
+            Some((name, dev)) => match mmp_core::sys::dm::Mapping::find(name) {
+                Ok(m) => m,
+                Err(_) => {
+                    let m = mmp_core::sys::dm::Mapping::create(name, Path::new(dev))
+                        .map_err(|e| format!("--cut-io {arg}: {e}; nothing was written"))?;
+                    made_cuts.made.push(m.clone());
+                    m
+                }
+            },
+        };
+        let name = &m.name;
+        let dev = mmp_core::sys::blockdev::Device::open(&m.node, false)
+            .map_err(|e| format!("--cut-io {name}: {}: {e}", m.node.display()))?;
+        guards.push((m.node.display().to_string(), dev));
+        cuts.push(m);
     }
     // Where a guarded device is mounted on this host, if anywhere.
     let guard_mounted = || {
@@ -296,7 +368,9 @@ pub(crate) fn hold(
         let t = target::open(d, true).map_err(|e| e.to_string())?;
         c.check_hostid(t.format)?;
         c.warn_same_nodename(&t, &show(d));
-        if let Some(msg) = crate::mounted_here(&t, &show(d)) {
+        if let Some(msg) =
+            crate::mounted_here(&t, &show(d)).or_else(|| crate::local::held_here(c, &t, d))
+        {
             note!("mmp: {msg}");
             return Ok(1);
         }
@@ -326,6 +400,12 @@ pub(crate) fn hold(
             return Ok(code);
         }
     }
+    // Persistent reservations: every device must take them, checked before anything is
+    // written; our key is registered before the MMP claim can be written.
+    let fence = match &opts.fence {
+        None => None,
+        Some(_) => Some(open_fence(c, devices, &opts.guard)?),
+    };
     // Watchdog arithmetic before anything is written.
     let wd_timeout = match &opts.watchdog_device {
         None => None,
@@ -353,6 +433,8 @@ pub(crate) fn hold(
         }
     };
     let terminal = command.and_then(|_| mmp_core::sys::job::Foreground::of_stdin());
+    // Ctrl-Z stops the command, not the heartbeat (job.rs).
+    let mut relay = command.map(|_| crate::job::Relay::new());
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))
         .map_err(|e| e.to_string())?;
 
@@ -378,6 +460,7 @@ pub(crate) fn hold(
     let paths: Vec<String> = devices.iter().map(|d| show(d)).collect();
     let identities: Vec<Identity> = devices.iter().map(|d| c.identity(d)).collect();
     let n = targets.len();
+    let formats: Vec<target::Format> = targets.iter().map(|t| t.format).collect();
     for (t, id) in targets.into_iter().zip(&identities) {
         let mut cfg = Config::new(t.layout, *id, clock::random_seed());
         cfg.force = opts.force;
@@ -402,6 +485,10 @@ pub(crate) fn hold(
     let mut last_status_write = Instant::now();
     let mut last_summary = Instant::now();
     let mut io_warned = vec![false; n];
+    // Whether we hold persistent reservations that a clean release gives back.
+    let mut fence_reserved = false;
+    // The reservations were taken (acquired is reported only after that).
+    let mut fenced = false;
     let started = Instant::now();
     loop {
         // 25 ms: how late a SIGTERM release may start (signals cannot wake the channel).
@@ -409,7 +496,10 @@ pub(crate) fn hold(
             Ok(EngineEvent { slot, event }) => match event {
                 Event::Acquired => {
                     acquired[slot] = true;
-                    say(&format!("acquired {}", paths[slot]));
+                    // Fenced: reported once the reservations are ours too.
+                    if fence.is_none() {
+                        say(&format!("acquired {}", paths[slot]));
+                    }
                 }
                 Event::Progress { .. } if !many => progress[slot].event(&event),
                 Event::IoRetry(e) if !io_warned[slot] || c.verbose => {
@@ -435,10 +525,13 @@ pub(crate) fn hold(
                             }
                         }
                         Outcome::Lost(l) => {
+                            // The reservation stays until the next owner preempts it.
+                            fence_reserved = false;
                             let msg = out::loss(&paths[slot], &l, &identities[slot]);
                             note!("mmp: {msg}");
                             if !lost {
                                 lost = true;
+                                cut_io(&cuts);
                                 run_loss_action(&action, &paths[slot], &msg, child.as_mut());
                             }
                             code = 3;
@@ -498,12 +591,22 @@ pub(crate) fn hold(
                     guard_note = Some(Instant::now());
                 }
             } else {
+                // The data is quiesced: the reservations go before the MMP blocks say CLEAN.
+                if let Some(f) = fence.as_ref().filter(|_| fence_reserved) {
+                    for e in f.release() {
+                        note!(
+                            "mmp: --fence scsi-pr: could not release {e}; the next owner \
+                             preempts it"
+                        );
+                    }
+                    fence_reserved = false;
+                }
                 releasing = true;
                 eng.release_all();
             }
         }
         if hup.swap(false, Ordering::SeqCst) {
-            let body = report_lines(&eng.report());
+            let body = report_lines(&eng.report(), &formats, &identities);
             note_raw!("{body}");
             if let Some(p) = &opts.status_file {
                 write_status_file(p, &body);
@@ -512,11 +615,50 @@ pub(crate) fn hold(
         if let Some(p) = &opts.status_file
             && last_status_write.elapsed() >= Duration::from_secs(1)
         {
-            write_status_file(p, &report_lines(&eng.report()));
+            write_status_file(p, &report_lines(&eng.report(), &formats, &identities));
             last_status_write = Instant::now();
         }
-        if !ready && !releasing && acquired.iter().all(|&a| a) {
+        if !ready
+            && !releasing
+            && !fenced
+            && acquired.iter().all(|&a| a)
+            && let Some(f) = &fence
+        {
+            // Every MMP device is ours (activity test passed, claims verified): now the
+            // storage's word, before the data is used.
+            let fence_started = Instant::now();
+            match f.acquire() {
+                Ok(got) => {
+                    fence_reserved = true;
+                    fenced = true;
+                    say(&format!(
+                        "{} in {:.0} ms",
+                        fence_summary(f.key(), &got),
+                        fence_started.elapsed().as_secs_f64() * 1000.0
+                    ));
+                    // The reservation calls block; a loss reported meanwhile is handled
+                    // before anything is declared acquired.
+                    continue;
+                }
+                Err(e) => {
+                    note!("mmp: --fence scsi-pr: {e}; releasing");
+                    code = 2;
+                    releasing = true;
+                    // Possibly reserved on the devices before the failing one: give back.
+                    for e in f.release() {
+                        note!("mmp: --fence scsi-pr: could not release {e}");
+                    }
+                    eng.release_all();
+                }
+            }
+        }
+        if !ready && !releasing && acquired.iter().all(|&a| a) && (fence.is_none() || fenced) {
             ready = true;
+            if fence.is_some() {
+                for p in &paths {
+                    say(&format!("acquired {p}"));
+                }
+            }
             notify_ready();
             warn_realtime(&eng, opts);
             if c.verbose {
@@ -573,6 +715,11 @@ pub(crate) fn hold(
                 }
             }
         }
+        if let (Some(r), Some(ch)) = (relay.as_mut(), child.as_ref())
+            && child_code.is_none()
+        {
+            r.tick(ch.id());
+        }
         if let Some(ch) = child.as_mut()
             && child_code.is_none()
             && let Ok(Some(status)) = ch.try_wait()
@@ -612,8 +759,21 @@ pub(crate) fn hold(
         }
     }
     let report = eng.shutdown();
+    // Mappings this hold made go when it ends without a loss; after a loss they stay (cut)
+    // until the file system on them is unmounted and an admin removes them.
+    drop(guards);
+    made_cuts.keep = lost;
+    drop(made_cuts);
+    // Registered but never reserved (refused, interrupted, gave up waiting): withdraw.
+    if let Some(f) = &fence
+        && !ready
+    {
+        for e in f.withdraw() {
+            note!("mmp: --fence scsi-pr: could not withdraw {e}");
+        }
+    }
     if let Some(p) = &opts.status_file {
-        write_status_file(p, &report_lines(&report));
+        write_status_file(p, &report_lines(&report, &formats, &identities));
     }
     if code != 0 {
         return Ok(code);
@@ -643,6 +803,111 @@ pub(crate) fn hold(
         }
     }
     Ok(child_code.unwrap_or(0))
+}
+
+/// The `--cut-io NAME=DEVICE` mappings this hold made: removed when the hold ends, on any
+/// path (a refusal, an error), unless `keep` (after a loss they stay cut until the file
+/// system on them is unmounted and an admin removes them).
+#[derive(Default)]
+struct MadeCuts {
+    made: Vec<mmp_core::sys::dm::Mapping>,
+    keep: bool,
+}
+
+impl Drop for MadeCuts {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        for m in &self.made {
+            if let Err(e) = m.remove() {
+                note!("mmp: --cut-io: could not remove {}: {e}", m.name);
+            }
+        }
+    }
+}
+
+/// Switches every `--cut-io` mapping to the error target (on a thread of its own: a
+/// suspend waits for I/O in flight, which a stalled path may never complete) and waits at
+/// most a second for it before the loss action goes on.
+fn cut_io(cuts: &[mmp_core::sys::dm::Mapping]) {
+    if cuts.is_empty() {
+        return;
+    }
+    let started = Instant::now();
+    let (tx, rx) = mpsc::channel();
+    let work = cuts.to_vec();
+    std::thread::spawn(move || {
+        for m in work {
+            let r = m.cut();
+            let _ = tx.send((m, r, started.elapsed()));
+        }
+    });
+    for _ in cuts {
+        match rx.recv_timeout(Duration::from_secs(1).saturating_sub(started.elapsed())) {
+            Ok((m, Ok(()), took)) => note!(
+                "mmp: cut I/O to {} ({}) in {:.1} ms: every further I/O fails",
+                m.name,
+                m.node.display(),
+                took.as_secs_f64() * 1000.0
+            ),
+            Ok((m, Err(e), _)) => note!("mmp: could not cut I/O to {}: {e}", m.name),
+            Err(_) => {
+                note!(
+                    "mmp: cutting I/O is still waiting for in-flight I/O after 1 s (a stalled \
+                     path); going on with the loss action"
+                );
+                break;
+            }
+        }
+    }
+}
+
+/// Opens the persistent-reservation fence over the MMP devices and the guarded devices and
+/// registers our key (the MMP claim may have to be written under a crashed owner's
+/// reservation). Nothing is written to any MMP block before this succeeds.
+fn open_fence(c: &Ctx, devices: &[PathBuf], guards: &[PathBuf]) -> Result<pr::Fence, String> {
+    if c.hostid == 0 {
+        return Err(format!(
+            "--fence scsi-pr needs a hostid (the reservation key is derived from it): {}",
+            c.hostid_error
+                .as_deref()
+                .unwrap_or("set one with `mmp hostid --set` or --hostid")
+        ));
+    }
+    let mut named: Vec<(String, &Path)> = Vec::new();
+    for d in devices.iter().chain(guards) {
+        let k = crate::device_key(d);
+        if !named
+            .iter()
+            .any(|(_, p)| *p == d.as_path() || (k.is_some() && crate::device_key(p) == k))
+        {
+            named.push((show(d), d.as_path()));
+        }
+    }
+    let fence = pr::Fence::open(&named, c.hostid).map_err(|e| {
+        format!(
+            "--fence scsi-pr: {e}. Persistent reservations need a SCSI device (iSCSI, FC, \
+             SAS, a SCSI pass-through disk); nothing was written"
+        )
+    })?;
+    fence
+        .prepare()
+        .map_err(|e| format!("--fence scsi-pr: {e}; nothing was written"))?;
+    Ok(fence)
+}
+
+/// One line: our key and what the reservation acquire did per device.
+fn fence_summary(key: u64, got: &[(String, pr::Acquired)]) -> String {
+    let mut line = format!("fenced: reservation key {key:#018x} holds");
+    for (i, (dev, a)) in got.iter().enumerate() {
+        line.push_str(if i == 0 { " " } else { ", " });
+        line.push_str(dev);
+        if let Some(k) = a.took_over {
+            line.push_str(&format!(" (preempted {k:#018x})"));
+        }
+    }
+    line
 }
 
 /// The refusal the first read of `t` already implies (corrupt, FSCK, unknown sequence,

@@ -39,6 +39,9 @@ macro_rules! note_raw {
 }
 
 mod hold;
+mod job;
+mod json;
+mod local;
 mod out;
 
 use clap::{Args, Parser, Subcommand};
@@ -64,6 +67,9 @@ Exit status (scripts rely on it):
   list     0 every recorded holder runs (or none is recorded), 1 any holder gone, 2 error
   others   0 success, 2 error
 A corrupt block (bad magic, bad checksum, torn write) is an error (2): it cannot be trusted.
+
+Devices: a path, or UUID=UUID / LABEL=LABEL as for mount(8): an ext4 file system's UUID or
+label, or a native area's UUID (its area_id in `mmp dump`; native areas have no label).
 
 Identity: --hostid, else $MMP_HOSTID, else /etc/hostid ($MMP_HOSTID_FILE); node name:
 --nodename, else uname. Native areas need a non-zero hostid; ext4 MMP records only the node
@@ -137,7 +143,7 @@ enum Cmd {
     },
     /// Hold the devices while a command runs; release when it exits.
     #[command(
-        after_help = "Example:\n  mmp run /dev/sdc1 -- sh -c 'mount /dev/sdb /mnt && do-work; umount /mnt'\n(/dev/sdc1: a native area from `mmp format`; for ext4 MMP use `mmp mount`, since the kernel\nrefuses to mount a device that mmp holds)\n\nThe command runs in a process group of its own, which takes the terminal when mmp has it\n(it can read it; Ctrl-C reaches it). Exit status: the command's (128 + signal; 130 after\nCtrl-C), 127 when it does not exist, 126 when it cannot be run. mmp's own lines\n(acquired, released) go to stderr."
+        after_help = "Example:\n  mmp run /dev/sdc1 -- sh -c 'mount /dev/sdb /mnt && do-work; umount /mnt'\n(/dev/sdc1: a native area from `mmp format`; for ext4 MMP use `mmp mount`, since the kernel\nrefuses to mount a device that mmp holds)\n\nThe command runs in a process group of its own, which takes the terminal when mmp has it\n(it can read it; Ctrl-C reaches it; Ctrl-Z stops it, not the heartbeat, and\n`fg` resumes it). Exit status: the command's (128 + signal; 130 after\nCtrl-C), 127 when it does not exist, 126 when it cannot be run. mmp's own lines\n(acquired, released) go to stderr."
     )]
     Run {
         #[command(flatten)]
@@ -172,7 +178,7 @@ enum Cmd {
         #[arg(long, default_value_t = native::DEFAULT_INTERVAL_MS, value_parser = parse_ms)]
         interval_ms: u32,
         /// Intervals without a successful heartbeat before the owner self-fences (2 to 1000).
-        #[arg(long, default_value_t = native::DEFAULT_FAIL_INTERVALS)]
+        #[arg(long, default_value_t = native::DEFAULT_FAIL_INTERVALS, value_parser = parse_count)]
         fail_intervals: u16,
         /// Overwrite a known signature or an area that is not clean.
         #[arg(long)]
@@ -295,6 +301,55 @@ fn parse_secs(s: &str) -> Result<u16, String> {
     })
 }
 
+/// A number with a unit where a plain number is expected: the number in the unit wanted
+/// (`1.5s` as milliseconds is 1500), when the unit is a time unit.
+fn unit_hint(s: &str, unit_ms: f64) -> Option<f64> {
+    let t = s.trim();
+    let (num, unit) = t.split_at(
+        t.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(t.len()),
+    );
+    let n: f64 = num.parse().ok()?;
+    let ms = match unit.trim() {
+        "ms" => 1.0,
+        "s" | "sec" | "secs" => 1000.0,
+        "m" | "min" => 60_000.0,
+        "h" => 3_600_000.0,
+        _ => return None,
+    };
+    Some(n * ms / unit_ms)
+}
+
+/// `--wait=SECONDS`: seconds, fractions allowed; `30s` or `5m` get a hint.
+pub(crate) fn parse_wait(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(match unit_hint(s, 1000.0) {
+            Some(v) => format!("give seconds as a plain number: {s} is --wait={v}"),
+            None => "expected a number of seconds (0 or more), such as 30 or 0.5".to_string(),
+        }),
+    }
+}
+
+/// Whole seconds (`--watchdog-timeout`); `10s` gets a hint.
+pub(crate) fn parse_whole_secs(s: &str) -> Result<u64, String> {
+    s.trim().parse().map_err(|_| match unit_hint(s, 1000.0) {
+        Some(v) if v.fract() == 0.0 => format!("give seconds as a plain number: {s} is {v}"),
+        _ => "expected a whole number of seconds, such as 10".to_string(),
+    })
+}
+
+/// A count (`--fail-intervals`).
+fn parse_count(s: &str) -> Result<u16, String> {
+    s.trim().parse().map_err(|_| {
+        if unit_hint(s, 1.0).is_some() {
+            "give a number of intervals, not a time, such as 10".to_string()
+        } else {
+            "expected a whole number, such as 10".to_string()
+        }
+    })
+}
+
 /// Who this process is and how loud.
 #[derive(Clone, Debug)]
 pub(crate) struct Ctx {
@@ -393,15 +448,46 @@ fn main() -> ExitCode {
     let code = match result {
         Ok(code) => code,
         Err(e) => {
-            note!("mmp: {e}");
+            note!("mmp: {}", out::plain(&e));
             2
         }
     };
     ExitCode::from(code)
 }
 
-fn run(cli: Cli) -> Result<u8, String> {
+/// Replaces `UUID=`/`LABEL=` device names by the devices they name (`status` resolves each
+/// device by itself, so that one bad name does not hide the others).
+fn resolve_names(cmd: &mut Cmd) -> Result<(), String> {
+    use std::iter::once;
+    match cmd {
+        Cmd::Status { .. } | Cmd::Hostid { .. } | Cmd::List { .. } | Cmd::Demo { .. } => Ok(()),
+        Cmd::Hold { opts, devices } | Cmd::Run { opts, devices, .. } => {
+            resolve::all(devices.iter_mut().chain(opts.guards_mut()))
+        }
+        // `check --json` reports a name that does not resolve as its one JSON object.
+        Cmd::Check { .. } => Ok(()),
+        Cmd::Clear { device, .. }
+        | Cmd::Dump { device }
+        | Cmd::Format { device, .. }
+        | Cmd::Enable { device, .. }
+        | Cmd::Disable { device, .. }
+        | Cmd::SetInterval { device, .. } => resolve::all(once(device)),
+        Cmd::Mount { args } => resolve::all(args.devices_mut()),
+        Cmd::Umount { dir } => resolve::all(once(dir)),
+        Cmd::Pr(args) => resolve::all(args.devices_mut()),
+    }
+}
+
+fn run(mut cli: Cli) -> Result<u8, String> {
+    // `mmp run` in the foreground of a job-control shell: a stand-in for the shell, so that
+    // Ctrl-Z stops the command but not the heartbeat (see job.rs).
+    if matches!(cli.cmd, Cmd::Run { .. })
+        && let Some(code) = job::stand_in()
+    {
+        return Ok(code);
+    }
     let c = ctx(&cli.global)?;
+    resolve_names(&mut cli.cmd)?;
     match cli.cmd {
         Cmd::Status { json, devices } => Ok(status(&c, json, &devices)),
         Cmd::Check { json, device } => check(&c, json, &device),
@@ -444,6 +530,7 @@ mod demo;
 mod generate;
 mod mount;
 mod pr;
+mod resolve;
 mod tune;
 
 fn show(p: &Path) -> String {
@@ -453,6 +540,18 @@ fn show(p: &Path) -> String {
 fn status(c: &Ctx, json: bool, devices: &[PathBuf]) -> u8 {
     let mut code = 0u8;
     for d in devices {
+        let d = &match resolve::device(d) {
+            Ok(d) => d,
+            Err(msg) => {
+                code = 2;
+                if json {
+                    outln!("{}", out::error_json("status", &show(d), None, &msg));
+                } else {
+                    note!("mmp: {msg}");
+                }
+                continue;
+            }
+        };
         let path = show(d);
         let res = target::open(d, false)
             .map_err(|e| e.to_string())
@@ -471,17 +570,24 @@ fn status(c: &Ctx, json: bool, devices: &[PathBuf]) -> u8 {
                         if !clean {
                             code = code.max(1);
                         }
+                        let mounted = t.device.is_mounted().ok().flatten();
                         if json {
-                            outln!("{}", out::status_json(&path, &t, &snap));
+                            outln!("{}", out::status_json(&path, &t, &snap, mounted.as_deref()));
                         } else {
-                            outln!("{}", out::status_text(&path, &t, &snap));
+                            outln!(
+                                "{}",
+                                out::status_lines(
+                                    &out::status_text(&path, &t, &snap, mounted.as_deref()),
+                                    out::terminal_width()
+                                )
+                            );
                         }
                     }
                     Err(e) => {
                         code = 2;
                         let msg = format!("{path}: {e}");
                         if json {
-                            outln!("{}", out::error_json(&path, Some(t.format), &msg));
+                            outln!("{}", out::error_json("status", &path, Some(t.format), &msg));
                         } else {
                             note!("mmp: {msg}");
                         }
@@ -491,9 +597,9 @@ fn status(c: &Ctx, json: bool, devices: &[PathBuf]) -> u8 {
             Err(msg) => {
                 code = 2;
                 if json {
-                    outln!("{}", out::error_json(&path, None, &msg));
+                    outln!("{}", out::error_json("status", &path, None, &msg));
                 } else {
-                    note!("mmp: {msg}");
+                    note!("mmp: {}", out::plain(&msg));
                 }
             }
         }
@@ -594,16 +700,20 @@ impl Progress {
 }
 
 fn check(c: &Ctx, json: bool, device: &Path) -> Result<u8, String> {
+    let device = &match resolve::device(device) {
+        Ok(d) => d,
+        Err(e) if json => {
+            outln!("{}", out::error_json("check", &show(device), None, &e));
+            return Ok(2);
+        }
+        Err(e) => return Err(e),
+    };
     let path = show(device);
     let t = match target::open(device, false) {
         Ok(t) => t,
         // `--json` promises one object, also for a device that cannot be opened.
         Err(e) if json => {
-            outln!(
-                "{{\"device\":{},\"result\":\"error\",\"message\":{}}}",
-                out::json_str(&path),
-                out::json_str(&e.to_string())
-            );
+            outln!("{}", out::error_json("check", &path, None, &e.to_string()));
             return Ok(2);
         }
         Err(e) => return Err(e.to_string()),
@@ -611,10 +721,11 @@ fn check(c: &Ctx, json: bool, device: &Path) -> Result<u8, String> {
     if let Some(msg) = mounted_here(&t, &path) {
         if json {
             outln!(
-                "{{\"device\":{},\"format\":\"{}\",\"result\":\"in_use\",\"message\":{}}}",
-                out::json_str(&path),
-                t.format.name(),
-                out::json_str(&msg)
+                "{}",
+                json::Obj::device("check", &path, Some(t.format))
+                    .str("result", "in_use")
+                    .str("message", &msg)
+                    .end()
             );
         } else {
             note!("mmp: {msg}");
@@ -654,7 +765,13 @@ fn check(c: &Ctx, json: bool, device: &Path) -> Result<u8, String> {
         ),
         Some(Outcome::Refused(r)) => (out::refusal_code(&r), out::refusal(&path, &r)),
         Some(Outcome::Aborted) => (2, format!("{path}: interrupted")),
-        other => (2, format!("{path}: unexpected end {other:?}")),
+        other => (
+            2,
+            format!(
+                "{path}: the check ended unexpectedly: {}",
+                out::outcome(&path, other.as_ref())
+            ),
+        ),
     };
     if json {
         let state = match (code, outcome) {
@@ -662,12 +779,15 @@ fn check(c: &Ctx, json: bool, device: &Path) -> Result<u8, String> {
             (1, _) => "in_use",
             _ => "error",
         };
-        outln!(
-            "{{\"device\":{},\"format\":\"{}\",\"result\":\"{state}\",\"message\":{}}}",
-            out::json_str(&path),
-            t.format.name(),
-            out::json_str(&text)
-        );
+        let o = json::Obj::device("check", &path, Some(t.format))
+            .str("result", state)
+            .str("message", &text);
+        let o = if state == "error" {
+            o.str("error", &text)
+        } else {
+            o
+        };
+        outln!("{}", o.end());
     } else if code == 0 {
         outln!("{text}");
     } else {
@@ -719,7 +839,10 @@ fn clear(c: &Ctx, force: bool, device: &Path) -> Result<u8, String> {
             Ok(0)
         }
         Some(Outcome::Refused(r)) => Err(out::refusal(&path, &r)),
-        other => Err(format!("{path}: clear failed: {other:?}")),
+        other => Err(format!(
+            "{path}: clear failed: {}",
+            out::outcome(&path, other.as_ref())
+        )),
     }
 }
 

@@ -39,10 +39,28 @@ pub(crate) struct MountArgs {
     /// What the holder does on loss (see `mmp hold --help`).
     #[arg(long, default_value = "exit", value_name = "ACTION")]
     on_loss: String,
+    /// Fence the storage too (`scsi-pr`: SCSI-3 persistent reservations on the MMP area and
+    /// DEVICE; see `mmp hold --help`). Native areas only: ext4 MMP is heartbeated by the
+    /// kernel once mounted.
+    #[arg(long, value_name = "KIND", value_parser = ["scsi-pr"])]
+    fence: Option<String>,
+    /// Mount DEVICE through a device-mapper mapping (`/dev/mapper/mmp-NAME`) that the
+    /// holder switches to the error target on loss: every further I/O to the data fails at
+    /// once on this host, before the --on-loss action. Native areas only; needs
+    /// device-mapper (`dm-mod`). `mmp umount` removes the mapping.
+    #[arg(long)]
+    cut_io: bool,
     /// The device to mount.
     device: PathBuf,
     /// Mount point.
     dir: PathBuf,
+}
+
+impl MountArgs {
+    /// The device and the --mmp-device (for `UUID=`/`LABEL=` names).
+    pub(crate) fn devices_mut(&mut self) -> impl Iterator<Item = &mut PathBuf> {
+        std::iter::once(&mut self.device).chain(self.mmp_device.as_mut())
+    }
 }
 
 fn run_dir() -> PathBuf {
@@ -69,7 +87,7 @@ fn key(dir: &Path) -> String {
     k
 }
 
-fn mount_cmd(a: &MountArgs) -> Command {
+fn mount_cmd(a: &MountArgs, source: &Path) -> Command {
     let mut c = Command::new("mount");
     if let Some(t) = &a.fstype {
         c.arg("-t").arg(t);
@@ -77,12 +95,12 @@ fn mount_cmd(a: &MountArgs) -> Command {
     if let Some(o) = &a.options {
         c.arg("-o").arg(o);
     }
-    c.arg(&a.device).arg(&a.dir);
+    c.arg(source).arg(&a.dir);
     c
 }
 
-fn run_mount(a: &MountArgs) -> Result<(), String> {
-    let out = mount_cmd(a)
+fn run_mount(a: &MountArgs, source: &Path) -> Result<(), String> {
+    let out = mount_cmd(a, source)
         .output()
         .map_err(|e| format!("cannot run mount: {e}"))?;
     if out.status.success() {
@@ -118,9 +136,26 @@ pub(crate) fn mount(c: &Ctx, a: &MountArgs) -> Result<u8, String> {
 
 fn mount_ext4(c: &Ctx, a: &MountArgs, t: target::Target) -> Result<u8, String> {
     let path = show(&a.device);
+    if a.cut_io {
+        return Err(format!(
+            "{path}: --cut-io needs a native MMP area (--mmp-device AREA): ext4 MMP is \
+             heartbeated by the kernel once mounted, and no mmp holder stays to cut the I/O"
+        ));
+    }
+    if a.fence.is_some() {
+        return Err(format!(
+            "{path}: --fence needs a native MMP area (--mmp-device AREA): ext4 MMP is \
+             heartbeated by the kernel once mounted, and no mmp holder stays to keep and \
+             release the reservation"
+        ));
+    }
     // Mounted here already: this host's kmmpd heartbeats; say so now rather than watch the
     // block for a whole window and blame "another node".
     if let Some(msg) = crate::mounted_here(&t, &path) {
+        note!("mmp: {msg}");
+        return Ok(1);
+    }
+    if let Some(msg) = crate::local::held_here(c, &t, &a.device) {
         note!("mmp: {msg}");
         return Ok(1);
     }
@@ -140,7 +175,12 @@ fn mount_ext4(c: &Ctx, a: &MountArgs, t: target::Target) -> Result<u8, String> {
             note!("mmp: {}", out::refusal(&path, &r));
             return Ok(out::refusal_code(&r));
         }
-        Some(o) => return Err(format!("{path}: acquire ended with {o:?}")),
+        Some(o) => {
+            return Err(format!(
+                "{path}: acquire ended: {}",
+                out::outcome(&path, Some(&o))
+            ));
+        }
     }
     // Hand over to the kernel: CLEAN, then mount at once (the kernel claims it).
     m.release(clock::now());
@@ -148,11 +188,12 @@ fn mount_ext4(c: &Ctx, a: &MountArgs, t: target::Target) -> Result<u8, String> {
     let end = driver::run_until_settled(&mut m, &t.device, &never, &mut |_| {});
     if end != Some(Outcome::Released) {
         return Err(format!(
-            "{path}: could not hand the device to the kernel: {end:?}"
+            "{path}: could not hand the device to the kernel: {}",
+            out::outcome(&path, end.as_ref())
         ));
     }
     drop(t);
-    run_mount(a)?;
+    run_mount(a, &a.device)?;
     outln!(
         "mounted {} on {} (ext4 MMP: the kernel heartbeats now)",
         path,
@@ -168,13 +209,29 @@ fn mount_native(c: &Ctx, a: &MountArgs, mmp_dev: &Path) -> Result<u8, String> {
     let k = key(&a.dir);
     let state = rd.join(format!("{k}.state"));
     if state.exists() {
-        return Err(format!(
-            "{} already has an mmp mount (state in {}); run `mmp umount {}` first",
-            show(&a.dir),
-            state.display(),
-            show(&a.dir)
-        ));
+        clear_stale_state(&rd, &k, &state, &a.dir)?;
     }
+    if let Ok(t) = target::open(mmp_dev, false)
+        && let Some(msg) = crate::local::held_here(c, &t, mmp_dev)
+    {
+        note!("mmp: {msg}");
+        return Ok(1);
+    }
+    // The cut-off mapping first: an error here leaves nothing written.
+    let cut = if a.cut_io {
+        let name = mmp_core::sys::dm::name_for(&a.device);
+        Some(
+            mmp_core::sys::dm::Mapping::create(&name, &a.device)
+                .map_err(|e| format!("--cut-io: {e}; nothing was written"))?,
+        )
+    } else {
+        None
+    };
+    let drop_cut = || {
+        if let Some(m) = &cut {
+            let _ = m.remove();
+        }
+    };
     let outf = rd.join(format!("{k}.out"));
     let logf = rd.join(format!("{k}.log"));
     let statusf = rd.join(format!("{k}.status"));
@@ -193,9 +250,15 @@ fn mount_native(c: &Ctx, a: &MountArgs, mmp_dev: &Path) -> Result<u8, String> {
     if a.force {
         cmd.arg("--force");
     }
+    if let Some(kind) = &a.fence {
+        cmd.arg("--fence").arg(kind);
+    }
     // The holder never releases while the data device is mounted here (SIGTERM from an
     // admin or the OOM killer's neighbour must not tell other hosts the data is free).
     cmd.arg("--guard").arg(&a.device);
+    if let Some(m) = &cut {
+        cmd.arg("--cut-io").arg(&m.name);
+    }
     cmd.arg(mmp_dev);
     let stdout = std::fs::File::create(&outf).map_err(|e| format!("{}: {e}", outf.display()))?;
     let stderr = std::fs::File::create(&logf).map_err(|e| format!("{}: {e}", logf.display()))?;
@@ -206,9 +269,10 @@ fn mount_native(c: &Ctx, a: &MountArgs, mmp_dev: &Path) -> Result<u8, String> {
             .stderr(stderr)
             .process_group(0);
     }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot start the holder: {e}"))?;
+    let mut child = cmd.spawn().map_err(|e| {
+        drop_cut();
+        format!("cannot start the holder: {e}")
+    })?;
     let start = Instant::now();
     let mut shown = 0usize;
     // Wait for `acquired`, relaying the holder's progress.
@@ -234,6 +298,7 @@ fn mount_native(c: &Ctx, a: &MountArgs, mmp_dev: &Path) -> Result<u8, String> {
             for f in [&statusf, &outf, &logf] {
                 let _ = std::fs::remove_file(f);
             }
+            drop_cut();
             return Ok(code.max(1));
         }
         if start.elapsed() > Duration::from_secs(3600) {
@@ -242,10 +307,14 @@ fn mount_native(c: &Ctx, a: &MountArgs, mmp_dev: &Path) -> Result<u8, String> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    if let Err(e) = run_mount(a) {
+    let source = cut
+        .as_ref()
+        .map_or(a.device.as_path(), |m| m.node.as_path());
+    if let Err(e) = run_mount(a, source) {
         // Mount failed: release the device.
         stop_holder(child.id());
         let _ = child.wait();
+        drop_cut();
         for f in [&statusf, &outf, &logf] {
             let _ = std::fs::remove_file(f);
         }
@@ -253,8 +322,11 @@ fn mount_native(c: &Ctx, a: &MountArgs, mmp_dev: &Path) -> Result<u8, String> {
     }
     let abs = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     let start = proc_start_time(child.id()).map_or_else(String::new, |t| format!("start={t}\n"));
+    let cut_line = cut
+        .as_ref()
+        .map_or_else(String::new, |m| format!("cut_io={}\n", m.name));
     let body = format!(
-        "pid={}\n{start}mmp_device={}\ndevice={}\ndir={}\n",
+        "pid={}\n{start}mmp_device={}\ndevice={}\ndir={}\n{cut_line}",
         child.id(),
         abs(mmp_dev).display(),
         abs(&a.device).display(),
@@ -270,6 +342,64 @@ fn mount_native(c: &Ctx, a: &MountArgs, mmp_dev: &Path) -> Result<u8, String> {
         state.display()
     );
     Ok(0)
+}
+
+/// A state file for `dir` exists already. Its holder still runs: refuse (unmount first).
+/// Its holder is gone (crashed, killed; its pid gone or reused, told by the recorded start
+/// time): the state only blocks, so it is removed, unless the recorded data device is still
+/// mounted, which the admin must look at first.
+fn clear_stale_state(rd: &Path, k: &str, state: &Path, dir: &Path) -> Result<(), String> {
+    let st = match read_state(state) {
+        Ok(st) => st,
+        Err(e) => {
+            return Err(format!(
+                "{}: {e}; remove it if no mmp mount of {} is running",
+                state.display(),
+                show(dir)
+            ));
+        }
+    };
+    if is_our_holder(&st) {
+        return Err(format!(
+            "{} already has an mmp mount (holder pid {}, state in {}); run `mmp umount {}` \
+             first",
+            show(dir),
+            st.pid,
+            state.display(),
+            show(dir)
+        ));
+    }
+    let still_mounted = mmp_core::sys::blockdev::Device::open(&st.device, false)
+        .ok()
+        .and_then(|d| d.is_mounted().ok().flatten());
+    if let Some(mp) = still_mounted {
+        return Err(format!(
+            "{} was mounted by an mmp holder (pid {}) that is gone, and is still mounted at \
+             {mp} without a heartbeat: unmount it (`umount {mp}`) and check {} with `mmp \
+             status`, then mount again",
+            show(&st.device),
+            st.pid,
+            show(&st.mmp_device)
+        ));
+    }
+    note!(
+        "mmp: removing the state of a previous mount of {} whose holder (pid {}) is gone",
+        show(dir),
+        st.pid
+    );
+    for f in ["state", "out", "log", "status"] {
+        let _ = std::fs::remove_file(rd.join(format!("{k}.{f}")));
+    }
+    Ok(())
+}
+
+/// The holders `mmp mount` started that still run: pid, MMP device, mount point.
+pub(crate) fn live_mounts() -> Vec<(u32, PathBuf, PathBuf)> {
+    read_states(&run_dir())
+        .into_iter()
+        .filter(is_our_holder)
+        .map(|st| (st.pid, st.mmp_device, st.dir))
+        .collect()
 }
 
 fn stop_holder(pid: u32) {
@@ -363,8 +493,29 @@ fn is_our_holder(st: &MountState) -> bool {
         .is_ok_and(|c| c.split(|&b| b == 0).any(|a| a == b"hold"))
 }
 
-/// `mmp umount DIR|DEVICE`.
+/// `mmp umount DIR|DEVICE`: unmount, stop the holder (it releases), then remove the
+/// `--cut-io` mapping, if any.
 pub(crate) fn umount(arg: &Path) -> Result<u8, String> {
+    let rd = run_dir();
+    let cut = read_states(&rd)
+        .into_iter()
+        .find(|st| same(arg, &st.dir) || same(arg, &st.device) || same(arg, &st.mmp_device))
+        .and_then(|st| {
+            std::fs::read_to_string(rd.join(format!("{}.state", st.key)))
+                .ok()?
+                .lines()
+                .find_map(|l| l.strip_prefix("cut_io=").map(str::to_owned))
+        });
+    let r = umount_holder(arg);
+    if let Some(name) = cut
+        && let Err(e) = mmp_core::sys::dm::Mapping::find(&name).and_then(|m| m.remove())
+    {
+        note!("mmp: could not remove the --cut-io mapping {name}: {e}");
+    }
+    r
+}
+
+fn umount_holder(arg: &Path) -> Result<u8, String> {
     let rd = run_dir();
     // Found before unmounting: afterwards the mount point no longer resolves to the mount.
     let st = read_states(&rd)
@@ -415,6 +566,15 @@ pub(crate) fn umount(arg: &Path) -> Result<u8, String> {
         }
         if !log.is_empty() {
             note_raw!("{log}");
+        }
+        // The holder ended on a loss (it says so in its log): exit 3, as the holder did.
+        if log.contains("ownership lost") {
+            note!(
+                "mmp: unmounted {}; its holder had lost {} (see above) and exited",
+                show(&st.dir),
+                show(&st.mmp_device)
+            );
+            return Ok(3);
         }
         return Err(format!(
             "unmounted {}, but its holder (pid {}) is no longer running (the pid is gone or \
@@ -516,9 +676,11 @@ pub(crate) fn list(json: bool) -> Result<u8, String> {
                 code = 2;
                 if json {
                     outln!(
-                        "{{\"state_file\":{},\"error\":{}}}",
-                        out::json_str(&show(&p)),
-                        out::json_str(&e)
+                        "{}",
+                        crate::json::Obj::new("mount")
+                            .str("state_file", &show(&p))
+                            .str("error", &e)
+                            .end()
                     );
                 } else {
                     note!("mmp: {}: {e}", show(&p));
@@ -568,8 +730,9 @@ fn list_json(rd: &Path, l: &Listed) -> String {
         |s| format!("{},\"since_unix\":{s}", out::json_str(&out::utc(s))),
     );
     format!(
-        "{{\"device\":{},\"mmp_device\":{},\"mount_point\":{},\"pid\":{},\"since\":{since},\
+        "{{\"schema\":{},\"kind\":\"mount\",\"device\":{},\"mmp_device\":{},\"mount_point\":{},\"pid\":{},\"since\":{since},\
          \"holder\":\"{}\",\"state_file\":{}}}",
+        crate::json::SCHEMA,
         out::json_str(&show(&l.st.device)),
         out::json_str(&show(&l.st.mmp_device)),
         out::json_str(&show(&l.st.dir)),

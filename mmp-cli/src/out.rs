@@ -1,8 +1,9 @@
 //! Text and JSON rendering: device-derived names are escaped, times are shown in UTC with
 //! their age, and the other side is named the way e2mmpstatus and zpool do.
 
+use crate::json::Obj;
 use mmp_core::format::{ext4, native};
-use mmp_core::machine::{Class, Corrupt, Identity, Loss, Refusal, Snapshot, Timing};
+use mmp_core::machine::{Class, Corrupt, Identity, Loss, Outcome, Refusal, Snapshot, Timing};
 use mmp_core::sys::target::{Format, Target};
 use std::fmt::Write as _;
 
@@ -98,13 +99,9 @@ pub(crate) fn now_ms() -> u64 {
 /// "node 'oss2' (hostid 0x1234abcd), device 'sdb', last update 2026-11-21 10:45:12 UTC
 /// (3.2 s ago)".
 pub(crate) fn who(snap: &Snapshot) -> String {
-    // A native area as `mmp format` wrote it names no owner: say so rather than
-    // "node '' (hostid 0x00000000)".
-    if let Snapshot::Native(r) = snap
-        && r.reason == native::Reason::Formatted
-        && r.hostid == 0
-        && snap.nodename().is_empty()
-    {
+    // A native area as `mmp format` wrote it (or an ext4 MMP block as mke2fs did) names no
+    // owner: say so rather than "node '' (hostid 0x00000000)".
+    if never_held(snap) {
         let t = snap.time_ms();
         return format!(
             "never held (formatted {}, {})",
@@ -170,11 +167,21 @@ pub(crate) fn refusal(path: &str, r: &Refusal) -> String {
             "{path}: in maintenance, set by {}; run `mmp clear --force {path}` when done",
             who(s)
         ),
-        Refusal::Foreign(s) => format!(
-            "{path}: last held by another host, {}, and not released. Make sure that host is \
-             down, then use --force (the activity test still runs)",
-            who(s)
-        ),
+        Refusal::Foreign(s) => match written_recently(s) {
+            Some(age) => format!(
+                "{path}: last held by another host, {}, and not released; it wrote the block \
+                 {age:.1} s ago, within its update interval: it is most likely alive. Do not \
+                 use --force (the activity test would refuse anyway); stop it on that host, \
+                 or queue with --wait until it releases",
+                who(s)
+            ),
+            None => format!(
+                "{path}: last held by another host, {}, and not released; silent since then. \
+                 If that host is down (or its mmp was killed), --force takes the device after \
+                 the activity test (which still refuses a live owner)",
+                who(s)
+            ),
+        },
         Refusal::Active(Some(s)) => format!(
             "{path}: device is active on another node: the block changed during the activity \
              test; now {}",
@@ -202,6 +209,18 @@ pub(crate) fn refusal(path: &str, r: &Refusal) -> String {
             late_by.as_secs_f64()
         ),
     }
+}
+
+/// The age in seconds of a block written within about two of its owner's update intervals
+/// by this host's clock (a live owner, most likely); `None` for an older one. A time in the
+/// future (clocks disagree) counts as recent: in doubt, do not suggest --force.
+pub(crate) fn written_recently(s: &Snapshot) -> Option<f64> {
+    let interval_ms = match s {
+        Snapshot::Native(r) => u64::from(r.interval_ms),
+        Snapshot::Ext4(b) => u64::from(b.check_interval.max(1)) * 1000,
+    };
+    let age_ms = i128::from(now_ms()) - i128::from(s.time_ms());
+    (age_ms <= i128::from(2 * interval_ms + 1000)).then(|| age_ms.max(0) as f64 / 1000.0)
 }
 
 /// One-line explanation of a loss.
@@ -239,6 +258,11 @@ pub(crate) fn loss(path: &str, l: &Loss, me: &Identity) -> String {
             since_last_write.as_secs_f64(),
             fail_window.as_secs_f64()
         ),
+        Loss::Preempted(_) => format!(
+            "{path}: ownership lost: the storage refused our heartbeat with RESERVATION \
+             CONFLICT (another host preempted this host's persistent reservation); stopped \
+             writing"
+        ),
         Loss::ReleaseReadFailed(e) => format!(
             "{path}: release could not verify the block ({}); CLEAN not written, the last \
              heartbeat stays (another host will see it stale)",
@@ -247,10 +271,49 @@ pub(crate) fn loss(path: &str, l: &Loss, me: &Identity) -> String {
     }
 }
 
+/// What a protocol run ended with, in words (never Rust's `Debug` text): for the rare ends a
+/// command does not expect, such as "released" where a refusal or a hold was due.
+pub(crate) fn outcome(path: &str, o: Option<&Outcome>) -> String {
+    match o {
+        None => "still running".into(),
+        Some(Outcome::Safe { stale: false, .. }) => "safe to take (clean)".into(),
+        Some(Outcome::Safe { stale: true, .. }) => "safe to take (stale and silent)".into(),
+        Some(Outcome::Refused(r)) => refusal(path, r),
+        Some(Outcome::Released) => "released (CLEAN written)".into(),
+        Some(Outcome::Lost(l)) => loss(path, l, &Identity::new(0, b"", b"")),
+        Some(Outcome::Cleared) => "reset to clean".into(),
+        Some(Outcome::Aborted) => "interrupted".into(),
+    }
+}
+
+/// The state name `report_lines` and JSON use for an outcome.
+pub(crate) fn outcome_name(o: &Outcome) -> &'static str {
+    match o {
+        Outcome::Safe { .. } => "safe",
+        Outcome::Refused(_) => "refused",
+        Outcome::Released => "released",
+        Outcome::Lost(_) => "lost",
+        Outcome::Cleared => "cleared",
+        Outcome::Aborted => "aborted",
+    }
+}
+
+/// An ext4 MMP sequence's class in words (`mmp dump`).
+pub(crate) fn seq_class(seq: u32) -> String {
+    match ext4::SeqClass::of(seq) {
+        ext4::SeqClass::Clean => "clean".into(),
+        ext4::SeqClass::Fsck => "fsck".into(),
+        ext4::SeqClass::Live(n) => format!("active, sequence {n}"),
+        ext4::SeqClass::Unknown(n) => format!("unknown sequence {n:#010x}"),
+    }
+}
+
 /// Text for an errno.
 pub(crate) fn errno_text(errno: i32) -> String {
     if errno == 0 {
         "short read".into()
+    } else if errno == mmp_core::machine::IoError::RESERVATION_CONFLICT {
+        "RESERVATION CONFLICT: another host holds the SCSI persistent reservation".into()
     } else {
         std::io::Error::from_raw_os_error(errno).to_string()
     }
@@ -265,77 +328,109 @@ pub(crate) fn refusal_code(r: &Refusal) -> u8 {
     }
 }
 
-/// The JSON object `mmp status --json` prints for a parsed record.
-pub(crate) fn status_json(path: &str, t: &Target, snap: &Snapshot) -> String {
-    let mut o = format!(
-        "{{\"device\":{},\"format\":\"{}\",\"state\":\"{}\",\"seq\":{},\"node\":{},\"device_name\":{},\"time\":{}",
-        json_str(path),
-        t.format.name(),
-        state_name(snap),
-        snap.seq(),
-        json_bytes(snap.nodename()),
-        json_bytes(snap.devname()),
-        snap.time_ms() / 1000
-    );
+/// The JSON object `mmp status --json` prints for a parsed record (docs/json.md).
+/// `mounted_at`: where this host has the device mounted, if it does.
+pub(crate) fn status_json(
+    path: &str,
+    t: &Target,
+    snap: &Snapshot,
+    mounted_at: Option<&str>,
+) -> String {
     let age_ms = i128::from(now_ms()) - i128::from(snap.time_ms());
-    let _ = write!(o, ",\"age_s\":{:.3}", age_ms as f64 / 1000.0);
     // The waits an acquire of this device can take: now, and after its owner crashed.
     let timing = Timing::for_snapshot(&t.layout, snap);
     let clean = snap.class() == Class::Clean;
-    let _ = write!(
-        o,
-        ",\"acquire_wait_ms\":{},\"takeover_wait_ms\":{}",
-        timing.max_acquire_wait(clean).as_millis(),
-        timing.max_acquire_wait(false).as_millis()
-    );
-    match snap {
+    let o = Obj::device("status", path, Some(t.format))
+        .str("state", state_name(snap))
+        .str("seq", &snap.seq().to_string())
+        .raw("node", json_bytes(snap.nodename()))
+        .raw("device_name", json_bytes(snap.devname()))
+        .raw("time", snap.time_ms() / 1000)
+        .raw("age_s", format!("{:.3}", age_ms as f64 / 1000.0))
+        .raw("never_held", never_held(snap))
+        .raw("mounted_at", mounted_at.map_or("null".into(), json_str))
+        .raw(
+            "acquire_wait_ms",
+            timing.max_acquire_wait(clean).as_millis(),
+        )
+        .raw(
+            "takeover_wait_ms",
+            timing.max_acquire_wait(false).as_millis(),
+        );
+    let o = match snap {
         Snapshot::Ext4(b) => {
             let sb = t.superblock.as_ref();
-            let _ = write!(
-                o,
-                ",\"mmp_block\":{},\"check_interval_s\":{},\"update_interval_s\":{}",
-                sb.map_or(0, |s| s.mmp_block),
-                b.check_interval,
-                sb.map_or(0, |s| s.mmp_update_interval)
-            );
+            o.raw("mmp_block", sb.map_or(0, |s| s.mmp_block))
+                .raw("check_interval_s", b.check_interval)
+                .raw("update_interval_s", sb.map_or(0, |s| s.mmp_update_interval))
         }
-        Snapshot::Native(r) => {
-            let _ = write!(
-                o,
-                ",\"hostid\":{},\"hostid_hex\":\"0x{:08x}\",\"interval_ms\":{},\"fail_intervals\":{},\"delay_us\":{},\"reason\":\"{}\"",
-                r.hostid,
-                r.hostid,
-                r.interval_ms,
-                r.fail_intervals,
-                r.delay_us,
-                r.reason.name()
-            );
-        }
-    }
-    o.push('}');
-    o
+        Snapshot::Native(r) => o
+            .raw("hostid", r.hostid)
+            .str("hostid_hex", &format!("0x{:08x}", r.hostid))
+            .raw("interval_ms", r.interval_ms)
+            .raw("fail_intervals", r.fail_intervals)
+            .raw("delay_us", r.delay_us)
+            .str("reason", r.reason.name()),
+    };
+    o.end()
 }
 
-/// The JSON object for an error on one device.
-pub(crate) fn error_json(path: &str, format: Option<Format>, err: &str) -> String {
-    let mut o = format!("{{\"device\":{}", json_str(path));
-    if let Some(f) = format {
-        let _ = write!(o, ",\"format\":\"{}\"", f.name());
+/// Error text for an admin: without Rust's " (os error N)" after an errno's text.
+pub(crate) fn plain(msg: &str) -> String {
+    let mut s = msg.to_string();
+    while let Some(a) = s.find(" (os error ") {
+        let Some(len) = s[a..].find(')') else { break };
+        s.replace_range(a..=a + len, "");
     }
-    let _ = write!(o, ",\"state\":\"error\",\"error\":{}}}", json_str(err));
-    o
+    s
+}
+
+/// The JSON object for an error on one device (`kind`: `status` or `check`).
+pub(crate) fn error_json(kind: &str, path: &str, format: Option<Format>, err: &str) -> String {
+    let err = &plain(err);
+    let o = Obj::device(kind, path, format);
+    let o = if kind == "check" {
+        o.str("result", "error").str("message", err)
+    } else {
+        o.str("state", "error")
+    };
+    o.str("error", err).end()
+}
+
+/// Whether the record was never written by a holder: a native area as `mmp format` wrote
+/// it, or an ext4 MMP block as mke2fs/tune2fs wrote it (clean, no node, no device name).
+pub(crate) fn never_held(snap: &Snapshot) -> bool {
+    let nameless = snap.nodename().is_empty() && snap.devname().is_empty();
+    match snap {
+        Snapshot::Native(r) => r.reason == native::Reason::Formatted && r.hostid == 0 && nameless,
+        Snapshot::Ext4(_) => snap.class() == Class::Clean && nameless,
+    }
 }
 
 /// The text line `mmp status` prints for a parsed record.
-pub(crate) fn status_text(path: &str, t: &Target, snap: &Snapshot) -> String {
-    let what = match snap.class() {
-        Class::Clean => "clean: safe to take".to_string(),
-        Class::Active => {
+pub(crate) fn status_text(
+    path: &str,
+    t: &Target,
+    snap: &Snapshot,
+    mounted_at: Option<&str>,
+) -> Vec<String> {
+    let what = match (snap.class(), mounted_at) {
+        (Class::Active, Some(mp)) if t.format == Format::Ext4 => {
+            format!("active: mounted on this host (at {mp}); this host's kernel heartbeats it")
+        }
+        (Class::Clean, _) => "clean: safe to take".to_string(),
+        (Class::Active, _) => {
             "active (held, or its holder stopped without releasing; `mmp check` tells)".to_string()
         }
-        Class::Fsck => "fsck: an e2fsprogs tool holds it".to_string(),
-        Class::Unknown => "unknown sequence: refused".to_string(),
-        Class::Maintenance => "maintenance".to_string(),
+        (Class::Fsck, _) => "fsck: an e2fsprogs tool holds it".to_string(),
+        (Class::Unknown, _) => "unknown sequence: refused".to_string(),
+        (Class::Maintenance, _) => "maintenance".to_string(),
+    };
+    let what = match mounted_at {
+        Some(mp) if !what.contains("mounted on this host") => {
+            format!("{what}; mounted on this host (at {mp})")
+        }
+        _ => what,
     };
     let extra = match snap {
         Snapshot::Ext4(b) => format!(
@@ -353,11 +448,116 @@ pub(crate) fn status_text(path: &str, t: &Target, snap: &Snapshot) -> String {
             r.reason.name()
         ),
     };
-    format!(
-        "{path}: {} MMP {what}; {}; {extra}",
-        t.format.name(),
-        who(snap)
-    )
+    vec![
+        format!("{path}: {} MMP {what}", t.format.name()),
+        who(snap),
+        extra,
+    ]
+}
+
+/// The width of the terminal on stdout, when stdout is a terminal.
+pub(crate) fn terminal_width() -> Option<usize> {
+    use std::io::IsTerminal as _;
+    let out = std::io::stdout();
+    if !out.is_terminal() {
+        return None;
+    }
+    let ws = rustix::termios::tcgetwinsize(&out).ok();
+    let cols = ws.map_or(0, |w| usize::from(w.ws_col));
+    if cols > 0 {
+        return Some(cols);
+    }
+    std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.trim().parse().ok())
+        .filter(|&c| c > 0)
+        .or(Some(80))
+}
+
+/// A `status` record as text: one line when piped (`PATH: ... ; WHO; DETAILS`, for scripts);
+/// on a terminal of `width` columns, the path and state first, then the owner and the
+/// details indented below, wrapped at spaces; a name too long for a line loses its middle
+/// (marked `...`).
+pub(crate) fn status_lines(parts: &[String], width: Option<usize>) -> String {
+    let Some(w) = width else {
+        return parts.join("; ");
+    };
+    let w = w.max(30);
+    let mut details: Vec<&str> = Vec::new();
+    let mut lines = Vec::new();
+    let head = parts.first().map_or("", String::as_str);
+    match head.split_once(": ") {
+        _ if head.chars().count() <= w => lines.push(head.to_string()),
+        Some((path, what)) => {
+            lines.push(fit(&format!("{path}:"), w));
+            details.push(what);
+        }
+        None => lines.push(fit(head, w)),
+    }
+    details.extend(parts.iter().skip(1).map(String::as_str));
+    let room = w - 4;
+    for d in details {
+        let mut cur = String::new();
+        for word in d.split(' ') {
+            let word = fit(word, room);
+            if cur.is_empty() {
+                cur = word;
+            } else if cur.chars().count() + 1 + word.chars().count() <= room {
+                cur.push(' ');
+                cur.push_str(&word);
+            } else {
+                lines.push(format!("    {cur}"));
+                cur = word;
+            }
+        }
+        lines.push(format!("    {cur}"));
+    }
+    lines.join("\n")
+}
+
+/// `s` shortened to `width` characters: first the longest quoted name or the leading path
+/// loses its middle (`...`), then the end of the line.
+pub(crate) fn fit(s: &str, width: usize) -> String {
+    let mut s = s.to_string();
+    let len = |s: &str| s.chars().count();
+    while len(&s) > width {
+        // Candidates: the text inside '...' quotes, and the path before the first ": ".
+        let mut spans: Vec<(usize, usize)> = Vec::new();
+        if let Some(end) = s.find(": ") {
+            spans.push((0, end));
+        } else if !s.contains(' ') && !s.contains('\'') {
+            // One word (a path on a line of its own): all of it but a trailing colon.
+            spans.push((0, s.trim_end_matches([':', ',']).len()));
+        }
+        let mut from = 0;
+        while let Some(a) = s[from..].find('\'') {
+            let a = from + a + 1;
+            let Some(b) = s[a..].find('\'') else { break };
+            spans.push((a, a + b));
+            from = a + b + 1;
+        }
+        let Some(&(a, b)) = spans
+            .iter()
+            .filter(|(a, b)| len(&s[*a..*b]) > 12)
+            .max_by_key(|(a, b)| len(&s[*a..*b]))
+        else {
+            break;
+        };
+        let name: Vec<char> = s[a..b].chars().collect();
+        let over = len(&s) - width;
+        let keep = name.len().saturating_sub(over + 3).max(9);
+        if keep + 3 >= name.len() {
+            break;
+        }
+        let head: String = name[..keep - keep / 2].iter().collect();
+        let tail: String = name[name.len() - keep / 2..].iter().collect();
+        s.replace_range(a..b, &format!("{head}...{tail}"));
+    }
+    if len(&s) > width {
+        let cut: String = s.chars().take(width.saturating_sub(3)).collect();
+        s = format!("{cut}...");
+    }
+    s
 }
 
 /// `mmp dump`: every raw field.
@@ -418,7 +618,7 @@ pub(crate) fn dump(
             use ext4::field as f;
             let _ = writeln!(o, "  mmp_magic: {:#010x}", le32(f::MAGIC));
             let seq = le32(f::SEQ);
-            let _ = writeln!(o, "  mmp_seq: {seq:#010x} ({:?})", ext4::SeqClass::of(seq));
+            let _ = writeln!(o, "  mmp_seq: {seq:#010x} ({})", seq_class(seq));
             let time = le64(f::TIME);
             let _ = writeln!(o, "  mmp_time: {time} ({})", utc(time));
             let _ = writeln!(
@@ -495,6 +695,22 @@ fn uuid(b: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_names_lose_their_middle() {
+        let s = "/dev/mapper/a-very-long-multipath-name-0123456789: ext4 MMP clean";
+        let f = fit(s, 40);
+        assert_eq!(f.chars().count(), 40, "{f}");
+        assert!(f.contains("...") && f.ends_with(": ext4 MMP clean"), "{f}");
+        let s = "node 'a-node-name-that-goes-on-and-on-and-on', device 'sdb'";
+        let f = fit(s, 40);
+        assert!(
+            f.chars().count() <= 40 && f.ends_with("', device 'sdb'"),
+            "{f}"
+        );
+        assert_eq!(fit("short", 40), "short");
+        assert!(fit(&"x".repeat(100), 30).chars().count() <= 30);
+    }
 
     #[test]
     fn escapes_and_dates() {

@@ -23,6 +23,13 @@ pub(crate) struct PrArgs {
     devices: Vec<PathBuf>,
 }
 
+impl PrArgs {
+    /// The devices (for `UUID=`/`LABEL=` names).
+    pub(crate) fn devices_mut(&mut self) -> &mut Vec<PathBuf> {
+        &mut self.devices
+    }
+}
+
 fn parse_key(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let hex = t

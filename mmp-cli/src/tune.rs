@@ -77,7 +77,10 @@ fn prove_unused(c: &Ctx, t: &target::Target, device: &Path) -> Result<Machine, (
         Some(Outcome::Refused(r)) => Err((out::refusal_code(&r), out::refusal(&path, &r))),
         Some(o) => Err((
             2,
-            format!("{path}: could not prove the device unused: {o:?}"),
+            format!(
+                "{path}: could not prove the device unused: {}",
+                out::outcome(&path, Some(&o))
+            ),
         )),
     }
 }
@@ -205,7 +208,10 @@ pub(crate) fn set_interval(c: &Ctx, secs: u16, device: &Path) -> Result<u8, Stri
     let end = driver::run_until_settled(&mut m, &t.device, &stop, &mut |_| {});
     res.map_err(|e| format!("{path}: {e}"))?;
     if end != Some(Outcome::Released) {
-        note!("mmp: {path}: warning: release after the change ended with {end:?}");
+        note!(
+            "mmp: {path}: warning: release after the change ended: {}",
+            out::outcome(&path, end.as_ref())
+        );
     }
     outln!("{path}: MMP update interval set to {secs} s");
     Ok(0)

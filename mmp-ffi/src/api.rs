@@ -4,12 +4,15 @@
 #![allow(unsafe_code)]
 
 use crate::boundary::{
-    self, Loss, Progress, c_bytes, check_out, ffi_boundary, mmp_device, try_ref, with_handle,
-    write_out,
+    self, Loss, Progress, c_bytes, check_out, ffi_boundary, handle, mmp_device, try_ref,
+    with_handle, write_out,
 };
 use crate::device::{self, Handle, IdentityArg};
 use crate::result::mmp_result;
-use crate::types::{mmp_identity, mmp_loss_cb, mmp_progress_cb, mmp_self_fence, mmp_status};
+use crate::types::{
+    mmp_error_info, mmp_identity, mmp_loss_cb, mmp_loss_info, mmp_progress_cb, mmp_self_fence,
+    mmp_status,
+};
 use core::ffi::{c_char, c_void};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -73,7 +76,9 @@ pub unsafe extern "C" fn mmp_device_open(
 /// Frees a handle. NULL is allowed and does nothing.
 ///
 /// A device still held is released first, as `mmp_device_release` would (errors are
-/// ignored); a poisoned handle writes nothing.
+/// ignored); a poisoned handle writes nothing. In a `fork()` child, freeing a handle
+/// inherited from the parent frees the child's copy only: it writes nothing and does not
+/// touch the parent's heartbeat.
 ///
 /// # Safety
 /// `dev` is NULL or a handle from `mmp_device_open` that has not been freed, and no other
@@ -88,11 +93,18 @@ pub unsafe extern "C" fn mmp_device_free(dev: *mut mmp_device) {
     });
 }
 
-/// Reads the device's MMP block once and describes it: never writes, never waits.
+/// Reads the device's MMP block once and describes it: never writes, never waits, and
+/// never waits for (or delays) another call on the handle or the heartbeat, so any thread
+/// may poll it at any time, also while an acquire or release runs.
+///
+/// `owned` follows the lease by the clock: it is true only while this handle holds the
+/// device and its lease (renewed by every successful heartbeat) has not run out, whether
+/// or not the heartbeat thread has noticed. In a `fork()` child, on a handle inherited from
+/// the parent, the block is read as usual and `owned` is false.
 ///
 /// # Errors
 /// `MMP_RESULT_NULL_PARAMETER`, `MMP_RESULT_CORRUPT` (the block does not parse),
-/// `MMP_RESULT_IO`, `MMP_RESULT_BUSY`, `MMP_RESULT_POISONED`.
+/// `MMP_RESULT_IO`, `MMP_RESULT_POISONED`.
 ///
 /// # Safety
 /// `dev` is NULL or a live handle; `out` is NULL or writable.
@@ -104,7 +116,7 @@ pub unsafe extern "C" fn mmp_device_status(
     ffi_boundary!({
         check_out(out)?;
         // SAFETY: the caller promises `dev` is NULL or live.
-        let status = unsafe { with_handle(dev, |inner, _| inner.status()) }?;
+        let status = unsafe { handle(dev) }?.status()?;
         // SAFETY: `out` passed `check_out` and is writable.
         unsafe { write_out(out, status) };
         Ok(())
@@ -113,16 +125,20 @@ pub unsafe extern "C" fn mmp_device_status(
 
 /// The activity test, read-only: watches the block as long as its owner's parameters
 /// require and succeeds when the device is safe to take (clean, or not clean but silent
-/// for the whole window). `*out_owner` then describes the block as found.
+/// for the whole window). `*out_owner` (may be NULL) then describes the block as found.
 ///
-/// `cb` (may be NULL) is called on this thread with the phase and the time left in each
-/// wait. `mmp_device_cancel` stops the wait (`MMP_RESULT_ABORTED`).
+/// `cb` (may be NULL) is called on this thread: once with `MMP_PHASE_READING` (0 ms) at
+/// the start, then with `MMP_PHASE_WATCHING` and the time left in the wait.
+/// `mmp_device_cancel` stops the wait (`MMP_RESULT_ABORTED`).
 ///
 /// # Errors
 /// `MMP_RESULT_IN_USE` (another host is active), `MMP_RESULT_FSCK`,
 /// `MMP_RESULT_UNKNOWN_SEQ`, `MMP_RESULT_MAINTENANCE`, `MMP_RESULT_CORRUPT`,
 /// `MMP_RESULT_IO`, `MMP_RESULT_ABORTED`, `MMP_RESULT_ALREADY_HELD` (this handle holds
-/// it), `MMP_RESULT_NULL_PARAMETER`, `MMP_RESULT_BUSY`, `MMP_RESULT_POISONED`.
+/// it), `MMP_RESULT_LOST` (this handle's acquire lapsed, see `mmp_device_acquire`; the
+/// handle is idle again), `MMP_RESULT_NULL_PARAMETER` (`dev` NULL), `MMP_RESULT_BUSY`,
+/// `MMP_RESULT_FORKED`, `MMP_RESULT_POISONED`. `mmp_device_last_error` gives the owner
+/// behind a refusal.
 ///
 /// # Safety
 /// `dev` is NULL or a live handle; `cb` is NULL or a function that may be called with
@@ -135,13 +151,14 @@ pub unsafe extern "C" fn mmp_device_check(
     out_owner: *mut mmp_status,
 ) -> mmp_result {
     ffi_boundary!({
-        check_out(out_owner)?;
         // SAFETY: the caller promises `cb` may be called with `userdata` during this call.
         let progress = unsafe { Progress::new(cb, userdata) };
         // SAFETY: the caller promises `dev` is NULL or live.
         let status = unsafe { with_handle(dev, |inner, h| inner.check(h, &progress)) }?;
-        // SAFETY: `out_owner` passed `check_out` and is writable.
-        unsafe { write_out(out_owner, status) };
+        if !out_owner.is_null() {
+            // SAFETY: non-NULL, and the caller promises it is writable.
+            unsafe { write_out(out_owner, status) };
+        }
         Ok(())
     })
 }
@@ -151,21 +168,36 @@ pub unsafe extern "C" fn mmp_device_check(
 /// (within the fail window, `mmp_status.fail_window_ms`), or the lease runs out.
 ///
 /// `force` takes a device last held by another host and not released; the activity test
-/// still runs, so a live owner is never taken. `cb` (may be NULL) is called on this thread
-/// with progress; `mmp_device_cancel` stops the wait (`MMP_RESULT_ABORTED`; a claim
-/// already written is replaced by the block found before it only if a fresh re-read an
-/// interval later still shows exactly the claim and the write can go out within a short
-/// deadline, see docs/protocol.md; otherwise it stays on the device as a stale live block).
+/// still runs, so a live owner is never taken. `cb` (may be NULL) is called on this thread:
+/// once with `MMP_PHASE_READING` (0 ms) at the start, then with `MMP_PHASE_WATCHING` and
+/// `MMP_PHASE_CLAIMING` and the time left in each wait (the other phases are never
+/// reported). A callback that blocks delays the acquire: past the fail window during the
+/// claim the acquire ends in `MMP_RESULT_LOST` or `MMP_RESULT_TOO_LATE`.
+///
+/// `mmp_device_cancel` stops the wait (`MMP_RESULT_ABORTED`). A cancel during the claim
+/// restores the block found before it: the previous block is written back if a fresh
+/// re-read an interval later still shows exactly the claim and the write can go out within
+/// a short deadline (see docs/protocol.md); only if not (the claim was overwritten, or the
+/// I/O is too slow) does the claim stay on the device, as a stale live block.
+///
+/// A lapsed hold: if `mmp_device_start_heartbeat` is not called within the fail window,
+/// the lease runs out: `owned` becomes false, and the next call on the handle that finds it
+/// (`mmp_device_start_heartbeat`, `mmp_device_release`, `mmp_device_check`,
+/// `mmp_device_acquire`, `mmp_device_clear`) returns `MMP_RESULT_LOST` once and leaves the
+/// handle idle (nothing is written; the claim stays on the device as a stale live block).
 ///
 /// # Errors
 /// The refusals `MMP_RESULT_IN_USE`, `MMP_RESULT_FOREIGN`, `MMP_RESULT_FSCK`,
 /// `MMP_RESULT_UNKNOWN_SEQ`, `MMP_RESULT_MAINTENANCE`, `MMP_RESULT_CORRUPT`,
 /// `MMP_RESULT_NO_HOSTID` (native format only), `MMP_RESULT_LOST_RACE`,
 /// `MMP_RESULT_TOO_LATE` (the claim was verified only after the lease it earned had run
-/// out: the I/O or this thread was too slow), `MMP_RESULT_ABORTED`; and
-/// `MMP_RESULT_IO`, `MMP_RESULT_HOSTID_INVALID`, `MMP_RESULT_READ_ONLY`,
+/// out: the I/O or this thread was too slow), `MMP_RESULT_ABORTED`; `MMP_RESULT_LOST`
+/// (the claim was overwritten or its lease ran out while it was being verified, e.g. a
+/// progress callback that blocked past the fail window; or a lapsed earlier hold, above);
+/// and `MMP_RESULT_IO`, `MMP_RESULT_HOSTID_INVALID`, `MMP_RESULT_READ_ONLY`,
 /// `MMP_RESULT_ALREADY_HELD`, `MMP_RESULT_NULL_PARAMETER`, `MMP_RESULT_BUSY`,
-/// `MMP_RESULT_POISONED`.
+/// `MMP_RESULT_FORKED` (a handle inherited through `fork()`), `MMP_RESULT_POISONED`.
+/// `mmp_device_last_error` gives the errno and the owner behind a failure.
 ///
 /// # Safety
 /// `dev` is NULL or a live handle; `cb` is NULL or a function that may be called with
@@ -196,7 +228,8 @@ pub unsafe extern "C" fn mmp_device_acquire(
 /// `MMP_RESULT_NOT_HELD`, `MMP_RESULT_ALREADY_HELD` (already heartbeating),
 /// `MMP_RESULT_LOST` (the lease ran out before this call; the handle no longer holds the
 /// device), `MMP_RESULT_IO`, `MMP_RESULT_NULL_PARAMETER`, `MMP_RESULT_BUSY`,
-/// `MMP_RESULT_POISONED`.
+/// `MMP_RESULT_FORKED` (a handle inherited through `fork()`; a handle opened in the child
+/// gets the child's own heartbeat thread), `MMP_RESULT_POISONED`.
 ///
 /// # Safety
 /// `dev` is NULL or a live handle; `cb` is NULL or a function that may be called with
@@ -213,18 +246,23 @@ pub unsafe extern "C" fn mmp_device_start_heartbeat(
         // thread until the heartbeat ends.
         let loss = unsafe { Loss::new(cb, userdata) };
         // SAFETY: the caller promises `dev` is NULL or live.
-        unsafe { with_handle(dev, |inner, _| inner.start_heartbeat(loss)) }
+        unsafe { with_handle(dev, |inner, h| inner.start_heartbeat(h, loss)) }
     })
 }
 
 /// Releases the device: the block is re-read and CLEAN is written only if it still holds
 /// what this host last wrote. Stops the heartbeat (waiting for its threads) if it runs.
-/// The handle can acquire again afterwards.
+/// The handle can acquire again afterwards. If another call on the handle runs (on another
+/// thread), the release waits for it to finish, then runs; `mmp_device_status` never
+/// delays it.
 ///
 /// # Errors
-/// `MMP_RESULT_LOST` (ownership was lost before or during the release; nothing was
-/// written), `MMP_RESULT_NOT_HELD`, `MMP_RESULT_IN_CALLBACK` (called from this handle's
-/// loss callback), `MMP_RESULT_NULL_PARAMETER`, `MMP_RESULT_BUSY`, `MMP_RESULT_POISONED`.
+/// `MMP_RESULT_LOST` (ownership was lost before or during the release, or the hold had
+/// lapsed; nothing was written), `MMP_RESULT_NOT_HELD`, `MMP_RESULT_IN_CALLBACK` (called
+/// from this handle's loss callback), `MMP_RESULT_NULL_PARAMETER`, `MMP_RESULT_BUSY` (from
+/// a progress callback of a call on the same handle, or from a loss callback while another
+/// call runs), `MMP_RESULT_FORKED` (a handle inherited through `fork()`: the child owns
+/// nothing and writes nothing; the parent still holds the device), `MMP_RESULT_POISONED`.
 ///
 /// # Safety
 /// `dev` is NULL or a live handle.
@@ -232,7 +270,7 @@ pub unsafe extern "C" fn mmp_device_start_heartbeat(
 pub unsafe extern "C" fn mmp_device_release(dev: *const mmp_device) -> mmp_result {
     ffi_boundary!({
         // SAFETY: the caller promises `dev` is NULL or live.
-        unsafe { with_handle(dev, |inner, _| inner.release()) }
+        unsafe { with_handle(dev, |inner, h| inner.release_call(h)) }
     })
 }
 
@@ -243,8 +281,10 @@ pub unsafe extern "C" fn mmp_device_release(dev: *const mmp_device) -> mmp_resul
 ///
 /// # Errors
 /// `MMP_RESULT_CORRUPT`, `MMP_RESULT_READ_ONLY`, `MMP_RESULT_ALREADY_HELD` (release
-/// instead), `MMP_RESULT_IO`,
-/// `MMP_RESULT_NULL_PARAMETER`, `MMP_RESULT_BUSY`, `MMP_RESULT_POISONED`.
+/// instead), `MMP_RESULT_LOST` (this handle's acquire lapsed, see `mmp_device_acquire`; the
+/// handle is idle again), `MMP_RESULT_ABORTED` (`mmp_device_cancel`), `MMP_RESULT_IO`,
+/// `MMP_RESULT_NULL_PARAMETER`, `MMP_RESULT_BUSY`, `MMP_RESULT_FORKED`,
+/// `MMP_RESULT_POISONED`.
 ///
 /// # Safety
 /// `dev` is NULL or a live handle.
@@ -256,12 +296,14 @@ pub unsafe extern "C" fn mmp_device_clear(dev: *const mmp_device) -> mmp_result 
     })
 }
 
-/// Cancels the check or acquire running on this handle, or the next one if none runs: it
-/// returns `MMP_RESULT_ABORTED` at its next wake-up (within 50 ms). Lock-free: may be
-/// called from any thread and from a signal handler.
+/// Cancels the check, acquire or clear running on this handle: it returns
+/// `MMP_RESULT_ABORTED` at its next wake-up (within 50 ms). It applies only to the call in
+/// flight: when none runs (before it starts, or while the device is held), it does nothing
+/// and the next call is not affected. Lock-free: may be called from any thread and from a
+/// signal handler.
 ///
 /// # Errors
-/// `MMP_RESULT_NULL_PARAMETER`, `MMP_RESULT_POISONED`.
+/// `MMP_RESULT_NULL_PARAMETER`, `MMP_RESULT_FORKED`, `MMP_RESULT_POISONED`.
 ///
 /// # Safety
 /// `dev` is NULL or a live handle.
@@ -269,8 +311,7 @@ pub unsafe extern "C" fn mmp_device_clear(dev: *const mmp_device) -> mmp_result 
 pub unsafe extern "C" fn mmp_device_cancel(dev: *const mmp_device) -> mmp_result {
     ffi_boundary!({
         // SAFETY: the caller promises `dev` is NULL or live.
-        let dev = unsafe { try_ref(dev) }?;
-        dev.handle.cancel()
+        unsafe { handle(dev) }?.cancel()
     })
 }
 
@@ -401,7 +442,7 @@ pub unsafe extern "C" fn mmp_hostid_get(out: *mut u32) -> mmp_result {
 ///
 /// # Errors
 /// `MMP_RESULT_NOT_HELD` (no device is heartbeating), `MMP_RESULT_INVALID_PARAMETER` (bad
-/// timeout), `MMP_RESULT_ALREADY_HELD` (a watchdog is armed), `MMP_RESULT_NOT_FOUND`,
+/// timeout), `MMP_RESULT_ALREADY_ARMED`, `MMP_RESULT_NOT_FOUND`,
 /// `MMP_RESULT_PERMISSION_DENIED`, `MMP_RESULT_IO` (opening or setting the timeout failed),
 /// `MMP_RESULT_NULL_PARAMETER`.
 ///
@@ -420,7 +461,8 @@ pub unsafe extern "C" fn mmp_watchdog_arm(path: *const c_char, timeout_s: u32) -
 /// device was lost, else without it (the reset goes ahead).
 ///
 /// # Errors
-/// `MMP_RESULT_NOT_HELD` (no watchdog armed).
+/// `MMP_RESULT_NOT_ARMED` (no watchdog armed in this process; a `fork()` child never
+/// inherits one).
 #[unsafe(no_mangle)]
 pub extern "C" fn mmp_watchdog_disarm() -> mmp_result {
     ffi_boundary!({ device::watchdog_disarm() })
@@ -462,6 +504,112 @@ pub extern "C" fn mmp_result_is_refusal(result: u32) -> bool {
 #[unsafe(no_mangle)]
 pub extern "C" fn mmp_result_is_error(result: u32) -> bool {
     mmp_result::is_error(result)
+}
+
+/// Whether `result` says a held device was lost (200..): stop using the device at once.
+#[unsafe(no_mangle)]
+pub extern "C" fn mmp_result_is_lost(result: u32) -> bool {
+    mmp_result::is_lost(result)
+}
+
+/// The `errno` behind the error the last libmmp call on this thread returned (0 if that
+/// call succeeded or its error came from no system call), like `errno` itself: read it
+/// right after the failing call. Per handle, `mmp_device_last_error` keeps it too.
+#[unsafe(no_mangle)]
+pub extern "C" fn mmp_last_os_error() -> i32 {
+    crate::result::last_errno()
+}
+
+/// The context of the last call on this handle that failed (other than
+/// `mmp_device_status`, which changes nothing, and this function): its result, the `errno`
+/// behind it, and for a refusal the owner whose block caused it (node name, hostid, state,
+/// and how long ago it last wrote), so no second `mmp_device_status` is needed (it might
+/// describe a later block anyway). `result` is `MMP_RESULT_OK` if no call failed yet.
+/// Never waits for another call on the handle.
+///
+/// # Errors
+/// `MMP_RESULT_NULL_PARAMETER`, `MMP_RESULT_FORKED`, `MMP_RESULT_POISONED`.
+///
+/// # Safety
+/// `dev` is NULL or a live handle; `out` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mmp_device_last_error(
+    dev: *const mmp_device,
+    out: *mut mmp_error_info,
+) -> mmp_result {
+    ffi_boundary!({
+        check_out(out)?;
+        // SAFETY: the caller promises `dev` is NULL or live.
+        let info = unsafe { handle(dev) }?.last_error()?;
+        // SAFETY: `out` passed `check_out` and is writable.
+        unsafe { write_out(out, info) };
+        Ok(())
+    })
+}
+
+/// A file descriptor that becomes readable when an event is pending on this handle (a
+/// loss: `MMP_EVENT_LOST`), for `poll`/`epoll`/`select` event loops; then call
+/// `mmp_device_read_events`. The loss callback, if one was given, is still called as well.
+///
+/// The descriptor (an eventfd: non-blocking, close-on-exec) belongs to the handle: it is
+/// the same on every call, stays valid until `mmp_device_free`, and must not be closed,
+/// read or written by the caller. Events of earlier holds that were not read stay pending.
+///
+/// # Errors
+/// `MMP_RESULT_IO` (the descriptor could not be created; see `mmp_last_os_error`),
+/// `MMP_RESULT_NULL_PARAMETER`, `MMP_RESULT_FORKED`, `MMP_RESULT_POISONED`.
+///
+/// # Safety
+/// `dev` is NULL or a live handle; `out_fd` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mmp_device_event_fd(
+    dev: *const mmp_device,
+    out_fd: *mut i32,
+) -> mmp_result {
+    ffi_boundary!({
+        check_out(out_fd)?;
+        // SAFETY: the caller promises `dev` is NULL or live.
+        let fd = unsafe { handle(dev) }?.event_fd()?;
+        // SAFETY: `out_fd` passed `check_out` and is writable.
+        unsafe { write_out(out_fd, fd) };
+        Ok(())
+    })
+}
+
+/// Takes the pending events of this handle and makes its event descriptor unreadable
+/// again: `*out_events` receives a combination of `MMP_EVENT_*` bits (0 when nothing was
+/// pending, which a wake-up may show), and when `MMP_EVENT_LOST` is among them and
+/// `out_loss` is not NULL, `*out_loss` receives the details of the last loss (as the loss
+/// callback saw them). Never waits for another call on the handle; may be called from any
+/// thread, not from a signal handler.
+///
+/// # Errors
+/// `MMP_RESULT_NULL_PARAMETER` (`dev` or `out_events`), `MMP_RESULT_FORKED`,
+/// `MMP_RESULT_POISONED`.
+///
+/// # Safety
+/// `dev` is NULL or a live handle; `out_events` is NULL or writable; `out_loss` is NULL or
+/// writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mmp_device_read_events(
+    dev: *const mmp_device,
+    out_events: *mut u32,
+    out_loss: *mut mmp_loss_info,
+) -> mmp_result {
+    ffi_boundary!({
+        check_out(out_events)?;
+        // SAFETY: the caller promises `dev` is NULL or live.
+        let (events, loss) = unsafe { handle(dev) }?.read_events()?;
+        // SAFETY: `out_events` passed `check_out` and is writable.
+        unsafe { write_out(out_events, events) };
+        if let Some(l) = loss
+            && !out_loss.is_null()
+        {
+            // SAFETY: non-NULL, and the caller promises it is writable.
+            unsafe { write_out(out_loss, l) };
+        }
+        Ok(())
+    })
 }
 
 /// The library version, `"MAJOR.MINOR.PATCH"`: static, NUL-terminated, never NULL. Compare

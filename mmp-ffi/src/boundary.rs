@@ -14,8 +14,16 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 /// An open device: the opaque handle C code holds as `struct mmp_device *`.
 ///
 /// Ownership: `mmp_device_open` creates it, `mmp_device_free` frees it, exactly once.
-/// Overlapping calls on one handle (from two threads, or from a callback) get
-/// `MMP_RESULT_BUSY` instead of racing.
+/// Calls on one handle take turns (see `docs/c-api.md`, Threads): a re-entry from a
+/// callback gets `MMP_RESULT_BUSY` instead of racing or waiting for itself.
+///
+/// fork, exec, exit: a `fork()` child owns nothing its parent holds. On a handle opened
+/// before the fork, the child's `mmp_device_status` reads the block with `owned` false,
+/// `mmp_device_free` frees the child's copy without writing, and every other call returns
+/// `MMP_RESULT_FORKED`; handles opened in the child work, with the child's own heartbeat
+/// thread. Leave such a child with `_exit()` or `exec`. Device, event and watchdog
+/// descriptors are close-on-exec. An exec or exit while holding ends the heartbeats without
+/// writing CLEAN (a crash, to other hosts): release first.
 #[allow(non_camel_case_types)]
 pub struct mmp_device {
     pub(crate) handle: Handle,
@@ -23,6 +31,7 @@ pub struct mmp_device {
 
 /// Runs `f`, turning a panic into [`mmp_result::Panic`].
 pub(crate) fn catch(f: impl FnOnce() -> Result<(), mmp_result>) -> mmp_result {
+    crate::device::begin_call();
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(())) => mmp_result::Ok,
         Ok(Err(e)) => e,
@@ -91,8 +100,17 @@ pub(crate) unsafe fn c_bytes<'a>(p: *const c_char) -> Result<&'a [u8], mmp_resul
     Ok(unsafe { CStr::from_ptr(p) }.to_bytes())
 }
 
+/// The handle behind `dev`, or [`mmp_result::NullParameter`].
+///
+/// # Safety
+/// `dev` is NULL or a pointer from `mmp_device_open` that has not been freed for `'a`.
+pub(crate) unsafe fn handle<'a>(dev: *const mmp_device) -> Result<&'a Handle, mmp_result> {
+    // SAFETY: the caller's promise, passed on.
+    Ok(&unsafe { try_ref(dev) }?.handle)
+}
+
 /// Runs `f` on the handle behind `dev` (see [`Handle::with`]): NULL checks, the poison
-/// flag, the busy check, and poisoning when `f` panics.
+/// and fork checks, taking turns, and poisoning when `f` panics.
 ///
 /// # Safety
 /// `dev` is NULL or a pointer from `mmp_device_open` that has not been freed.

@@ -7,19 +7,23 @@
 //! caller's thread and by `mmp_core::sys::engine` once the heartbeat starts.
 
 use crate::boundary::{Loss, Progress};
-use crate::hub::{Hub, Route, Shared, in_callback_of};
+use crate::hub::{Events, Hub, Route, Shared, in_callback_of, on_event_thread};
 use crate::result::{mmp_result, outcome_result};
-use crate::types::{MMP_OPEN_ALL, MMP_OPEN_READ_ONLY, MMP_OPEN_REALTIME, mmp_status};
-use mmp_core::machine::{Config, Event, Identity, Machine, Op, Outcome, parse};
+use crate::types::{
+    MMP_OPEN_ALL, MMP_OPEN_READ_ONLY, MMP_OPEN_REALTIME, mmp_error_info, mmp_loss_info, mmp_phase,
+    mmp_status, zeroed_status,
+};
+use mmp_core::machine::{Config, Event, Identity, Machine, Op, Outcome, Refusal, Snapshot, parse};
 use mmp_core::sys::blockdev::Device;
 use mmp_core::sys::target::{self, Target};
 use mmp_core::sys::{clock, driver, hostid};
+use std::cell::Cell;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, TryLockError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, TryLockError};
 
 /// Who the handle acts as: an explicit identity, or `None` to resolve it as the CLI does
 /// (hostid from `MMP_HOSTID`, else `/etc/hostid`; node name from `uname`).
@@ -30,14 +34,81 @@ pub(crate) struct IdentityArg {
     pub(crate) nodename: Option<Vec<u8>>,
 }
 
-/// One open device. Shared by reference between overlapping calls; the state sits behind a
-/// mutex that calls only `try_lock`, so misuse gives [`mmp_result::Busy`], never a race.
+/// One open device. Shared by reference between overlapping calls. The operations take
+/// turns on `inner` (a call waits for the one before it; only a re-entry from the holder's
+/// own thread, or from the event thread, gets [`mmp_result::Busy`]); `mmp_device_status`
+/// never takes that lock: it reads the block through `target` and ownership from `lease`,
+/// a small mutex held only to copy a few words.
 pub(crate) struct Handle {
     inner: Mutex<Inner>,
-    /// Set by `mmp_device_cancel`; read by waits in check and acquire.
+    /// The token of the thread holding `inner` (0: none), to refuse re-entry.
+    holder: AtomicU64,
+    /// The device, its layout and format: never changed after open.
+    target: Target,
+    /// The process that opened the handle: in any other (a `fork()` child) the handle is
+    /// inherited state and owns nothing.
+    pid: u32,
+    /// What status needs to say whether the handle owns the device.
+    lease: Mutex<Lease>,
+    /// The last failed call's context (`mmp_device_last_error`).
+    last_error: Mutex<mmp_error_info>,
+    /// Loss events for `mmp_device_event_fd`.
+    pub(crate) events: Arc<Events>,
+    /// Set by `mmp_device_cancel` while a check, acquire or clear runs; read by its waits.
     cancel: AtomicBool,
+    /// A check, acquire or clear runs (cancel applies only then).
+    in_flight: AtomicBool,
     /// Set when a call panicked: every later call returns [`mmp_result::Poisoned`].
     poisoned: AtomicBool,
+}
+
+/// The ownership view status reads, updated by the operations.
+#[derive(Clone)]
+enum Lease {
+    /// Nothing held.
+    Idle,
+    /// Acquired, not heartbeating: owned until then.
+    Until(Option<mmp_core::time::Instant>),
+    /// On the heartbeat engine.
+    Beating {
+        hub: &'static Hub,
+        slot: usize,
+        shared: Arc<Shared>,
+    },
+}
+
+thread_local! {
+    /// This thread's token for [`Handle::holder`] (0 until first used).
+    static TOKEN: Cell<u64> = const { Cell::new(0) };
+    /// The block behind the refusal the current call returns, if it parsed.
+    static REFUSAL_OWNER: Cell<Option<mmp_status>> = const { Cell::new(None) };
+}
+
+fn thread_token() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    if TOKEN.get() == 0 {
+        TOKEN.set(NEXT.fetch_add(1, Ordering::Relaxed));
+    }
+    TOKEN.get()
+}
+
+/// Forgets the context of the previous call on this thread (at the start of every call).
+pub(crate) fn begin_call() {
+    crate::result::note_errno(0);
+    REFUSAL_OWNER.set(None);
+}
+
+/// The block that caused a refusal, if it parsed.
+fn refusal_snapshot(r: &Refusal) -> Option<Snapshot> {
+    match *r {
+        Refusal::Fsck(s)
+        | Refusal::UnknownSeq(s)
+        | Refusal::Maintenance(s)
+        | Refusal::Foreign(s)
+        | Refusal::Active(Some(s))
+        | Refusal::LostRace(Some(s)) => Some(s),
+        _ => None,
+    }
 }
 
 // C may use a handle from any thread (one call at a time) and the loss callback's thread
@@ -55,7 +126,6 @@ pub(crate) struct Inner {
     identity: Identity,
     /// Why the hostid could not be resolved (reported by acquiring calls, as the CLI does).
     hostid_error: Option<mmp_result>,
-    target: Target,
     hold: Hold,
 }
 
@@ -96,23 +166,6 @@ impl Heartbeat {
             self.hub.forget(self.slot, &self.shared);
         }
     }
-
-    fn owned(&self) -> bool {
-        if self.done
-            || self.shared.stopped.load(Ordering::SeqCst)
-            || self.shared.outcome().is_some()
-        {
-            return false;
-        }
-        // Before the engine's first pass the report has no slot yet: still held. After
-        // that, held means within the lease by the clock too: if the heartbeat thread is
-        // stuck (a hung device no longer blocks it, but the thread itself may hang),
-        // ownership ends with the lease, whether or not the machine has noticed yet.
-        let now = clock::now().mono;
-        self.hub.report().slots.get(self.slot).is_none_or(|s| {
-            s.outcome.is_none() && !s.forgotten && s.owned_until.is_none_or(|t| now < t)
-        })
-    }
 }
 
 impl Drop for Heartbeat {
@@ -130,6 +183,24 @@ fn progress_event(progress: &Progress, e: &Event) {
     {
         let ms = |d: core::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         progress.call(phase.into(), ms(remaining), ms(total));
+    }
+}
+
+impl Lease {
+    /// Whether the lease runs at `now`, by the clock: also when the heartbeat thread is
+    /// stuck or gone, ownership ends with the lease.
+    fn owned(&self) -> bool {
+        let now = clock::now().mono;
+        match self {
+            Lease::Idle => false,
+            Lease::Until(t) => t.is_some_and(|t| now < t),
+            Lease::Beating { hub, slot, shared } => {
+                !shared.stopped.load(Ordering::SeqCst)
+                    && shared.outcome().is_none()
+                    // Before the engine's first report of the slot: just added, held.
+                    && hub.slot_owned(*slot, now).unwrap_or(true)
+            }
+        }
     }
 }
 
@@ -157,6 +228,7 @@ impl Handle {
         }
         let target = target::open(&path, writable).map_err(|e| mmp_result::from(&e))?;
         let identity = Identity::new(hostid, &nodename, path.as_os_str().as_bytes());
+        let format = target.format;
         Ok(Handle {
             inner: Mutex::new(Inner {
                 path,
@@ -164,72 +236,223 @@ impl Handle {
                 realtime: flags & MMP_OPEN_REALTIME != 0,
                 identity,
                 hostid_error,
-                target,
                 hold: Hold::Idle,
             }),
+            holder: AtomicU64::new(0),
+            target,
+            pid: std::process::id(),
+            lease: Mutex::new(Lease::Idle),
+            last_error: Mutex::new(mmp_error_info {
+                result: mmp_result::Ok as u32,
+                os_error: 0,
+                owner_valid: false,
+                owner: zeroed_status(format),
+                owner_age_ms: 0,
+            }),
+            events: Arc::new(Events::new()),
             cancel: AtomicBool::new(false),
+            in_flight: AtomicBool::new(false),
             poisoned: AtomicBool::new(false),
         })
     }
 
-    /// Runs `f` on the state: [`mmp_result::Poisoned`] after an earlier panic,
-    /// [`mmp_result::Busy`] while another call runs, and a panic in `f` poisons the handle
-    /// (it stops heartbeating without writing CLEAN) and returns [`mmp_result::Panic`].
+    /// Whether this handle was inherited through `fork()` (this is not the process that
+    /// opened it).
+    pub(crate) fn forked(&self) -> bool {
+        std::process::id() != self.pid
+    }
+
+    /// The checks every call on the handle makes first.
+    pub(crate) fn usable(&self) -> Result<(), mmp_result> {
+        if self.poisoned.load(Ordering::SeqCst) {
+            return Err(mmp_result::Poisoned);
+        }
+        if self.forked() {
+            return Err(mmp_result::Forked);
+        }
+        Ok(())
+    }
+
+    fn set_lease(&self, lease: Lease) {
+        *self.lease.lock().unwrap_or_else(PoisonError::into_inner) = lease;
+    }
+
+    /// Runs `f` on the state, after the call before it on this handle has finished:
+    /// [`mmp_result::Poisoned`] after an earlier panic, [`mmp_result::Forked`] in a forked
+    /// child, [`mmp_result::Busy`] on a re-entry from the thread that runs a call (its
+    /// progress callback) or when the event thread (a loss callback) finds a call running;
+    /// a panic in `f` poisons the handle (it stops heartbeating without writing CLEAN) and
+    /// returns [`mmp_result::Panic`]. A failure is recorded for `mmp_device_last_error`.
     pub(crate) fn with<T>(
         &self,
         f: impl FnOnce(&mut Inner, &Handle) -> Result<T, mmp_result>,
     ) -> Result<T, mmp_result> {
+        self.usable()?;
+        let me = thread_token();
+        if self.holder.load(Ordering::SeqCst) == me {
+            return Err(mmp_result::Busy);
+        }
+        let locked = if on_event_thread() {
+            // The holder may be a release waiting for this very thread: never wait here.
+            match self.inner.try_lock() {
+                Ok(g) => Ok(g),
+                Err(TryLockError::WouldBlock) => return Err(mmp_result::Busy),
+                Err(TryLockError::Poisoned(_)) => Err(()),
+            }
+        } else {
+            self.inner.lock().map_err(|_| ())
+        };
+        let Ok(mut guard) = locked else {
+            return Err(mmp_result::Poisoned);
+        };
+        // A panic poisoned the handle while this call waited.
         if self.poisoned.load(Ordering::SeqCst) {
             return Err(mmp_result::Poisoned);
         }
-        let mut guard = match self.inner.try_lock() {
-            Ok(g) => g,
-            Err(TryLockError::WouldBlock) => return Err(mmp_result::Busy),
-            Err(TryLockError::Poisoned(_)) => return Err(mmp_result::Poisoned),
-        };
-        match catch_unwind(AssertUnwindSafe(|| f(&mut guard, self))) {
+        self.holder.store(me, Ordering::SeqCst);
+        let r = match catch_unwind(AssertUnwindSafe(|| f(&mut guard, self))) {
             Ok(r) => r,
             Err(_) => {
                 self.poisoned.store(true, Ordering::SeqCst);
                 // A node that panicked mid-protocol no longer trusts that it owns the
                 // device: stop heartbeating, write nothing more.
                 let _ = catch_unwind(AssertUnwindSafe(|| guard.abandon()));
+                self.set_lease(Lease::Idle);
                 Err(mmp_result::Panic)
             }
+        };
+        if let Err(e) = &r {
+            self.record_error(*e);
         }
+        self.holder.store(0, Ordering::SeqCst);
+        r
     }
 
-    /// Asks the check or acquire running on this handle (or the next one) to stop.
-    /// Lock-free, so it works from any thread while the call runs.
+    /// Records a failed call's context (result, errno, refusing owner).
+    fn record_error(&self, e: mmp_result) {
+        let owner = REFUSAL_OWNER.get();
+        let age = owner.map_or(0, |o| clock::now().wall_ms.saturating_sub(o.time_ms));
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = mmp_error_info {
+            result: e as u32,
+            os_error: crate::result::last_errno(),
+            owner_valid: owner.is_some(),
+            owner: owner.unwrap_or_else(|| zeroed_status(self.target.format)),
+            owner_age_ms: age,
+        };
+    }
+
+    /// The context of the last failed call (`mmp_device_last_error`).
+    pub(crate) fn last_error(&self) -> Result<mmp_error_info, mmp_result> {
+        self.usable()?;
+        Ok(*self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Asks the check, acquire or clear running on this handle to stop; does nothing when
+    /// none runs. Lock-free, so it works from any thread while the call runs and from a
+    /// signal handler.
     pub(crate) fn cancel(&self) -> Result<(), mmp_result> {
+        self.usable()?;
+        if self.in_flight.load(Ordering::SeqCst) {
+            self.cancel.store(true, Ordering::SeqCst);
+            // The call may have ended between the two loads: never leave the flag set for
+            // the next one.
+            if !self.in_flight.load(Ordering::SeqCst) {
+                self.cancel.store(false, Ordering::SeqCst);
+            }
+        }
+        Ok(())
+    }
+
+    /// One read of the record: never writes, never waits for another call on the handle
+    /// (see the type's docs). In a forked child it still reads, and `owned` is false.
+    pub(crate) fn status(&self) -> Result<mmp_status, mmp_result> {
         if self.poisoned.load(Ordering::SeqCst) {
             return Err(mmp_result::Poisoned);
         }
-        self.cancel.store(true, Ordering::SeqCst);
-        Ok(())
+        let raw = self
+            .target
+            .read_record()
+            .map_err(|e| mmp_result::from(&e))?;
+        let snap = parse(&self.target.layout, &raw).map_err(|_| mmp_result::Corrupt)?;
+        let owned = !self.forked()
+            && self
+                .lease
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+                .owned();
+        Ok(self.snapshot_status(&snap, owned))
+    }
+
+    fn snapshot_status(&self, snap: &Snapshot, owned: bool) -> mmp_status {
+        mmp_status::from_snapshot(self.target.format, &self.target.layout, snap, owned)
+    }
+
+    /// Maps the outcome of a check or acquire that did not succeed, remembering the
+    /// refusing block for `mmp_device_last_error`.
+    fn failed(&self, o: Option<Outcome>) -> mmp_result {
+        if let Some(Outcome::Refused(r)) = &o
+            && let Some(s) = refusal_snapshot(r)
+        {
+            REFUSAL_OWNER.set(Some(self.snapshot_status(&s, false)));
+        }
+        match o {
+            None => mmp_result::Io,
+            other => outcome_result(other),
+        }
+    }
+
+    /// `mmp_device_event_fd`.
+    pub(crate) fn event_fd(&self) -> Result<i32, mmp_result> {
+        use std::os::fd::AsRawFd;
+        self.usable()?;
+        Ok(self.events.fd()?.as_raw_fd())
+    }
+
+    /// `mmp_device_read_events`.
+    pub(crate) fn read_events(&self) -> Result<(u32, Option<mmp_loss_info>), mmp_result> {
+        self.usable()?;
+        Ok(self.events.take())
+    }
+}
+
+impl Drop for Handle {
+    /// `mmp_device_free` releases whatever is still held, as `mmp_device_release` would;
+    /// in a forked child it frees the child's copy and writes nothing.
+    fn drop(&mut self) {
+        let forked = self.forked();
+        let poisoned = self.poisoned.load(Ordering::SeqCst);
+        let inner = self.inner.get_mut().unwrap_or_else(PoisonError::into_inner);
+        if forked || poisoned {
+            inner.forget_inherited();
+        } else if !matches!(inner.hold, Hold::Idle) {
+            let _ = inner.release(&self.target);
+        }
     }
 }
 
 impl Inner {
-    fn snapshot_status(&self, snap: &mmp_core::machine::Snapshot, owned: bool) -> mmp_status {
-        mmp_status::from_snapshot(self.target.format, &self.target.layout, snap, owned)
+    fn config(&self, t: &Target) -> Config {
+        Config::new(t.layout, self.identity, clock::random_seed())
     }
 
-    fn config(&self) -> Config {
-        Config::new(self.target.layout, self.identity, clock::random_seed())
-    }
-
-    fn owned(&self) -> bool {
+    /// Idle, or an error. A hold whose lease ran out before its heartbeat started is
+    /// dropped here, and this call reports it with [`mmp_result::Lost`]: the handle is
+    /// idle afterwards.
+    fn require_idle(&mut self, h: &Handle) -> Result<(), mmp_result> {
         match &self.hold {
-            Hold::Idle => false,
-            Hold::Acquired(m) => m.is_owner(clock::now().mono),
-            Hold::Beating(hb) => hb.owned(),
-        }
-    }
-
-    fn require_idle(&self) -> Result<(), mmp_result> {
-        match self.hold {
             Hold::Idle => Ok(()),
+            Hold::Acquired(m) if !m.is_owner(clock::now().mono) => {
+                self.hold = Hold::Idle;
+                h.set_lease(Lease::Idle);
+                Err(mmp_result::Lost)
+            }
             _ => Err(mmp_result::AlreadyHeld),
         }
     }
@@ -242,74 +465,68 @@ impl Inner {
         }
     }
 
-    /// One read of the record: never writes, never waits.
-    pub(crate) fn status(&mut self) -> Result<mmp_status, mmp_result> {
-        let raw = self
-            .target
-            .read_record()
-            .map_err(|e| mmp_result::from(&e))?;
-        let snap = parse(&self.target.layout, &raw).map_err(|_| mmp_result::Corrupt)?;
-        Ok(self.snapshot_status(&snap, self.owned()))
-    }
-
     /// Runs `m` on the caller's thread until it settles, reporting progress, honouring
-    /// `mmp_device_cancel`.
-    fn settle(&self, m: &mut Machine, handle: &Handle, progress: &Progress) -> Option<Outcome> {
-        let out = driver::run_until_settled(m, &self.target.device, &handle.cancel, &mut |e| {
+    /// `mmp_device_cancel` (only while it runs).
+    fn settle(m: &mut Machine, h: &Handle, progress: &Progress) -> Option<Outcome> {
+        h.cancel.store(false, Ordering::SeqCst);
+        h.in_flight.store(true, Ordering::SeqCst);
+        let out = driver::run_until_settled(m, &h.target.device, &h.cancel, &mut |e| {
             progress_event(progress, e);
         });
-        handle.cancel.store(false, Ordering::SeqCst);
+        h.in_flight.store(false, Ordering::SeqCst);
+        h.cancel.store(false, Ordering::SeqCst);
         out
     }
 
     /// The activity test (read-only): the status of the block when it is safe to take.
     pub(crate) fn check(
         &mut self,
-        handle: &Handle,
+        h: &Handle,
         progress: &Progress,
     ) -> Result<mmp_status, mmp_result> {
-        self.require_idle()?;
-        let mut m = Machine::new(self.config(), Op::Check, clock::now());
-        match self.settle(&mut m, handle, progress) {
-            Some(Outcome::Safe { snapshot, .. }) => Ok(self.snapshot_status(&snapshot, false)),
-            None => Err(mmp_result::Io),
-            other => Err(outcome_result(other)),
+        self.require_idle(h)?;
+        let mut m = Machine::new(self.config(&h.target), Op::Check, clock::now());
+        progress.call(mmp_phase::Reading, 0, 0);
+        match Self::settle(&mut m, h, progress) {
+            Some(Outcome::Safe { snapshot, .. }) => Ok(h.snapshot_status(&snapshot, false)),
+            other => Err(h.failed(other)),
         }
     }
 
     /// Acquires the device on the caller's thread.
     pub(crate) fn acquire(
         &mut self,
-        handle: &Handle,
+        h: &Handle,
         force: bool,
         progress: &Progress,
     ) -> Result<(), mmp_result> {
         self.require_writable()?;
-        self.require_idle()?;
+        self.require_idle(h)?;
         // Only the native format records the hostid; ext4 MMP names its owner by node
         // name alone, as the kernel and e2fsprogs do, so an unreadable or missing hostid
         // does not stop it.
         if let Some(e) = self.hostid_error
-            && self.target.format == target::Format::Native
+            && h.target.format == target::Format::Native
         {
             return Err(e);
         }
-        let mut cfg = self.config();
+        let mut cfg = self.config(&h.target);
         cfg.force = force;
         let mut m = Machine::new(cfg, Op::Acquire, clock::now());
-        match self.settle(&mut m, handle, progress) {
+        progress.call(mmp_phase::Reading, 0, 0);
+        match Self::settle(&mut m, h, progress) {
             None if m.is_held() => {
+                h.set_lease(Lease::Until(m.owned_until()));
                 self.hold = Hold::Acquired(Box::new(m));
                 Ok(())
             }
-            None => Err(mmp_result::Io),
-            Some(o) => Err(outcome_result(Some(o))),
+            other => Err(h.failed(other)),
         }
     }
 
     /// Moves the held machine onto the shared heartbeat engine; `loss` runs on the event
     /// thread.
-    pub(crate) fn start_heartbeat(&mut self, loss: Loss) -> Result<(), mmp_result> {
+    pub(crate) fn start_heartbeat(&mut self, h: &Handle, loss: Loss) -> Result<(), mmp_result> {
         let m = match std::mem::replace(&mut self.hold, Hold::Idle) {
             Hold::Acquired(m) => m,
             Hold::Idle => return Err(mmp_result::NotHeld),
@@ -321,8 +538,18 @@ impl Inner {
         if !m.is_owner(clock::now().mono) {
             // Too late: the lease ran out before the heartbeat started. Nothing more is
             // written; the machine is dropped.
+            h.set_lease(Lease::Idle);
             return Err(mmp_result::Lost);
         }
+        let hub = match Hub::get(self.realtime) {
+            Ok(hub) if hub.is_running() => hub,
+            other => {
+                // No heartbeat thread (it could not start, or it died): nobody would
+                // heartbeat or report a loss.
+                self.hold = Hold::Acquired(m);
+                return Err(other.err().unwrap_or(mmp_result::Io));
+            }
+        };
         // The engine gets its own descriptor; the handle keeps its own for status reads.
         let device = match Device::open(&self.path, true) {
             Ok(d) => d,
@@ -331,29 +558,29 @@ impl Inner {
                 return Err(mmp_result::from(&e));
             }
         };
-        let format = self.target.format;
-        let layout = self.target.layout;
+        let format = h.target.format;
+        let layout = h.target.layout;
         let engine_target = Target {
             device,
             layout,
             format,
-            superblock: self.target.superblock,
+            superblock: h.target.superblock,
             superblock_bytes: None,
-        };
-        let Some(hub) = Hub::get(self.realtime).filter(|h| h.is_running()) else {
-            // No heartbeat thread (it could not start, or it died): nobody would heartbeat
-            // or report a loss.
-            self.hold = Hold::Acquired(m);
-            return Err(mmp_result::Io);
         };
         let shared = Arc::new(Shared::default());
         let route = Route {
             shared: Arc::clone(&shared),
+            events: Arc::clone(&h.events),
             loss,
             format,
             layout,
         };
         let slot = hub.add(engine_target, *m, route);
+        h.set_lease(Lease::Beating {
+            hub,
+            slot,
+            shared: Arc::clone(&shared),
+        });
         self.hold = Hold::Beating(Heartbeat {
             hub,
             slot,
@@ -363,20 +590,26 @@ impl Inner {
         Ok(())
     }
 
-    /// Releases the device: CLEAN is written only if the block still holds what this host
-    /// last wrote.
-    pub(crate) fn release(&mut self) -> Result<(), mmp_result> {
+    /// `mmp_device_release`.
+    pub(crate) fn release_call(&mut self, h: &Handle) -> Result<(), mmp_result> {
         if let Hold::Beating(hb) = &self.hold
             && in_callback_of(&hb.shared)
         {
             return Err(mmp_result::InCallback);
         }
+        h.set_lease(Lease::Idle);
+        self.release(&h.target)
+    }
+
+    /// Releases the device: CLEAN is written only if the block still holds what this host
+    /// last wrote.
+    fn release(&mut self, t: &Target) -> Result<(), mmp_result> {
         let outcome = match std::mem::replace(&mut self.hold, Hold::Idle) {
             Hold::Idle => return Err(mmp_result::NotHeld),
             Hold::Acquired(mut m) => {
                 m.release(clock::now());
                 let never = AtomicBool::new(false);
-                driver::run_until_settled(&mut m, &self.target.device, &never, &mut |_| {})
+                driver::run_until_settled(&mut m, &t.device, &never, &mut |_| {})
             }
             Hold::Beating(mut hb) => hb.finish(),
         };
@@ -389,13 +622,13 @@ impl Inner {
     }
 
     /// The operator's forced reset to CLEAN, without an activity test.
-    pub(crate) fn clear(&mut self, handle: &Handle) -> Result<(), mmp_result> {
+    pub(crate) fn clear(&mut self, h: &Handle) -> Result<(), mmp_result> {
         self.require_writable()?;
-        self.require_idle()?;
-        let mut cfg = self.config();
+        self.require_idle(h)?;
+        let mut cfg = self.config(&h.target);
         cfg.force = true;
         let mut m = Machine::new(cfg, Op::Clear, clock::now());
-        match self.settle(&mut m, handle, &Progress::none()) {
+        match Self::settle(&mut m, h, &Progress::none()) {
             Some(Outcome::Cleared) => Ok(()),
             None => Err(mmp_result::Io),
             other => Err(outcome_result(other)),
@@ -412,14 +645,15 @@ impl Inner {
             }
         }
     }
-}
 
-impl Drop for Inner {
-    /// `mmp_device_free` releases whatever is still held, as `mmp_device_release` would.
-    fn drop(&mut self) {
-        if !matches!(self.hold, Hold::Idle) {
-            let _ = self.release();
+    /// In a forked child (or after poisoning, once abandoned): drops the hold without
+    /// touching the heartbeat engine (whose threads do not exist in a child, and whose
+    /// locks a parent's thread may have held at the fork) and without writing.
+    fn forget_inherited(&mut self) {
+        if let Hold::Beating(hb) = &mut self.hold {
+            hb.done = true;
         }
+        self.hold = Hold::Idle;
     }
 }
 
@@ -554,7 +788,7 @@ pub(crate) fn watchdog_arm(path: &Path, timeout_s: u32) -> Result<(), mmp_result
     for _ in 0..250 {
         let report = hub.report();
         if report.self_fence.is_some_and(|f| f != SelfFence::Off) {
-            return Err(mmp_result::AlreadyHeld);
+            return Err(mmp_result::AlreadyArmed);
         }
         shortest = report
             .slots
@@ -572,10 +806,13 @@ pub(crate) fn watchdog_arm(path: &Path, timeout_s: u32) -> Result<(), mmp_result
         return Err(mmp_result::InvalidParameter);
     }
     let wd = Watchdog::open(path, std::time::Duration::from_secs(u64::from(timeout_s))).map_err(
-        |e| match e.kind() {
-            std::io::ErrorKind::NotFound => mmp_result::NotFound,
-            std::io::ErrorKind::PermissionDenied => mmp_result::PermissionDenied,
-            _ => mmp_result::Io,
+        |e| {
+            crate::result::note_errno(e.raw_os_error().unwrap_or(0));
+            match e.kind() {
+                std::io::ErrorKind::NotFound => mmp_result::NotFound,
+                std::io::ErrorKind::PermissionDenied => mmp_result::PermissionDenied,
+                _ => mmp_result::Io,
+            }
         },
     )?;
     hub.arm_watchdog(wd);
@@ -595,9 +832,9 @@ fn wait_fence(hub: &Hub, armed: bool) {
 
 /// `mmp_watchdog_disarm`.
 pub(crate) fn watchdog_disarm() -> Result<(), mmp_result> {
-    let hub = Hub::existing().ok_or(mmp_result::NotHeld)?;
+    let hub = Hub::existing().ok_or(mmp_result::NotArmed)?;
     if hub.report().self_fence.is_none() {
-        return Err(mmp_result::NotHeld);
+        return Err(mmp_result::NotArmed);
     }
     hub.disarm_watchdog();
     wait_fence(hub, false);

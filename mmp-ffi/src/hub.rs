@@ -12,14 +12,16 @@
 //! route to the event thread and waits for its callback.
 
 use crate::boundary::Loss;
-use crate::types::mmp_loss_info;
+use crate::result::mmp_result;
+use crate::types::{MMP_EVENT_LOST, mmp_loss_info};
 use mmp_core::machine::{Event, Layout, Machine, Outcome};
 use mmp_core::sys::driver;
 use mmp_core::sys::engine::{self, Engine, EngineEvent, Report};
 use mmp_core::sys::target::{Format, Target};
 use mmp_core::sys::watchdog::Watchdog;
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError, mpsc};
 
 /// State one heartbeating handle shares with the event thread.
@@ -66,6 +68,8 @@ impl Shared {
 /// What the event thread needs to deliver one device's outcome.
 pub(crate) struct Route {
     pub(crate) shared: Arc<Shared>,
+    /// The handle's event queue (`mmp_device_event_fd`).
+    pub(crate) events: Arc<Events>,
     pub(crate) loss: Loss,
     pub(crate) format: Format,
     pub(crate) layout: Layout,
@@ -73,13 +77,104 @@ pub(crate) struct Route {
 
 type Routes = Arc<Mutex<Vec<Option<Route>>>>;
 
+/// A loss or state change to report through a handle's event descriptor
+/// (`MMP_EVENT_*` bits).
+pub(crate) struct Events {
+    /// The eventfd, created by the first `mmp_device_event_fd`.
+    fd: OnceLock<OwnedFd>,
+    /// Events not read yet.
+    pending: AtomicU32,
+    /// The details of the last loss, until read.
+    loss: Mutex<Option<mmp_loss_info>>,
+}
+
+impl Events {
+    pub(crate) fn new() -> Self {
+        Events {
+            fd: OnceLock::new(),
+            pending: AtomicU32::new(0),
+            loss: Mutex::new(None),
+        }
+    }
+
+    /// Queues `bits` (with the loss details, if any) and makes the descriptor readable.
+    pub(crate) fn post(&self, bits: u32, loss: Option<mmp_loss_info>) {
+        if let Some(l) = loss {
+            *self.loss.lock().unwrap_or_else(PoisonError::into_inner) = Some(l);
+        }
+        self.pending.fetch_or(bits, Ordering::SeqCst);
+        self.wake();
+    }
+
+    fn wake(&self) {
+        if let Some(fd) = self.fd.get() {
+            // An eventfd counter only overflows after 2^64 - 2 writes; a full one is
+            // readable anyway, which is all that matters.
+            let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
+        }
+    }
+
+    /// The descriptor, created on first use (non-blocking, close-on-exec).
+    pub(crate) fn fd(&self) -> Result<BorrowedFd<'_>, mmp_result> {
+        if self.fd.get().is_none() {
+            use rustix::event::{EventfdFlags, eventfd};
+            let fd = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).map_err(|e| {
+                crate::result::note_errno(e.raw_os_error());
+                mmp_result::Io
+            })?;
+            // Two threads may race here: the loser's descriptor is closed.
+            let _ = self.fd.set(fd);
+            if self.pending.load(Ordering::SeqCst) != 0 {
+                self.wake();
+            }
+        }
+        Ok(self.fd.get().ok_or(mmp_result::Io)?.as_fd())
+    }
+
+    /// Drains the descriptor and returns the pending events and the last loss.
+    pub(crate) fn take(&self) -> (u32, Option<mmp_loss_info>) {
+        if let Some(fd) = self.fd.get() {
+            let mut buf = [0u8; 8];
+            let _ = rustix::io::read(fd, &mut buf);
+        }
+        let bits = self.pending.swap(0, Ordering::SeqCst);
+        let loss = self
+            .loss
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        (bits, loss)
+    }
+}
+
+/// What status needs of the engine's report, refreshed at most every [`LITE_MAX_AGE`].
+struct Lite {
+    at: std::time::Instant,
+    /// Per slot: ended (outcome or forgotten), and the end of its lease.
+    slots: Vec<(bool, Option<mmp_core::time::Instant>)>,
+}
+
+/// How stale the lease view that status reads may be. Status computes `owned` from it with
+/// a fresh clock, so staleness only makes it report a loss a little late, never an
+/// ownership that ended (a lease only grows while the device is held).
+const LITE_MAX_AGE: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// The shared engine and the routes of its devices (indexed by engine slot).
 pub(crate) struct Hub {
     engine: Mutex<Engine>,
     routes: Routes,
+    /// The process that started the engine: its threads exist only there.
+    pid: u32,
+    /// The lease view for status (see [`Lite`]): status never locks the engine's report
+    /// more often than every [`LITE_MAX_AGE`], whatever the number of threads polling it.
+    lite: Mutex<Arc<Lite>>,
+    refreshing: AtomicBool,
 }
 
-static HUB: OnceLock<Option<Hub>> = OnceLock::new();
+/// The hubs started in this process and its ancestors (a `fork()` child inherits its
+/// parent's, whose threads do not exist in the child): each process uses only the one it
+/// started itself. Leaked on purpose: a hub lives as long as its process.
+static HUBS: Mutex<Vec<&'static Hub>> = Mutex::new(Vec::new());
 
 thread_local! {
     /// On the event thread during a loss callback: the address of that device's
@@ -90,22 +185,65 @@ thread_local! {
     static IS_EVENT_THREAD: Cell<bool> = const { Cell::new(false) };
 }
 
+/// Whether the current thread is the event thread (where a call must not wait for a
+/// handle's lock: the holder may be waiting for this thread).
+pub(crate) fn on_event_thread() -> bool {
+    IS_EVENT_THREAD.get()
+}
+
 /// Whether the current thread is inside the loss callback of the device sharing `shared`.
 pub(crate) fn in_callback_of(shared: &Arc<Shared>) -> bool {
     CALLBACK_OF.get() == Arc::as_ptr(shared).addr()
 }
 
 impl Hub {
-    /// The process's hub, started on first use (`None` if its threads cannot be created).
-    pub(crate) fn get(realtime: bool) -> Option<&'static Hub> {
-        HUB.get_or_init(|| Hub::start(realtime)).as_ref()
+    /// This process's hub, started on first use in this process (also in a `fork()` child
+    /// of a process that had one); [`mmp_result::Io`] if its threads cannot be created.
+    pub(crate) fn get(realtime: bool) -> Result<&'static Hub, mmp_result> {
+        let mut hubs = HUBS.lock().unwrap_or_else(PoisonError::into_inner);
+        let me = std::process::id();
+        if let Some(h) = hubs.iter().find(|h| h.pid == me) {
+            return Ok(h);
+        }
+        let hub: &'static Hub = Box::leak(Box::new(Hub::start(realtime).ok_or(mmp_result::Io)?));
+        hubs.push(hub);
+        Ok(hub)
     }
 
-    /// The hub, if a heartbeat ever started.
+    /// This process's hub, if a heartbeat ever started in it.
     pub(crate) fn existing() -> Option<&'static Hub> {
-        HUB.get().and_then(Option::as_ref)
+        let me = std::process::id();
+        HUBS.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(|h| h.pid == me)
+            .copied()
     }
 
+    /// Whether the slot's lease still runs at `now` (see [`Lite`]): `None` while the
+    /// engine has not reported the slot yet.
+    pub(crate) fn slot_owned(&self, slot: usize, now: mmp_core::time::Instant) -> Option<bool> {
+        let mut lite = Arc::clone(&self.lite.lock().unwrap_or_else(PoisonError::into_inner));
+        if lite.at.elapsed() >= LITE_MAX_AGE && !self.refreshing.swap(true, Ordering::SeqCst) {
+            let at = std::time::Instant::now();
+            let slots = self
+                .report()
+                .slots
+                .iter()
+                .map(|s| (s.outcome.is_some() || s.forgotten, s.owned_until))
+                .collect();
+            lite = Arc::new(Lite { at, slots });
+            *self.lite.lock().unwrap_or_else(PoisonError::into_inner) = Arc::clone(&lite);
+            self.refreshing.store(false, Ordering::SeqCst);
+        }
+        lite.slots
+            .get(slot)
+            .map(|&(ended, until)| !ended && until.is_none_or(|t| now < t))
+    }
+
+    // Never inlined: `tests/c/valgrind.supp` names this frame to suppress the thread-local
+    // storage of the hub's threads, which live until the process exits.
+    #[inline(never)]
     fn start(realtime: bool) -> Option<Hub> {
         let (tx, rx) = mpsc::channel::<EngineEvent>();
         let routes: Routes = Arc::default();
@@ -126,6 +264,15 @@ impl Hub {
         Some(Hub {
             engine: Mutex::new(engine),
             routes,
+            pid: std::process::id(),
+            lite: Mutex::new(Arc::new(Lite {
+                // Stale from the start: the first status refreshes it.
+                at: std::time::Instant::now()
+                    .checked_sub(LITE_MAX_AGE)
+                    .unwrap_or_else(std::time::Instant::now),
+                slots: Vec::new(),
+            })),
+            refreshing: AtomicBool::new(false),
         })
     }
 
@@ -240,10 +387,10 @@ fn event_loop(rx: &mpsc::Receiver<EngineEvent>, routes: &Mutex<Vec<Option<Route>
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner) = Some(o);
                 if let Outcome::Lost(l) = o {
+                    let info = mmp_loss_info::from_loss(route.format, &route.layout, &l);
+                    route.events.post(MMP_EVENT_LOST, Some(info));
                     CALLBACK_OF.set(Arc::as_ptr(&route.shared).addr());
-                    route
-                        .loss
-                        .call(&mmp_loss_info::from_loss(route.format, &route.layout, &l));
+                    route.loss.call(&info);
                     CALLBACK_OF.set(0);
                 }
                 route.shared.set_delivered();
@@ -256,8 +403,10 @@ fn event_loop(rx: &mpsc::Receiver<EngineEvent>, routes: &Mutex<Vec<Option<Route>
                     if route.shared.outcome().is_none() {
                         route.shared.stopped.store(true, Ordering::SeqCst);
                         if !route.shared.releasing.load(Ordering::SeqCst) {
+                            let info = mmp_loss_info::stopped(route.format);
+                            route.events.post(MMP_EVENT_LOST, Some(info));
                             CALLBACK_OF.set(Arc::as_ptr(&route.shared).addr());
-                            route.loss.call(&mmp_loss_info::stopped(route.format));
+                            route.loss.call(&info);
                             CALLBACK_OF.set(0);
                         }
                     }

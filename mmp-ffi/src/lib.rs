@@ -19,6 +19,8 @@
 //! * [`api`] holds the exported functions;
 //! * [`types`] the C structs, enums, flags and callback types;
 //! * [`result`] the `mmp_result` enum;
+//! * [`fence`] SCSI persistent reservations (`mmp_fence_*`), the storage fencing of
+//!   `mmp hold --fence scsi-pr`;
 //! * `boundary` raw pointers, callbacks and the panic boundary (the only `unsafe` blocks);
 //! * `device` the handle's state and operations, in safe Rust;
 //! * `hub` the heartbeat engine and event thread every handle of the process shares.
@@ -30,11 +32,13 @@
 pub mod api;
 mod boundary;
 mod device;
+pub mod fence;
 mod hub;
 pub mod result;
 pub mod types;
 
 pub use api::*;
 pub use boundary::mmp_device;
+pub use fence::*;
 pub use result::mmp_result;
 pub use types::*;

@@ -10,6 +10,7 @@ use mmp_core::sys::blockdev::DeviceError;
 use mmp_core::sys::hostid::HostidError;
 use mmp_core::sys::target::TargetError;
 use mmp_core::sys::tune::TuneError;
+use std::cell::Cell;
 
 /// The result of a libmmp call.
 ///
@@ -101,6 +102,22 @@ pub enum mmp_result {
     NoSpace = 116,
     /// The path is not an ext2/3/4 file system.
     NotExt4 = 117,
+    /// Called in a `fork()` child on a handle opened before the fork: the child owns
+    /// nothing the parent holds (the parent still does). `mmp_device_status` still reads
+    /// the block (with `owned` false) and `mmp_device_free` frees the child's copy without
+    /// writing; handles opened in the child work normally.
+    Forked = 118,
+    /// `mmp_watchdog_disarm` with no watchdog armed.
+    NotArmed = 119,
+    /// `mmp_watchdog_arm` while a watchdog is armed already.
+    AlreadyArmed = 120,
+    /// `mmp_fence_*`: the device does not take SCSI persistent reservations (a file, loop,
+    /// virtio-blk or NVMe device, or a SCSI target without them).
+    NotScsi = 121,
+    /// `mmp_fence_*`: a persistent-reservation step failed: another software's key holds
+    /// the device, another host preempted ours while acquiring, the reservation kept
+    /// changing, or the target refused a command (see `mmp_last_os_error` for an errno).
+    FenceFailed = 122,
 
     // 200..: ownership lost.
     /// This host lost a device it held: another host wrote the block, no heartbeat
@@ -144,6 +161,11 @@ pub const ALL: &[mmp_result] = &[
     mmp_result::HostidInvalid,
     mmp_result::NoSpace,
     mmp_result::NotExt4,
+    mmp_result::Forked,
+    mmp_result::NotArmed,
+    mmp_result::AlreadyArmed,
+    mmp_result::NotScsi,
+    mmp_result::FenceFailed,
     mmp_result::Lost,
 ];
 
@@ -205,6 +227,13 @@ impl mmp_result {
             mmp_result::HostidInvalid => "MMP_HOSTID is not a valid hostid\0",
             mmp_result::NoSpace => "no free block for the MMP block\0",
             mmp_result::NotExt4 => "not an ext2/3/4 file system\0",
+            mmp_result::Forked => {
+                "called in a forked child on a handle of the parent process; the child owns nothing\0"
+            }
+            mmp_result::NotArmed => "no watchdog is armed\0",
+            mmp_result::AlreadyArmed => "a watchdog is armed already\0",
+            mmp_result::NotScsi => "the device does not support SCSI persistent reservations\0",
+            mmp_result::FenceFailed => "a SCSI persistent reservation step failed\0",
             mmp_result::Lost => "ownership of the device was lost\0",
         }
     }
@@ -220,6 +249,12 @@ impl mmp_result {
     pub fn is_error(raw: u32) -> bool {
         (100..200).contains(&raw)
     }
+
+    /// Whether this says a held device was lost (200..).
+    #[must_use]
+    pub fn is_lost(raw: u32) -> bool {
+        raw >= 200
+    }
 }
 
 impl From<&Refusal> for mmp_result {
@@ -233,7 +268,10 @@ impl From<&Refusal> for mmp_result {
             Refusal::Foreign(_) => mmp_result::Foreign,
             Refusal::Active(_) => mmp_result::InUse,
             Refusal::LostRace(_) => mmp_result::LostRace,
-            Refusal::Io(_) => mmp_result::Io,
+            Refusal::Io(e) => {
+                note_errno(e.errno);
+                mmp_result::Io
+            }
             Refusal::TooLate { .. } => mmp_result::TooLate,
         }
     }
@@ -251,7 +289,26 @@ pub(crate) fn outcome_result(o: Option<Outcome>) -> mmp_result {
     }
 }
 
-fn errno_result(errno: Option<i32>) -> mmp_result {
+thread_local! {
+    /// The OS error number behind the last error of a call on this thread (0: none).
+    static LAST_ERRNO: Cell<i32> = const { Cell::new(0) };
+}
+
+/// Records the errno behind the error the current call is about to return.
+pub(crate) fn note_errno(errno: i32) {
+    LAST_ERRNO.set(errno);
+}
+
+/// The errno recorded by the current (or last) call on this thread.
+pub(crate) fn last_errno() -> i32 {
+    LAST_ERRNO.get()
+}
+
+/// The result for an OS error (recorded for `mmp_last_os_error`).
+pub(crate) fn errno_result(errno: Option<i32>) -> mmp_result {
+    if let Some(e) = errno {
+        note_errno(e);
+    }
     match errno {
         Some(libc::ENOENT | libc::ENOTDIR) => mmp_result::NotFound,
         Some(libc::EACCES | libc::EPERM | libc::EROFS) => mmp_result::PermissionDenied,
@@ -341,5 +398,7 @@ mod tests {
         assert!(mmp_result::is_refusal(mmp_result::InUse as u32));
         assert!(mmp_result::is_error(mmp_result::Io as u32));
         assert!(!mmp_result::is_error(mmp_result::Lost as u32));
+        assert!(mmp_result::is_lost(mmp_result::Lost as u32));
+        assert!(!mmp_result::is_lost(mmp_result::Forked as u32));
     }
 }

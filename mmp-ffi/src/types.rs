@@ -17,6 +17,10 @@ pub const MMP_OPEN_REALTIME: u32 = 2;
 /// Every flag `mmp_device_open` knows; other bits give `MMP_RESULT_INVALID_PARAMETER`.
 pub const MMP_OPEN_ALL: u32 = MMP_OPEN_READ_ONLY | MMP_OPEN_REALTIME;
 
+/// `mmp_device_read_events`: a held device was lost (the loss callback, if any, is called
+/// too); the details come with the event.
+pub const MMP_EVENT_LOST: u32 = 1;
+
 /// Size of the name arrays in `mmp_status`: up to 64 bytes and a terminating NUL.
 pub const MMP_NAME_SIZE: usize = 65;
 
@@ -129,6 +133,9 @@ pub enum mmp_loss {
     ReleaseReadFailed = 3,
     /// The heartbeat thread stopped unexpectedly (a bug); no more heartbeats are written.
     HeartbeatStopped = 4,
+    /// The storage refused a heartbeat with RESERVATION CONFLICT: another host preempted
+    /// this host's SCSI persistent reservation. `os_error` is the errno (`EBADE`).
+    Preempted = 5,
 }
 
 /// Who this host is, for `mmp_device_open`.
@@ -159,8 +166,10 @@ pub struct mmp_status {
     pub hostid: u32,
     /// Whether the format records a hostid (native).
     pub has_hostid: bool,
-    /// Whether this handle holds the device right now (acquired, not released, not lost).
-    /// Always false in statuses that describe someone else's block (check, loss).
+    /// Whether this handle holds the device right now (acquired, not released, not lost),
+    /// by the clock: false once the lease ran out, even if the heartbeat thread has not
+    /// noticed (or is gone), and always false in a `fork()` child. Always false in statuses
+    /// that describe someone else's block (check, loss, `mmp_error_info.owner`).
     pub owned: bool,
     /// The node name of the last writer, NUL-terminated.
     pub nodename: [c_char; MMP_NAME_SIZE],
@@ -191,6 +200,28 @@ pub struct mmp_loss_info {
     pub found_valid: bool,
     /// `MMP_LOSS_FOREIGN_WRITE`: the block found, when `found_valid`.
     pub found: mmp_status,
+}
+
+/// Why the last failed call on a handle failed (`mmp_device_last_error`): the result, the
+/// operating system's error number behind it, and for a refusal the owner whose block
+/// caused it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct mmp_error_info {
+    /// The result the call returned (`MMP_RESULT_OK` if no call on the handle failed yet).
+    pub result: u32,
+    /// The `errno` behind it (for `MMP_RESULT_IO` and the other results that come from a
+    /// system call), else 0.
+    pub os_error: i32,
+    /// Whether `owner` describes the block that caused a refusal (`MMP_RESULT_IN_USE`,
+    /// `FOREIGN`, `FSCK`, `UNKNOWN_SEQ`, `MAINTENANCE`, `LOST_RACE` when the block parsed).
+    pub owner_valid: bool,
+    /// The block found, when `owner_valid`: the owner's node name, hostid, state.
+    pub owner: mmp_status,
+    /// When `owner_valid`: how long before the failure the owner last wrote the block, by
+    /// the wall clocks of both hosts, milliseconds (0 if its clock is ahead; ext4 records
+    /// whole seconds).
+    pub owner_age_ms: u64,
 }
 
 /// Progress of a check or acquire: `phase`, milliseconds left in the current wait, and
@@ -279,6 +310,13 @@ impl mmp_loss_info {
                 found_valid: false,
                 found: zeroed_status(format),
             },
+            Loss::Preempted(e) => mmp_loss_info {
+                reason: mmp_loss::Preempted,
+                since_last_write_ms: 0,
+                os_error: e.errno,
+                found_valid: false,
+                found: zeroed_status(format),
+            },
             Loss::ReleaseReadFailed(e) => mmp_loss_info {
                 reason: mmp_loss::ReleaseReadFailed,
                 since_last_write_ms: 0,
@@ -303,7 +341,7 @@ impl mmp_loss_info {
 }
 
 /// A status with every field zero (the name arrays empty).
-fn zeroed_status(format: Format) -> mmp_status {
+pub(crate) fn zeroed_status(format: Format) -> mmp_status {
     mmp_status {
         format: format.into(),
         state: mmp_state::Clean,

@@ -19,6 +19,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -67,7 +68,7 @@ static void format_device(const struct ctx *c) {
 struct progress {
     unsigned calls[8];
     uint64_t last_total_ms;
-    const struct mmp_device *dev; /* when set, re-entering it must give MMP_RESULT_BUSY */
+    const struct mmp_device *dev; /* when set, re-entering it (release) must give MMP_RESULT_BUSY */
     mmp_result reentry;
 };
 
@@ -78,8 +79,12 @@ static void on_progress(void *userdata, mmp_phase phase, uint64_t remaining_ms, 
     p->calls[phase]++;
     p->last_total_ms = total_ms;
     if (p->dev != NULL) {
+        /* Status never waits for the call in progress, so it works from its callback;
+         * any other call on the handle would wait for itself: BUSY. */
         struct mmp_status st;
-        p->reentry = mmp_device_status(p->dev, &st);
+        CHECK_RC(mmp_device_status(p->dev, &st), MMP_RESULT_OK);
+        CHECK(!st.owned);
+        p->reentry = mmp_device_release(p->dev);
     }
 }
 
@@ -213,7 +218,18 @@ static void test_null_parameters(const struct ctx *c) {
     CHECK(memcmp(&st, &before, sizeof st) == 0);
     CHECK_RC(mmp_device_status(dev, NULL), MMP_RESULT_NULL_PARAMETER);
     CHECK_RC(mmp_device_check(NULL, NULL, NULL, &st), MMP_RESULT_NULL_PARAMETER);
-    CHECK_RC(mmp_device_check(dev, NULL, NULL, NULL), MMP_RESULT_NULL_PARAMETER);
+    /* The owner is optional: "NULL or writable" (a clean block: no wait). */
+    CHECK_RC(mmp_device_check(dev, NULL, NULL, NULL), MMP_RESULT_OK);
+    uint32_t events = 0;
+    int fd = -1;
+    struct mmp_error_info info;
+    CHECK_RC(mmp_device_last_error(NULL, &info), MMP_RESULT_NULL_PARAMETER);
+    CHECK_RC(mmp_device_last_error(dev, NULL), MMP_RESULT_NULL_PARAMETER);
+    CHECK_RC(mmp_device_event_fd(NULL, &fd), MMP_RESULT_NULL_PARAMETER);
+    CHECK_RC(mmp_device_event_fd(dev, NULL), MMP_RESULT_NULL_PARAMETER);
+    CHECK_RC(mmp_device_read_events(NULL, &events, NULL), MMP_RESULT_NULL_PARAMETER);
+    CHECK_RC(mmp_device_read_events(dev, NULL, NULL), MMP_RESULT_NULL_PARAMETER);
+    CHECK(fd == -1);
     CHECK_RC(mmp_device_acquire(NULL, false, NULL, NULL), MMP_RESULT_NULL_PARAMETER);
     CHECK_RC(mmp_device_start_heartbeat(NULL, NULL, NULL), MMP_RESULT_NULL_PARAMETER);
     CHECK_RC(mmp_device_release(NULL), MMP_RESULT_NULL_PARAMETER);
@@ -518,21 +534,44 @@ static void test_crashed_holder_takeover(const struct ctx *c) {
     mmp_device_free(b);
 }
 
+struct canceller {
+    const struct mmp_device *dev;
+    uint64_t after_ms;
+};
+
+static void *cancel_later(void *arg) {
+    const struct canceller *k = arg;
+    sleep_ms(k->after_ms);
+    CHECK_RC(mmp_device_cancel(k->dev), MMP_RESULT_OK);
+    return NULL;
+}
+
 static void test_cancel(const struct ctx *c) {
     format_device(c);
     struct mmp_device *a = open_as(c->dev, &ID_A, 0);
     struct mmp_device *b = open_as(c->dev, &ID_B, 0);
     CHECK_RC(mmp_device_acquire(a, false, NULL, NULL), MMP_RESULT_OK);
     CHECK_RC(mmp_device_start_heartbeat(a, NULL, NULL), MMP_RESULT_OK);
-    /* A cancel before the call stops the next wait. */
-    CHECK_RC(mmp_device_cancel(b), MMP_RESULT_OK);
+    /* A cancel from another thread stops the wait in flight within 50 ms (B's activity test
+     * of A's live block would otherwise end in IN_USE only after a change is seen). */
+    struct canceller k = {b, 30};
+    pthread_t th;
     struct mmp_status owner;
     uint64_t t0 = now_ms();
-    CHECK_RC(mmp_device_acquire(b, true, NULL, NULL), MMP_RESULT_ABORTED);
+    CHECK(pthread_create(&th, NULL, cancel_later, &k) == 0);
+    mmp_result r = mmp_device_acquire(b, true, NULL, NULL);
+    CHECK(pthread_join(th, NULL) == 0);
+    /* The block may change before the cancel lands: then the refusal came first. */
+    CHECK(r == MMP_RESULT_ABORTED || r == MMP_RESULT_IN_USE);
     CHECK(now_ms() - t0 < 1000);
-    CHECK_RC(mmp_device_cancel(b), MMP_RESULT_OK);
-    CHECK_RC(mmp_device_check(b, NULL, NULL, &owner), MMP_RESULT_ABORTED);
+    CHECK(pthread_create(&th, NULL, cancel_later, &k) == 0);
+    r = mmp_device_check(b, NULL, NULL, &owner);
+    CHECK(pthread_join(th, NULL) == 0);
+    CHECK(r == MMP_RESULT_ABORTED || r == MMP_RESULT_IN_USE);
     CHECK(status_of(b).hostid == ID_A.hostid); /* nothing was written over A's block */
+    /* A cancel while no call runs does nothing: the next call is not affected. */
+    CHECK_RC(mmp_device_cancel(b), MMP_RESULT_OK);
+    CHECK_RC(mmp_device_acquire(b, true, NULL, NULL), MMP_RESULT_IN_USE);
     CHECK_RC(mmp_device_release(a), MMP_RESULT_OK);
     mmp_device_free(a);
     mmp_device_free(b);
@@ -705,7 +744,7 @@ static void test_watchdog(const struct ctx *c) {
     CHECK(fence == MMP_SELF_FENCE_OFF);
     CHECK_RC(mmp_self_fence_state(NULL), MMP_RESULT_NULL_PARAMETER);
     CHECK_RC(mmp_watchdog_arm(NULL, 1), MMP_RESULT_NULL_PARAMETER);
-    CHECK_RC(mmp_watchdog_disarm(), MMP_RESULT_NOT_HELD);
+    CHECK_RC(mmp_watchdog_disarm(), MMP_RESULT_NOT_ARMED);
 
     /* No device heartbeating: nothing to fence. */
     CHECK_RC(mmp_watchdog_arm(wd, 1), MMP_RESULT_NOT_HELD);
@@ -719,7 +758,7 @@ static void test_watchdog(const struct ctx *c) {
     CHECK_RC(mmp_watchdog_arm(wd, 2), MMP_RESULT_INVALID_PARAMETER);
     CHECK_RC(mmp_watchdog_arm(wd, 0), MMP_RESULT_INVALID_PARAMETER);
     CHECK_RC(mmp_watchdog_arm(wd, 1), MMP_RESULT_OK);
-    CHECK_RC(mmp_watchdog_arm(wd, 1), MMP_RESULT_ALREADY_HELD);
+    CHECK_RC(mmp_watchdog_arm(wd, 1), MMP_RESULT_ALREADY_ARMED);
     CHECK_RC(mmp_self_fence_state(&fence), MMP_RESULT_OK);
     CHECK(fence == MMP_SELF_FENCE_ACTIVE);
     size_t before = file_size(wd);
@@ -735,7 +774,7 @@ static void test_watchdog(const struct ctx *c) {
     CHECK(fseek(f, -1, SEEK_END) == 0);
     CHECK(fgetc(f) == 'V');
     CHECK(fclose(f) == 0);
-    CHECK_RC(mmp_watchdog_disarm(), MMP_RESULT_NOT_HELD);
+    CHECK_RC(mmp_watchdog_disarm(), MMP_RESULT_NOT_ARMED);
     CHECK_RC(mmp_device_release(a), MMP_RESULT_OK);
     mmp_device_free(a);
 }

@@ -7,7 +7,8 @@
 //!   validate-all reports the start timeout, as the meta-data says.
 //! * A closed stdout or stderr never panics (`mmp status ... | head -c 10`).
 //! * `mmp run` hands the terminal to its command: it can read it, Ctrl-C reaches it (exit
-//!   130), a missing command exits 127, mmp's own lines go to stderr.
+//!   130), Ctrl-Z stops it (not the heartbeat) and `fg` resumes it, a missing command exits
+//!   127, mmp's own lines go to stderr.
 //! * The recovery hint for a corrupt native record works when followed.
 //! * `mmp umount DEVICE` releases the holder; a recorded pid that is no longer the holder is
 //!   never signalled.
@@ -442,6 +443,93 @@ fn run_gives_its_command_the_terminal() {
         o.show()
     );
     clean();
+}
+
+/// The sequence of a native area (it moves while a holder heartbeats).
+fn seq_of(dev: &Path) -> u64 {
+    native_record(dev).seq
+}
+
+/// Ctrl-Z under `mmp run` in an interactive shell: the command stops and the shell gets its
+/// job back ("Stopped"), the heartbeat goes on meanwhile; `fg` gives the command the terminal
+/// again, and it reads it.
+#[test]
+fn run_ctrl_z_stops_the_command_not_the_heartbeat() {
+    if find_tool("script").is_none() || find_tool("bash").is_none() {
+        skip("script or bash not found");
+        return;
+    }
+    let tmp = tmpdir();
+    let dev = area(tmp.path(), "a.img", &["--interval-ms", "100"]);
+    let mut p = Pty::spawn("bash --norc --noprofile -i");
+    p.type_in(b"PS1='$ '; echo shell-ready\n");
+    p.wait_for("shell-ready", Duration::from_secs(T_SHORT));
+    let cmd = format!(
+        "'{}' --hostid {A} --nodename hostA run --no-realtime '{}' -- sh -c 'read x; echo got:$x'\n",
+        mmp_bin().display(),
+        dev.display()
+    );
+    p.type_in(cmd.as_bytes());
+    p.wait_for("mmp: acquired", Duration::from_secs(T_SHORT));
+    std::thread::sleep(Duration::from_millis(300));
+    p.type_in(b"\x1a");
+    p.wait_for("Stopped", Duration::from_secs(10));
+    // Stopped, and still held: the sequence moves.
+    let s1 = seq_of(&dev);
+    std::thread::sleep(Duration::from_millis(800));
+    let s2 = seq_of(&dev);
+    assert!(
+        s2 > s1,
+        "no heartbeat while stopped ({s1} -> {s2}):\n{}",
+        p.text()
+    );
+    // The shell has the terminal: it runs commands.
+    p.type_in(b"echo shell-$((40+2))\n");
+    p.wait_for("shell-42", Duration::from_secs(10));
+    p.type_in(b"fg\n");
+    std::thread::sleep(Duration::from_millis(300));
+    p.type_in(b"hello\n");
+    p.wait_for("got:hello", Duration::from_secs(10));
+    p.wait_for("mmp: released", Duration::from_secs(10));
+    p.type_in(b"echo exit=$?\n");
+    p.wait_for("exit=0", Duration::from_secs(10));
+    mmp_run(&["status", s(&dev)], T_SHORT).expect(0, "released clean");
+
+    // The stand-in the shell waits for (the job's pid) killed with SIGKILL: the holder stops
+    // the command and releases, as for SIGTERM.
+    let cmd = format!(
+        "'{}' --hostid {A} --nodename hostA run --no-realtime '{}' -- sleep 60\n",
+        mmp_bin().display(),
+        dev.display()
+    );
+    p.type_in(cmd.as_bytes());
+    p.wait_for("mmp: acquired", Duration::from_secs(T_SHORT));
+    std::thread::sleep(Duration::from_millis(300));
+    p.type_in(b"\x1a");
+    std::thread::sleep(Duration::from_millis(300));
+    p.type_in(b"echo job:$(jobs -p):\n");
+    p.wait_for("job:", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(200));
+    let text = p.text();
+    let pid: i32 = text
+        .rsplit("job:")
+        .next()
+        .and_then(|r| r.split(':').next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no job pid in:\n{text}"));
+    let stand_in = rustix::process::Pid::from_raw(pid).expect("pid");
+    rustix::process::kill_process(stand_in, rustix::process::Signal::KILL).expect("kill");
+    let t = Instant::now();
+    while mmp_run(&["status", s(&dev)], T_SHORT).code != Some(0) {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "not released after the stand-in was killed:\n{}",
+            p.text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    p.type_in(b"exit\n");
+    let _ = p.exit(Duration::from_secs(10));
 }
 
 // ----- 5. recovery hints work when followed ---------------------------------------------------

@@ -308,6 +308,123 @@ fn loop_c_api() {
     );
 }
 
+/// The shared library exports the `mmp_*` API and nothing else (no Rust runtime symbols to
+/// clash with another library), and every function of the header is among them. The static
+/// library cannot hide its Rust runtime: docs/c-api.md states the one-Rust-static-library
+/// rule instead.
+#[test]
+fn c_api_shared_library_exports_only_the_api() {
+    let Some(_) = c_tools() else { return };
+    let Some(nm) = mmp_tests::find_tool("nm") else {
+        mmp_tests::skip("nm not found");
+        return;
+    };
+    let out = Command::new(nm)
+        .args(["-D", "--defined-only"])
+        .arg(prefix().join("lib").join("libmmp.so"))
+        .output()
+        .expect("nm");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let exported: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .collect();
+    let foreign: Vec<&&str> = exported.iter().filter(|s| !s.starts_with("mmp_")).collect();
+    assert!(foreign.is_empty(), "libmmp.so exports {foreign:?}");
+    let header = std::fs::read_to_string(repo().join("include").join("mmp.h")).expect("mmp.h");
+    // Function declarations: unindented, not a typedef or macro, `... mmp_name(`.
+    let declared: Vec<&str> = header
+        .lines()
+        .filter(|l| !l.starts_with([' ', '#', '/', '*', '}']) && !l.starts_with("typedef"))
+        .filter_map(|l| l.split_once('(').map(|(head, _)| head))
+        .filter_map(|head| head.split_whitespace().last())
+        .map(|n| n.trim_start_matches('*'))
+        .filter(|n| n.starts_with("mmp_"))
+        .collect();
+    assert!(declared.len() >= 26, "found only {declared:?}");
+    for name in &declared {
+        assert!(
+            exported.contains(name),
+            "{name} is declared but not exported"
+        );
+    }
+}
+
+fn lifecycle_cmd(bin: &Path, dev: &Path, scratch: &Path) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.arg(dev)
+        .arg(scratch)
+        .env("MMP_TEST_RELEASE_BOUND_MS", "5000");
+    cmd
+}
+
+/// `tests/c/lifecycle.c` (issue 17) on an image file, under ASan and UBSan (the fork test
+/// runs in `c_api_fork_ubsan`): four threads polling status while a release completes within 5 s with
+/// no loss, calls taking turns, a progress callback blocking past the fail window, cancel
+/// during the claim, lapsed holds, cancel only in flight, the phases reported, the watchdog
+/// results, errors with context, and the event descriptor.
+#[test]
+fn c_api_lifecycle_sanitizers() {
+    let Some((gcc, pkg)) = c_tools() else { return };
+    let src = repo().join("tests").join("c").join("lifecycle.c");
+    let mut extra = SANITIZE.to_vec();
+    extra.push("-pthread");
+    let bin = compile(&gcc, &pkg, &src, "lifecycle-asan", &extra);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dev = image(dir.path());
+    run_c(
+        lifecycle_cmd(&bin, &dev, &scratch(dir.path())),
+        "lifecycle (file, ASan+UBSan)",
+    );
+}
+
+/// The fork test of `tests/c/lifecycle.c` alone, built with UBSan only (ASan's allocator is
+/// not fork-safe in a multi-threaded process, glibc's is): set up, hold, fork; the child
+/// sees `owned` 0 and gets `MMP_RESULT_FORKED` from release and every other call on the
+/// inherited handle, holds another device with a handle of its own; the parent keeps
+/// holding and releases.
+#[test]
+fn c_api_fork_ubsan() {
+    let Some((gcc, pkg)) = c_tools() else { return };
+    let src = repo().join("tests").join("c").join("lifecycle.c");
+    let bin = compile(
+        &gcc,
+        &pkg,
+        &src,
+        "lifecycle-ubsan",
+        &[
+            "-fsanitize=undefined",
+            "-fno-omit-frame-pointer",
+            "-pthread",
+        ],
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dev = image(dir.path());
+    let mut cmd = lifecycle_cmd(&bin, &dev, &scratch(dir.path()));
+    cmd.env("MMP_TEST_ONLY", "fork");
+    run_c(cmd, "lifecycle fork (file, UBSan)");
+}
+
+/// The same on a loop device (root), under ASan and UBSan.
+#[test]
+fn loop_c_api_lifecycle() {
+    let Some((gcc, pkg)) = c_tools() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = image(dir.path());
+    let Some(lo) = mmp_tests::Loop::attach(&file) else {
+        return;
+    };
+    let src = repo().join("tests").join("c").join("lifecycle.c");
+    let mut extra = SANITIZE.to_vec();
+    extra.push("-pthread");
+    let bin = compile(&gcc, &pkg, &src, "lifecycle-asan-loop", &extra);
+    run_c(
+        lifecycle_cmd(&bin, &lo.dev, &scratch(dir.path())),
+        "lifecycle (loop device, ASan+UBSan)",
+    );
+}
+
 fn version_defines() -> Vec<String> {
     let (text, major, minor, patch) = cargo_version();
     let number = (major << 16) | (minor << 8) | patch;
@@ -381,15 +498,19 @@ fn c_api_static_link() {
     run_c(Command::new(out_path), "version (static)");
 }
 
-/// The shared library carries the soname `libmmp.so.0`, and the install created the links.
+/// The shared library carries the soname `libmmp.so.0.MINOR` (0.x: the minor is the ABI),
+/// and the install created the links.
 #[test]
 fn c_api_soname_and_install_layout() {
     let Some(_) = c_tools() else { return };
     let lib = prefix().join("lib");
     let (version, ..) = cargo_version();
+    let minor = version.split('.').nth(1).expect("a minor version");
+    assert!(version.starts_with("0."), "update the soname rule for 1.0");
+    let soname = format!("libmmp.so.0.{minor}");
     for name in [
         format!("libmmp.so.{version}"),
-        "libmmp.so.0".into(),
+        soname.clone(),
         "libmmp.so".into(),
         "libmmp.a".into(),
         "pkgconfig/mmp.pc".into(),
@@ -398,7 +519,7 @@ fn c_api_soname_and_install_layout() {
     }
     assert!(prefix().join("include").join("mmp.h").exists());
     assert_eq!(
-        std::fs::read_link(lib.join("libmmp.so.0")).expect("libmmp.so.0 is a link"),
+        std::fs::read_link(lib.join(&soname)).expect("the soname is a link"),
         PathBuf::from(format!("libmmp.so.{version}"))
     );
     let Some(readelf) = mmp_tests::find_tool("readelf") else {
@@ -412,7 +533,7 @@ fn c_api_soname_and_install_layout() {
         .expect("readelf");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("Library soname: [libmmp.so.0]"),
+        text.contains(&format!("Library soname: [{soname}]")),
         "soname:\n{text}"
     );
 }
@@ -582,7 +703,7 @@ fn ffi_result_str() {
             .to_string()
     };
     let invalid = text(mmp::mmp_result::InvalidParameter as u32);
-    for v in [15, 99, 118, 199, 201, 1000, u32::MAX] {
+    for v in [15, 99, 150, 199, 201, 1000, u32::MAX] {
         assert_eq!(text(v), invalid, "{v}");
     }
     let mut seen = std::collections::HashSet::new();
@@ -606,6 +727,82 @@ fn c_mount_helper_compiles() {
         .expect("run mount-helper -h");
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("usage: mount-helper"));
+}
+
+/// The helper's exit codes match the `mmp` command's: a missing hostid and a corrupt block
+/// are errors (2), another host's live hold is a refusal (1), reported with its owner from
+/// `mmp_device_last_error`. No mount is reached, so no root is needed.
+#[test]
+fn c_mount_helper_exit_codes() {
+    let Some((gcc, pkg)) = c_tools() else { return };
+    let bin = compile(
+        &gcc,
+        &pkg,
+        &repo().join("examples").join("mount-helper.c"),
+        "mount-helper-codes",
+        SANITIZE,
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let img = image(dir.path());
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).expect("mkdir mnt");
+    let dev = c_path(&img);
+    // SAFETY: a live C string.
+    let r = unsafe { mmp::mmp_native_format(dev.as_ptr(), 100, 10, true) };
+    assert_eq!(r, mmp::mmp_result::Ok);
+    let run = |hostid: &str| {
+        let out = Command::new(&bin)
+            .arg("-m")
+            .arg(&img)
+            .arg(&img)
+            .arg(&mnt)
+            .env("MMP_HOSTID", hostid)
+            .output()
+            .expect("run mount-helper");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+
+    let (code, err) = run("0");
+    assert_eq!(code, Some(2), "no hostid: {err}");
+    assert!(err.contains("hostid"), "{err}");
+
+    // Another host holds the device and heartbeats: refused, with the owner named.
+    let id = mmp::mmp_identity {
+        hostid: 0x777,
+        nodename: c"holder".as_ptr(),
+    };
+    // SAFETY: live C strings and out-parameters; the handle is freed once.
+    unsafe {
+        let mut d = std::ptr::null_mut();
+        assert_eq!(
+            mmp::mmp_device_open(dev.as_ptr(), &id, 0, &mut d),
+            mmp::mmp_result::Ok
+        );
+        assert_eq!(
+            mmp::mmp_device_acquire(d, false, None, std::ptr::null_mut()),
+            mmp::mmp_result::Ok
+        );
+        assert_eq!(
+            mmp::mmp_device_start_heartbeat(d, None, std::ptr::null_mut()),
+            mmp::mmp_result::Ok
+        );
+        let (code, err) = run("0xabc");
+        assert_eq!(code, Some(1), "held elsewhere: {err}");
+        assert!(err.contains("held by holder, hostid 00000777"), "{err}");
+        assert_eq!(mmp::mmp_device_release(d), mmp::mmp_result::Ok);
+        mmp::mmp_device_free(d);
+    }
+
+    // A corrupt block: error, as `mmp` says.
+    let mut raw = std::fs::read(&img).expect("read image");
+    raw[0x30] ^= 0xff;
+    std::fs::write(&img, &raw).expect("write image");
+    let (code, err) = run("0xabc");
+    assert_eq!(code, Some(2), "corrupt: {err}");
+    assert!(err.contains("corrupt"), "{err}");
 }
 
 fn mounted(dir: &Path) -> bool {
@@ -671,7 +868,7 @@ fn wait_exit(child: &mut std::process::Child, secs: u64) -> std::process::ExitSt
         }
         if std::time::Instant::now() > end {
             let _ = child.kill();
-            panic!("mount-helper did not exit within {secs} s");
+            panic!("program did not exit within {secs} s");
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
@@ -740,6 +937,88 @@ fn loop_mount_helper_native() {
     assert!(code.success(), "helper exit {code}");
     assert!(!mounted(&mnt));
     assert_eq!(read_status(&mmp_lo.dev).state, mmp::mmp_state::Clean);
+}
+
+/// `examples/event-loop.c`, built (ASan+UBSan) and run on two native image files: it holds
+/// both from one thread polling libmmp's event descriptors; a foreign write to one (another
+/// host's clear) makes it report the loss and exit 3 while it releases the other cleanly;
+/// a second run ends on SIGTERM with both released (exit 0).
+#[test]
+fn c_event_loop_example() {
+    use std::io::BufRead;
+    let Some((gcc, pkg)) = c_tools() else { return };
+    let src = repo().join("examples").join("event-loop.c");
+    let bin = compile(&gcc, &pkg, &src, "event-loop", SANITIZE);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let devs: Vec<PathBuf> = ["one.img", "two.img"]
+        .iter()
+        .map(|n| {
+            let p = dir.path().join(n);
+            std::fs::write(&p, vec![0u8; 1 << 20]).expect("image");
+            let c = c_path(&p);
+            // SAFETY: a live C string.
+            let r = unsafe { mmp::mmp_native_format(c.as_ptr(), 100, 10, true) };
+            assert_eq!(r, mmp::mmp_result::Ok);
+            p
+        })
+        .collect();
+    let start = || {
+        let mut child = Command::new(&bin)
+            .args(&devs)
+            .env("MMP_HOSTID", "0xabc")
+            .env("ASAN_OPTIONS", "detect_leaks=1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("start event-loop");
+        let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        out.read_line(&mut line).expect("read");
+        assert_eq!(line.trim(), "held 2 device(s)");
+        (child, out)
+    };
+
+    // A foreign write to the second device: reported through the fd, exit 3.
+    let (mut child, mut out) = start();
+    assert_eq!(read_status(&devs[1]).hostid, 0xabc);
+    let path = c_path(&devs[1]);
+    let id = mmp::mmp_identity {
+        hostid: 0x777,
+        nodename: c"other".as_ptr(),
+    };
+    // SAFETY: live C strings and out-parameters; the handle is freed once.
+    unsafe {
+        let mut d = std::ptr::null_mut();
+        assert_eq!(
+            mmp::mmp_device_open(path.as_ptr(), &id, 0, &mut d),
+            mmp::mmp_result::Ok
+        );
+        assert_eq!(mmp::mmp_device_clear(d), mmp::mmp_result::Ok);
+        mmp::mmp_device_free(d);
+    }
+    let code = wait_exit(&mut child, 10);
+    let mut rest = String::new();
+    while out.read_line(&mut rest).is_ok_and(|n| n > 0) {}
+    assert!(rest.contains("lost "), "event-loop said {rest:?}");
+    assert_eq!(code.code(), Some(3), "event-loop exit {code}");
+    assert_eq!(read_status(&devs[0]).state, mmp::mmp_state::Clean);
+
+    // SIGTERM: both released, exit 0.
+    let (mut child, mut out) = start();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let pid = rustix::process::Pid::from_child(&child);
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+    let code = wait_exit(&mut child, 10);
+    let mut rest = String::new();
+    while out.read_line(&mut rest).is_ok_and(|n| n > 0) {}
+    assert!(code.success(), "event-loop exit {code}: {rest}");
+    assert!(
+        rest.contains("released 2 device(s)"),
+        "event-loop said {rest:?}"
+    );
+    for d in &devs {
+        assert_eq!(read_status(d).state, mmp::mmp_state::Clean);
+    }
 }
 
 /// `tests/c/ext4.c` (ASan+UBSan): enable, set-interval and disable on an ext4 image made by

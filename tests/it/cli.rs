@@ -245,6 +245,11 @@ impl Proc {
         }
     }
 
+    /// The process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub(crate) fn signal(&self, sig: rustix::process::Signal) {
         let pid = rustix::process::Pid::from_raw(i32::try_from(self.child.id()).expect("pid"))
             .expect("pid");
@@ -621,7 +626,7 @@ pub(crate) fn assert_agree(what: &str, j: &BTreeMap<String, J>, e: &BTreeMap<Str
     let ctx = format!("{what}: mmp {j:?}\ne2mmpstatus {e:?}");
     assert_eq!(j["format"].s(), "ext4", "{ctx}");
     assert_eq!(
-        j["seq"].u(),
+        j["seq"].s().parse::<u64>().expect("seq: a decimal string"),
         hex(&e["mmp_sequence"]),
         "seq vs mmp_sequence\n{ctx}"
     );
@@ -752,7 +757,11 @@ fn status_json_agrees_with_e2mmpstatus() {
             out.expect(if seq == SEQ_CLEAN { 0 } else { 1 }, &w);
             let j = json(out.stdout.trim());
             assert_eq!(j["state"].s(), state_of(seq), "{w}");
-            assert_eq!(j["seq"].u(), u64::from(seq), "{w}");
+            assert_eq!(
+                j["seq"].s().parse::<u64>().expect("seq: a decimal string"),
+                u64::from(seq),
+                "{w}"
+            );
             assert_eq!(j["node"].s(), node, "{w}");
             assert_eq!(j["device_name"].s(), dev, "{w}");
             assert_agree(&w, &j, &e2mmpstatus_i(img));

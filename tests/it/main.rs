@@ -6,6 +6,7 @@
 mod admin;
 mod c_api;
 mod cli;
+mod conventions;
 mod crash;
 mod format_doc;
 mod fuzz_corpus;

@@ -1469,7 +1469,9 @@ impl OutcomeKind {
             Outcome::Safe { .. } => OutcomeKind::Safe,
             Outcome::Lost(Loss::ForeignWrite(_)) => OutcomeKind::LostForeign,
             Outcome::Lost(Loss::Fenced { .. }) => OutcomeKind::LostFenced,
-            Outcome::Lost(Loss::ReleaseReadFailed(_)) => OutcomeKind::LostRelease,
+            Outcome::Lost(Loss::ReleaseReadFailed(_) | Loss::Preempted(_)) => {
+                OutcomeKind::LostRelease
+            }
             Outcome::Refused(Refusal::Corrupt(_)) => OutcomeKind::RefusedCorrupt,
             Outcome::Refused(Refusal::Foreign(_)) => OutcomeKind::RefusedForeign,
             Outcome::Refused(Refusal::Active(_)) => OutcomeKind::RefusedActive,

@@ -222,6 +222,21 @@ pub struct IoError {
     pub errno: i32,
 }
 
+impl IoError {
+    /// The errno Linux gives an I/O that a SCSI target refused with RESERVATION CONFLICT
+    /// (`EBADE`, "invalid exchange": the block layer's `BLK_STS_NEXUS`). Under a persistent
+    /// reservation (`--fence scsi-pr`) it means another host preempted us: the storage
+    /// itself says we no longer own the device, so a heartbeat that gets it is lost at
+    /// once ([`Loss::Preempted`]) instead of retried through the fail window.
+    pub const RESERVATION_CONFLICT: i32 = 52;
+
+    /// Whether the storage refused the I/O because another host holds the reservation.
+    #[must_use]
+    pub const fn is_reservation_conflict(self) -> bool {
+        self.errno == Self::RESERVATION_CONFLICT
+    }
+}
+
 /// A parsed record: what the device says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Snapshot {
@@ -411,6 +426,10 @@ pub enum Loss {
     /// The release re-read failed, so CLEAN was not written (the block keeps our last live
     /// heartbeat; another host will see it stale and take it after the activity test).
     ReleaseReadFailed(IoError),
+    /// The storage refused a heartbeat or release I/O with RESERVATION CONFLICT
+    /// ([`IoError::is_reservation_conflict`]): another host preempted our persistent
+    /// reservation. Nothing more was written (nothing more could be).
+    Preempted(IoError),
 }
 
 /// How an operation ended.
@@ -1207,6 +1226,15 @@ impl Machine {
             | Step::ClaimWrite
             | Step::ClearRead
             | Step::ClearWrite { .. } => self.finish(Outcome::Refused(Refusal::Io(err))),
+            Step::BeatRead { .. }
+            | Step::BeatWrite { .. }
+            | Step::ReleaseRead
+            | Step::ReleaseWrite
+                if err.is_reservation_conflict() =>
+            {
+                self.stats.io_failures += 1;
+                self.finish(Outcome::Lost(Loss::Preempted(err)));
+            }
             Step::BeatRead { .. } | Step::BeatWrite { .. } => {
                 self.stats.io_failures += 1;
                 self.push(Event::IoRetry(err));

@@ -396,15 +396,7 @@ fn paused_between_read_and_write_cancels_the_write() {
     rig.run(&mut m, 5, |_| {});
     assert!(m.is_held());
     // Drive one beat by hand: read done, then pause before the write is issued.
-    let t = m.poll_timeout().expect("next beat");
-    rig.now_us = t.as_micros();
-    m.handle_timeout(rig.now());
-    let Some(IoRequest::Read { len, .. }) = m.poll_io() else {
-        panic!("expected a read")
-    };
-    let data = rig.disk[..len].to_vec();
-    m.handle_read_done(rig.now(), &data);
-    assert!(matches!(m.poll_io(), Some(IoRequest::Write { .. })));
+    beat_to_write(&mut rig, &mut m);
     rig.now_us += 3_000_000;
     let mut buf = [0u8; MAX_RECORD_LEN];
     assert!(
@@ -415,6 +407,20 @@ fn paused_between_read_and_write_cancels_the_write() {
         m.outcome(),
         Some(Outcome::Lost(Loss::Fenced { .. }))
     ));
+}
+
+/// Drives a held machine's next heartbeat by hand up to its write request (the read done,
+/// the write not emitted yet).
+fn beat_to_write(rig: &mut Rig, m: &mut Machine) {
+    let t = m.poll_timeout().expect("next beat");
+    rig.now_us = t.as_micros();
+    m.handle_timeout(rig.now());
+    let Some(IoRequest::Read { len, .. }) = m.poll_io() else {
+        panic!("expected a read")
+    };
+    let data = rig.disk[..len].to_vec();
+    m.handle_read_done(rig.now(), &data);
+    assert!(matches!(m.poll_io(), Some(IoRequest::Write { .. })));
 }
 
 #[test]
@@ -437,6 +443,31 @@ fn heartbeat_io_errors_are_retried_then_fence() {
         "{:?}",
         m.outcome()
     );
+}
+
+#[test]
+fn a_reservation_conflict_on_a_heartbeat_is_lost_at_once() {
+    let mut rig = Rig::new();
+    rig.put_native(Record::formatted([1; 16], 100, 10, 0));
+    let mut m = Machine::new(cfg(native_layout(), 1, b"me"), Op::Acquire, rig.now());
+    rig.run(&mut m, 5, |_| {});
+    assert!(m.is_held());
+    beat_to_write(&mut rig, &mut m);
+    let mut buf = [0u8; MAX_RECORD_LEN];
+    assert!(m.emit_block(rig.now(), &mut buf));
+    // An ordinary I/O error is retried within the fail window ...
+    m.handle_io_error(rig.now(), IoError { errno: 5 });
+    assert!(m.is_held(), "{:?}", m.outcome());
+    // ... a RESERVATION CONFLICT (another host preempted us) is not.
+    beat_to_write(&mut rig, &mut m);
+    assert!(m.emit_block(rig.now(), &mut buf));
+    let conflict = IoError {
+        errno: IoError::RESERVATION_CONFLICT,
+    };
+    m.handle_io_error(rig.now(), conflict);
+    assert_eq!(m.outcome(), Some(Outcome::Lost(Loss::Preempted(conflict))));
+    assert!(!m.is_held());
+    assert_eq!(m.poll_io(), None, "nothing more is written");
 }
 
 #[test]

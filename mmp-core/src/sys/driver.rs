@@ -971,6 +971,9 @@ pub fn run_until_settled(
     on_event: &mut dyn FnMut(&Event),
 ) -> Option<Outcome> {
     let mut faults = EnvFaults::from_env();
+    // `stop` is acted on once: after that the machine's own waits (restoring the block a
+    // cancelled claim replaced waits an interval) run to their deadlines, not in a busy loop.
+    let mut released = false;
     loop {
         pump(m, dev, &mut faults, on_event);
         if let Some(o) = m.outcome() {
@@ -979,14 +982,19 @@ pub fn run_until_settled(
         if m.is_held() {
             return None;
         }
-        if stop.load(Ordering::SeqCst) {
+        if !released && stop.load(Ordering::SeqCst) {
+            released = true;
             m.release(clock::now());
             continue;
         }
         let Some(deadline) = m.poll_timeout() else {
             return m.outcome();
         };
-        sleep_until_or_stop(deadline, stop);
+        if released {
+            clock::sleep_until(deadline);
+        } else {
+            sleep_until_or_stop(deadline, stop);
+        }
         m.handle_timeout(clock::now());
     }
 }

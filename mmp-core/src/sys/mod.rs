@@ -1,5 +1,6 @@
 //! Linux I/O under the `std` feature: O_DIRECT block-device access, clocks, hostid, ext4
-//! tuning (enable/disable MMP), SCSI persistent reservations (`pr`), and the driver and
+//! tuning (enable/disable MMP), SCSI persistent reservations (`pr`), the device-mapper
+//! I/O cut-off (`dm`), and the driver and
 //! heartbeat engine that run the protocol machine against real devices.
 //!
 //! `unsafe` is allowed only in the small named modules that need a raw system call, each
@@ -8,6 +9,7 @@
 pub mod area;
 pub mod blockdev;
 pub mod clock;
+pub mod dm;
 pub mod driver;
 pub mod engine;
 pub mod hostid;

@@ -1701,3 +1701,157 @@ pub fn fence_release<T: Transport>(pr: &Pr<T>, own_key: u64) -> Result<Released,
     step("REGISTER AND IGNORE EXISTING KEY", pr.unregister(own_key))?;
     Ok(out)
 }
+
+// ----- a hold's fence: the procedure over every device it protects -----------------------
+
+/// A fencing step that failed on one device of a [`Fence`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceFenceError {
+    /// The device, as the caller named it.
+    pub device: String,
+    /// What failed.
+    pub error: FenceError,
+}
+
+impl fmt::Display for DeviceFenceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.device, self.error)
+    }
+}
+
+impl std::error::Error for DeviceFenceError {}
+
+/// The persistent reservations of one hold (`mmp hold/run/mount --fence scsi-pr`): every
+/// device it protects (the MMP devices and the data devices), one key for all of them, and
+/// the order of `docs/protocol.md`, "Persistent reservations":
+///
+/// 1. [`Fence::open`] before anything is written: each device must take persistent
+///    reservations (a clear error otherwise, and nothing is written anywhere);
+/// 2. [`Fence::prepare`] (register) before the MMP claim can be written, so a claim on a LUN
+///    a crashed owner still reserves is not refused by the storage;
+/// 3. [`Fence::acquire`] once every MMP device is acquired (activity test passed, claim
+///    verified) and before the data is used: reserve, preempt the previous owner, remove
+///    every other registration;
+/// 4. [`Fence::release`] after the data is quiesced and before the MMP block is written
+///    CLEAN; [`Fence::withdraw`] when the acquire did not succeed (unregister only).
+///
+/// After a loss nothing is done: the reservation stays until the next owner preempts it,
+/// so the storage keeps refusing everyone else meanwhile.
+#[derive(Debug)]
+pub struct Fence<T: Transport = SgIo> {
+    own_key: u64,
+    devices: Vec<(String, Pr<T>)>,
+}
+
+impl Fence<SgIo> {
+    /// Opens every device through `SG_IO` and reads its registered keys, so a device that
+    /// does not take persistent reservations is found before anything is written.
+    ///
+    /// # Errors
+    /// [`FenceError::BadKey`] for hostid 0 (on the first device's name, or `"hostid"` when
+    /// there is none); the first device that cannot be opened or read, with its error
+    /// ([`PrError::NotScsi`] for files, loop devices, virtio-blk, NVMe; [`PrError::NotSupported`]
+    /// for SCSI devices without persistent reservations).
+    pub fn open(devices: &[(String, &Path)], hostid: u32) -> Result<Self, DeviceFenceError> {
+        let first = devices.first().map_or("hostid", |(n, _)| n.as_str());
+        let own_key = key_for_hostid(hostid).ok_or_else(|| DeviceFenceError {
+            device: first.to_owned(),
+            error: FenceError::BadKey(0),
+        })?;
+        let mut prs = Vec::with_capacity(devices.len());
+        for (name, path) in devices {
+            let err = |step, error| DeviceFenceError {
+                device: name.clone(),
+                error: FenceError::Command { step, error },
+            };
+            let pr = Pr::open(path).map_err(|e| err("open for SG_IO", e))?;
+            pr.read_keys().map_err(|e| err("READ KEYS", e))?;
+            prs.push((name.clone(), pr));
+        }
+        Ok(Self::new(own_key, prs))
+    }
+}
+
+impl<T: Transport> Fence<T> {
+    /// A fence over already opened devices.
+    #[must_use]
+    pub const fn new(own_key: u64, devices: Vec<(String, Pr<T>)>) -> Self {
+        Self { own_key, devices }
+    }
+
+    /// The key this host registers.
+    #[must_use]
+    pub const fn key(&self) -> u64 {
+        self.own_key
+    }
+
+    /// The devices, by name.
+    pub fn device_names(&self) -> impl Iterator<Item = &str> {
+        self.devices.iter().map(|(n, _)| n.as_str())
+    }
+
+    fn each<R>(
+        &self,
+        mut f: impl FnMut(&Pr<T>) -> Result<R, FenceError>,
+    ) -> Result<Vec<R>, DeviceFenceError> {
+        self.devices
+            .iter()
+            .map(|(name, pr)| {
+                f(pr).map_err(|error| DeviceFenceError {
+                    device: name.clone(),
+                    error,
+                })
+            })
+            .collect()
+    }
+
+    /// Registers our key on every device ([`fence_prepare`]).
+    ///
+    /// # Errors
+    /// The first device that failed.
+    pub fn prepare(&self) -> Result<(), DeviceFenceError> {
+        self.each(|pr| fence_prepare(pr, self.own_key)).map(|_| ())
+    }
+
+    /// Takes every device's reservation ([`fence_acquire`]); call only after MMP acquired
+    /// every MMP device. Returns what was done per device, in order.
+    ///
+    /// # Errors
+    /// The first device that failed; devices before it keep our reservation (the caller
+    /// then does not use the data, and a [`Fence::release`] or the next owner's acquire
+    /// undoes it).
+    pub fn acquire(&self) -> Result<Vec<(String, Acquired)>, DeviceFenceError> {
+        let got = self.each(|pr| fence_acquire(pr, self.own_key, None))?;
+        Ok(self
+            .devices
+            .iter()
+            .map(|(n, _)| n.clone())
+            .zip(got)
+            .collect())
+    }
+
+    /// Gives every device up ([`fence_release`]), trying all of them. Returns the devices
+    /// that failed (empty when all went well).
+    #[must_use]
+    pub fn release(&self) -> Vec<DeviceFenceError> {
+        self.devices
+            .iter()
+            .filter_map(|(name, pr)| {
+                fence_release(pr, self.own_key)
+                    .err()
+                    .map(|error| DeviceFenceError {
+                        device: name.clone(),
+                        error,
+                    })
+            })
+            .collect()
+    }
+
+    /// After an acquire that did not succeed (refused, interrupted): removes our
+    /// registration where we do not hold the reservation, and releases it where we do
+    /// (a partial [`Fence::acquire`]). The same steps as [`Fence::release`].
+    #[must_use]
+    pub fn withdraw(&self) -> Vec<DeviceFenceError> {
+        self.release()
+    }
+}

@@ -115,6 +115,7 @@ fn run(chosen: &[&Scenario], keep: bool) -> mmp_tests::lab::Result<bool> {
         "tune2fs",
         "e2fsck",
         "mkfs.xfs",
+        "xfs_repair",
     ] {
         binaries.extend(find_tool(t));
     }

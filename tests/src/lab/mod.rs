@@ -11,6 +11,8 @@
 //!
 //! The scenarios built on it are in [`scenarios`].
 
+pub mod cluster;
+pub mod full;
 pub mod qmp;
 pub mod scenarios;
 
@@ -148,6 +150,163 @@ pub struct NodeSpec {
     pub watchdog: bool,
     /// Guest memory.
     pub memory_mb: u32,
+    /// LUNs of an iSCSI target ([`IscsiTarget`]) reached through QEMU's own initiator and
+    /// SCSI pass-through (`scsi-block` on virtio-scsi), so PERSISTENT RESERVE commands reach
+    /// the target. LUN `i` of this list is SCSI target id `i` in the guest (`H:0:i:0`; see
+    /// [`scsi_dev`]).
+    pub luns: Vec<IscsiLun>,
+    /// Boot the full guest (systemd, Pacemaker; [`full`]) from a root overlay that comes first
+    /// (`/dev/vda`, the shared disks follow), with its network link; `None`: the busybox guest.
+    pub full: Option<full::FullBoot>,
+}
+
+/// One LUN of an [`IscsiTarget`] as a node sees it.
+#[derive(Clone, Debug)]
+pub struct IscsiLun {
+    /// A name for people and for [`Node::writes_to`] (`area`, `data`).
+    pub name: String,
+    /// `iscsi://127.0.0.1:PORT/IQN/LUN`.
+    pub url: String,
+}
+
+/// Shell text that expands to the guest's block device of the node's `index`-th LUN
+/// ([`NodeSpec::luns`]), e.g. `/dev/sda`.
+#[must_use]
+pub fn scsi_dev(index: usize) -> String {
+    format!("/dev/$(ls /sys/bus/scsi/devices/*:0:{index}:0/block/)")
+}
+
+/// A userspace iSCSI target (`tgtd` from the Debian package `tgt`) on 127.0.0.1 serving
+/// files as LUNs; it implements SCSI-3 persistent reservations. Stopped on drop.
+#[derive(Debug)]
+pub struct IscsiTarget {
+    child: Option<Child>,
+    control_port: u16,
+    port: u16,
+    iqn: String,
+    luns: Vec<Disk>,
+}
+
+impl IscsiTarget {
+    /// Starts `tgtd` on a free port of 127.0.0.1 (its management channel numbered after the
+    /// port, so it never meets a system tgtd or another lab's) with one target whose LUNs 1,
+    /// 2, ... are `disks`.
+    ///
+    /// # Errors
+    /// When `tgtd`/`tgtadm` are missing or refuse.
+    pub fn start(dir: &Path, disks: &[Disk]) -> Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        // tgtadm takes -C up to 32767 (its socket is /var/run/tgtd/socket.N).
+        let control_port = 1000 + port % 30000;
+        let tgtd = find_sbin("tgtd").ok_or("tgtd missing (package tgt; `lab/run` installs it)")?;
+        let log = fs::File::create(dir.join("tgtd.log"))?;
+        let child = Command::new(tgtd)
+            .args(["-f", "-C", &control_port.to_string(), "--iscsi"])
+            .arg(format!("portal=127.0.0.1:{port}"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("start tgtd: {e}"))?;
+        let mut t = Self {
+            child: Some(child),
+            control_port,
+            port,
+            iqn: "iqn.2026-12.org.mmp.lab:shared".to_owned(),
+            luns: Vec::new(),
+        };
+        // tgtd answers on its management socket once it is up.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let iqn = t.iqn.clone();
+            match t.adm(&["--op", "new", "--mode", "target", "--tid", "1", "-T", &iqn]) {
+                Ok(()) => break,
+                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+        for (i, d) in disks.iter().enumerate() {
+            let lun = (i + 1).to_string();
+            let path = d.path.to_string_lossy().into_owned();
+            t.adm(&[
+                "--op",
+                "new",
+                "--mode",
+                "logicalunit",
+                "--tid",
+                "1",
+                "--lun",
+                &lun,
+                "-b",
+                &path,
+            ])?;
+            t.luns.push(d.clone());
+        }
+        t.adm(&[
+            "--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL",
+        ])?;
+        // tgtd keeps running when its portal cannot be bound (another target on the port).
+        let log = fs::read_to_string(dir.join("tgtd.log")).unwrap_or_default();
+        if log.contains("unable to bind") || log.contains("failed to create/bind") {
+            return Err(format!(
+                "tgtd could not listen on 127.0.0.1:{port} (another iSCSI target there?): {}",
+                log.lines().next().unwrap_or_default()
+            )
+            .into());
+        }
+        Ok(t)
+    }
+
+    fn adm(&self, args: &[&str]) -> Result<()> {
+        let tgtadm = find_sbin("tgtadm").ok_or("tgtadm missing (package tgt)")?;
+        let out = Command::new(tgtadm)
+            .args(["-C", &self.control_port.to_string(), "--lld", "iscsi"])
+            .args(args)
+            .output()?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "tgtadm {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )
+            .into())
+        }
+    }
+
+    /// The LUNs as nodes attach them, in order.
+    #[must_use]
+    pub fn luns(&self) -> Vec<IscsiLun> {
+        self.luns
+            .iter()
+            .enumerate()
+            .map(|(i, d)| IscsiLun {
+                name: d.name.clone(),
+                url: format!("iscsi://127.0.0.1:{}/{}/{}", self.port, self.iqn, i + 1),
+            })
+            .collect()
+    }
+}
+
+impl Drop for IscsiTarget {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `NAME` in `/usr/sbin`, `/sbin` or `PATH`.
+fn find_sbin(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
 }
 
 impl NodeSpec {
@@ -160,6 +319,8 @@ impl NodeSpec {
             disks: disks.to_vec(),
             watchdog: false,
             memory_mb: 256,
+            luns: Vec::new(),
+            full: None,
         }
     }
 }
@@ -262,6 +423,9 @@ impl Node {
             "console=ttyS0 panic=-1 loglevel=4 mmplab_node={} mmplab_hostid={:#010x}",
             spec.name, spec.hostid
         );
+        if let Some(f) = &spec.full {
+            f.append(&mut append);
+        }
         if let Ok(extra) = std::env::var("MMP_LAB_APPEND") {
             let _ = write!(append, " {extra}");
         }
@@ -270,9 +434,17 @@ impl Node {
             .args(["-no-user-config", "-display", "none"])
             .args(["-m", &spec.memory_mb.to_string()])
             .arg("-kernel")
-            .arg(&images.kernel)
+            .arg(
+                spec.full
+                    .as_ref()
+                    .map_or(&images.kernel, |f| &f.image.kernel),
+            )
             .arg("-initrd")
-            .arg(&images.initrd)
+            .arg(
+                spec.full
+                    .as_ref()
+                    .map_or(&images.initrd, |f| &f.image.initrd),
+            )
             .args(["-append", &append])
             .arg("-serial")
             .arg(format!("file:{}", dir.join("console.log").display()))
@@ -288,6 +460,9 @@ impl Node {
                 "local,path={},mount_tag=jobs,security_model=none",
                 jobs.display()
             ));
+        if let Some(f) = &spec.full {
+            f.add_args(&mut cmd, &dir, spec.hostid)?;
+        }
         for (i, disk) in spec.disks.iter().enumerate() {
             cmd.arg("-drive").arg(format!(
                 "file={},if=none,id=d{i}-{},format=raw,cache=none,file.locking=off",
@@ -297,6 +472,23 @@ impl Node {
             cmd.arg("-device").arg(format!(
                 "virtio-blk-pci,drive=d{i}-{},share-rw=on,serial={}",
                 disk.name, disk.name
+            ));
+        }
+        if !spec.luns.is_empty() {
+            cmd.arg("-iscsi").arg(format!(
+                "initiator-name=iqn.2026-12.org.mmp.lab:node-{}",
+                spec.name
+            ));
+            cmd.args(["-device", "virtio-scsi-pci,id=scsi0"]);
+        }
+        for (i, lun) in spec.luns.iter().enumerate() {
+            cmd.arg("-drive").arg(format!(
+                "file={},if=none,id=s{i}-{},format=raw,cache=none",
+                lun.url, lun.name
+            ));
+            cmd.arg("-device").arg(format!(
+                "scsi-block,drive=s{i}-{},bus=scsi0.0,channel=0,scsi-id={i},lun=0",
+                lun.name
             ));
         }
         if spec.watchdog {

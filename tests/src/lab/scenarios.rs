@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use super::{Disk, Images, Node, NodeSpec, Result, Tools, boot_all};
+use super::{Disk, Images, IscsiTarget, Node, NodeSpec, Result, Tools, boot_all, scsi_dev};
 
 /// What every scenario gets.
 #[derive(Clone, Debug)]
@@ -91,11 +91,61 @@ pub const SCENARIOS: &[Scenario] = &[
         run: comeback_after_freeze,
     },
     Scenario {
+        name: "comeback-with-reservations",
+        about: "the surprise comeback on an iSCSI LUN with `--fence scsi-pr`: the frozen owner's writes after the partner acquired, counted by QEMU, must be 0; acknowledged records survive (MMP_LAB_CYCLES cycles, roles alternate)",
+        smoke: true,
+        shows_gap: false,
+        run: comeback_with_reservations,
+    },
+    Scenario {
+        name: "comeback-without-reservations",
+        about: "comeback-with-reservations on the same iSCSI LUNs without `--fence`: how many writes the resumed owner makes after the partner acquired (the figure reservations remove)",
+        smoke: false,
+        shows_gap: true,
+        run: comeback_without_reservations,
+    },
+    Scenario {
+        name: "cut-io-on-loss",
+        about: "`mmp mount --cut-io`: the owner loses the area to a foreign write while its writer runs; the holder switches the data mapping to the error target; QEMU counts the data writes that still reach the disk",
+        smoke: true,
+        shows_gap: false,
+        run: cut_io_on_loss,
+    },
+    Scenario {
         name: "takeover-timings",
         about: "crash takeover and clean handover times across nodes, native and ext4, beside the kernel and e2fsprogs",
         smoke: false,
         shows_gap: false,
         run: takeover_timings,
+    },
+    // The full guest (systemd, corosync, Pacemaker): tests/src/lab/cluster.rs.
+    Scenario {
+        name: "pacemaker-failover",
+        about: "Pacemaker group ocf:mmp:mmp + Filesystem (XFS): power loss of the active node; time until the group runs on the partner, every acknowledged record intact, xfs_repair clean",
+        smoke: true,
+        shows_gap: false,
+        run: super::cluster::pacemaker_failover,
+    },
+    Scenario {
+        name: "pacemaker-freeze-resume",
+        about: "Pacemaker: the active node frozen until the partner runs the group, then resumed: what it writes after the partner acquired (a known gap until fencing lands)",
+        smoke: false,
+        shows_gap: true,
+        run: super::cluster::pacemaker_freeze_resume,
+    },
+    Scenario {
+        name: "pacemaker-partition",
+        about: "Pacemaker without STONITH: the active node's network cut; both sides keep quorum, mmp refuses the partner's start, no double mount; the heal",
+        smoke: false,
+        shows_gap: false,
+        run: super::cluster::pacemaker_partition,
+    },
+    Scenario {
+        name: "systemd-unit",
+        about: "mmp@.service (Type=notify) under systemd with a BindsTo= XFS mount: start, stop, holder killed, node reset; the partner takes over",
+        smoke: false,
+        shows_gap: false,
+        run: super::cluster::systemd_unit,
     },
 ];
 
@@ -418,6 +468,477 @@ fn comeback_after_freeze(ctx: &Ctx, r: &mut Report) -> Result<()> {
         r.verdict = Verdict::Gap(format!(
             "a wrote {after} times to the data disk after b acquired (last {:.1} s after the resume); needs persistent reservations",
             last_write.map_or(0.0, |t| t.as_secs_f64())
+        ));
+    }
+    Ok(())
+}
+
+/// Job text: the witness workload on `/mnt/d`: numbered records with a checksum, each
+/// appended and fsynced (`sync FILE` fails when the fsync does), then acknowledged in
+/// `/jobs/acks-TAG` (the job folder, outside the shared disk). Its pid in /jobs/writer.pid.
+fn start_writer(tag: &str) -> String {
+    format!(
+        "(i=0; while :; do i=$((i+1)); c=$(echo \"{tag} $i\" | md5sum | cut -c1-8); \
+         echo \"{tag} $i $c\" >>/mnt/d/rec-{tag} && sync /mnt/d/rec-{tag} && echo $i >>/jobs/acks-{tag}; \
+         sleep 0.2; done) >/dev/null 2>&1 &\necho $! >/jobs/writer.pid"
+    )
+}
+
+/// The acknowledged record numbers of `tag` on `node` (from its job folder on the host).
+fn acks(node: &Node, tag: &str) -> Vec<u64> {
+    std::fs::read_to_string(node.job_file(&format!("acks-{tag}")))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// Checks that every acknowledged record of `tag` is in `listing` (the lines of
+/// `rec-TAG` as the new owner reads them) with its checksum; returns how many were checked.
+fn check_records(tag: &str, acked: &[u64], listing: &str) -> std::result::Result<usize, String> {
+    let mut seen = std::collections::HashMap::new();
+    for l in listing.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if let [t, n, c] = f[..]
+            && t == tag
+            && let Ok(n) = n.parse::<u64>()
+        {
+            seen.insert(n, c.to_owned());
+        }
+    }
+    for n in acked {
+        if !seen.contains_key(n) {
+            return Err(format!("acknowledged record {tag} {n} is missing"));
+        }
+    }
+    Ok(acked.len())
+}
+
+/// The surprise comeback (lab scenario 5) with SCSI-3 persistent reservations: two nodes
+/// reach an MMP area and an XFS data LUN on one `tgtd` through QEMU's iSCSI initiator with
+/// SCSI pass-through. Each cycle: the owner holds with `--fence scsi-pr` and writes
+/// witness records; it is frozen (QMP stop); the partner takes over (`--force --fence
+/// scsi-pr`, which preempts the owner's key), mounts the data and checks every
+/// acknowledged record; the frozen node resumes and keeps trying to write. QEMU's
+/// per-drive counters are the witness: the old owner's successful writes to either LUN
+/// after the partner acquired must be 0. Roles alternate, so every cycle also re-acquires
+/// from a preempted node. `MMP_LAB_CYCLES` (default 2) sets the number of cycles.
+fn comeback_with_reservations(ctx: &Ctx, r: &mut Report) -> Result<()> {
+    comeback_on_iscsi(ctx, r, true)
+}
+
+/// [`comeback_with_reservations`] without `--fence`: the side-by-side figure.
+fn comeback_without_reservations(ctx: &Ctx, r: &mut Report) -> Result<()> {
+    comeback_on_iscsi(ctx, r, false)
+}
+
+fn comeback_on_iscsi(ctx: &Ctx, r: &mut Report, fence: bool) -> Result<()> {
+    let fence_arg = if fence { "--fence scsi-pr " } else { "" };
+    let cycles: usize = std::env::var("MMP_LAB_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let area = Disk::create(&ctx.run_dir, "area", 16 * MIB)?;
+    let data = Disk::create(&ctx.run_dir, "data", 320 * MIB)?;
+    let target = IscsiTarget::start(&ctx.run_dir, &[area, data])?;
+    let mut spec_a = NodeSpec::new("a", 0xa1, &[]);
+    spec_a.luns = target.luns();
+    let mut spec_b = NodeSpec::new("b", 0xb2, &[]);
+    spec_b.luns = target.luns();
+    let mut nodes = boot_pair(ctx, r, spec_a, spec_b)?;
+    let devs = format!("AREA={}; DATA={}\n", scsi_dev(0), scsi_dev(1));
+    {
+        let (a, _) = two(&mut nodes);
+        a.expect(
+            "format the area",
+            &format!("{devs}mmp format --interval-ms 1000 $AREA"),
+            0,
+            SHORT,
+        )?;
+        a.expect(
+            "mkfs.xfs",
+            &format!("{devs}$T/mkfs.xfs -q -f $DATA"),
+            0,
+            LONG,
+        )?;
+    }
+    let hold = |extra: &str| {
+        format!(
+            "{devs}mkdir -p /mnt/d\n{}",
+            start_holder(
+                "holder",
+                &format!("hold {extra}{fence_arg}--guard $DATA --on-loss exit $AREA")
+            )
+        )
+    };
+    let mount = format!("{devs}mount -t xfs $DATA /mnt/d");
+    // Node 0 starts as the owner.
+    nodes[0].expect("first hold", &hold(""), 0, LONG)?;
+    nodes[0].expect("mount", &mount, 0, LONG)?;
+    let mut owner = 0usize;
+    let mut tag = format!("{}0", nodes[owner].name());
+    nodes[owner].expect("writer", &start_writer(&tag), 0, SHORT)?;
+
+    let mut late_writes = 0u64;
+    let mut refused_writes = 0u64;
+    let mut checked = 0usize;
+    let mut takeovers = Vec::new();
+    let mut losses_seen = 0usize;
+    let faults: Vec<String> = std::env::var("MMP_LAB_FAULTS")
+        .unwrap_or_else(|_| "freeze".to_owned())
+        .split(',')
+        .map(|f| f.trim().to_owned())
+        .filter(|f| !f.is_empty())
+        .collect();
+    for f in &faults {
+        if !["freeze", "kill", "power"].contains(&f.as_str()) {
+            return Err(
+                format!("MMP_LAB_FAULTS: unknown fault {f:?} (freeze, kill, power)").into(),
+            );
+        }
+    }
+    let mut by_kind: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for cycle in 0..cycles {
+        let taker = 1 - owner;
+        let fault = faults[cycle % faults.len()].clone();
+        *by_kind.entry(fault.clone()).or_default() += 1;
+        std::thread::sleep(Duration::from_secs(3));
+        if acks(&nodes[owner], &tag).is_empty() {
+            return Err(format!(
+                "cycle {cycle}: the writer on {} acknowledged nothing",
+                nodes[owner].name()
+            )
+            .into());
+        }
+        let faulted = Instant::now();
+        match fault.as_str() {
+            "freeze" => nodes[owner].freeze()?,
+            // The holder dies (SIGKILL: no CLEAN); the writer goes on writing.
+            "kill" => {
+                nodes[owner].expect(
+                    "kill the holder",
+                    "kill -9 $(cat /jobs/holder.pid)",
+                    0,
+                    SHORT,
+                )?;
+            }
+            _ => nodes[owner].power_off()?,
+        }
+        // Acknowledged records (the job folder is on the host: a frozen or dead node's
+        // acknowledgements are all there). After a kill, the writer may still acknowledge
+        // records until the taker fences it; those are read again after the takeover.
+        let stats_before = if fault == "power" {
+            Vec::new()
+        } else {
+            nodes[owner].blockstats()?
+        };
+        // The takeover, with the old owner's counters sampled until the taker reports
+        // `acquired` (printed only after its reservations are taken): the baseline for
+        // "writes after the partner acquired" is the last sample before that line.
+        let job = nodes[taker].spawn("takeover", &hold("--force "))?;
+        let mut baseline = stats_before.clone();
+        let j = loop {
+            if fault == "kill" {
+                baseline = nodes[owner].blockstats()?;
+            }
+            if let Some(res) = job.try_result()? {
+                break res;
+            }
+            if faulted.elapsed() > LONG {
+                return Err(format!("cycle {cycle}: the takeover did not finish").into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        if j.rc != 0 {
+            return Err(format!("cycle {cycle}: takeover exit {}:\n{}", j.rc, j.out).into());
+        }
+        let acquired_after = faulted.elapsed();
+        let took_s = took(&j.out).unwrap_or(-1.0);
+        takeovers.push(took_s);
+        if fence && !j.out.contains("fenced: reservation key") {
+            return Err(format!(
+                "cycle {cycle}: the taker did not report its reservation:\n{}",
+                j.out
+            )
+            .into());
+        }
+        nodes[taker].expect("mount after the takeover", &mount, 0, LONG)?;
+        let acked = acks(&nodes[owner], &tag);
+        let view = nodes[taker].expect(
+            "read the records",
+            &format!("cat /mnt/d/rec-{tag}"),
+            0,
+            SHORT,
+        )?;
+        checked +=
+            check_records(&tag, &acked, &view.out).map_err(|e| format!("cycle {cycle}: {e}"))?;
+        // The new owner writes too.
+        let next_tag = format!("{}{}", nodes[taker].name(), cycle + 1);
+        nodes[taker].expect("writer", &start_writer(&next_tag), 0, SHORT)?;
+
+        let (mut ok, mut failed) = (0u64, 0u64);
+        let mut note = String::new();
+        match fault.as_str() {
+            "power" => {
+                // Nothing of the old node runs: boot it again for the next cycles.
+                let spec = nodes[owner].spec.clone();
+                let mut n = Node::boot(&ctx.run_dir, &ctx.images, &ctx.tools, spec)?;
+                n.wait_ready(Duration::from_secs(180))?;
+                nodes[owner] = n;
+                note.push_str("powered off, booted again");
+            }
+            _ => {
+                if fault == "freeze" {
+                    if nodes[owner].blockstats()? != stats_before {
+                        return Err(
+                            format!("cycle {cycle}: the frozen node's counters moved").into()
+                        );
+                    }
+                    nodes[owner].resume()?;
+                }
+                std::thread::sleep(Duration::from_secs(10));
+                for s in &nodes[owner].blockstats()? {
+                    if let Some(f) = baseline.iter().find(|f| f.device == s.device) {
+                        ok += s.wr_operations - f.wr_operations;
+                        failed += s.failed_wr_operations - f.failed_wr_operations;
+                    }
+                }
+                let j = nodes[owner].run(
+                    "the old owner after the fault",
+                    "kill $(cat /jobs/writer.pid) 2>/dev/null\ni=0; while kill -0 $(cat /jobs/holder.pid) 2>/dev/null; do i=$((i+1)); [ $i -gt 200 ] && break; sleep 0.1; done\n\
+                     cat /jobs/holder.log; umount /mnt/d 2>/dev/null || umount -l /mnt/d; grep /mnt/d /proc/mounts; true",
+                    SHORT,
+                )?;
+                if j.out.contains("ownership lost") {
+                    losses_seen += 1;
+                }
+                if ok > 0 {
+                    note = format!("old owner's holder:\n{}", j.out.trim_end());
+                }
+            }
+        }
+        late_writes += ok;
+        refused_writes += failed;
+        eprintln!(
+            "    cycle {cycle} ({fault}): {} faulted, {} acquired after {:.1} s (guest {took_s:.1} s); {} acked records intact; afterwards: {ok} successful, {failed} refused writes from the old owner {note}",
+            nodes[owner].name(),
+            nodes[taker].name(),
+            acquired_after.as_secs_f64(),
+            acked.len(),
+        );
+        owner = taker;
+        tag = next_tag;
+    }
+    // The last owner releases cleanly: data unmounted, then the reservation, then CLEAN.
+    let o = &mut nodes[owner];
+    o.expect("stop the writer", "kill $(cat /jobs/writer.pid)", 0, SHORT)?;
+    o.expect("umount", "umount /mnt/d", 0, SHORT)?;
+    let rel = o.expect("release", &stop_holder("holder"), 0, SHORT)?;
+    let pr = o.expect(
+        "reservations after the release",
+        &format!("{devs}mmp pr $AREA $DATA"),
+        0,
+        SHORT,
+    )?;
+    r.figure("cycles (failovers)", cycles.to_string());
+    r.figure(
+        "faults",
+        by_kind
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    r.figure(
+        "old owner's successful writes after the partner acquired",
+        late_writes.to_string(),
+    );
+    r.figure(
+        "old owner's writes refused by the storage",
+        refused_writes.to_string(),
+    );
+    r.figure(
+        "acknowledged records checked on the new owner",
+        checked.to_string(),
+    );
+    r.figure(
+        "old owner's holder reported the loss after a freeze",
+        format!(
+            "{losses_seen}/{}",
+            by_kind.get("freeze").copied().unwrap_or(0)
+        ),
+    );
+    let mut t = takeovers.clone();
+    t.sort_by(f64::total_cmp);
+    if let Some(m) = t.get(t.len() / 2) {
+        r.secs(&format!("takeover {fence_arg}(median, guest)"), *m);
+    }
+    if let Some(p) = t.get((t.len() * 99).div_ceil(100).saturating_sub(1)) {
+        r.secs(&format!("takeover {fence_arg}(p99, guest)"), *p);
+    }
+    let fsck = o.run(
+        "xfs_repair -n",
+        &format!("{devs}$T/xfs_repair -n $DATA"),
+        LONG,
+    )?;
+    r.figure(
+        "xfs_repair -n",
+        if fsck.rc == 0 {
+            "clean".to_owned()
+        } else {
+            format!("exit {}", fsck.rc)
+        },
+    );
+    eprintln!("    reservations after the release:\n{}", pr.out.trim_end());
+    if !fence {
+        if late_writes > 0 {
+            r.verdict = Verdict::Gap(format!(
+                "without reservations the old owner wrote {late_writes} times after its partner acquired"
+            ));
+        }
+    } else if late_writes > 0 {
+        r.verdict = Verdict::Fail(format!(
+            "the old owner wrote {late_writes} times after its partner acquired"
+        ));
+    } else if fsck.rc != 0 {
+        r.verdict = Verdict::Fail(format!("xfs_repair -n exit {}:\n{}", fsck.rc, fsck.out));
+    } else if pr.out.matches(", no reservation").count() != 2 {
+        r.verdict = Verdict::Fail(format!(
+            "a reservation is left after the clean release:\n{}\n{}",
+            rel.out, pr.out
+        ));
+    }
+    Ok(())
+}
+
+/// The local I/O cut-off (issue: protect the data): node a mounts an XFS through
+/// `mmp mount --cut-io` (a device-mapper mapping its holder controls) and runs the witness
+/// writer; node b overwrites the MMP area (what a takeover looks like to a. b's `dd`
+/// stands for any host that took the device). a's holder sees the foreign write at its next
+/// heartbeat, cuts the mapping (error target), then runs its loss action. Figures: how long
+/// the cut took (the holder's log), the data writes QEMU saw from a between the foreign
+/// write and the cut, and after the cut (must be 0); acknowledged records stop.
+fn cut_io_on_loss(ctx: &Ctx, r: &mut Report) -> Result<()> {
+    let area = Disk::create(&ctx.run_dir, "area", 4 * MIB)?;
+    let data = Disk::create(&ctx.run_dir, "data", 320 * MIB)?;
+    let disks = [area, data];
+    let mut nodes = boot_pair(
+        ctx,
+        r,
+        NodeSpec::new("a", 0xa1, &disks),
+        NodeSpec::new("b", 0xb2, &disks),
+    )?;
+    let (a, b) = two(&mut nodes);
+    a.expect(
+        "format the area",
+        "mmp format --interval-ms 1000 /dev/vda",
+        0,
+        SHORT,
+    )?;
+    a.expect("mkfs.xfs", "$T/mkfs.xfs -q -f /dev/vdb", 0, LONG)?;
+    a.expect(
+        "mmp mount --cut-io",
+        "mkdir -p /mnt/d /jobs/run && MMP_RUN_DIR=/jobs/run mmp mount --cut-io -t xfs --mmp-device /dev/vda /dev/vdb /mnt/d && grep /mnt/d /proc/mounts",
+        0,
+        LONG,
+    )?;
+    a.expect("writer", &start_writer("a"), 0, SHORT)?;
+    std::thread::sleep(Duration::from_secs(3));
+    let acked_before = acks(a, "a").len();
+    if acked_before == 0 {
+        return Err("the writer acknowledged nothing".into());
+    }
+    let before = a.writes_to("data")?;
+    b.expect(
+        "overwrite the area",
+        "dd if=/dev/urandom of=/dev/vda bs=4096 count=1 oflag=direct conv=fsync 2>&1",
+        0,
+        SHORT,
+    )?;
+    let overwritten = Instant::now();
+    let log_path = a.job_file("run");
+    let holder_log = || -> String {
+        std::fs::read_dir(&log_path)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+            .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+            .collect()
+    };
+    let mut at_cut = None;
+    while overwritten.elapsed() < Duration::from_secs(30) {
+        if holder_log().contains("cut I/O to") {
+            at_cut = Some((overwritten.elapsed(), a.writes_to("data")?));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = holder_log();
+    eprintln!("    a's holder:\n{}", log.trim_end());
+    let Some((cut_after, cut_writes)) = at_cut else {
+        return Err(format!("a's holder did not cut the I/O within 30 s:\n{log}").into());
+    };
+    let acked_at_cut = acks(a, "a").len();
+    std::thread::sleep(Duration::from_secs(8));
+    let end = a.writes_to("data")?;
+    let acked_end = acks(a, "a").len();
+    let log = holder_log();
+    let cut_ms = log.lines().find_map(|l| {
+        l.split(" in ")
+            .nth(1)?
+            .split(" ms")
+            .next()?
+            .parse::<f64>()
+            .ok()
+    });
+    r.secs(
+        "loss seen and I/O cut after the foreign write (host)",
+        cut_after.as_secs_f64(),
+    );
+    if let Some(ms) = cut_ms {
+        r.figure(
+            "cut (load error table, suspend, resume) took",
+            format!("{ms:.1} ms"),
+        );
+    }
+    r.figure(
+        "a: data writes between the foreign write and the cut",
+        (cut_writes - before).to_string(),
+    );
+    r.figure(
+        "a: data writes after the cut (8 s)",
+        (end - cut_writes).to_string(),
+    );
+    r.figure(
+        "a: records acknowledged after the cut",
+        (acked_end - acked_at_cut).to_string(),
+    );
+    let j = a.run(
+        "a after the cut",
+        "kill $(cat /jobs/writer.pid) 2>/dev/null; MMP_RUN_DIR=/jobs/run mmp umount /mnt/d 2>&1; echo \"umount exit $?\"; ls /dev/mapper | sed 's/^/mapper: /'; grep /mnt/d /proc/mounts | sed 's/^/mounted: /'",
+        SHORT,
+    )?;
+    eprintln!("    a after the cut:\n{}", j.out.trim_end());
+    if !j.out.contains("umount exit 3")
+        || j.out.contains("mapper: mmp-vdb")
+        || j.out.contains("mounted: ")
+    {
+        r.verdict = Verdict::Fail(format!(
+            "mmp umount after the loss should unmount, report the loss (exit 3) and remove the mapping:\n{}",
+            j.out
+        ));
+        return Ok(());
+    }
+    if end != cut_writes {
+        r.verdict = Verdict::Fail(format!(
+            "{} data writes reached the disk after the cut",
+            end - cut_writes
+        ));
+    } else if acked_end > acked_at_cut + 1 {
+        r.verdict = Verdict::Fail(format!(
+            "the writer acknowledged {} records after the cut",
+            acked_end - acked_at_cut
         ));
     }
     Ok(())

@@ -1095,3 +1095,93 @@ fn open_loop_device_is_not_scsi() {
         other => panic!("expected NotScsi, got {other:?}"),
     }
 }
+
+fn fence_of(
+    key: u64,
+    luns: &[&std::rc::Rc<std::cell::RefCell<Target>>],
+    id: usize,
+) -> Fence<Nexus> {
+    let devices = luns
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (format!("lun{i}"), host(t, id)))
+        .collect();
+    Fence::new(key, devices)
+}
+
+#[test]
+fn a_hold_fence_takes_every_lun_and_the_old_owner_writes_none() {
+    let (area, data) = (Target::shared(), Target::shared());
+    let a = fence_of(A, &[&area, &data], 1);
+    let b = fence_of(B, &[&area, &data], 2);
+    a.prepare().unwrap();
+    let got = a.acquire().unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].0, "lun0");
+    for t in [&area, &data] {
+        assert_eq!(t.borrow().holder(), Some((A, FENCE_TYPE)));
+        assert!(t.borrow().may_write(1));
+        assert!(
+            !t.borrow().may_write(2),
+            "not registered: B cannot write yet"
+        );
+    }
+    // B passed the activity test on the MMP area (A is frozen): it registers, claims,
+    // verifies, then takes over every LUN.
+    b.prepare().unwrap();
+    assert!(area.borrow().may_write(2), "B's claim write is allowed");
+    let got = b.acquire().unwrap();
+    assert!(got.iter().all(|(_, g)| g.took_over == Some(A)));
+    for t in [&area, &data] {
+        assert_eq!(t.borrow().holder(), Some((B, FENCE_TYPE)));
+        assert!(
+            !t.borrow().may_write(1),
+            "the old owner is refused on every LUN"
+        );
+        assert_eq!(t.borrow().keys(), vec![B]);
+    }
+    // A comes back and gives up: nothing of B's changes.
+    assert!(a.release().is_empty());
+    for t in [&area, &data] {
+        assert_eq!(t.borrow().holder(), Some((B, FENCE_TYPE)));
+    }
+    // B's clean release leaves the LUNs open to the next owner.
+    assert!(b.release().is_empty());
+    for t in [&area, &data] {
+        assert_eq!(t.borrow().holder(), None);
+        assert!(t.borrow().keys().is_empty());
+    }
+}
+
+#[test]
+fn a_refused_contender_withdraws_its_registration() {
+    let lun = Target::shared();
+    let a = fence_of(A, &[&lun], 1);
+    let b = fence_of(B, &[&lun], 2);
+    a.prepare().unwrap();
+    a.acquire().unwrap();
+    b.prepare().unwrap();
+    assert_eq!(lun.borrow().keys(), vec![A, B]);
+    // B's activity test found A alive: B withdraws, A keeps everything.
+    assert!(b.withdraw().is_empty());
+    assert_eq!(lun.borrow().keys(), vec![A]);
+    assert_eq!(lun.borrow().holder(), Some((A, FENCE_TYPE)));
+}
+
+#[test]
+fn a_hold_fence_names_the_device_that_failed() {
+    let lun = Target::shared();
+    let other = Target::shared();
+    // Some other software holds a reservation on the second LUN.
+    other.borrow_mut().force_register(9, 0x1234);
+    other.borrow_mut().force_reserve(9, Type::WriteExclusive);
+    let a = fence_of(A, &[&lun, &other], 1);
+    a.prepare().unwrap();
+    let e = a.acquire().unwrap_err();
+    assert_eq!(e.device, "lun1");
+    assert_eq!(e.error, FenceError::ForeignKey(0x1234));
+    assert!(
+        e.to_string()
+            .starts_with("lun1: reservation key 0x0000000000001234")
+    );
+}
