@@ -5,8 +5,8 @@
 use crate::out;
 use mmp_core::format::native;
 use mmp_core::machine::{Config, Event, Identity, Machine, Op, Outcome};
-use mmp_core::sys::engine::{self, Engine, EngineEvent};
-use mmp_core::sys::{clock, target};
+use mmp_linux::engine::{self, Engine, EngineEvent};
+use mmp_linux::{clock, target};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
@@ -100,7 +100,7 @@ fn run_demo(path: &Path) -> Result<u8, String> {
     let fail = native::DEFAULT_FAIL_INTERVALS;
     std::fs::write(path, vec![0u8; 1 << 20]).map_err(|e| format!("{}: {e}", path.display()))?;
     {
-        let dev = mmp_core::sys::blockdev::Device::open(path, true).map_err(|e| e.to_string())?;
+        let dev = mmp_linux::blockdev::Device::open(path, true).map_err(|e| e.to_string())?;
         let mut area = vec![0u8; 4096];
         native::Record::formatted([0x42; 16], interval_ms, fail, clock::now().wall_ms)
             .emit(&mut area);

@@ -4,9 +4,9 @@
 use crate::{Ctx, Progress, out, show};
 use clap::Args;
 use mmp_core::machine::{Config, Event, Identity, Loss, Machine, Op, Outcome, Refusal};
-use mmp_core::sys::engine::{self, Engine, EngineEvent, Report};
-use mmp_core::sys::watchdog::Watchdog;
-use mmp_core::sys::{clock, driver, pr, target};
+use mmp_linux::engine::{self, Engine, EngineEvent, Report};
+use mmp_linux::watchdog::Watchdog;
+use mmp_linux::{clock, driver, pr, target};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -326,7 +326,7 @@ pub(crate) fn hold(
     let mut made_cuts = MadeCuts::default();
     let mut guards = Vec::with_capacity(opts.guard.len());
     for g in &opts.guard {
-        let dev = mmp_core::sys::blockdev::Device::open(g, false)
+        let dev = mmp_linux::blockdev::Device::open(g, false)
             .map_err(|e| format!("--guard {}: {e}", show(g)))?;
         guards.push((show(g), dev));
     }
@@ -334,12 +334,12 @@ pub(crate) fn hold(
     for arg in &opts.cut_io {
         let m = match arg.split_once('=') {
             None => {
-                mmp_core::sys::dm::Mapping::find(arg).map_err(|e| format!("--cut-io {arg}: {e}"))?
+                mmp_linux::dm::Mapping::find(arg).map_err(|e| format!("--cut-io {arg}: {e}"))?
             }
-            Some((name, dev)) => match mmp_core::sys::dm::Mapping::find(name) {
+            Some((name, dev)) => match mmp_linux::dm::Mapping::find(name) {
                 Ok(m) => m,
                 Err(_) => {
-                    let m = mmp_core::sys::dm::Mapping::create(name, Path::new(dev))
+                    let m = mmp_linux::dm::Mapping::create(name, Path::new(dev))
                         .map_err(|e| format!("--cut-io {arg}: {e}; nothing was written"))?;
                     made_cuts.made.push(m.clone());
                     m
@@ -347,7 +347,7 @@ pub(crate) fn hold(
             },
         };
         let name = &m.name;
-        let dev = mmp_core::sys::blockdev::Device::open(&m.node, false)
+        let dev = mmp_linux::blockdev::Device::open(&m.node, false)
             .map_err(|e| format!("--cut-io {name}: {}: {e}", m.node.display()))?;
         guards.push((m.node.display().to_string(), dev));
         cuts.push(m);
@@ -432,7 +432,7 @@ pub(crate) fn hold(
             say(line);
         }
     };
-    let terminal = command.and_then(|_| mmp_core::sys::job::Foreground::of_stdin());
+    let terminal = command.and_then(|_| mmp_linux::job::Foreground::of_stdin());
     // Ctrl-Z stops the command, not the heartbeat (job.rs).
     let mut relay = command.map(|_| crate::job::Relay::new());
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))
@@ -810,7 +810,7 @@ pub(crate) fn hold(
 /// system on them is unmounted and an admin removes them).
 #[derive(Default)]
 struct MadeCuts {
-    made: Vec<mmp_core::sys::dm::Mapping>,
+    made: Vec<mmp_linux::dm::Mapping>,
     keep: bool,
 }
 
@@ -830,7 +830,7 @@ impl Drop for MadeCuts {
 /// Switches every `--cut-io` mapping to the error target (on a thread of its own: a
 /// suspend waits for I/O in flight, which a stalled path may never complete) and waits at
 /// most a second for it before the loss action goes on.
-fn cut_io(cuts: &[mmp_core::sys::dm::Mapping]) {
+fn cut_io(cuts: &[mmp_linux::dm::Mapping]) {
     if cuts.is_empty() {
         return;
     }

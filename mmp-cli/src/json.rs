@@ -13,7 +13,7 @@
 //! loses digits. docs/json.md describes every key.
 
 use crate::out::json_str;
-use mmp_core::sys::target::Format;
+use mmp_linux::target::Format;
 use std::fmt::{Display, Write as _};
 
 /// The version of the schema. Adding keys keeps it; changing or removing one increments it.

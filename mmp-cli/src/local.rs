@@ -7,7 +7,7 @@
 //! not read (another user's processes) is not seen; the protocol still refuses then.
 
 use crate::{Ctx, DeviceKey, device_key, show};
-use mmp_core::sys::target;
+use mmp_linux::target;
 use std::path::{Path, PathBuf};
 
 /// A process of this host that holds a device.

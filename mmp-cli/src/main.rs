@@ -47,7 +47,7 @@ mod out;
 use clap::{Args, Parser, Subcommand};
 use mmp_core::format::native;
 use mmp_core::machine::{Config, Event, Identity, Machine, Op, Outcome, Phase};
-use mmp_core::sys::{clock, driver, hostid, target};
+use mmp_linux::{clock, driver, hostid, target};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -847,7 +847,7 @@ fn clear(c: &Ctx, force: bool, device: &Path) -> Result<u8, String> {
 }
 
 fn clear_unparsable_native(c: &Ctx, device: &Path) -> Result<u8, String> {
-    use mmp_core::sys::area;
+    use mmp_linux::area;
     let path = show(device);
     match area::reset_unparsable(device, &c.identity(device)) {
         Ok(r) => {
@@ -886,7 +886,7 @@ fn dump(device: &Path) -> Result<u8, String> {
 }
 
 fn format_native(interval_ms: u32, fail: u16, force: bool, device: &Path) -> Result<u8, String> {
-    use mmp_core::sys::area;
+    use mmp_linux::area;
     let path = show(device);
     match area::format(device, interval_ms, u32::from(fail), force) {
         Ok(_) => {

@@ -12,7 +12,7 @@
 use crate::{Ctx, out, show};
 use clap::Args;
 use mmp_core::machine::{Config, Machine, Op, Outcome};
-use mmp_core::sys::{clock, driver, target};
+use mmp_linux::{clock, driver, target};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -219,9 +219,9 @@ fn mount_native(c: &Ctx, a: &MountArgs, mmp_dev: &Path) -> Result<u8, String> {
     }
     // The cut-off mapping first: an error here leaves nothing written.
     let cut = if a.cut_io {
-        let name = mmp_core::sys::dm::name_for(&a.device);
+        let name = mmp_linux::dm::name_for(&a.device);
         Some(
-            mmp_core::sys::dm::Mapping::create(&name, &a.device)
+            mmp_linux::dm::Mapping::create(&name, &a.device)
                 .map_err(|e| format!("--cut-io: {e}; nothing was written"))?,
         )
     } else {
@@ -369,7 +369,7 @@ fn clear_stale_state(rd: &Path, k: &str, state: &Path, dir: &Path) -> Result<(),
             show(dir)
         ));
     }
-    let still_mounted = mmp_core::sys::blockdev::Device::open(&st.device, false)
+    let still_mounted = mmp_linux::blockdev::Device::open(&st.device, false)
         .ok()
         .and_then(|d| d.is_mounted().ok().flatten());
     if let Some(mp) = still_mounted {
@@ -508,7 +508,7 @@ pub(crate) fn umount(arg: &Path) -> Result<u8, String> {
         });
     let r = umount_holder(arg);
     if let Some(name) = cut
-        && let Err(e) = mmp_core::sys::dm::Mapping::find(&name).and_then(|m| m.remove())
+        && let Err(e) = mmp_linux::dm::Mapping::find(&name).and_then(|m| m.remove())
     {
         note!("mmp: could not remove the --cut-io mapping {name}: {e}");
     }

@@ -4,7 +4,7 @@
 use crate::json::Obj;
 use mmp_core::format::{ext4, native};
 use mmp_core::machine::{Class, Corrupt, Identity, Loss, Outcome, Refusal, Snapshot, Timing};
-use mmp_core::sys::target::{Format, Target};
+use mmp_linux::target::{Format, Target};
 use std::fmt::Write as _;
 
 /// Escapes bytes from a device for a terminal: printable ASCII as is, everything else
@@ -93,7 +93,7 @@ pub(crate) fn age(ms: i128) -> String {
 
 /// Wall-clock now in Unix milliseconds.
 pub(crate) fn now_ms() -> u64 {
-    mmp_core::sys::clock::now().wall_ms
+    mmp_linux::clock::now().wall_ms
 }
 
 /// "node 'oss2' (hostid 0x1234abcd), device 'sdb', last update 2026-11-21 10:45:12 UTC

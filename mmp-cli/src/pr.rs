@@ -4,7 +4,7 @@
 
 use crate::{Ctx, out, show};
 use clap::Args;
-use mmp_core::sys::pr::{self, Keys, Pr, PrError, Reservation};
+use mmp_linux::pr::{self, Keys, Pr, PrError, Reservation};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
@@ -214,7 +214,7 @@ fn json(path: &str, keys: &Keys, res: &Reservation, own: Option<u64>) -> String 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mmp_core::sys::pr::Holder;
+    use mmp_linux::pr::Holder;
 
     const OWN: u64 = 0x6d6d_7000_1a2b_3c4d;
     const OTHER: u64 = 0x6d6d_7000_0000_00bb;

@@ -2,9 +2,9 @@
 
 use crate::{Ctx, Progress, out, show};
 use mmp_core::machine::{Config, Machine, Op, Outcome};
-use mmp_core::sys::blockdev::Device;
-use mmp_core::sys::tune::{self, EnableOptions};
-use mmp_core::sys::{clock, driver, target};
+use mmp_linux::blockdev::Device;
+use mmp_linux::tune::{self, EnableOptions};
+use mmp_linux::{clock, driver, target};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;

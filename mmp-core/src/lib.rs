@@ -19,20 +19,22 @@
 //!   sans-IO: the caller feeds read results, write completions and time, and the machine
 //!   answers with the next read, write or deadline. Every front end (CLI, C library,
 //!   simulator) drives this machine; there is no second implementation.
-//! * `sys` (feature `std`, Linux): O_DIRECT block I/O, clocks, hostid, and the driver and
-//!   heartbeat engine that run machines against real devices.
+//!
+//! The Linux side (O_DIRECT block I/O, clocks, hostid, the driver and heartbeat engine that
+//! run machines against real devices, watchdog, persistent reservations) is the `mmp-linux`
+//! crate.
 //!
 //! ## Guarantees
 //!
-//! * `#![no_std]` without `alloc` unless the `std` feature is on; `format` and `machine`
-//!   forbid `unsafe`.
+//! * `#![no_std]` without `alloc` and without dependencies; `format` and `machine` forbid
+//!   `unsafe`.
 //! * Parsers never panic on any device bytes; emitters never panic on a buffer of the
 //!   documented length.
 //! * Fully deterministic: no clocks, no entropy, no I/O. Randomness comes from a seed in the
 //!   configuration, so a simulator run depends only on its seed.
 //!
 //! MSRV: Rust 1.95 (edition 2024).
-#![cfg_attr(not(any(test, feature = "std")), no_std)]
+#![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -41,6 +43,3 @@ pub mod format;
 pub mod machine;
 pub mod rand;
 pub mod time;
-
-#[cfg(feature = "std")]
-pub mod sys;

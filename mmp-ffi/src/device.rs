@@ -3,8 +3,8 @@
 //! code only; C pointers and callbacks arrive through [`crate::boundary`].
 //!
 //! Every operation is the one the CLI performs (`mmp-cli/src/{main,hold,tune}.rs`): the
-//! protocol is `mmp_core::machine::Machine`, driven by `mmp_core::sys::driver` on the
-//! caller's thread and by `mmp_core::sys::engine` once the heartbeat starts.
+//! protocol is `mmp_core::machine::Machine`, driven by `mmp_linux::driver` on the
+//! caller's thread and by `mmp_linux::engine` once the heartbeat starts.
 
 use crate::boundary::{Loss, Progress};
 use crate::hub::{Events, Hub, Route, Shared, in_callback_of, on_event_thread};
@@ -14,9 +14,9 @@ use crate::types::{
     mmp_status, zeroed_status,
 };
 use mmp_core::machine::{Config, Event, Identity, Machine, Op, Outcome, Refusal, Snapshot, parse};
-use mmp_core::sys::blockdev::Device;
-use mmp_core::sys::target::{self, Target};
-use mmp_core::sys::{clock, driver, hostid};
+use mmp_linux::blockdev::Device;
+use mmp_linux::target::{self, Target};
+use mmp_linux::{clock, driver, hostid};
 use std::cell::Cell;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -690,7 +690,7 @@ fn release_quietly(mut m: Machine, t: &Target) {
 
 /// `mmp enable`: turns MMP on in an unmounted ext4 file system.
 pub(crate) fn ext4_enable(path: &Path, interval_s: u32) -> Result<(), mmp_result> {
-    use mmp_core::sys::tune::{self, EnableOptions};
+    use mmp_linux::tune::{self, EnableOptions};
     let interval = u16::try_from(interval_s)
         .ok()
         .filter(|s| (1..=300).contains(s))
@@ -708,7 +708,7 @@ pub(crate) fn ext4_enable(path: &Path, interval_s: u32) -> Result<(), mmp_result
 
 /// `mmp disable`: proves the device unused (unless `force`), then turns MMP off.
 pub(crate) fn ext4_disable(path: &Path, force: bool) -> Result<(), mmp_result> {
-    use mmp_core::sys::tune;
+    use mmp_linux::tune;
     let t = target::open(path, true).map_err(|e| mmp_result::from(&e))?;
     tune::preflight(&t.device, tune::Op::Disable).map_err(|e| mmp_result::from(&e))?;
     // Held while the superblock changes; once MMP is off the block is freed, so the machine
@@ -732,7 +732,7 @@ pub(crate) fn ext4_disable(path: &Path, force: bool) -> Result<(), mmp_result> {
 
 /// `mmp set-interval`: proves the device unused, then rewrites the update interval.
 pub(crate) fn ext4_set_interval(path: &Path, secs: u32) -> Result<(), mmp_result> {
-    use mmp_core::sys::tune;
+    use mmp_linux::tune;
     let secs = u16::try_from(secs)
         .ok()
         .filter(|s| (1..=300).contains(s))
@@ -753,7 +753,7 @@ pub(crate) fn native_format(
     fail_intervals: u32,
     force: bool,
 ) -> Result<(), mmp_result> {
-    use mmp_core::sys::area::{self, FormatError};
+    use mmp_linux::area::{self, FormatError};
     match area::format(path, interval_ms, fail_intervals, force) {
         Ok(_) => Ok(()),
         Err(FormatError::BadInterval(_) | FormatError::BadFailIntervals(_)) => {
@@ -780,8 +780,8 @@ pub(crate) fn hostid_get() -> Result<u32, mmp_result> {
 
 /// `mmp_watchdog_arm`: see there.
 pub(crate) fn watchdog_arm(path: &Path, timeout_s: u32) -> Result<(), mmp_result> {
-    use mmp_core::sys::engine::SelfFence;
-    use mmp_core::sys::watchdog::Watchdog;
+    use mmp_linux::engine::SelfFence;
+    use mmp_linux::watchdog::Watchdog;
     let hub = Hub::existing().ok_or(mmp_result::NotHeld)?;
     // A heartbeat started just now shows in the engine's report after its first pass.
     let mut shortest = None;
@@ -844,7 +844,7 @@ pub(crate) fn watchdog_disarm() -> Result<(), mmp_result> {
 /// `mmp_self_fence_state`.
 pub(crate) fn self_fence_state() -> crate::types::mmp_self_fence {
     use crate::types::mmp_self_fence;
-    use mmp_core::sys::engine::SelfFence;
+    use mmp_linux::engine::SelfFence;
     match Hub::existing().and_then(|h| h.report().self_fence) {
         None | Some(SelfFence::Off) => mmp_self_fence::Off,
         Some(SelfFence::Active) => mmp_self_fence::Active,

@@ -1,5 +1,5 @@
 //! Storage fencing for C tools: the SCSI-3 persistent-reservation procedure that
-//! `mmp hold --fence scsi-pr` runs (`mmp_core::sys::pr::Fence`, `docs/protocol.md`,
+//! `mmp hold --fence scsi-pr` runs (`mmp_linux::pr::Fence`, `docs/protocol.md`,
 //! "Persistent reservations"), as three calls around a device's acquire and release:
 //!
 //! ```c
@@ -26,7 +26,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use mmp_core::sys::pr::{self, DeviceFenceError, FenceError, NotScsi, PrError};
+use mmp_linux::pr::{self, DeviceFenceError, FenceError, NotScsi, PrError};
 
 use crate::boundary::{c_bytes, ffi_boundary};
 use crate::result::{errno_result, mmp_result, note_errno};

@@ -7,7 +7,7 @@
 //!
 //! This crate is a thin layer, never a second protocol implementation: every operation is
 //! the one the CLI runs, on the same `mmp_core::machine::Machine`, driven by
-//! `mmp_core::sys::driver` on the caller's thread and by `mmp_core::sys::engine` for
+//! `mmp_linux::driver` on the caller's thread and by `mmp_linux::engine` for
 //! heartbeats.
 //!
 //! The header `include/mmp.h` is generated from this crate by cbindgen (see

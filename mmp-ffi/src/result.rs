@@ -6,10 +6,10 @@
 //! API); `200..` means this host lost a device it held.
 
 use mmp_core::machine::{Outcome, Refusal};
-use mmp_core::sys::blockdev::DeviceError;
-use mmp_core::sys::hostid::HostidError;
-use mmp_core::sys::target::TargetError;
-use mmp_core::sys::tune::TuneError;
+use mmp_linux::blockdev::DeviceError;
+use mmp_linux::hostid::HostidError;
+use mmp_linux::target::TargetError;
+use mmp_linux::tune::TuneError;
 use std::cell::Cell;
 
 /// The result of a libmmp call.

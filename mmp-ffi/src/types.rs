@@ -4,7 +4,7 @@
 use core::ffi::{c_char, c_void};
 use mmp_core::format::trim_name;
 use mmp_core::machine::{Class, Layout, Loss, Phase, Snapshot, Timing};
-use mmp_core::sys::target::Format;
+use mmp_linux::target::Format;
 
 /// Open the device read-only: `mmp_device_status` and `mmp_device_check` work, every call
 /// that writes returns `MMP_RESULT_READ_ONLY`.

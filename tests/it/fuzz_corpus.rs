@@ -379,7 +379,7 @@ fn fuzz_write_corpus() {
         assert!(st.success(), "mke2fs {opts}");
         let bytes = std::fs::read(&img).expect("read image");
         put("parse_ext4", &format!("sb-{name}"), &bytes[1024..2048]);
-        let Ok(t) = mmp_core::sys::target::open(&img, false) else {
+        let Ok(t) = mmp_linux::target::open(&img, false) else {
             continue;
         };
         if let Layout::Ext4 {

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use mmp_core::format::ext4::Block;
 use mmp_core::format::native::Record;
 use mmp_core::machine::Layout;
-use mmp_core::sys::blockdev::Device;
+use mmp_linux::blockdev::Device;
 use mmp_tests::{Loop, find_tool, is_root, mmp_bin, skip};
 use rustix::process::Signal;
 
@@ -318,7 +318,7 @@ fn ext4_file(dir: &Path, name: &str) -> Option<PathBuf> {
 
 /// Where the record is (from the same code the CLI uses).
 fn layout(p: &Path) -> Layout {
-    mmp_core::sys::target::open(p, false)
+    mmp_linux::target::open(p, false)
         .expect("open target")
         .layout
 }

@@ -24,7 +24,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use mmp_core::format::native::Record;
-use mmp_core::sys::blockdev::Device;
+use mmp_linux::blockdev::Device;
 use mmp_tests::{Loop, is_root, mmp_bin, skip};
 
 const BLKIO: &str = "/sys/fs/cgroup/blkio";

@@ -1,7 +1,7 @@
 //! `mmp pr` (SCSI persistent reservations), black box. This host has no SCSI subsystem, so
 //! only the refusal on devices that are not SCSI is tested here; real PERSISTENT RESERVE
 //! I/O runs in the QEMU lab (virtio-scsi pass-through of a tgtd LUN). The library side is
-//! unit-tested in `mmp_core::sys::pr` against golden bytes and a simulated device server.
+//! unit-tested in `mmp_linux::pr` against golden bytes and a simulated device server.
 
 use std::time::Duration;
 

@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use mmp_core::sys::driver::FaultPlan;
+use mmp_linux::driver::FaultPlan;
 use mmp_tests::sim::{self, Options, SimRng};
 use mmp_tests::{Loop, find_tool, is_root, mmp_bin, skip};
 use rustix::process::Signal;
@@ -105,7 +105,7 @@ impl Race {
             seed: std::env::var("MMP_RACE_SEED")
                 .ok()
                 .and_then(|s| sim::parse_seed(&s))
-                .unwrap_or_else(mmp_core::sys::clock::random_seed),
+                .unwrap_or_else(mmp_linux::clock::random_seed),
             hostid_base: 0x5243_0000,
             stop_with: None,
         }

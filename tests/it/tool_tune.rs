@@ -1,4 +1,4 @@
-//! `tool_` tier: `mmp_core::sys::tune` (`mmp enable`, `disable`, `set-interval`) against
+//! `tool_` tier: `mmp_linux::tune` (`mmp enable`, `disable`, `set-interval`) against
 //! `tune2fs`.
 //!
 //! For each kind of image (1 KiB and 4 KiB blocks; metadata_csum, gdt_csum or neither; 64bit
@@ -37,8 +37,8 @@ use mmp_core::format::ext4::{
     Block, INCOMPAT_RECOVER, MMP_MAGIC, SEQ_CLEAN, Superblock, sb_field, superblock_checksum,
 };
 use mmp_core::format::ext4fs::{Desc, Layout, desc_field};
-use mmp_core::sys::blockdev::Device;
-use mmp_core::sys::tune::{self, EnableOptions, Op, TuneError};
+use mmp_linux::blockdev::Device;
+use mmp_linux::tune::{self, EnableOptions, Op, TuneError};
 use mmp_tests::{find_tool, skip};
 
 const UUID: &str = "11111111-2222-3333-4444-555555555555";

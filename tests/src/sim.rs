@@ -78,8 +78,8 @@ use mmp_core::machine::{
     self, Class, Config, Event, IoError, IoRequest, Layout, Loss, MAX_RECORD_LEN, Machine, Op,
     Outcome, Phase, Refusal,
 };
-use mmp_core::sys::driver::FaultPlan;
 use mmp_core::time::{Instant, Now};
+use mmp_linux::driver::FaultPlan;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::fmt;
@@ -935,7 +935,7 @@ fn parse_flags(key: &str, v: &str) -> Result<[bool; MAX_HOSTS], String> {
 }
 
 impl Options {
-    /// This run as a fault plan (`mmp_core::sys::driver::FaultPlan`, the format of
+    /// This run as a fault plan (`mmp_linux::driver::FaultPlan`, the format of
     /// `docs/RELIABILITY.md`): the fault knobs that `MMP_FAULT_PLAN` applies to real I/O, and
     /// everything else the run depends on as `scenario.*` keys, so
     /// [`Options::from_plan`] rebuilds exactly these options (the simulator replays the

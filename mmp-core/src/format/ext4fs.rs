@@ -5,7 +5,7 @@
 //! group starts, which groups carry superblock and descriptor backups, the descriptor fields
 //! (free count, flags, bitmap location and checksum, descriptor checksum), the block-bitmap
 //! checksum, and the bitmap an uninitialised group (`BLOCK_UNINIT`) implies. Nothing here
-//! performs I/O; `sys::tune` reads and writes the blocks.
+//! performs I/O; `mmp_linux::tune` reads and writes the blocks.
 //!
 //! Every parser and accessor returns an error instead of panicking on any device bytes.
 //! Layout facts (descriptor field offsets, crc16 for `gdt_csum`) are the published ext4

@@ -73,12 +73,12 @@ use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 
 use super::blockdev::{Device, DeviceError, DeviceKind};
-use crate::format::ext4::{
+use mmp_core::format::ext4::{
     Block, INCOMPAT_JOURNAL_DEV, INCOMPAT_MMP, INCOMPAT_RECOVER, MAX_UPDATE_INTERVAL_S,
     MIN_CHECK_INTERVAL_S, SEQ_CLEAN, SUPERBLOCK_LEN, SUPERBLOCK_OFFSET, Superblock,
     SuperblockError, sb_field,
 };
-use crate::format::ext4fs::{
+use mmp_core::format::ext4fs::{
     self, BG_BLOCK_UNINIT, Desc, DescMut, FsError, Layout, STATE_ERROR, first_clear_bit, put_bit,
     test_bit, write_bytes,
 };
@@ -377,7 +377,7 @@ impl Fs {
     }
 
     fn set_sb_free(&mut self, free: u64) -> Result<(), TuneError> {
-        let is64 = self.layout.feature_incompat & crate::format::ext4::INCOMPAT_64BIT != 0;
+        let is64 = self.layout.feature_incompat & mmp_core::format::ext4::INCOMPAT_64BIT != 0;
         if !is64 && free > u64::from(u32::MAX) {
             return Err(corrupt("free block count overflows".into()));
         }
@@ -487,10 +487,12 @@ fn load(dev: &Device, want: Op) -> Result<Fs, TuneError> {
     let mut head = vec![0u8; head_len];
     dev.read_at(0, &mut head)?;
     let not_ext4 = |head: &[u8], why: &str| -> TuneError {
-        let found = match crate::format::detect(head) {
-            crate::format::Detected::Native => "an mmp native area".to_string(),
-            crate::format::Detected::Other(name) => name.to_string(),
-            crate::format::Detected::Ext4 | crate::format::Detected::Unknown => why.to_string(),
+        let found = match mmp_core::format::detect(head) {
+            mmp_core::format::Detected::Native => "an mmp native area".to_string(),
+            mmp_core::format::Detected::Other(name) => name.to_string(),
+            mmp_core::format::Detected::Ext4 | mmp_core::format::Detected::Unknown => {
+                why.to_string()
+            }
         };
         TuneError::NotExt4 { found }
     };

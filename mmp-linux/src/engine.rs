@@ -3,7 +3,7 @@
 //! concurrently on the same thread (one activity window for all devices, not one per
 //! device). The CLI and libmmp both use it.
 //!
-//! Heartbeat I/O is batched through `io_uring` ([`crate::sys::uring`]) where the kernel
+//! Heartbeat I/O is batched through `io_uring` ([`crate::uring`]) where the kernel
 //! allows it: the reads (then the writes) of every device due in a pass go to the kernel in
 //! one submission, and a pass also takes the devices whose heartbeat is due within their
 //! [`Machine::early_beat_slack`], so devices that fall due at nearly the same time settle into
@@ -28,15 +28,15 @@
 //! Commands reach the thread over a channel; events leave over another; a shared
 //! [`Report`] (updated after every pass) answers status queries without touching the disk.
 
-use crate::machine::{Event, Machine, Outcome, Phase, Stats, Timing};
-use crate::machine::{MAX_EARLY_BEAT, MAX_RECORD_LEN};
-use crate::sys::blockdev::DirectSpan;
-use crate::sys::clock;
-use crate::sys::driver::{self, Fault, FaultHook, PendingIo};
-use crate::sys::target::Target;
-use crate::sys::uring::{self, Ring, RingOp};
-use crate::sys::watchdog::Watchdog;
-use crate::time::{Duration, Instant};
+use crate::blockdev::DirectSpan;
+use crate::clock;
+use crate::driver::{self, Fault, FaultHook, PendingIo};
+use crate::target::Target;
+use crate::uring::{self, Ring, RingOp};
+use crate::watchdog::Watchdog;
+use mmp_core::machine::{Event, Machine, Outcome, Phase, Stats, Timing};
+use mmp_core::machine::{MAX_EARLY_BEAT, MAX_RECORD_LEN};
+use mmp_core::time::{Duration, Instant};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::path::PathBuf;
@@ -1229,7 +1229,7 @@ fn run(
     report: &Mutex<Report>,
 ) {
     let realtime = if options.realtime {
-        crate::sys::rt::enter_realtime()
+        crate::rt::enter_realtime()
     } else {
         RealtimeStatus::default()
     };

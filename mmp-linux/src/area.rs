@@ -1,9 +1,9 @@
 //! Writing a native MMP area (`mmp format`, `mmp_native_format`): one implementation of
 //! the checks and the write, shared by the CLI and libmmp.
 
-use crate::format::{Detected, END_PROBE_LEN, detect, detect_end, native};
-use crate::sys::blockdev::{Device, DeviceError};
-use crate::sys::{clock, target};
+use crate::blockdev::{Device, DeviceError};
+use crate::{clock, target};
+use mmp_core::format::{Detected, END_PROBE_LEN, detect, detect_end, native};
 use std::path::Path;
 
 /// Why an area was not written. Nothing is written in every case.
@@ -154,7 +154,7 @@ pub enum ResetError {
 /// [`ResetError`]; nothing is written then.
 pub fn reset_unparsable(
     path: &Path,
-    identity: &crate::machine::Identity,
+    identity: &mmp_core::machine::Identity,
 ) -> Result<Reset, ResetError> {
     let dev = Device::open(path, true)?;
     let len = usize::try_from(native::AREA_LEN).unwrap_or(4096);

@@ -326,7 +326,7 @@ impl Mapping {
         }
         let rdev = m.rdev();
         let (maj, min) = (rustix::fs::major(rdev), rustix::fs::minor(rdev));
-        let dev = crate::sys::blockdev::Device::open(data, false)
+        let dev = crate::blockdev::Device::open(data, false)
             .map_err(|e| DmError::Device(format!("{}: {e}", data.display())))?;
         let sectors = dev.size_bytes() / 512;
         drop(dev);

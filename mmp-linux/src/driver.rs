@@ -1,6 +1,6 @@
 //! The blocking loop that drives one [`Machine`] against a real device: performs its I/O,
 //! feeds it the clock, and sleeps until its deadlines. The heartbeat engine
-//! ([`crate::sys::engine`]) uses the same [`pump`] for many machines on one thread.
+//! ([`crate::engine`]) uses the same [`pump`] for many machines on one thread.
 //!
 //! # Fault injection and the owner log (tests and the fault campaign)
 //!
@@ -20,10 +20,10 @@
 //! every heartbeat write (`mmp hold --owner-log`): the race harness proves from these logs
 //! that no two processes' ownership intervals overlap.
 
-use crate::machine::{Event, IoError, IoRequest, MAX_RECORD_LEN, Machine, Outcome, Phase};
-use crate::sys::blockdev::{Device, DeviceError};
-use crate::sys::clock;
-use crate::time::{Duration, Instant};
+use crate::blockdev::{Device, DeviceError};
+use crate::clock;
+use mmp_core::machine::{Event, IoError, IoRequest, MAX_RECORD_LEN, Machine, Outcome, Phase};
+use mmp_core::time::{Duration, Instant};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -483,7 +483,7 @@ impl Device {
     /// `offset`, when a single request of at most `max` bytes can: [`IoMode::Direct`], in
     /// range, and for a write a writable device with `offset` and `len` aligned (no
     /// read-modify-write). `None` means: use [`Device::read_at`] / [`Device::write_at`].
-    /// Used to batch heartbeat I/O ([`crate::sys::uring`]).
+    /// Used to batch heartbeat I/O ([`crate::uring`]).
     #[must_use]
     pub fn direct_span(
         &self,
@@ -510,7 +510,7 @@ impl Device {
         })
     }
 
-    /// The open descriptor (for [`crate::sys::uring`]).
+    /// The open descriptor (for [`crate::uring`]).
     #[must_use]
     pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.fd.as_fd()

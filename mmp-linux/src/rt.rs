@@ -2,7 +2,7 @@
 //! does not delay heartbeats by paging or by the CPU scheduler.
 #![allow(unsafe_code)]
 
-use crate::sys::engine::RealtimeStatus;
+use crate::engine::RealtimeStatus;
 
 /// The `SCHED_FIFO` priority the heartbeat thread asks for (low among real-time
 /// priorities, above every normal process).

@@ -1,4 +1,4 @@
-//! The device-mapper ioctl call: the only `unsafe` of `sys::dm`.
+//! The device-mapper ioctl call: the only `unsafe` of `dm`.
 #![allow(unsafe_code)]
 
 use std::os::fd::BorrowedFd;

@@ -1,9 +1,9 @@
 //! Opening a device and finding its MMP record: ext4/ldiskfs with the MMP feature, or a
 //! native area. Anything else is an error that names what was found.
 
-use crate::format::{self, Detected, ext4, native};
-use crate::machine::Layout;
-use crate::sys::blockdev::{Device, DeviceError};
+use crate::blockdev::{Device, DeviceError};
+use mmp_core::format::{self, Detected, ext4, native};
+use mmp_core::machine::Layout;
 use std::path::Path;
 
 /// How many bytes from the start of a device are read to detect its format.

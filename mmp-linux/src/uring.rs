@@ -13,7 +13,7 @@
 //! the completions of the others.
 //!
 //! Only plain requests go through the ring: `O_DIRECT`, aligned, one request per record, no
-//! fault injected ([`crate::sys::blockdev::Device::direct_span`]). Everything else, and any
+//! fault injected ([`crate::blockdev::Device::direct_span`]). Everything else, and any
 //! request the ring did not complete exactly (an error, a short transfer, `EAGAIN`), is done
 //! again by the synchronous path, which reports errors the way every other caller sees them.
 //!
@@ -311,7 +311,7 @@ impl Drop for Ring {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sys::blockdev::{Device, IoMode};
+    use crate::blockdev::{Device, IoMode};
     use std::fs;
 
     /// Pushes `ops` (each on its own reserved buffer, `fill` for writes), waits for all of

@@ -9,7 +9,7 @@ use std::io::Read;
 use rustix::io::Errno;
 use rustix::time::{ClockId, Timespec};
 
-use crate::time::{Instant, Now};
+use mmp_core::time::{Instant, Now};
 
 /// Microseconds of a non-negative `Timespec` (negative values clamp to zero).
 fn timespec_micros(ts: Timespec) -> u64 {
@@ -108,7 +108,7 @@ pub fn nodename() -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::time::Duration;
+    use mmp_core::time::Duration;
 
     #[test]
     fn now_is_monotonic_and_wall_is_plausible() {
