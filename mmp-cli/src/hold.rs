@@ -6,7 +6,7 @@ use clap::Args;
 use mmp_core::machine::{Config, Event, Identity, Loss, Machine, Op, Outcome, Refusal};
 use mmp_linux::engine::{self, Engine, EngineEvent, Report};
 use mmp_linux::watchdog::Watchdog;
-use mmp_linux::{clock, driver, pr, target};
+use mmp_linux::{clock, driver, pr, procedure, target};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -950,24 +950,14 @@ fn watchdog_timeout(
         min_fail = Some(min_fail.map_or(f, |m| m.min(f)));
     }
     let min_fail = min_fail.unwrap_or_default();
-    let secs = opts.watchdog_timeout.unwrap_or(min_fail.as_secs());
-    if secs == 0 {
-        return Err(format!(
-            "unsafe watchdog timing: the shortest fail window is {:.3} s, below the 1 s \
-             granularity of watchdog devices; use a longer interval (mmp format \
-             --interval-ms / --fail-intervals) or no --watchdog-device {}",
-            min_fail.as_secs_f64(),
+    procedure::watchdog_timeout(opts.watchdog_timeout, min_fail).map_err(|e| match e {
+        procedure::WatchdogTimeoutError::FailWindowTooShort { .. } => format!(
+            "{e}; use a longer interval (mmp format --interval-ms / --fail-intervals) or no \
+             --watchdog-device {}",
             wd.display()
-        ));
-    }
-    if Duration::from_secs(secs) > min_fail {
-        return Err(format!(
-            "unsafe watchdog timing: timeout {secs} s is longer than the shortest fail window \
-             {:.3} s; another host could take a device before the watchdog fires",
-            min_fail.as_secs_f64()
-        ));
-    }
-    Ok(Duration::from_secs(secs))
+        ),
+        e => e.to_string(),
+    })
 }
 
 #[cfg(test)]

@@ -1,10 +1,11 @@
 //! `mmp enable`, `disable`, `set-interval`: tune2fs parity for ext4/ldiskfs MMP.
 
 use crate::{Ctx, Progress, out, show};
-use mmp_core::machine::{Config, Machine, Op, Outcome};
+use mmp_core::machine::{Machine, Outcome};
 use mmp_linux::blockdev::Device;
+use mmp_linux::procedure::{self, Unproven};
 use mmp_linux::tune::{self, EnableOptions};
-use mmp_linux::{clock, driver, target};
+use mmp_linux::{clock, target};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -12,11 +13,8 @@ use std::time::{Duration, Instant};
 
 pub(crate) fn enable(c: &Ctx, interval: u16, device: &Path) -> Result<u8, String> {
     let path = show(device);
-    if !(1..=300).contains(&interval) {
-        return Err(format!(
-            "--interval {interval}: the update interval must be from 1 to 300 seconds"
-        ));
-    }
+    let interval = procedure::update_interval(u64::from(interval))
+        .map_err(|e| format!("--interval {interval}: {e}"))?;
     let dev = Device::open(device, true).map_err(|e| e.to_string())?;
     let mut opts = EnableOptions::new(
         &c.nodename,
@@ -54,35 +52,30 @@ pub(crate) fn enable(c: &Ctx, interval: u16, device: &Path) -> Result<u8, String
     Ok(0)
 }
 
-/// Proves with the acquire protocol that no other node uses the device, and returns the
-/// machine holding it. The activity test always runs; a device last held by another node is
-/// accepted, because the test itself proves that node is gone (as tune2fs does).
-///
-/// A refusal is `Err((exit code, message))`: 1 when the device is in use or in doubt but
-/// readable (like `hold`), 2 for errors.
+/// [`procedure::prove_unused`] with this host's identity, progress on the terminal, and
+/// SIGINT/SIGTERM aborting the wait. A refusal is `Err((exit code, message))`: 1 when the
+/// device is in use or in doubt but readable (like `hold`), 2 for errors.
 fn prove_unused(c: &Ctx, t: &target::Target, device: &Path) -> Result<Machine, (u8, String)> {
     let path = show(device);
     c.check_hostid(t.format).map_err(|e| (2, e))?;
     c.warn_same_nodename(t, &path);
-    let mut cfg = Config::new(t.layout, c.identity(device), clock::random_seed());
-    cfg.force = true;
-    let mut m = Machine::new(cfg, Op::Acquire, clock::now());
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         let _ = signal_hook::flag::register(sig, Arc::clone(&stop));
     }
     let mut progress = Progress::new(path.clone());
-    match driver::run_until_settled(&mut m, &t.device, &stop, &mut |e| progress.event(e)) {
-        None => Ok(m),
-        Some(Outcome::Refused(r)) => Err((out::refusal_code(&r), out::refusal(&path, &r))),
-        Some(o) => Err((
-            2,
-            format!(
-                "{path}: could not prove the device unused: {}",
-                out::outcome(&path, Some(&o))
+    procedure::prove_unused(t, c.identity(device), &stop, &mut |e| progress.event(e)).map_err(|e| {
+        match e {
+            Unproven::Refused(r) => (out::refusal_code(&r), out::refusal(&path, &r)),
+            Unproven::Ended(o) => (
+                2,
+                format!(
+                    "{path}: could not prove the device unused: {}",
+                    out::outcome(&path, o.as_ref())
+                ),
             ),
-        )),
-    }
+        }
+    })
 }
 
 /// [`prove_unused`], with a refusal printed and turned into its exit code.
@@ -160,52 +153,37 @@ pub(crate) fn disable(c: &Ctx, force: u8, device: &Path) -> Result<u8, String> {
             Err(code) => return Ok(code),
         }
     };
-    match tune::disable(&t.device) {
-        Ok(r) => {
-            // The machine ends here without writing again (it holds no resources).
-            let _ = held;
-            if r.freed {
-                outln!(
-                    "{path}: multiple mount protection disabled (MMP block {} freed)",
-                    r.old_block
-                );
-            } else {
-                outln!(
-                    "{path}: multiple mount protection disabled; MMP block {} not freed ({}): run e2fsck to reclaim it",
-                    r.old_block,
-                    r.not_freed_reason.unwrap_or_default()
-                );
-            }
+    match procedure::disable(&t, held) {
+        Ok(r) if r.freed => {
+            outln!(
+                "{path}: multiple mount protection disabled (MMP block {} freed)",
+                r.old_block
+            );
             Ok(0)
         }
-        Err(e) => {
-            if let Some(mut m) = held {
-                m.release(clock::now());
-                let stop = AtomicBool::new(false);
-                let _ = driver::run_until_settled(&mut m, &t.device, &stop, &mut |_| {});
-            }
-            Err(format!("{path}: {e}"))
+        Ok(r) => {
+            outln!(
+                "{path}: multiple mount protection disabled; MMP block {} not freed ({}): run e2fsck to reclaim it",
+                r.old_block,
+                r.not_freed_reason.unwrap_or_default()
+            );
+            Ok(0)
         }
+        Err(e) => Err(format!("{path}: {e}")),
     }
 }
 
 pub(crate) fn set_interval(c: &Ctx, secs: u16, device: &Path) -> Result<u8, String> {
     let path = show(device);
-    if !(1..=300).contains(&secs) {
-        return Err(format!(
-            "interval {secs}: the update interval must be from 1 to 300 seconds"
-        ));
-    }
+    let secs =
+        procedure::update_interval(u64::from(secs)).map_err(|e| format!("interval {secs}: {e}"))?;
     let t = target::open(device, true).map_err(|e| e.to_string())?;
     tune::preflight(&t.device, tune::Op::SetInterval).map_err(|e| format!("{path}: {e}"))?;
-    let mut m = match prove_or_exit(c, &t, device) {
+    let m = match prove_or_exit(c, &t, device) {
         Ok(m) => m,
         Err(code) => return Ok(code),
     };
-    let res = tune::set_interval(&t.device, secs);
-    m.release(clock::now());
-    let stop = AtomicBool::new(false);
-    let end = driver::run_until_settled(&mut m, &t.device, &stop, &mut |_| {});
+    let (res, end) = procedure::set_interval(&t, m, secs);
     res.map_err(|e| format!("{path}: {e}"))?;
     if end != Some(Outcome::Released) {
         note!(

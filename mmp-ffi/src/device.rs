@@ -15,6 +15,7 @@ use crate::types::{
 };
 use mmp_core::machine::{Config, Event, Identity, Machine, Op, Outcome, Refusal, Snapshot, parse};
 use mmp_linux::blockdev::Device;
+use mmp_linux::procedure::{self, Unproven};
 use mmp_linux::target::{self, Target};
 use mmp_linux::{clock, driver, hostid};
 use std::cell::Cell;
@@ -667,34 +668,21 @@ fn env_identity(path: &Path) -> Result<Identity, mmp_result> {
     ))
 }
 
-/// Proves with the acquire protocol that no other node uses the device and returns the
-/// machine holding it (`mmp-cli/src/tune.rs`, `prove_unused`): force is on because the
-/// activity test itself proves a previous owner gone.
+/// [`procedure::prove_unused`] with the identity the CLI uses, as a result code.
 fn prove_unused(t: &Target, path: &Path) -> Result<Machine, mmp_result> {
-    let mut cfg = Config::new(t.layout, env_identity(path)?, clock::random_seed());
-    cfg.force = true;
-    let mut m = Machine::new(cfg, Op::Acquire, clock::now());
     let never = AtomicBool::new(false);
-    match driver::run_until_settled(&mut m, &t.device, &never, &mut |_| {}) {
-        None if m.is_held() => Ok(m),
-        None => Err(mmp_result::Io),
-        Some(o) => Err(outcome_result(Some(o))),
-    }
-}
-
-fn release_quietly(mut m: Machine, t: &Target) {
-    m.release(clock::now());
-    let never = AtomicBool::new(false);
-    let _ = driver::run_until_settled(&mut m, &t.device, &never, &mut |_| {});
+    procedure::prove_unused(t, env_identity(path)?, &never, &mut |_| {}).map_err(|e| match e {
+        Unproven::Refused(r) => outcome_result(Some(Outcome::Refused(r))),
+        Unproven::Ended(None) => mmp_result::Io,
+        Unproven::Ended(o) => outcome_result(o),
+    })
 }
 
 /// `mmp enable`: turns MMP on in an unmounted ext4 file system.
 pub(crate) fn ext4_enable(path: &Path, interval_s: u32) -> Result<(), mmp_result> {
     use mmp_linux::tune::{self, EnableOptions};
-    let interval = u16::try_from(interval_s)
-        .ok()
-        .filter(|s| (1..=300).contains(s))
-        .ok_or(mmp_result::InvalidParameter)?;
+    let interval = procedure::update_interval(u64::from(interval_s))
+        .map_err(|_| mmp_result::InvalidParameter)?;
     let dev = Device::open(path, true).map_err(|e| mmp_result::from(&e))?;
     let mut opts = EnableOptions::new(
         &clock::nodename(),
@@ -718,31 +706,22 @@ pub(crate) fn ext4_disable(path: &Path, force: bool) -> Result<(), mmp_result> {
     } else {
         Some(prove_unused(&t, path)?)
     };
-    match tune::disable(&t.device) {
-        // `held` is simply forgotten: its block is no longer an MMP block.
-        Ok(_) => Ok(()),
-        Err(e) => {
-            if let Some(m) = held {
-                release_quietly(m, &t);
-            }
-            Err(mmp_result::from(&e))
-        }
-    }
+    procedure::disable(&t, held)
+        .map(|_| ())
+        .map_err(|e| mmp_result::from(&e))
 }
 
 /// `mmp set-interval`: proves the device unused, then rewrites the update interval.
 pub(crate) fn ext4_set_interval(path: &Path, secs: u32) -> Result<(), mmp_result> {
     use mmp_linux::tune;
-    let secs = u16::try_from(secs)
-        .ok()
-        .filter(|s| (1..=300).contains(s))
-        .ok_or(mmp_result::InvalidParameter)?;
+    let secs =
+        procedure::update_interval(u64::from(secs)).map_err(|_| mmp_result::InvalidParameter)?;
     let t = target::open(path, true).map_err(|e| mmp_result::from(&e))?;
     tune::preflight(&t.device, tune::Op::SetInterval).map_err(|e| mmp_result::from(&e))?;
     let m = prove_unused(&t, path)?;
-    let res = tune::set_interval(&t.device, secs);
-    release_quietly(m, &t);
-    res.map_err(|e| mmp_result::from(&e))
+    procedure::set_interval(&t, m, secs)
+        .0
+        .map_err(|e| mmp_result::from(&e))
 }
 
 /// `mmp format`: writes a native MMP area, refusing (without `force`) to overwrite a
@@ -802,19 +781,16 @@ pub(crate) fn watchdog_arm(path: &Path, timeout_s: u32) -> Result<(), mmp_result
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
     let shortest = shortest.ok_or(mmp_result::NotHeld)?;
-    if timeout_s == 0 || u64::from(timeout_s) > shortest.as_secs() {
-        return Err(mmp_result::InvalidParameter);
-    }
-    let wd = Watchdog::open(path, std::time::Duration::from_secs(u64::from(timeout_s))).map_err(
-        |e| {
-            crate::result::note_errno(e.raw_os_error().unwrap_or(0));
-            match e.kind() {
-                std::io::ErrorKind::NotFound => mmp_result::NotFound,
-                std::io::ErrorKind::PermissionDenied => mmp_result::PermissionDenied,
-                _ => mmp_result::Io,
-            }
-        },
-    )?;
+    let timeout = procedure::watchdog_timeout(Some(u64::from(timeout_s)), shortest)
+        .map_err(|_| mmp_result::InvalidParameter)?;
+    let wd = Watchdog::open(path, timeout).map_err(|e| {
+        crate::result::note_errno(e.raw_os_error().unwrap_or(0));
+        match e.kind() {
+            std::io::ErrorKind::NotFound => mmp_result::NotFound,
+            std::io::ErrorKind::PermissionDenied => mmp_result::PermissionDenied,
+            _ => mmp_result::Io,
+        }
+    })?;
     hub.arm_watchdog(wd);
     wait_fence(hub, true);
     Ok(())

@@ -12,7 +12,8 @@
 //!   log), [`engine`] (one heartbeat thread for many devices), [`rt`], [`job`];
 //! * protecting the data: [`watchdog`] (`/dev/watchdog`), [`pr`] (SCSI-3 persistent
 //!   reservations over SG_IO), [`dm`] (the device-mapper I/O cut-off);
-//! * administration: [`tune`] (enable/disable MMP and set the interval on ext4, like tune2fs).
+//! * administration: [`tune`] (enable/disable MMP and set the interval on ext4, like tune2fs),
+//!   and [`procedure`]: each operator procedure written once for the CLI and libmmp.
 //!
 //! The CLI (`mmp-cli`) and the C library (`mmp-ffi`) are thin front ends over this crate.
 //!
@@ -33,6 +34,7 @@ pub mod engine;
 pub mod hostid;
 pub mod job;
 pub mod pr;
+pub mod procedure;
 pub mod rt;
 pub mod target;
 pub mod tune;
