@@ -438,7 +438,8 @@ pub(crate) fn hold(
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))
         .map_err(|e| e.to_string())?;
 
-    let mut faults: Box<dyn driver::FaultHook + Send> = Box::new(driver::EnvFaults::from_env());
+    let from_env = engine::Options::from_env();
+    let mut faults = from_env.faults;
     if let Some(p) = &opts.owner_log {
         let host = String::from_utf8_lossy(&c.nodename);
         faults = Box::new(
@@ -452,8 +453,7 @@ pub(crate) fn hold(
             realtime: !opts.no_realtime,
             watchdog: None,
             faults,
-            // MMP_IO=sync: one system call per I/O (for comparisons and odd kernels).
-            batch_io: std::env::var_os("MMP_IO").is_none_or(|v| v != "sync"),
+            batch_io: from_env.batch_io,
         },
         tx,
     );

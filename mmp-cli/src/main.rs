@@ -365,6 +365,12 @@ pub(crate) struct Ctx {
 }
 
 impl Ctx {
+    /// The fault hook for one-shot runs: `MMP_FAULT_*` in test builds (see
+    /// [`driver::EnvFaults`]); nothing otherwise.
+    pub(crate) fn faults(&self) -> driver::EnvFaults {
+        driver::EnvFaults::from_env()
+    }
+
     pub(crate) fn identity(&self, path: &Path) -> Identity {
         Identity::new(
             self.hostid,
@@ -740,7 +746,9 @@ fn check(c: &Ctx, json: bool, device: &Path) -> Result<u8, String> {
     }
     let mut progress = Progress::new(path.clone());
     progress.quiet = json;
-    let outcome = driver::run_until_settled(&mut m, &t.device, &stop, &mut |e| progress.event(e));
+    let outcome = driver::run_until_settled(&mut m, &t.device, &mut c.faults(), &stop, &mut |e| {
+        progress.event(e)
+    });
     let (code, text) = match outcome {
         Some(Outcome::Safe {
             stale: false,
@@ -833,7 +841,7 @@ fn clear(c: &Ctx, force: bool, device: &Path) -> Result<u8, String> {
     cfg.force = true;
     let mut m = Machine::new(cfg, Op::Clear, clock::now());
     let stop = AtomicBool::new(false);
-    match driver::run_until_settled(&mut m, &t.device, &stop, &mut |_| {}) {
+    match driver::run_until_settled(&mut m, &t.device, &mut c.faults(), &stop, &mut |_| {}) {
         Some(Outcome::Cleared) => {
             outln!("{path}: MMP reset to clean");
             Ok(0)

@@ -11,8 +11,8 @@
 
 use crate::{Ctx, out, show};
 use clap::Args;
-use mmp_core::machine::{Config, Machine, Op, Outcome};
-use mmp_linux::{clock, driver, target};
+use mmp_linux::procedure::{self, HandOver, Unproven};
+use mmp_linux::target;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -161,36 +161,37 @@ fn mount_ext4(c: &Ctx, a: &MountArgs, t: target::Target) -> Result<u8, String> {
     }
     c.check_hostid(t.format)?;
     c.warn_same_nodename(&t, &path);
-    let mut cfg = Config::new(t.layout, c.identity(&a.device), clock::random_seed());
-    cfg.force = a.force;
-    let mut m = Machine::new(cfg, Op::Acquire, clock::now());
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         let _ = signal_hook::flag::register(sig, Arc::clone(&stop));
     }
     let mut progress = crate::Progress::new(path.clone());
-    match driver::run_until_settled(&mut m, &t.device, &stop, &mut |e| progress.event(e)) {
-        None => {}
-        Some(Outcome::Refused(r)) => {
+    let handed = procedure::hand_to_kernel(
+        &t,
+        c.identity(&a.device),
+        a.force,
+        &mut c.faults(),
+        &stop,
+        &mut |e| progress.event(e),
+    );
+    match handed {
+        Ok(()) => {}
+        Err(HandOver::Unproven(Unproven::Refused(r))) => {
             note!("mmp: {}", out::refusal(&path, &r));
             return Ok(out::refusal_code(&r));
         }
-        Some(o) => {
+        Err(HandOver::Unproven(Unproven::Ended(o))) => {
             return Err(format!(
                 "{path}: acquire ended: {}",
-                out::outcome(&path, Some(&o))
+                out::outcome(&path, o.as_ref())
             ));
         }
-    }
-    // Hand over to the kernel: CLEAN, then mount at once (the kernel claims it).
-    m.release(clock::now());
-    let never = AtomicBool::new(false);
-    let end = driver::run_until_settled(&mut m, &t.device, &never, &mut |_| {});
-    if end != Some(Outcome::Released) {
-        return Err(format!(
-            "{path}: could not hand the device to the kernel: {}",
-            out::outcome(&path, end.as_ref())
-        ));
+        Err(HandOver::NotReleased(end)) => {
+            return Err(format!(
+                "{path}: could not hand the device to the kernel: {}",
+                out::outcome(&path, end.as_ref())
+            ));
+        }
     }
     drop(t);
     run_mount(a, &a.device)?;

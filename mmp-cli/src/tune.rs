@@ -64,17 +64,18 @@ fn prove_unused(c: &Ctx, t: &target::Target, device: &Path) -> Result<Machine, (
         let _ = signal_hook::flag::register(sig, Arc::clone(&stop));
     }
     let mut progress = Progress::new(path.clone());
-    procedure::prove_unused(t, c.identity(device), &stop, &mut |e| progress.event(e)).map_err(|e| {
-        match e {
-            Unproven::Refused(r) => (out::refusal_code(&r), out::refusal(&path, &r)),
-            Unproven::Ended(o) => (
-                2,
-                format!(
-                    "{path}: could not prove the device unused: {}",
-                    out::outcome(&path, o.as_ref())
-                ),
+    procedure::prove_unused(t, c.identity(device), &mut c.faults(), &stop, &mut |e| {
+        progress.event(e)
+    })
+    .map_err(|e| match e {
+        Unproven::Refused(r) => (out::refusal_code(&r), out::refusal(&path, &r)),
+        Unproven::Ended(o) => (
+            2,
+            format!(
+                "{path}: could not prove the device unused: {}",
+                out::outcome(&path, o.as_ref())
             ),
-        }
+        ),
     })
 }
 
@@ -153,7 +154,7 @@ pub(crate) fn disable(c: &Ctx, force: u8, device: &Path) -> Result<u8, String> {
             Err(code) => return Ok(code),
         }
     };
-    match procedure::disable(&t, held) {
+    match procedure::disable(&t, held, &mut c.faults()) {
         Ok(r) if r.freed => {
             outln!(
                 "{path}: multiple mount protection disabled (MMP block {} freed)",
@@ -183,7 +184,7 @@ pub(crate) fn set_interval(c: &Ctx, secs: u16, device: &Path) -> Result<u8, Stri
         Ok(m) => m,
         Err(code) => return Ok(code),
     };
-    let (res, end) = procedure::set_interval(&t, m, secs);
+    let (res, end) = procedure::set_interval(&t, m, secs, &mut c.faults());
     res.map_err(|e| format!("{path}: {e}"))?;
     if end != Some(Outcome::Released) {
         note!(

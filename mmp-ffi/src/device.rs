@@ -471,9 +471,15 @@ impl Inner {
     fn settle(m: &mut Machine, h: &Handle, progress: &Progress) -> Option<Outcome> {
         h.cancel.store(false, Ordering::SeqCst);
         h.in_flight.store(true, Ordering::SeqCst);
-        let out = driver::run_until_settled(m, &h.target.device, &h.cancel, &mut |e| {
-            progress_event(progress, e);
-        });
+        let out = driver::run_until_settled(
+            m,
+            &h.target.device,
+            &mut env_faults(),
+            &h.cancel,
+            &mut |e| {
+                progress_event(progress, e);
+            },
+        );
         h.in_flight.store(false, Ordering::SeqCst);
         h.cancel.store(false, Ordering::SeqCst);
         out
@@ -610,7 +616,7 @@ impl Inner {
             Hold::Acquired(mut m) => {
                 m.release(clock::now());
                 let never = AtomicBool::new(false);
-                driver::run_until_settled(&mut m, &t.device, &never, &mut |_| {})
+                driver::run_until_settled(&mut m, &t.device, &mut env_faults(), &never, &mut |_| {})
             }
             Hold::Beating(mut hb) => hb.finish(),
         };
@@ -658,6 +664,11 @@ impl Inner {
     }
 }
 
+/// The fault hook of one-shot runs: `MMP_FAULT_*` in test builds, as in the CLI.
+fn env_faults() -> driver::EnvFaults {
+    driver::EnvFaults::from_env()
+}
+
 /// The identity the tune operations use: resolved as the CLI does.
 fn env_identity(path: &Path) -> Result<Identity, mmp_result> {
     let h = hostid::resolve(None).map_err(|e| mmp_result::from(&e))?;
@@ -671,7 +682,14 @@ fn env_identity(path: &Path) -> Result<Identity, mmp_result> {
 /// [`procedure::prove_unused`] with the identity the CLI uses, as a result code.
 fn prove_unused(t: &Target, path: &Path) -> Result<Machine, mmp_result> {
     let never = AtomicBool::new(false);
-    procedure::prove_unused(t, env_identity(path)?, &never, &mut |_| {}).map_err(|e| match e {
+    procedure::prove_unused(
+        t,
+        env_identity(path)?,
+        &mut env_faults(),
+        &never,
+        &mut |_| {},
+    )
+    .map_err(|e| match e {
         Unproven::Refused(r) => outcome_result(Some(Outcome::Refused(r))),
         Unproven::Ended(None) => mmp_result::Io,
         Unproven::Ended(o) => outcome_result(o),
@@ -706,7 +724,7 @@ pub(crate) fn ext4_disable(path: &Path, force: bool) -> Result<(), mmp_result> {
     } else {
         Some(prove_unused(&t, path)?)
     };
-    procedure::disable(&t, held)
+    procedure::disable(&t, held, &mut env_faults())
         .map(|_| ())
         .map_err(|e| mmp_result::from(&e))
 }
@@ -719,7 +737,7 @@ pub(crate) fn ext4_set_interval(path: &Path, secs: u32) -> Result<(), mmp_result
     let t = target::open(path, true).map_err(|e| mmp_result::from(&e))?;
     tune::preflight(&t.device, tune::Op::SetInterval).map_err(|e| mmp_result::from(&e))?;
     let m = prove_unused(&t, path)?;
-    procedure::set_interval(&t, m, secs)
+    procedure::set_interval(&t, m, secs, &mut env_faults())
         .0
         .map_err(|e| mmp_result::from(&e))
 }

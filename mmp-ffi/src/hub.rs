@@ -15,7 +15,6 @@ use crate::boundary::Loss;
 use crate::result::mmp_result;
 use crate::types::{MMP_EVENT_LOST, mmp_loss_info};
 use mmp_core::machine::{Event, Layout, Machine, Outcome};
-use mmp_linux::driver;
 use mmp_linux::engine::{self, Engine, EngineEvent, Report};
 use mmp_linux::target::{Format, Target};
 use mmp_linux::watchdog::Watchdog;
@@ -255,9 +254,7 @@ impl Hub {
         let engine = Engine::start(
             engine::Options {
                 realtime,
-                watchdog: None,
-                faults: Box::new(driver::EnvFaults::from_env()),
-                batch_io: true,
+                ..engine::Options::from_env()
             },
             tx,
         );

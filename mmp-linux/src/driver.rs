@@ -964,18 +964,19 @@ pub fn complete(m: &mut Machine, p: &PendingIo, res: Result<(), i32>, buf: &[u8;
 /// Runs `m` to its end against `dev`: for a check, an acquire that is refused, or a clear.
 /// For an acquire that succeeds this returns `None` as soon as the device is held (use the
 /// engine to keep heartbeating). `stop` aborts the wait (the machine is told to release).
+/// `faults` is [`NoFaults`] in production; a front end may pass [`EnvFaults`] (tests).
 pub fn run_until_settled(
     m: &mut Machine,
     dev: &Device,
+    faults: &mut dyn FaultHook,
     stop: &AtomicBool,
     on_event: &mut dyn FnMut(&Event),
 ) -> Option<Outcome> {
-    let mut faults = EnvFaults::from_env();
     // `stop` is acted on once: after that the machine's own waits (restoring the block a
     // cancelled claim replaced waits an interval) run to their deadlines, not in a busy loop.
     let mut released = false;
     loop {
-        pump(m, dev, &mut faults, on_event);
+        pump(m, dev, faults, on_event);
         if let Some(o) = m.outcome() {
             return Some(o);
         }

@@ -248,12 +248,27 @@ pub struct Options {
     pub batch_io: bool,
 }
 
+impl Options {
+    /// The defaults with what a front end's environment asks for: `MMP_FAULT_*` fault
+    /// injection ([`driver::EnvFaults`], test builds only) and `MMP_IO=sync` (one system call
+    /// per I/O instead of batches, for comparisons and odd kernels). The library itself
+    /// never reads the environment; the CLI and libmmp call this.
+    #[must_use]
+    pub fn from_env() -> Self {
+        Options {
+            faults: Box::new(driver::EnvFaults::from_env()),
+            batch_io: std::env::var_os("MMP_IO").is_none_or(|v| v != "sync"),
+            ..Options::default()
+        }
+    }
+}
+
 impl Default for Options {
     fn default() -> Self {
         Options {
             realtime: false,
             watchdog: None,
-            faults: Box::new(driver::EnvFaults::from_env()),
+            faults: Box::new(driver::NoFaults),
             batch_io: true,
         }
     }

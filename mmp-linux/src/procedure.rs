@@ -7,7 +7,7 @@
 
 use crate::blockdev::Device;
 use crate::clock;
-use crate::driver;
+use crate::driver::{self, FaultHook};
 use crate::target::Target;
 use crate::tune::{self, DisableReport, TuneError};
 use mmp_core::format::ext4::MAX_UPDATE_INTERVAL_S;
@@ -42,7 +42,8 @@ pub enum Unproven {
 /// Proves with the acquire protocol (activity test, claim, verify) that no other node uses
 /// the device, and returns the machine that now holds it. Force is on: a device last held by
 /// another node is accepted, because the activity test itself proves that node gone (as
-/// tune2fs does). `stop` aborts the wait (the claim is then undone by the machine).
+/// tune2fs does). `stop` aborts the wait (the claim is then undone by the machine). `faults`
+/// is [`driver::NoFaults`] in production; front ends pass their test hooks through it.
 ///
 /// # Errors
 /// [`Unproven`]: the device is not held and nothing else was written.
@@ -53,13 +54,29 @@ pub enum Unproven {
 pub fn prove_unused(
     t: &Target,
     identity: Identity,
+    faults: &mut dyn FaultHook,
+    stop: &AtomicBool,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<Machine, Unproven> {
+    acquire(t, identity, true, faults, stop, on_event)
+}
+
+#[allow(
+    clippy::result_large_err,
+    reason = "the held Machine is larger still; one call per command"
+)]
+fn acquire(
+    t: &Target,
+    identity: Identity,
+    force: bool,
+    faults: &mut dyn FaultHook,
     stop: &AtomicBool,
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<Machine, Unproven> {
     let mut cfg = Config::new(t.layout, identity, clock::random_seed());
-    cfg.force = true;
+    cfg.force = force;
     let mut m = Machine::new(cfg, Op::Acquire, clock::now());
-    match driver::run_until_settled(&mut m, &t.device, stop, on_event) {
+    match driver::run_until_settled(&mut m, &t.device, faults, stop, on_event) {
         None if m.is_held() => Ok(m),
         None => Err(Unproven::Ended(None)),
         Some(Outcome::Refused(r)) => Err(Unproven::Refused(r)),
@@ -69,10 +86,44 @@ pub fn prove_unused(
 
 /// Releases a device held by [`prove_unused`] (CLEAN after the usual verification) and
 /// returns how the release ended (`Some(Outcome::Released)` when it did).
-pub fn release(mut m: Machine, dev: &Device) -> Option<Outcome> {
+pub fn release(mut m: Machine, dev: &Device, faults: &mut dyn FaultHook) -> Option<Outcome> {
     m.release(clock::now());
     let never = AtomicBool::new(false);
-    driver::run_until_settled(&mut m, dev, &never, &mut |_| {})
+    driver::run_until_settled(&mut m, dev, faults, &never, &mut |_| {})
+}
+
+/// Why an ext4 device was not handed to the kernel ([`hand_to_kernel`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HandOver {
+    /// The acquire did not hold the device: nothing was written but a claim it undid.
+    Unproven(Unproven),
+    /// Held, but the release (CLEAN) did not end as released; how it ended. Do not mount.
+    NotReleased(Option<Outcome>),
+}
+
+/// `mmp mount` of ext4 with MMP: the full acquire protocol (activity test, claim, verify:
+/// what the kernel skips on a CLEAN block), then CLEAN, so that the kernel's own mount,
+/// made at once by the caller, finds a CLEAN block and claims it within milliseconds.
+/// `force` takes a device whose last owner did not release it (the activity test still
+/// runs). On `Ok` the caller mounts immediately: the window between the CLEAN and the
+/// kernel's claim is the one argued in docs/protocol.md.
+///
+/// # Errors
+/// [`HandOver`]: do not mount.
+#[allow(clippy::result_large_err, reason = "an Outcome carries a snapshot; one call per mount")]
+pub fn hand_to_kernel(
+    t: &Target,
+    identity: Identity,
+    force: bool,
+    faults: &mut dyn FaultHook,
+    stop: &AtomicBool,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<(), HandOver> {
+    let m = acquire(t, identity, force, faults, stop, on_event).map_err(HandOver::Unproven)?;
+    match release(m, &t.device, faults) {
+        Some(Outcome::Released) => Ok(()),
+        end => Err(HandOver::NotReleased(end)),
+    }
 }
 
 /// Turns MMP off on `t` while `proof` (from [`prove_unused`], or `None` for `--force`)
@@ -82,12 +133,16 @@ pub fn release(mut m: Machine, dev: &Device) -> Option<Outcome> {
 ///
 /// # Errors
 /// The refusals and device errors of [`tune::disable`].
-pub fn disable(t: &Target, proof: Option<Machine>) -> Result<DisableReport, TuneError> {
+pub fn disable(
+    t: &Target,
+    proof: Option<Machine>,
+    faults: &mut dyn FaultHook,
+) -> Result<DisableReport, TuneError> {
     let res = tune::disable(&t.device);
     if res.is_err()
         && let Some(m) = proof
     {
-        let _ = release(m, &t.device);
+        let _ = release(m, &t.device, faults);
     }
     // On success the proof ends here unreleased: its block is no longer an MMP block.
     res
@@ -99,9 +154,10 @@ pub fn set_interval(
     t: &Target,
     proof: Machine,
     secs: u16,
+    faults: &mut dyn FaultHook,
 ) -> (Result<(), TuneError>, Option<Outcome>) {
     let res = tune::set_interval(&t.device, secs);
-    let end = release(proof, &t.device);
+    let end = release(proof, &t.device, faults);
     (res, end)
 }
 
