@@ -878,8 +878,9 @@ fn clear_unparsable_native(c: &Ctx, device: &Path) -> Result<u8, String> {
     }
 }
 
-/// Opens a device for `clear`: like [`target::open`], but an ext4 MMP block with a bad
-/// magic or checksum is fine (that is what clear is for).
+/// Opens a device for `clear`, read-write. The MMP block itself is not parsed here, so a
+/// block with a bad magic or checksum opens (that is what clear is for); a superblock that
+/// is not ext4 with MMP and not a native area is still an error.
 fn open_for_clear(device: &Path) -> Result<target::Target, String> {
     target::open(device, true).map_err(|e| e.to_string())
 }

@@ -21,7 +21,9 @@
 //! * [`result`] the `mmp_result` enum;
 //! * [`fence`] SCSI persistent reservations (`mmp_fence_*`), the storage fencing of
 //!   `mmp hold --fence scsi-pr`;
-//! * `boundary` raw pointers, callbacks and the panic boundary (the only `unsafe` blocks);
+//! * `boundary` raw pointers, callbacks and the panic boundary: the `unsafe` helpers that
+//!   the exported functions in [`api`] and [`fence`] call, each call with a `// SAFETY:`
+//!   line naming the C caller's promise it relies on;
 //! * `device` the handle's state and operations, in safe Rust;
 //! * `hub` the heartbeat engine and event thread every handle of the process shares.
 //!

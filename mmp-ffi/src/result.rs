@@ -277,7 +277,8 @@ impl From<&Refusal> for mmp_result {
     }
 }
 
-/// The result for an operation that ended with `o` when `want` was the success.
+/// The result for an operation that ended with `o`: the successful endings (safe, released,
+/// cleared) are [`mmp_result::Ok`], every other ending its own code.
 pub(crate) fn outcome_result(o: Option<Outcome>) -> mmp_result {
     match o {
         Some(Outcome::Safe { .. } | Outcome::Released | Outcome::Cleared) => mmp_result::Ok,

@@ -110,7 +110,10 @@ pub enum HandOver {
 ///
 /// # Errors
 /// [`HandOver`]: do not mount.
-#[allow(clippy::result_large_err, reason = "an Outcome carries a snapshot; one call per mount")]
+#[allow(
+    clippy::result_large_err,
+    reason = "an Outcome carries a snapshot; one call per mount"
+)]
 pub fn hand_to_kernel(
     t: &Target,
     identity: Identity,

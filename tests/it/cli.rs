@@ -77,12 +77,9 @@ impl Out {
     }
 }
 
-/// `mmp ARGS` with a clean, explicit environment: no `MMP_HOSTID`, no `NOTIFY_SOCKET`.
+/// `mmp ARGS` with a clean, explicit environment ([`mmp_tests::mmp_cmd`]).
 pub(crate) fn mmp(args: &[&str]) -> Command {
-    let mut c = Command::new(mmp_bin());
-    c.env_remove("MMP_HOSTID")
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("MMP_FAULTS");
+    let mut c = mmp_tests::mmp_cmd();
     c.args(args);
     c
 }

@@ -36,7 +36,7 @@ use mmp_core::format::ext4::Block;
 use mmp_core::format::native::Record;
 use mmp_core::machine::Layout;
 use mmp_linux::blockdev::Device;
-use mmp_tests::{Loop, find_tool, is_root, mmp_bin, skip};
+use mmp_tests::{Loop, find_tool, is_root, skip};
 use rustix::process::Signal;
 
 const HOST_A: &str = "0xaaaa0001";
@@ -44,11 +44,9 @@ const HOST_B: &str = "0xbbbb0002";
 
 // ----- child processes -------------------------------------------------------------------
 
-/// `mmp` with a clean environment (no hostid or fault injection inherited).
+/// `mmp` with a clean environment ([`mmp_tests::mmp_cmd`]).
 fn mmp() -> Command {
-    let mut c = Command::new(mmp_bin());
-    c.env_remove("MMP_HOSTID").env_remove("MMP_FAULT_EIO_FILE");
-    c
+    mmp_tests::mmp_cmd()
 }
 
 /// `mmp --hostid H --nodename N` (global options first).

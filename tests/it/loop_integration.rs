@@ -9,8 +9,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 fn mmp(run_dir: &Path, hostid: &str, node: &str, args: &[&str]) -> Output {
-    Command::new(mmp_bin())
-        .env_remove("MMP_HOSTID")
+    mmp_tests::mmp_cmd()
         .env("MMP_RUN_DIR", run_dir)
         .args(["--hostid", hostid, "--nodename", node])
         .args(args)
@@ -452,7 +451,7 @@ fn systemd_notify_ready_after_acquire() {
     let sock = UnixDatagram::bind(&sock_path).expect("bind the notify socket");
     sock.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
-    let mut child = Command::new(mmp_bin())
+    let mut child = mmp_tests::mmp_cmd()
         .env_remove("MMP_HOSTID")
         .env("NOTIFY_SOCKET", &sock_path)
         .args([
@@ -663,7 +662,7 @@ fn loop_mount_holder_never_releases_while_mounted() {
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("left"), "warns: {}", text(&o));
     umount_quiet(mnt1);
-    let mut guarded = Command::new(mmp_bin())
+    let mut guarded = mmp_tests::mmp_cmd()
         .env_remove("MMP_HOSTID")
         .env("MMP_RUN_DIR", rd)
         .args([

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use mmp_core::format::native::Record;
 use mmp_linux::blockdev::Device;
-use mmp_tests::{Loop, is_root, mmp_bin, skip};
+use mmp_tests::{Loop, is_root, skip};
 
 const BLKIO: &str = "/sys/fs/cgroup/blkio";
 const INTERVAL_MS: u64 = 200;
@@ -107,7 +107,7 @@ fn quoted(p: &Path) -> String {
 }
 
 fn format_native(p: &Path, fail: u16) {
-    let out = Command::new(mmp_bin())
+    let out = mmp_tests::mmp_cmd()
         .env_remove("MMP_HOSTID")
         .args(["format", "--interval-ms", &INTERVAL_MS.to_string()])
         .args(["--fail-intervals", &fail.to_string()])
@@ -210,7 +210,7 @@ fn slow_device(io: Option<&str>) {
         return;
     };
     let status = tmp.path().join("status.json");
-    let mut cmd = Command::new(mmp_bin());
+    let mut cmd = mmp_tests::mmp_cmd();
     cmd.env_remove("MMP_HOSTID")
         .env_remove("MMP_IO")
         .env_remove("MMP_FAULT_EIO_FILE")

@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use mmp_linux::driver::FaultPlan;
 use mmp_tests::sim::{self, Options, SimRng};
-use mmp_tests::{Loop, find_tool, is_root, mmp_bin, skip};
+use mmp_tests::{Loop, find_tool, is_root, skip};
 use rustix::process::Signal;
 
 // ----- configuration ---------------------------------------------------------------------
@@ -345,7 +345,7 @@ fn worker(race: &Race, w: usize, dir: &Path, sh: &Shared) {
     let mut next_pause = next(&mut r, c.pause_gap_us);
     while !sh.stop.load(Ordering::SeqCst) {
         let hold = r.range(race.hold_us.0, race.hold_us.1);
-        let mut cmd = Command::new(mmp_bin());
+        let mut cmd = mmp_tests::mmp_cmd();
         cmd.env_remove("MMP_HOSTID")
             .env_remove("MMP_FAULT_EIO_FILE")
             .env_remove("MMP_FAULT_PLAN")
@@ -600,11 +600,7 @@ fn run_race(race: &Race) -> Summary {
 // ----- devices ---------------------------------------------------------------------------
 
 fn mmp() -> Command {
-    let mut c = Command::new(mmp_bin());
-    c.env_remove("MMP_HOSTID")
-        .env_remove("MMP_FAULT_EIO_FILE")
-        .env_remove("MMP_FAULT_PLAN");
-    c
+    mmp_tests::mmp_cmd()
 }
 
 fn run_ok(cmd: &mut Command) {

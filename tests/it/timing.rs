@@ -10,7 +10,6 @@
 
 use crate::race::{intervals, overlaps};
 use mmp_core::format::native::{self, Record, State};
-use mmp_tests::mmp_bin;
 use rustix::process::{Pid, Signal, kill_process};
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
@@ -20,13 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn mmp() -> Command {
-    let mut c = Command::new(mmp_bin());
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("MMP_") {
-            c.env_remove(k);
-        }
-    }
-    c
+    mmp_tests::mmp_cmd()
 }
 
 /// A native area (4 KiB record area in a 1 MiB file) with this interval and fail intervals.

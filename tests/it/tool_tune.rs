@@ -871,7 +871,7 @@ fn loop_tune_kernel_heartbeat_and_mount_refusal() {
             "live sequence {s2:#x}"
         );
         // `mmp status` sees the kernel's heartbeat on the file system we enabled.
-        let st = std::process::Command::new(mmp_tests::mmp_bin())
+        let st = mmp_tests::mmp_cmd()
             .env_remove("MMP_HOSTID")
             .args(["status", "--json", &lo.0])
             .output()
@@ -980,7 +980,7 @@ fn tool_tune_cli_commands_end_to_end() {
     mkfs(&img, "32M", &[]);
     let img_s = img.to_string_lossy().to_string();
     let mmp = |args: &[&str]| {
-        let out = run(Command::new(mmp_tests::mmp_bin())
+        let out = run(mmp_tests::mmp_cmd()
             .env_remove("MMP_HOSTID")
             .args(["--hostid", "0x7e57c11", "--nodename", "cli-a"])
             .args(args));

@@ -78,6 +78,22 @@ pub fn mmp_bin() -> PathBuf {
     .clone()
 }
 
+/// `mmp` (this workspace's binary, [`mmp_bin`]) with a clean environment: every `MMP_*`
+/// variable of the test process (hostid, fault injection, run directory, I/O mode) and
+/// `NOTIFY_SOCKET` removed, so a test sets exactly what it means. The one command builder
+/// every test uses.
+#[must_use]
+pub fn mmp_cmd() -> std::process::Command {
+    let mut c = std::process::Command::new(mmp_bin());
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("MMP_") {
+            c.env_remove(k);
+        }
+    }
+    c.env_remove("NOTIFY_SOCKET");
+    c
+}
+
 /// Whether this process runs as root (loop devices, mounts).
 #[must_use]
 pub fn is_root() -> bool {
@@ -139,7 +155,7 @@ impl Drop for Loop {
 #[must_use]
 pub fn hold_until_acquired(hostid: &str, node: &str, device: &Path) -> std::process::Child {
     use std::io::BufRead;
-    let mut child = std::process::Command::new(mmp_bin())
+    let mut child = mmp_cmd()
         .env_remove("MMP_HOSTID")
         .args([
             "--hostid",
