@@ -6,7 +6,7 @@ use clap::Args;
 use mmp_core::machine::{Config, Event, Identity, Loss, Machine, Op, Outcome, Refusal};
 use mmp_linux::engine::{self, Engine, EngineEvent, Report};
 use mmp_linux::watchdog::Watchdog;
-use mmp_linux::{clock, driver, pr, procedure, target};
+use mmp_linux::{clock, owner_log, pr, procedure, target};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -443,7 +443,7 @@ pub(crate) fn hold(
     if let Some(p) = &opts.owner_log {
         let host = String::from_utf8_lossy(&c.nodename);
         faults = Box::new(
-            driver::OwnerLog::open(p, &host, faults)
+            owner_log::OwnerLog::open(p, &host, faults)
                 .map_err(|e| format!("--owner-log {}: {e}", p.display()))?,
         );
     }

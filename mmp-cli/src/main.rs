@@ -47,7 +47,7 @@ mod out;
 use clap::{Args, Parser, Subcommand};
 use mmp_core::format::native;
 use mmp_core::machine::{Config, Event, Identity, Machine, Op, Outcome, Phase};
-use mmp_linux::{clock, driver, hostid, target};
+use mmp_linux::{clock, driver, fault, hostid, target};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -366,9 +366,9 @@ pub(crate) struct Ctx {
 
 impl Ctx {
     /// The fault hook for one-shot runs: `MMP_FAULT_*` in test builds (see
-    /// [`driver::EnvFaults`]); nothing otherwise.
-    pub(crate) fn faults(&self) -> driver::EnvFaults {
-        driver::EnvFaults::from_env()
+    /// [`fault::EnvFaults`]); nothing otherwise.
+    pub(crate) fn faults(&self) -> fault::EnvFaults {
+        fault::EnvFaults::from_env()
     }
 
     pub(crate) fn identity(&self, path: &Path) -> Identity {

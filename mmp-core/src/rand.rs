@@ -60,6 +60,15 @@ impl Rng {
     }
 }
 
+/// The splitmix64 finaliser: a bijective mix of 64 bits, so nearby inputs give unrelated
+/// outputs. Used to derive seeds, and by the simulator's and fault plans' generator.
+#[must_use]
+pub const fn splitmix64_mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,7 +17,7 @@ use mmp_core::machine::{Config, Event, Identity, Machine, Op, Outcome, Refusal, 
 use mmp_linux::blockdev::Device;
 use mmp_linux::procedure::{self, Unproven};
 use mmp_linux::target::{self, Target};
-use mmp_linux::{clock, driver, hostid};
+use mmp_linux::{clock, driver, fault, hostid};
 use std::cell::Cell;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -665,8 +665,8 @@ impl Inner {
 }
 
 /// The fault hook of one-shot runs: `MMP_FAULT_*` in test builds, as in the CLI.
-fn env_faults() -> driver::EnvFaults {
-    driver::EnvFaults::from_env()
+fn env_faults() -> fault::EnvFaults {
+    fault::EnvFaults::from_env()
 }
 
 /// The identity the tune operations use: resolved as the CLI does.

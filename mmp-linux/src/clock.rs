@@ -67,14 +67,12 @@ pub fn random_seed() -> u64 {
     }
     let boot = rustix::time::clock_gettime(ClockId::Boottime);
     let wall = rustix::time::clock_gettime(ClockId::Realtime);
-    let mut x = timespec_micros(wall)
+    let x = timespec_micros(wall)
         ^ timespec_micros(boot).rotate_left(32)
         ^ u64::try_from(boot.tv_nsec).unwrap_or(0).rotate_left(17)
         ^ u64::from(std::process::id()).rotate_left(48);
-    // splitmix64 finaliser, so nearby inputs give unrelated seeds.
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
+    // Nearby inputs give unrelated seeds.
+    mmp_core::rand::splitmix64_mix(x)
 }
 
 /// Fills `buf` from `getrandom` (else `/dev/urandom`); false if neither works.

@@ -30,7 +30,8 @@
 
 use crate::blockdev::DirectSpan;
 use crate::clock;
-use crate::driver::{self, Fault, FaultHook, PendingIo};
+use crate::driver::{self, PendingIo};
+use crate::fault::{self, Fault, FaultHook};
 use crate::target::Target;
 use crate::uring::{self, Ring, RingOp};
 use crate::watchdog::Watchdog;
@@ -250,13 +251,13 @@ pub struct Options {
 
 impl Options {
     /// The defaults with what a front end's environment asks for: `MMP_FAULT_*` fault
-    /// injection ([`driver::EnvFaults`], test builds only) and `MMP_IO=sync` (one system call
+    /// injection ([`fault::EnvFaults`], test builds only) and `MMP_IO=sync` (one system call
     /// per I/O instead of batches, for comparisons and odd kernels). The library itself
     /// never reads the environment; the CLI and libmmp call this.
     #[must_use]
     pub fn from_env() -> Self {
         Options {
-            faults: Box::new(driver::EnvFaults::from_env()),
+            faults: Box::new(fault::EnvFaults::from_env()),
             batch_io: std::env::var_os("MMP_IO").is_none_or(|v| v != "sync"),
             ..Options::default()
         }
@@ -268,7 +269,7 @@ impl Default for Options {
         Options {
             realtime: false,
             watchdog: None,
-            faults: Box::new(driver::NoFaults),
+            faults: Box::new(fault::NoFaults),
             batch_io: true,
         }
     }

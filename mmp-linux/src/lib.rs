@@ -8,8 +8,10 @@
 //!   [`area`] (what a path holds: an ext4 file system or a native area), [`uring`] (batched
 //!   heartbeat I/O);
 //! * time and identity: [`clock`] (monotonic and wall clocks, entropy), [`hostid`];
-//! * running machines: [`driver`] (one machine, one blocking pump, fault plans and the owner
-//!   log), [`engine`] (one heartbeat thread for many devices), [`rt`], [`job`];
+//! * running machines: [`driver`] (one machine, one blocking pump), [`engine`] (one
+//!   heartbeat thread for many devices), [`rt`], [`job`];
+//! * testing them: [`fault`] (fault hooks and plans, one vocabulary with the simulator),
+//!   [`owner_log`] (what the race harness checks);
 //! * protecting the data: [`watchdog`] (`/dev/watchdog`), [`pr`] (SCSI-3 persistent
 //!   reservations over SG_IO), [`dm`] (the device-mapper I/O cut-off);
 //! * administration: [`tune`] (enable/disable MMP and set the interval on ext4, like tune2fs),
@@ -31,8 +33,10 @@ pub mod clock;
 pub mod dm;
 pub mod driver;
 pub mod engine;
+pub mod fault;
 pub mod hostid;
 pub mod job;
+pub mod owner_log;
 pub mod pr;
 pub mod procedure;
 pub mod rt;

@@ -7,7 +7,8 @@
 
 use crate::blockdev::Device;
 use crate::clock;
-use crate::driver::{self, FaultHook};
+use crate::driver;
+use crate::fault::FaultHook;
 use crate::target::Target;
 use crate::tune::{self, DisableReport, TuneError};
 use mmp_core::format::ext4::MAX_UPDATE_INTERVAL_S;
@@ -43,7 +44,7 @@ pub enum Unproven {
 /// the device, and returns the machine that now holds it. Force is on: a device last held by
 /// another node is accepted, because the activity test itself proves that node gone (as
 /// tune2fs does). `stop` aborts the wait (the claim is then undone by the machine). `faults`
-/// is [`driver::NoFaults`] in production; front ends pass their test hooks through it.
+/// is [`NoFaults`](crate::fault::NoFaults) in production; front ends pass their test hooks through it.
 ///
 /// # Errors
 /// [`Unproven`]: the device is not held and nothing else was written.

@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use mmp_linux::driver::FaultPlan;
+use mmp_linux::fault::{FaultKnobs, FaultPlan};
 use mmp_tests::sim::{self, Options, SimRng};
 use mmp_tests::{Loop, find_tool, is_root, skip};
 use rustix::process::Signal;
@@ -643,15 +643,18 @@ fn env_u64(name: &str) -> Option<u64> {
 /// tears).
 fn mild_plan() -> FaultPlan {
     FaultPlan {
-        lat_min_us: 50,
-        lat_mean_us: 500,
-        spike_p: 0.01,
-        spike_max_us: 150_000,
-        eio_read_p: 0.01,
-        eio_write_p: 0.01,
-        lost_write_p: 0.002,
-        io_pause_p: 0.002,
-        pause_max_us: 300_000,
+        knobs: FaultKnobs {
+            lat_min_us: 50,
+            lat_mean_us: 500,
+            spike_p: 0.01,
+            spike_max_us: 150_000,
+            eio_read_p: 0.01,
+            eio_write_p: 0.01,
+            lost_write_p: 0.002,
+            io_pause_p: 0.002,
+            pause_max_us: 300_000,
+            ..FaultKnobs::default()
+        },
         ..FaultPlan::default()
     }
 }
@@ -806,10 +809,10 @@ fn race_replay_sim_plan() {
     race.chaos = Chaos {
         kill_p: 0.0,
         stop_p: 0.0,
-        crash_gap_us: plan.crash_gap_us,
-        down_max_us: plan.down_max_us,
-        pause_gap_us: plan.pause_gap_us,
-        pause_us: (1, plan.pause_max_us.max(1)),
+        crash_gap_us: plan.knobs.crash_gap_us,
+        down_max_us: plan.knobs.down_max_us,
+        pause_gap_us: plan.knobs.pause_gap_us,
+        pause_us: (1, plan.knobs.pause_max_us.max(1)),
     };
     race.plan = Some(plan);
     race.target_acq = env_u64("MMP_RACE_REPLAY_ACQ").unwrap_or(8);
@@ -944,7 +947,10 @@ fn tool_torn_write_ext4() {
         &plan,
         FaultPlan {
             seed: Some(1),
-            torn_write_p: 1.0,
+            knobs: FaultKnobs {
+                torn_write_p: 1.0,
+                ..FaultKnobs::default()
+            },
             ..FaultPlan::default()
         }
         .to_text(),

@@ -244,7 +244,7 @@ fn sim_plan_replay() {
     // `MMP_SIM_PLAN=FILE` runs a plan file (a counterexample, or a hand-written plan).
     if let Ok(path) = std::env::var("MMP_SIM_PLAN") {
         let text = std::fs::read_to_string(&path).expect("read MMP_SIM_PLAN");
-        let plan = mmp_linux::driver::FaultPlan::parse(&text).expect("parse the plan");
+        let plan = mmp_linux::fault::FaultPlan::parse(&text).expect("parse the plan");
         let o = Options::from_plan(&plan).expect("plan to options");
         let r = sim::run(&o);
         eprintln!("sim_plan_replay: {path}: {}", r.stats);
@@ -266,13 +266,13 @@ fn sim_plan_replay() {
         );
         for o in all {
             let text = o.to_plan_text();
-            let plan = mmp_linux::driver::FaultPlan::parse(&text).expect("parse");
+            let plan = mmp_linux::fault::FaultPlan::parse(&text).expect("parse");
             let back = Options::from_plan(&plan).expect("from_plan");
             assert_eq!(format!("{back:?}"), format!("{o:?}"), "seed {seed}\n{text}");
         }
         let o = Options::swarm(seed);
         let back = Options::from_plan(
-            &mmp_linux::driver::FaultPlan::parse(&o.to_plan_text()).expect("parse"),
+            &mmp_linux::fault::FaultPlan::parse(&o.to_plan_text()).expect("parse"),
         )
         .expect("from_plan");
         assert_eq!(sim::run(&back).hash, sim::run(&o).hash, "seed {seed}");

@@ -2,7 +2,7 @@
 //! timed by when an I/O was issued, never by when its result was handled, and every write
 //! but the claim carries a deadline. Each test makes one schedule happen with real `mmp`
 //! processes through a targeted fault plan (`delay.<phase>.<read|write>.<before|after>_us`,
-//! see `mmp_linux::driver::FaultPlan`): a result handled seconds late, or a write that
+//! see `mmp_linux::fault::FaultPlan`): a result handled seconds late, or a write that
 //! lands seconds after it was decided. Each failed before the fix in `mmp_core::machine`.
 //!
 //! They use image files (no root needed) and the debug `mmp` binary, which honours

@@ -79,7 +79,7 @@ use mmp_core::machine::{
     Outcome, Phase, Refusal,
 };
 use mmp_core::time::{Instant, Now};
-use mmp_linux::driver::FaultPlan;
+use mmp_linux::fault::FaultPlan;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::fmt;
@@ -110,66 +110,10 @@ const WALL_BASE_MS: u64 = 1_700_000_000_000;
 // ----- random numbers ----------------------------------------------------------------------
 
 /// The splitmix64 finaliser: a bijective mix, used to derive seeds.
-#[must_use]
-pub fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// splitmix64: tiny, fast, deterministic; all simulator randomness comes from here.
-#[derive(Clone, Debug)]
-pub struct SimRng(u64);
-
-impl SimRng {
-    /// A generator for `seed`.
-    #[must_use]
-    pub fn new(seed: u64) -> Self {
-        SimRng(seed)
-    }
-
-    /// 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        mix(self.0)
-    }
-
-    /// Uniform in `0..n` (`n > 0`).
-    pub fn below(&mut self, n: u64) -> u64 {
-        assert!(n > 0, "below(0)");
-        let v = ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64;
-        debug_assert!(v < n);
-        v
-    }
-
-    /// Uniform in `lo..=hi`.
-    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        assert!(lo <= hi, "range({lo}, {hi})");
-        if hi - lo == u64::MAX {
-            return self.next_u64();
-        }
-        lo + self.below(hi - lo + 1)
-    }
-
-    /// Uniform in `[0, 1)`.
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// `true` with probability `p` (draws nothing when `p <= 0`).
-    pub fn chance(&mut self, p: f64) -> bool {
-        p > 0.0 && self.unit() < p
-    }
-
-    /// Exponentially distributed with `mean`, capped at ten means.
-    pub fn exp(&mut self, mean: u64) -> u64 {
-        if mean == 0 {
-            return 0;
-        }
-        let v = -(1.0 - self.unit()).ln() * mean as f64;
-        (v as u64).min(mean.saturating_mul(10))
-    }
-}
+pub use mmp_core::rand::splitmix64_mix as mix;
+/// splitmix64, shared with the fault plans of real processes: all simulator randomness
+/// comes from here.
+pub use mmp_linux::fault::SplitMix64 as SimRng;
 
 // ----- seeds -------------------------------------------------------------------------------
 
@@ -339,59 +283,9 @@ impl fmt::Display for DiskKind {
     }
 }
 
-/// Fault probabilities and magnitudes (all zero: a perfect world).
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct Faults {
-    /// Smallest I/O latency.
-    pub lat_min_us: u64,
-    /// Mean of the exponential extra latency.
-    pub lat_mean_us: u64,
-    /// Probability of a latency spike per I/O.
-    pub spike_p: f64,
-    /// Largest spike.
-    pub spike_max_us: u64,
-    /// EIO probability per read.
-    pub eio_read_p: f64,
-    /// EIO probability per write.
-    pub eio_write_p: f64,
-    /// Probability that a write is acknowledged but never lands.
-    pub lost_write_p: f64,
-    /// Probability that a write lands torn (a strict prefix of its 512-byte sectors) and is
-    /// then acknowledged, or (half the time) fails with EIO. Off in the swarm (torn writes
-    /// come from crashes there); fault plans replayed against real devices use it.
-    pub torn_write_p: f64,
-    /// Mean time between random pauses of one host (0: no random pauses).
-    pub pause_gap_us: u64,
-    /// Probability of a pause right before (or right after) emitting a write, or before a read.
-    pub io_pause_p: f64,
-    /// Longest pause.
-    pub pause_max_us: u64,
-    /// Mean time between crashes of one host (0: no crashes).
-    pub crash_gap_us: u64,
-    /// Longest time a crashed host stays down.
-    pub down_max_us: u64,
-    /// Whether clocks drift.
-    pub drift: bool,
-    /// Longest pause right after `emit_block`, before the write is issued (0: `pause_max_us`).
-    /// With the latency spikes it makes the issue-to-land bound of the timing argument, so the
-    /// swarm keeps it at most an eighth of the fail window (spikes another eighth).
-    pub emit_pause_max_us: u64,
-    /// Probability that an I/O completion is handled late: the host's I/O thread is busy with
-    /// a slow sibling device (a `hold A B` or libmmp engine sharing one heartbeat thread), so
-    /// the whole host handles nothing until the stall ends.
-    pub stall_p: f64,
-    /// Longest such stall (heavy-tailed: most are short, a few reach several fail windows).
-    pub stall_max_us: u64,
-    /// Probability that an acquire attempt is abandoned at a random point (SIGTERM, or another
-    /// device of an all-or-nothing `hold A B` refused): the host calls `Machine::release`.
-    pub abort_p: f64,
-}
-
-impl Faults {
-    fn any(&self) -> bool {
-        *self != Faults::default()
-    }
-}
+/// Fault probabilities and magnitudes (all zero: a perfect world): the same knobs a fault
+/// plan applies to real I/O, so a counterexample's plan replays against real processes.
+pub use mmp_linux::fault::FaultKnobs as Faults;
 
 /// A scripted pause (scenario tests).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -935,7 +829,7 @@ fn parse_flags(key: &str, v: &str) -> Result<[bool; MAX_HOSTS], String> {
 }
 
 impl Options {
-    /// This run as a fault plan (`mmp_linux::driver::FaultPlan`, the format of
+    /// This run as a fault plan (`mmp_linux::fault::FaultPlan`, the format of
     /// `docs/RELIABILITY.md`): the fault knobs that `MMP_FAULT_PLAN` applies to real I/O, and
     /// everything else the run depends on as `scenario.*` keys, so
     /// [`Options::from_plan`] rebuilds exactly these options (the simulator replays the
@@ -1026,26 +920,9 @@ impl Options {
             })
             .collect();
         put("scripted_io", ios.join(","));
-        put("emit_pause_max_us", f.emit_pause_max_us.to_string());
-        put("stall_p", f.stall_p.to_string());
-        put("stall_max_us", f.stall_max_us.to_string());
-        put("abort_p", f.abort_p.to_string());
         FaultPlan {
             seed: Some(self.seed),
-            lat_min_us: f.lat_min_us,
-            lat_mean_us: f.lat_mean_us,
-            spike_p: f.spike_p,
-            spike_max_us: f.spike_max_us,
-            eio_read_p: f.eio_read_p,
-            eio_write_p: f.eio_write_p,
-            lost_write_p: f.lost_write_p,
-            torn_write_p: f.torn_write_p,
-            pause_gap_us: f.pause_gap_us,
-            io_pause_p: f.io_pause_p,
-            pause_max_us: f.pause_max_us,
-            crash_gap_us: f.crash_gap_us,
-            down_max_us: f.down_max_us,
-            drift: f.drift,
+            knobs: *f,
             scenario: sc,
             delays: Vec::new(),
         }
@@ -1099,26 +976,21 @@ impl Options {
         };
         let seed = plan.seed.unwrap_or(0);
         let mut o = Options::quiet(seed, hosts, disk);
-        o.faults = Faults {
-            lat_min_us: plan.lat_min_us,
-            lat_mean_us: plan.lat_mean_us,
-            spike_p: plan.spike_p,
-            spike_max_us: plan.spike_max_us,
-            eio_read_p: plan.eio_read_p,
-            eio_write_p: plan.eio_write_p,
-            lost_write_p: plan.lost_write_p,
-            torn_write_p: plan.torn_write_p,
-            pause_gap_us: plan.pause_gap_us,
-            io_pause_p: plan.io_pause_p,
-            pause_max_us: plan.pause_max_us,
-            crash_gap_us: plan.crash_gap_us,
-            down_max_us: plan.down_max_us,
-            drift: plan.drift,
-            emit_pause_max_us: num("emit_pause_max_us", 0)?,
-            stall_p: prob("stall_p")?,
-            stall_max_us: num("stall_max_us", 0)?,
-            abort_p: prob("abort_p")?,
-        };
+        o.faults = plan.knobs;
+        // Plans written before the simulator-only knobs were plan keys carried them as
+        // scenario keys.
+        if get("emit_pause_max_us").is_some() {
+            o.faults.emit_pause_max_us = num("emit_pause_max_us", 0)?;
+        }
+        if get("stall_p").is_some() {
+            o.faults.stall_p = prob("stall_p")?;
+        }
+        if get("stall_max_us").is_some() {
+            o.faults.stall_max_us = num("stall_max_us", 0)?;
+        }
+        if get("abort_p").is_some() {
+            o.faults.abort_p = prob("abort_p")?;
+        }
         if let Some(v) = get("kernel") {
             o.kernel = parse_flags("kernel", v)?;
         }
