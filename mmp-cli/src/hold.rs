@@ -73,6 +73,12 @@ pub(crate) struct HoldOpts {
     /// Write per-device state as JSON lines to this file every second (and on SIGHUP).
     #[arg(long, value_name = "PATH")]
     status_file: Option<PathBuf>,
+    /// Keep this holder's state in this file for mount helpers and agents: KEY=VALUE lines
+    /// (schema 1, docs/json.md), replaced atomically at each transition: state starting,
+    /// ready (every device held: the moment `acquired` is printed and systemd is notified),
+    /// ended with its exit status (3: ownership lost).
+    #[arg(long, value_name = "PATH")]
+    state_file: Option<PathBuf>,
     /// Do not lock memory or ask for real-time scheduling.
     #[arg(long)]
     no_realtime: bool,
@@ -214,7 +220,10 @@ fn rt_json(r: Option<&Result<(), String>>) -> String {
 }
 
 fn write_status_file(path: &Path, body: &str) {
-    let tmp = path.with_extension("tmp");
+    // PATH.tmp: the status and state files of one holder never share a temporary.
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
     if std::fs::write(&tmp, body).is_ok() {
         let _ = std::fs::rename(&tmp, path);
     }
@@ -302,12 +311,52 @@ fn new_mounts(before: &[u8], after: &[u8]) -> Vec<String> {
         .collect()
 }
 
-/// `hold` (command = None) and `run`.
+/// The holder's state file (`--state-file`): KEY=VALUE lines, schema 1 (docs/json.md).
+struct StateFile<'a>(Option<&'a Path>);
+
+/// The version of the state file's format. Adding keys keeps it.
+const STATE_SCHEMA: u32 = 1;
+
+impl StateFile<'_> {
+    /// Replaces the file (write to a temporary, then rename: a reader sees the old or the new
+    /// state, never half of one). Errors are ignored: the holder keeps heartbeating.
+    fn write(&self, state: &str, exit: Option<u8>) {
+        let Some(path) = self.0 else {
+            return;
+        };
+        let pid = std::process::id();
+        let mut body = format!("schema={STATE_SCHEMA}\npid={pid}\n");
+        if let Some(t) = crate::mount::proc_start_time(pid) {
+            body.push_str(&format!("start={t}\n"));
+        }
+        body.push_str(&format!("state={state}\n"));
+        if let Some(code) = exit {
+            body.push_str(&format!("exit={code}\n"));
+        }
+        write_status_file(path, &body);
+    }
+}
+
+/// `hold` (command = None) and `run`, keeping `--state-file` up to date around them.
 pub(crate) fn hold(
     c: &Ctx,
     opts: &HoldOpts,
     devices: &[PathBuf],
     command: Option<&[String]>,
+) -> Result<u8, String> {
+    let state = StateFile(opts.state_file.as_deref());
+    state.write("starting", None);
+    let res = hold_inner(c, opts, devices, command, &state);
+    state.write("ended", Some(*res.as_ref().unwrap_or(&2)));
+    res
+}
+
+fn hold_inner(
+    c: &Ctx,
+    opts: &HoldOpts,
+    devices: &[PathBuf],
+    command: Option<&[String]>,
+    state: &StateFile<'_>,
 ) -> Result<u8, String> {
     let action = parse_loss(&opts.on_loss)?;
     let wait_limit = match opts.wait {
@@ -660,6 +709,7 @@ pub(crate) fn hold(
                 }
             }
             notify_ready();
+            state.write("ready", None);
             warn_realtime(&eng, opts);
             if c.verbose {
                 note!("mmp: heartbeat I/O: {}", eng.report().io);

@@ -236,7 +236,12 @@ fn mount_native(c: &Ctx, a: &MountArgs, mmp_dev: &Path) -> Result<u8, String> {
     let outf = rd.join(format!("{k}.out"));
     let logf = rd.join(format!("{k}.log"));
     let statusf = rd.join(format!("{k}.status"));
+    let holderf = rd.join(format!("{k}.holder"));
     let _ = std::fs::remove_file(&outf);
+    let _ = std::fs::remove_file(&holderf);
+    // Readiness comes over the systemd notify protocol (the holder sends READY=1 once every
+    // device is held, fenced and declared acquired), on an abstract socket of our own.
+    let (notify, notify_name) = notify_socket().map_err(|e| format!("notify socket: {e}"))?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut cmd = Command::new(exe);
     cmd.arg("--hostid")
@@ -247,7 +252,10 @@ fn mount_native(c: &Ctx, a: &MountArgs, mmp_dev: &Path) -> Result<u8, String> {
         .arg("--on-loss")
         .arg(&a.on_loss)
         .arg("--status-file")
-        .arg(&statusf);
+        .arg(&statusf)
+        .arg("--state-file")
+        .arg(&holderf)
+        .env("NOTIFY_SOCKET", &notify_name);
     if a.force {
         cmd.arg("--force");
     }
@@ -276,7 +284,7 @@ fn mount_native(c: &Ctx, a: &MountArgs, mmp_dev: &Path) -> Result<u8, String> {
     })?;
     let start = Instant::now();
     let mut shown = 0usize;
-    // Wait for `acquired`, relaying the holder's progress.
+    // Wait for READY=1, relaying the holder's progress.
     loop {
         let mut text = String::new();
         if let Ok(mut f) = std::fs::File::open(&logf) {
@@ -286,8 +294,10 @@ fn mount_native(c: &Ctx, a: &MountArgs, mmp_dev: &Path) -> Result<u8, String> {
                 shown = text.len();
             }
         }
-        let acquired = std::fs::read_to_string(&outf).is_ok_and(|s| s.contains("acquired"));
-        if acquired {
+        let mut msg = [0u8; 256];
+        if let Ok(n) = notify.recv(&mut msg)
+            && msg[..n].split(|&b| b == b'\n').any(|l| l == b"READY=1")
+        {
             break;
         }
         if let Ok(Some(st)) = child.try_wait() {
@@ -296,7 +306,7 @@ fn mount_native(c: &Ctx, a: &MountArgs, mmp_dev: &Path) -> Result<u8, String> {
             if let Ok(text) = std::fs::read_to_string(&logf) {
                 note_raw!("{}", text.get(shown..).unwrap_or_default());
             }
-            for f in [&statusf, &outf, &logf] {
+            for f in [&statusf, &outf, &logf, &holderf] {
                 let _ = std::fs::remove_file(f);
             }
             drop_cut();
@@ -306,8 +316,8 @@ fn mount_native(c: &Ctx, a: &MountArgs, mmp_dev: &Path) -> Result<u8, String> {
             let _ = child.kill();
             return Err("the holder did not acquire within an hour".into());
         }
-        std::thread::sleep(Duration::from_millis(20));
     }
+    drop(notify);
     let source = cut
         .as_ref()
         .map_or(a.device.as_path(), |m| m.node.as_path());
@@ -316,7 +326,7 @@ fn mount_native(c: &Ctx, a: &MountArgs, mmp_dev: &Path) -> Result<u8, String> {
         stop_holder(child.id());
         let _ = child.wait();
         drop_cut();
-        for f in [&statusf, &outf, &logf] {
+        for f in [&statusf, &outf, &logf, &holderf] {
             let _ = std::fs::remove_file(f);
         }
         return Err(format!("{}; released {}", e.trim_end(), show(mmp_dev)));
@@ -388,7 +398,7 @@ fn clear_stale_state(rd: &Path, k: &str, state: &Path, dir: &Path) -> Result<(),
         show(dir),
         st.pid
     );
-    for f in ["state", "out", "log", "status"] {
+    for f in ["state", "out", "log", "status", "holder"] {
         let _ = std::fs::remove_file(rd.join(format!("{k}.{f}")));
     }
     Ok(())
@@ -416,7 +426,38 @@ fn alive(pid: u32) -> bool {
 
 /// The start time of process `pid` (clock ticks after boot, field 22 of /proc/PID/stat):
 /// with the pid it names one process, even after the pid is reused.
-fn proc_start_time(pid: u32) -> Option<u64> {
+/// A datagram socket for the holder's `READY=1` (the systemd notify protocol), bound to a
+/// fresh abstract name (no file, no path length limit), with a 20 ms receive timeout so the
+/// caller can also watch the holder. Returns it and the `NOTIFY_SOCKET` value.
+fn notify_socket() -> std::io::Result<(std::os::unix::net::UnixDatagram, String)> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let name = format!(
+        "mmp-mount/{}/{:016x}",
+        std::process::id(),
+        mmp_linux::clock::random_seed()
+    );
+    let sock = UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes())?)?;
+    sock.set_read_timeout(Some(Duration::from_millis(20)))?;
+    Ok((sock, format!("@{name}")))
+}
+
+/// What a holder's `--state-file` says of how it ended: its exit status, if it ended.
+fn holder_exit(path: &Path) -> Option<u8> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let value = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+    };
+    if value("state")? != "ended" {
+        return None;
+    }
+    value("exit")?.parse().ok()
+}
+
+/// The start time of `pid` (clock ticks since boot, `/proc/PID/stat` field 22): with the
+/// pid, it names one process even after the pid is reused.
+pub(crate) fn proc_start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which may itself hold spaces and parentheses.
     let rest = &stat[stat.rfind(')')? + 1..];
@@ -544,13 +585,13 @@ fn umount_holder(arg: &Path) -> Result<u8, String> {
         return Ok(0);
     };
     let files = |st: &MountState| {
-        ["state", "out", "log", "status"].map(|f| rd.join(format!("{}.{f}", st.key)))
+        ["state", "out", "log", "status", "holder"].map(|f| rd.join(format!("{}.{f}", st.key)))
     };
     if !is_our_holder(&st) {
         // A holder told to stop while the data was mounted (`--guard`) releases by itself as
         // soon as the unmount above is done, and may have exited already.
-        let out = std::fs::read_to_string(rd.join(format!("{}.out", st.key))).unwrap_or_default();
-        if out.lines().any(|l| l.starts_with("released ")) {
+        let ended = holder_exit(&rd.join(format!("{}.holder", st.key)));
+        if ended == Some(0) {
             for f in files(&st) {
                 let _ = std::fs::remove_file(f);
             }
@@ -568,8 +609,8 @@ fn umount_holder(arg: &Path) -> Result<u8, String> {
         if !log.is_empty() {
             note_raw!("{log}");
         }
-        // The holder ended on a loss (it says so in its log): exit 3, as the holder did.
-        if log.contains("ownership lost") {
+        // The holder ended on a loss (its state file says exit 3): exit 3, as it did.
+        if ended == Some(3) {
             note!(
                 "mmp: unmounted {}; its holder had lost {} (see above) and exited",
                 show(&st.dir),
@@ -593,6 +634,7 @@ fn umount_holder(arg: &Path) -> Result<u8, String> {
         std::thread::sleep(Duration::from_millis(20));
     }
     let log = std::fs::read_to_string(rd.join(format!("{}.log", st.key))).unwrap_or_default();
+    let ended = holder_exit(&rd.join(format!("{}.holder", st.key)));
     if alive(st.pid) {
         return Err(format!(
             "holder pid {} did not stop within 30 s (state kept in {})",
@@ -603,9 +645,25 @@ fn umount_holder(arg: &Path) -> Result<u8, String> {
     for f in files(&st) {
         let _ = std::fs::remove_file(f);
     }
-    if log.contains("ownership lost") {
-        note_raw!("{log}");
-        return Ok(3);
+    match ended {
+        Some(0) => {}
+        Some(3) => {
+            note_raw!("{log}");
+            return Ok(3);
+        }
+        other => {
+            note_raw!("{log}");
+            return Err(format!(
+                "unmounted {}, but its holder {}: check {} with `mmp status {}`",
+                show(&st.dir),
+                other.map_or_else(
+                    || "left no end state".to_string(),
+                    |c| format!("ended with exit status {c}")
+                ),
+                show(&st.mmp_device),
+                show(&st.mmp_device)
+            ));
+        }
     }
     outln!(
         "unmounted {} and released the MMP device {}",

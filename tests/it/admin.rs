@@ -27,7 +27,7 @@ use mmp_core::format::native;
 use mmp_tests::{Loop, find_tool, mmp_bin, skip};
 
 use super::cli::{
-    A, Out, Proc, T_SHORT, hash_file, hold, mkfs_mmp, mmp, mmp_run, native_record, read_at, run,
+    A, B, Out, Proc, T_SHORT, hash_file, hold, mkfs_mmp, mmp, mmp_run, native_record, read_at, run,
     tmpdir, tool, write_at,
 };
 
@@ -816,6 +816,97 @@ fn loop_umount_by_device_releases_the_holder() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The holder of `mmp mount` keeps a state file (`--state-file`, schema 1): `ready` while it
+/// holds, `ended` with its exit status after; `mmp umount` decides from it (exit 3 after a
+/// loss), not from the holder's log text.
+#[test]
+fn loop_umount_after_a_loss_exits_3_from_the_state_file() {
+    if !loop_ready() {
+        return;
+    }
+    let tmp = tmpdir();
+    let mmp_area = area(tmp.path(), "area.img", &["--interval-ms", "100"]);
+    let data = tmp.path().join("data.img");
+    fs::File::create(&data)
+        .and_then(|f| f.set_len(32 << 20))
+        .expect("data");
+    let mut c = tool("mke2fs");
+    c.args(["-F", "-q", "-t", "ext4"]).arg(&data);
+    run(c, Duration::from_secs(60)).expect(0, "mke2fs (no MMP)");
+    let Some(lo) = Loop::attach(&data) else {
+        return;
+    };
+    let dir = tmp.path().join("mnt");
+    fs::create_dir_all(&dir).expect("mnt");
+    let rd = tmp.path().join("run");
+    let m = |args: &[&str]| {
+        let mut c = mmp(args);
+        c.env("MMP_RUN_DIR", &rd);
+        run(c, Duration::from_secs(30))
+    };
+    m(&[
+        "--hostid",
+        A,
+        "mount",
+        "-t",
+        "ext4",
+        "--mmp-device",
+        s(&mmp_area),
+        s(&lo.dev),
+        s(&dir),
+    ])
+    .expect(0, "mmp mount");
+    let holder_file = fs::read_dir(&rd)
+        .expect("run dir")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "holder"))
+        .expect("a .holder state file");
+    let key = |text: &str, k: &str| -> Option<String> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k)?.strip_prefix('='))
+            .map(str::to_string)
+    };
+    let text = fs::read_to_string(&holder_file).expect("state file");
+    assert_eq!(key(&text, "schema").as_deref(), Some("1"), "{text}");
+    assert_eq!(key(&text, "state").as_deref(), Some("ready"), "{text}");
+    assert!(
+        key(&text, "pid").is_some() && key(&text, "start").is_some(),
+        "{text}"
+    );
+    // Another host forces the area: the holder sees a foreign block and ends (exit 3).
+    let t = Instant::now();
+    loop {
+        let _ = mmp_run(
+            &[
+                "clear",
+                "--force",
+                "--hostid",
+                B,
+                "--nodename",
+                "other",
+                s(&mmp_area),
+            ],
+            T_SHORT,
+        );
+        std::thread::sleep(Duration::from_millis(400));
+        let text = fs::read_to_string(&holder_file).unwrap_or_default();
+        if key(&text, "state").as_deref() == Some("ended") {
+            assert_eq!(key(&text, "exit").as_deref(), Some("3"), "{text}");
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the holder did not end after foreign writes: {text}"
+        );
+    }
+    let o = m(&["umount", s(&dir)]);
+    o.expect(3, "mmp umount after the holder lost");
+    assert!(o.stderr.contains("lost"), "{}", o.show());
+    let left: Vec<_> = fs::read_dir(&rd).expect("run dir").flatten().collect();
+    assert!(left.is_empty(), "state left behind: {left:?}");
 }
 
 // ----- lower priority: messages an admin reads ---------------------------------------------------
