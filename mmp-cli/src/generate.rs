@@ -2,7 +2,7 @@
 //! they can never disagree with `--help`. `scripts/install-integration` installs them.
 //!
 //! Hidden by being a parser of its own ([`Gen`]): clap_complete offers hidden subcommands
-//! all the same, so `generate` is not in [`crate::Cli`] at all.
+//! all the same, so `generate` is not in [`crate::args::Cli`] at all.
 //!
 //! * `mmp generate man DIR`: `mmp.8` and one `mmp-SUBCOMMAND.8` per subcommand, each with an
 //!   EXIT STATUS section from [`EXIT_STATUS`].
@@ -198,7 +198,7 @@ fn generate(what: &What) -> Result<u8, String> {
     match what {
         What::Man { dir } => man(dir),
         What::Completions { shell } => {
-            let mut cmd = crate::Cli::command();
+            let mut cmd = crate::args::Cli::command();
             let mut buf = Vec::new();
             clap_complete::generate(*shell, &mut cmd, "mmp", &mut buf);
             // A closed stdout is the reader's choice (see `outln!`).
@@ -210,7 +210,7 @@ fn generate(what: &What) -> Result<u8, String> {
 
 fn man(dir: &Path) -> Result<u8, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", crate::show(dir)))?;
-    let mut cmd = crate::Cli::command().disable_help_subcommand(true);
+    let mut cmd = crate::args::Cli::command().disable_help_subcommand(true);
     cmd.build();
     let subs: Vec<String> = documented(&cmd).map(page_name).collect();
     let mut pages = vec![(format!("mmp.{SECTION}"), page(&cmd, None, &subs)?)];
@@ -332,7 +332,7 @@ mod tests {
 
     #[test]
     fn exit_status_names_real_subcommands() {
-        let cmd = crate::Cli::command();
+        let cmd = crate::args::Cli::command();
         for (name, _) in EXIT_STATUS {
             assert!(
                 cmd.find_subcommand(name).is_some(),

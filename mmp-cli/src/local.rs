@@ -6,7 +6,8 @@
 //! `mmp hold` and `mmp run` processes, one of which has the device open. What this user may
 //! not read (another user's processes) is not seen; the protocol still refuses then.
 
-use crate::{Ctx, DeviceKey, device_key, show};
+use crate::resolve::{DeviceKey, device_key};
+use crate::{Ctx, show};
 use mmp_linux::target;
 use std::path::{Path, PathBuf};
 
@@ -119,7 +120,7 @@ pub(crate) fn held_here(c: &Ctx, t: &target::Target, dev: &Path) -> Option<Strin
     if !ours(c, t) {
         return None;
     }
-    let h = holder_of(dev, &crate::mount::live_mounts())?;
+    let h = holder_of(dev, &crate::cmd::mount::live_mounts())?;
     Some(format!(
         "{}: already held here by pid {} ({}): stop that one first, or use it \
          (`mmp list` shows what `mmp mount` holds)",

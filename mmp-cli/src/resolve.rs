@@ -9,6 +9,7 @@
 //! skipped: the device on top is the one to use. No match, or several, is an error that
 //! says which.
 
+use crate::show;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -226,6 +227,46 @@ pub(crate) fn device(arg: &Path) -> Result<PathBuf, String> {
 pub(crate) fn all<'a>(paths: impl IntoIterator<Item = &'a mut PathBuf>) -> Result<(), String> {
     for p in paths {
         *p = device(p)?;
+    }
+    Ok(())
+}
+
+/// What names one device, whatever the path: the device number of a block device, else
+/// the file's file system and inode.
+pub(crate) type DeviceKey = (bool, u64, u64);
+
+/// The [`DeviceKey`] of `p`; `None` when it cannot be read.
+pub(crate) fn device_key(p: &Path) -> Option<DeviceKey> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let m = std::fs::metadata(p).ok()?;
+    if m.file_type().is_block_device() {
+        Some((true, m.rdev(), 0))
+    } else {
+        Some((false, m.dev(), m.ino()))
+    }
+}
+
+/// Refuses a device named twice (`f.img ./f.img`, a symlink and its target, two nodes of one
+/// block device): holding it twice would make the two holders see each other as another host.
+pub(crate) fn refuse_duplicates(devices: &[PathBuf]) -> Result<(), String> {
+    let mut seen: Vec<(&PathBuf, Option<DeviceKey>)> = Vec::with_capacity(devices.len());
+    for d in devices {
+        let k = device_key(d);
+        if let Some((first, _)) = seen
+            .iter()
+            .find(|(p, pk)| *p == d || (k.is_some() && *pk == k))
+        {
+            return Err(if *first == d {
+                format!("{} is given twice", show(d))
+            } else {
+                format!(
+                    "{} and {} are the same device; give each device once",
+                    show(first),
+                    show(d)
+                )
+            });
+        }
+        seen.push((d, k));
     }
     Ok(())
 }

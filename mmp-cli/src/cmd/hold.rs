@@ -1,7 +1,8 @@
 //! `mmp hold` and `mmp run`: acquire every device concurrently on the heartbeat engine,
 //! keep them, react to loss, release CLEAN at the end.
 
-use crate::{Ctx, Progress, out, show};
+use crate::progress::Progress;
+use crate::{Ctx, out, show};
 use clap::Args;
 use mmp_core::machine::{Config, Event, Identity, Loss, Machine, Op, Outcome, Refusal};
 use mmp_linux::engine::{self, Engine, EngineEvent, Report};
@@ -28,7 +29,7 @@ pub(crate) struct HoldOpts {
     /// intervals. A dead owner's device is still taken only with --force (after the full
     /// activity test).
     #[arg(long, value_name = "SECONDS", num_args = 0..=1, require_equals = true,
-          value_parser = crate::parse_wait)]
+          value_parser = crate::args::parse_wait)]
     wait: Option<Option<f64>>,
     /// A data device this hold protects (repeatable). On SIGTERM/SIGINT, and under `run`
     /// when the command ends, the MMP devices are released (CLEAN) only once no guarded
@@ -68,7 +69,7 @@ pub(crate) struct HoldOpts {
     watchdog_device: Option<PathBuf>,
     /// Watchdog timeout in seconds (default: the shortest fail window, rounded down); must
     /// not exceed any device's fail window.
-    #[arg(long, value_name = "SECS", value_parser = crate::parse_whole_secs)]
+    #[arg(long, value_name = "SECS", value_parser = crate::args::parse_whole_secs)]
     watchdog_timeout: Option<u64>,
     /// Write per-device state as JSON lines to this file every second (and on SIGHUP).
     #[arg(long, value_name = "PATH")]
@@ -326,7 +327,7 @@ impl StateFile<'_> {
         };
         let pid = std::process::id();
         let mut body = format!("schema={STATE_SCHEMA}\npid={pid}\n");
-        if let Some(t) = crate::mount::proc_start_time(pid) {
+        if let Some(t) = crate::cmd::mount::proc_start_time(pid) {
             body.push_str(&format!("start={t}\n"));
         }
         body.push_str(&format!("state={state}\n"));
@@ -410,15 +411,15 @@ fn hold_inner(
     if action == LossAction::Kill && command.is_none() {
         return Err("--on-loss kill needs `mmp run` (there is no command to kill)".into());
     }
-    crate::refuse_duplicates(devices)?;
+    crate::resolve::refuse_duplicates(devices)?;
     // Open everything first: any bad device is an error before anything is acquired.
     let mut targets = Vec::with_capacity(devices.len());
     for d in devices {
         let t = target::open(d, true).map_err(|e| e.to_string())?;
         c.check_hostid(t.format)?;
         c.warn_same_nodename(&t, &show(d));
-        if let Some(msg) =
-            crate::mounted_here(&t, &show(d)).or_else(|| crate::local::held_here(c, &t, d))
+        if let Some(msg) = crate::cmd::check::mounted_here(&t, &show(d))
+            .or_else(|| crate::local::held_here(c, &t, d))
         {
             note!("mmp: {msg}");
             return Ok(1);
@@ -927,10 +928,10 @@ fn open_fence(c: &Ctx, devices: &[PathBuf], guards: &[PathBuf]) -> Result<pr::Fe
     }
     let mut named: Vec<(String, &Path)> = Vec::new();
     for d in devices.iter().chain(guards) {
-        let k = crate::device_key(d);
+        let k = crate::resolve::device_key(d);
         if !named
             .iter()
-            .any(|(_, p)| *p == d.as_path() || (k.is_some() && crate::device_key(p) == k))
+            .any(|(_, p)| *p == d.as_path() || (k.is_some() && crate::resolve::device_key(p) == k))
         {
             named.push((show(d), d.as_path()));
         }

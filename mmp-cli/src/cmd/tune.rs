@@ -1,6 +1,7 @@
 //! `mmp enable`, `disable`, `set-interval`: tune2fs parity for ext4/ldiskfs MMP.
 
-use crate::{Ctx, Progress, out, show};
+use crate::progress::Progress;
+use crate::{Ctx, out, show};
 use mmp_core::machine::{Machine, Outcome};
 use mmp_linux::blockdev::Device;
 use mmp_linux::procedure::{self, Unproven};

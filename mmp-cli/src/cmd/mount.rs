@@ -151,7 +151,7 @@ fn mount_ext4(c: &Ctx, a: &MountArgs, t: target::Target) -> Result<u8, String> {
     }
     // Mounted here already: this host's kmmpd heartbeats; say so now rather than watch the
     // block for a whole window and blame "another node".
-    if let Some(msg) = crate::mounted_here(&t, &path) {
+    if let Some(msg) = crate::cmd::check::mounted_here(&t, &path) {
         note!("mmp: {msg}");
         return Ok(1);
     }
@@ -165,7 +165,7 @@ fn mount_ext4(c: &Ctx, a: &MountArgs, t: target::Target) -> Result<u8, String> {
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         let _ = signal_hook::flag::register(sig, Arc::clone(&stop));
     }
-    let mut progress = crate::Progress::new(path.clone());
+    let mut progress = crate::progress::Progress::new(path.clone());
     let handed = procedure::hand_to_kernel(
         &t,
         c.identity(&a.device),
@@ -517,7 +517,7 @@ fn same(a: &Path, b: &Path) -> bool {
     }
     a == b
         || std::fs::canonicalize(a).is_ok_and(|x| std::fs::canonicalize(b).is_ok_and(|y| x == y))
-        || crate::device_key(a).is_some_and(|k| crate::device_key(b) == Some(k))
+        || crate::resolve::device_key(a).is_some_and(|k| crate::resolve::device_key(b) == Some(k))
 }
 
 /// Whether `st.pid` is still the holder `mmp mount` started: alive, started when it was

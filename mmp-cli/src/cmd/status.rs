@@ -1,0 +1,75 @@
+//! `mmp status`: the state of each device, like e2mmpstatus, for any number of devices.
+
+use crate::{Ctx, out, resolve, show};
+use mmp_linux::target;
+use std::path::PathBuf;
+
+pub(crate) fn status(c: &Ctx, json: bool, devices: &[PathBuf]) -> u8 {
+    let mut code = 0u8;
+    for d in devices {
+        let d = &match resolve::device(d) {
+            Ok(d) => d,
+            Err(msg) => {
+                code = 2;
+                if json {
+                    outln!("{}", out::error_json("status", &show(d), None, &msg));
+                } else {
+                    note!("mmp: {msg}");
+                }
+                continue;
+            }
+        };
+        let path = show(d);
+        let res = target::open(d, false)
+            .map_err(|e| e.to_string())
+            .and_then(|t| {
+                let raw = t.read_record().map_err(|e| format!("{path}: {e}"))?;
+                Ok((t, raw))
+            });
+        match res {
+            Ok((t, raw)) => {
+                if c.verbose && !json {
+                    note!("{path}: I/O mode {}", t.device.io_mode());
+                }
+                match mmp_core::machine::parse(&t.layout, &raw) {
+                    Ok(snap) => {
+                        let clean = snap.class() == mmp_core::machine::Class::Clean;
+                        if !clean {
+                            code = code.max(1);
+                        }
+                        let mounted = t.device.is_mounted().ok().flatten();
+                        if json {
+                            outln!("{}", out::status_json(&path, &t, &snap, mounted.as_deref()));
+                        } else {
+                            outln!(
+                                "{}",
+                                out::status_lines(
+                                    &out::status_text(&path, &t, &snap, mounted.as_deref()),
+                                    out::terminal_width()
+                                )
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        code = 2;
+                        let msg = format!("{path}: {e}");
+                        if json {
+                            outln!("{}", out::error_json("status", &path, Some(t.format), &msg));
+                        } else {
+                            note!("mmp: {msg}");
+                        }
+                    }
+                }
+            }
+            Err(msg) => {
+                code = 2;
+                if json {
+                    outln!("{}", out::error_json("status", &path, None, &msg));
+                } else {
+                    note!("mmp: {}", out::plain(&msg));
+                }
+            }
+        }
+    }
+    code
+}
