@@ -8,6 +8,7 @@
 //!   EXIT STATUS section from [`EXIT_STATUS`].
 //! * `mmp generate completions SHELL`: the completion script on stdout.
 
+use crate::exit::Exit;
 use clap::{CommandFactory, Parser, Subcommand};
 use clap_mangen::Man;
 use clap_mangen::roff::{Roff, bold, roman};
@@ -23,7 +24,7 @@ struct Gen {
 }
 
 /// `mmp generate ARGS` (`args` starts at `generate`).
-pub(crate) fn main(args: impl Iterator<Item = std::ffi::OsString>) -> Result<u8, String> {
+pub(crate) fn main(args: impl Iterator<Item = std::ffi::OsString>) -> Result<Exit, String> {
     generate(&Gen::parse_from(args).what)
 }
 
@@ -194,7 +195,7 @@ fn documented(cmd: &clap::Command) -> impl Iterator<Item = &clap::Command> {
         .filter(|s| !s.is_hide_set() && s.get_name() != "help")
 }
 
-fn generate(what: &What) -> Result<u8, String> {
+fn generate(what: &What) -> Result<Exit, String> {
     match what {
         What::Man { dir } => man(dir),
         What::Completions { shell } => {
@@ -203,12 +204,12 @@ fn generate(what: &What) -> Result<u8, String> {
             clap_complete::generate(*shell, &mut cmd, "mmp", &mut buf);
             // A closed stdout is the reader's choice (see `outln!`).
             let _ = std::io::stdout().write_all(&buf);
-            Ok(0)
+            Ok(Exit::Ok)
         }
     }
 }
 
-fn man(dir: &Path) -> Result<u8, String> {
+fn man(dir: &Path) -> Result<Exit, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", crate::show(dir)))?;
     let mut cmd = crate::args::Cli::command().disable_help_subcommand(true);
     cmd.build();
@@ -226,7 +227,7 @@ fn man(dir: &Path) -> Result<u8, String> {
         std::fs::write(&p, text).map_err(|e| format!("{}: {e}", crate::show(&p)))?;
         outln!("{}", crate::show(&p));
     }
-    Ok(0)
+    Ok(Exit::Ok)
 }
 
 /// `mmp-status` for `status` (clap's display name once built).

@@ -40,6 +40,7 @@ macro_rules! note_raw {
 
 mod args;
 mod cmd;
+mod exit;
 mod generate;
 mod job;
 mod json;
@@ -48,6 +49,7 @@ mod out;
 mod progress;
 mod resolve;
 
+use crate::exit::Exit;
 use args::{Cli, Cmd, Global};
 use clap::Parser;
 use mmp_core::machine::Identity;
@@ -160,7 +162,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             note!("mmp: {}", out::plain(&e));
-            2
+            Exit::Error
         }
     };
     ExitCode::from(code)
@@ -189,13 +191,14 @@ fn resolve_names(cmd: &mut Cmd) -> Result<(), String> {
     }
 }
 
-fn run(mut cli: Cli) -> Result<u8, String> {
+fn run(mut cli: Cli) -> Result<Exit, String> {
     // `mmp run` in the foreground of a job-control shell: a stand-in for the shell, so that
     // Ctrl-Z stops the command but not the heartbeat (see job.rs).
     if matches!(cli.cmd, Cmd::Run { .. })
         && let Some(code) = job::stand_in()
     {
-        return Ok(code);
+        // The holder's own exit status, relayed.
+        return Ok(Exit::Command(code));
     }
     let c = ctx(&cli.global)?;
     resolve_names(&mut cli.cmd)?;

@@ -321,10 +321,11 @@ pub(crate) fn errno_text(errno: i32) -> String {
 
 /// Whether a refusal means "in use / in doubt but readable" (exit 1) rather than an error
 /// (exit 2).
-pub(crate) fn refusal_code(r: &Refusal) -> u8 {
+pub(crate) fn refusal_code(r: &Refusal) -> crate::exit::Exit {
+    use crate::exit::Exit;
     match r {
-        Refusal::Corrupt(_) | Refusal::Io(_) | Refusal::NoHostid => 2,
-        _ => 1,
+        Refusal::Corrupt(_) | Refusal::Io(_) | Refusal::NoHostid => Exit::Error,
+        _ => Exit::Refused,
     }
 }
 

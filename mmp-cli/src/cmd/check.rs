@@ -1,5 +1,6 @@
 //! `mmp check`: is the device safe to take? The full activity test, nothing written.
 
+use crate::exit::Exit;
 use crate::progress::Progress;
 use crate::{Ctx, json, out, resolve, show};
 use mmp_core::machine::{Config, Machine, Op, Outcome};
@@ -8,12 +9,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-pub(crate) fn check(c: &Ctx, json: bool, device: &Path) -> Result<u8, String> {
+pub(crate) fn check(c: &Ctx, json: bool, device: &Path) -> Result<Exit, String> {
     let device = &match resolve::device(device) {
         Ok(d) => d,
         Err(e) if json => {
             outln!("{}", out::error_json("check", &show(device), None, &e));
-            return Ok(2);
+            return Ok(Exit::Error);
         }
         Err(e) => return Err(e),
     };
@@ -23,7 +24,7 @@ pub(crate) fn check(c: &Ctx, json: bool, device: &Path) -> Result<u8, String> {
         // `--json` promises one object, also for a device that cannot be opened.
         Err(e) if json => {
             outln!("{}", out::error_json("check", &path, None, &e.to_string()));
-            return Ok(2);
+            return Ok(Exit::Error);
         }
         Err(e) => return Err(e.to_string()),
     };
@@ -39,7 +40,7 @@ pub(crate) fn check(c: &Ctx, json: bool, device: &Path) -> Result<u8, String> {
         } else {
             note!("mmp: {msg}");
         }
-        return Ok(1);
+        return Ok(Exit::Refused);
     }
     let cfg = Config::new(t.layout, c.identity(device), clock::random_seed());
     let mut m = Machine::new(cfg, Op::Check, clock::now());
@@ -57,7 +58,7 @@ pub(crate) fn check(c: &Ctx, json: bool, device: &Path) -> Result<u8, String> {
             stale: false,
             snapshot,
         }) => (
-            0,
+            Exit::Ok,
             format!(
                 "{path}: safe to take: MMP is clean; {}",
                 out::who(&snapshot)
@@ -67,7 +68,7 @@ pub(crate) fn check(c: &Ctx, json: bool, device: &Path) -> Result<u8, String> {
             stale: true,
             snapshot,
         }) => (
-            0,
+            Exit::Ok,
             format!(
                 "{path}: safe to take: not clean but silent for the whole {:.1} s window; {}",
                 m.timing().map_or(0.0, |t| t.watch.as_secs_f64()),
@@ -75,9 +76,9 @@ pub(crate) fn check(c: &Ctx, json: bool, device: &Path) -> Result<u8, String> {
             ),
         ),
         Some(Outcome::Refused(r)) => (out::refusal_code(&r), out::refusal(&path, &r)),
-        Some(Outcome::Aborted) => (2, format!("{path}: interrupted")),
+        Some(Outcome::Aborted) => (Exit::Error, format!("{path}: interrupted")),
         other => (
-            2,
+            Exit::Error,
             format!(
                 "{path}: the check ended unexpectedly: {}",
                 out::outcome(&path, other.as_ref())
@@ -86,8 +87,8 @@ pub(crate) fn check(c: &Ctx, json: bool, device: &Path) -> Result<u8, String> {
     };
     if json {
         let state = match (code, outcome) {
-            (0, _) => "safe",
-            (1, _) => "in_use",
+            (Exit::Ok, _) => "safe",
+            (Exit::Refused, _) => "in_use",
             _ => "error",
         };
         let o = json::Obj::device("check", &path, Some(t.format))
@@ -99,7 +100,7 @@ pub(crate) fn check(c: &Ctx, json: bool, device: &Path) -> Result<u8, String> {
             o
         };
         outln!("{}", o.end());
-    } else if code == 0 {
+    } else if code == Exit::Ok {
         outln!("{text}");
     } else {
         note!("mmp: {text}");

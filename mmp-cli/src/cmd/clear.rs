@@ -1,12 +1,13 @@
 //! `mmp clear --force`: the operator's reset to CLEAN (like `tune2fs -f -E clear_mmp`).
 
+use crate::exit::Exit;
 use crate::{Ctx, out, show};
 use mmp_core::machine::{Config, Machine, Op, Outcome};
 use mmp_linux::{clock, driver, target};
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
-pub(crate) fn clear(c: &Ctx, force: bool, device: &Path) -> Result<u8, String> {
+pub(crate) fn clear(c: &Ctx, force: bool, device: &Path) -> Result<Exit, String> {
     let path = show(device);
     if !force {
         return Err(format!(
@@ -31,7 +32,7 @@ pub(crate) fn clear(c: &Ctx, force: bool, device: &Path) -> Result<u8, String> {
     match driver::run_until_settled(&mut m, &t.device, &mut c.faults(), &stop, &mut |_| {}) {
         Some(Outcome::Cleared) => {
             outln!("{path}: MMP reset to clean");
-            Ok(0)
+            Ok(Exit::Ok)
         }
         Some(Outcome::Refused(r)) => Err(out::refusal(&path, &r)),
         other => Err(format!(
@@ -41,7 +42,7 @@ pub(crate) fn clear(c: &Ctx, force: bool, device: &Path) -> Result<u8, String> {
     }
 }
 
-fn clear_unparsable_native(c: &Ctx, device: &Path) -> Result<u8, String> {
+fn clear_unparsable_native(c: &Ctx, device: &Path) -> Result<Exit, String> {
     use mmp_linux::area;
     let path = show(device);
     match area::reset_unparsable(device, &c.identity(device)) {
@@ -58,7 +59,7 @@ fn clear_unparsable_native(c: &Ctx, device: &Path) -> Result<u8, String> {
                 r.record.interval_ms,
                 r.record.fail_intervals
             );
-            Ok(0)
+            Ok(Exit::Ok)
         }
         Err(area::ResetError::Device(e)) => Err(e.to_string()),
         Err(e) => Err(format!("{path}: {e}")),

@@ -2,6 +2,7 @@
 //! takeover, with timings. Both "hosts" are engines in this process with different hostids
 //! and node names; a crash is an engine stopped without releasing.
 
+use crate::exit::Exit;
 use crate::out;
 use mmp_core::format::native;
 use mmp_core::machine::{Config, Event, Identity, Machine, Op, Outcome};
@@ -87,7 +88,7 @@ fn status_line(path: &Path) -> String {
     }
 }
 
-pub(crate) fn demo(dir: Option<&Path>) -> Result<u8, String> {
+pub(crate) fn demo(dir: Option<&Path>) -> Result<Exit, String> {
     let dir: PathBuf = dir.map_or_else(std::env::temp_dir, Path::to_path_buf);
     let path = dir.join(format!("mmp-demo-{}.img", std::process::id()));
     let res = run_demo(&path);
@@ -95,7 +96,7 @@ pub(crate) fn demo(dir: Option<&Path>) -> Result<u8, String> {
     res
 }
 
-fn run_demo(path: &Path) -> Result<u8, String> {
+fn run_demo(path: &Path) -> Result<Exit, String> {
     let interval_ms = 100;
     let fail = native::DEFAULT_FAIL_INTERVALS;
     std::fs::write(path, vec![0u8; 1 << 20]).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -196,5 +197,5 @@ fn run_demo(path: &Path) -> Result<u8, String> {
         "\nFor comparison: e2fsprogs needs 11 s to open a clean ext4 MMP file system at interval 5,"
     );
     outln!("and the kernel waits 22 s before mounting one whose holder crashed.");
-    Ok(0)
+    Ok(Exit::Ok)
 }

@@ -1,5 +1,6 @@
 //! `mmp format`: write a native MMP area.
 
+use crate::exit::Exit;
 use crate::{out, show};
 use std::path::Path;
 
@@ -8,7 +9,7 @@ pub(crate) fn format_native(
     fail: u16,
     force: bool,
     device: &Path,
-) -> Result<u8, String> {
+) -> Result<Exit, String> {
     use mmp_linux::area;
     let path = show(device);
     match area::format(device, interval_ms, u32::from(fail), force) {
@@ -19,7 +20,7 @@ pub(crate) fn format_native(
                 u64::from(interval_ms) * u64::from(fail),
                 2 * u64::from(interval_ms) * u64::from(fail)
             );
-            Ok(0)
+            Ok(Exit::Ok)
         }
         Err(area::FormatError::NotClean(r)) => {
             note!(
@@ -27,11 +28,11 @@ pub(crate) fn format_native(
                 r.state.name(),
                 out::who(&mmp_core::machine::Snapshot::Native(*r))
             );
-            Ok(1)
+            Ok(Exit::Refused)
         }
         Err(e) if e.is_refusal() => {
             note!("mmp: {path}: {e}");
-            Ok(1)
+            Ok(Exit::Refused)
         }
         Err(e @ (area::FormatError::BadInterval(_) | area::FormatError::BadFailIntervals(_))) => {
             Err(format!("--interval-ms/--fail-intervals: {e}"))

@@ -1,6 +1,7 @@
 //! `mmp hold` and `mmp run`: acquire every device concurrently on the heartbeat engine,
 //! keep them, react to loss, release CLEAN at the end.
 
+use crate::exit::Exit;
 use crate::progress::Progress;
 use crate::{Ctx, out, show};
 use clap::Args;
@@ -274,12 +275,12 @@ fn kill_group(ch: &Child, sig: rustix::process::Signal) {
 
 /// How `mmp run` reports the end of its command (as a shell does): its exit status, 128 +
 /// the signal that killed it.
-fn exit_code_of(status: std::process::ExitStatus) -> u8 {
+fn exit_code_of(status: std::process::ExitStatus) -> Exit {
     use std::os::unix::process::ExitStatusExt;
-    status.code().map_or_else(
+    Exit::Command(status.code().map_or_else(
         || 128 + u8::try_from(status.signal().unwrap_or(0)).unwrap_or(0),
         |c| u8::try_from(c).unwrap_or(1),
-    )
+    ))
 }
 
 /// Mounts in `after` (`/proc/self/mountinfo` text) whose mount id is not in `before`, as
@@ -344,11 +345,14 @@ pub(crate) fn hold(
     opts: &HoldOpts,
     devices: &[PathBuf],
     command: Option<&[String]>,
-) -> Result<u8, String> {
+) -> Result<Exit, String> {
     let state = StateFile(opts.state_file.as_deref());
     state.write("starting", None);
     let res = hold_inner(c, opts, devices, command, &state);
-    state.write("ended", Some(*res.as_ref().unwrap_or(&2)));
+    state.write(
+        "ended",
+        Some(res.as_ref().map_or(Exit::Error.code(), |e| e.code())),
+    );
     res
 }
 
@@ -358,7 +362,7 @@ fn hold_inner(
     devices: &[PathBuf],
     command: Option<&[String]>,
     state: &StateFile<'_>,
-) -> Result<u8, String> {
+) -> Result<Exit, String> {
     let action = parse_loss(&opts.on_loss)?;
     let wait_limit = match opts.wait {
         Some(Some(s)) if !s.is_finite() || s < 0.0 => {
@@ -422,7 +426,7 @@ fn hold_inner(
             .or_else(|| crate::local::held_here(c, &t, d))
         {
             note!("mmp: {msg}");
-            return Ok(1);
+            return Ok(Exit::Refused);
         }
         if c.verbose {
             note!(
@@ -438,14 +442,14 @@ fn hold_inner(
     // claimed: a clean device claimed next to a refused one would keep that claim (an
     // acquire given up before it is verified never writes CLEAN) and look stale to others.
     if targets.len() > 1 {
-        let mut code = 0u8;
+        let mut code = Exit::Ok;
         for (d, t) in devices.iter().zip(&targets) {
             if let Some(r) = preflight(c, opts.force || queue, d, t) {
                 note!("mmp: {}", out::refusal(&show(d), &r));
-                code = code.max(out::refusal_code(&r));
+                code = code.worst(out::refusal_code(&r));
             }
         }
-        if code != 0 {
+        if code != Exit::Ok {
             note!("mmp: nothing written to any device (all or nothing)");
             return Ok(code);
         }
@@ -528,10 +532,10 @@ fn hold_inner(
     let mut release_wanted = false;
     let mut guard_note: Option<Instant> = None;
     let mut mounts_before: Option<Vec<u8>> = None;
-    let mut code: u8 = 0;
+    let mut code = Exit::Ok;
     let mut lost = false;
     let mut child: Option<Child> = None;
-    let mut child_code: Option<u8> = None;
+    let mut child_code: Option<Exit> = None;
     let mut last_status_write = Instant::now();
     let mut last_summary = Instant::now();
     let mut io_warned = vec![false; n];
@@ -565,7 +569,7 @@ fn hold_inner(
                     match o {
                         Outcome::Refused(r) => {
                             note!("mmp: {}", out::refusal(&paths[slot], &r));
-                            code = code.max(out::refusal_code(&r));
+                            code = code.worst(out::refusal_code(&r));
                             if !releasing {
                                 if acquired.iter().any(|&a| a) || n > 1 {
                                     note!("mmp: releasing the other devices (all or nothing)");
@@ -584,7 +588,7 @@ fn hold_inner(
                                 cut_io(&cuts);
                                 run_loss_action(&action, &paths[slot], &msg, child.as_mut());
                             }
-                            code = 3;
+                            code = Exit::Lost;
                             if !releasing {
                                 releasing = true;
                                 eng.release_all();
@@ -615,7 +619,7 @@ fn hold_inner(
                 "mmp: gave up waiting after {:.1} s (--wait): still held by another host",
                 limit.as_secs_f64()
             );
-            code = code.max(1);
+            code = code.worst(Exit::Refused);
             releasing = true;
             eng.release_all();
         }
@@ -692,7 +696,7 @@ fn hold_inner(
                 }
                 Err(e) => {
                     note!("mmp: --fence scsi-pr: {e}; releasing");
-                    code = 2;
+                    code = Exit::Error;
                     releasing = true;
                     // Possibly reserved on the devices before the failing one: give back.
                     for e in f.release() {
@@ -727,7 +731,7 @@ fn hold_inner(
                     }
                     Err(e) => {
                         note!("mmp: cannot arm the watchdog: {e}; releasing");
-                        code = 2;
+                        code = Exit::Error;
                         releasing = true;
                         eng.release_all();
                     }
@@ -754,11 +758,11 @@ fn hold_inner(
                         note!("mmp: cannot run {}: {e}; releasing", cmd[0]);
                         // As a shell: 127 when there is no such command, 126 when it cannot
                         // be run.
-                        let cc = if e.kind() == std::io::ErrorKind::NotFound {
+                        let cc = Exit::Command(if e.kind() == std::io::ErrorKind::NotFound {
                             127
                         } else {
                             126
-                        };
+                        });
                         child_code = Some(cc);
                         releasing = true;
                         eng.release_all();
@@ -804,7 +808,7 @@ fn hold_inner(
                 if let Some(t) = &terminal {
                     t.take_back();
                 }
-                child_code = Some(st.map_or(1, exit_code_of));
+                child_code = Some(st.map_or(Exit::Command(1), exit_code_of));
             }
             break;
         }
@@ -826,16 +830,16 @@ fn hold_inner(
     if let Some(p) = &opts.status_file {
         write_status_file(p, &report_lines(&report, &formats, &identities));
     }
-    if code != 0 {
+    if code != Exit::Ok {
         return Ok(code);
     }
     for (i, o) in done.iter().enumerate() {
         match o {
             Some(Outcome::Released) => {}
-            Some(Outcome::Lost(Loss::ReleaseReadFailed(_))) => return Ok(3),
+            Some(Outcome::Lost(Loss::ReleaseReadFailed(_))) => return Ok(Exit::Lost),
             Some(Outcome::Aborted) if command.is_none() => {
                 note!("mmp: {}: acquire interrupted", paths[i]);
-                return Ok(2);
+                return Ok(Exit::Error);
             }
             // `run` stopped by a signal before its command ran: 128 + the signal, as the
             // command would have exited.
@@ -846,14 +850,14 @@ fn hold_inner(
                 } else if got_term.load(Ordering::SeqCst) {
                     signal_hook::consts::SIGTERM
                 } else {
-                    return Ok(2);
+                    return Ok(Exit::Error);
                 };
-                return Ok(128 + u8::try_from(sig).unwrap_or(0));
+                return Ok(Exit::Command(128 + u8::try_from(sig).unwrap_or(0)));
             }
             _ => {}
         }
     }
-    Ok(child_code.unwrap_or(0))
+    Ok(child_code.unwrap_or(Exit::Ok))
 }
 
 /// The `--cut-io NAME=DEVICE` mappings this hold made: removed when the hold ends, on any

@@ -1,6 +1,7 @@
 //! `mmp hostid`: show or generate this host's hostid.
 
 use crate::args::Global;
+use crate::exit::Exit;
 use mmp_linux::hostid;
 use std::io::Write;
 use std::path::Path;
@@ -10,7 +11,7 @@ pub(crate) fn hostid_cmd(
     generate: bool,
     force: bool,
     file: &Path,
-) -> Result<u8, String> {
+) -> Result<Exit, String> {
     if generate {
         let v = hostid::generate(file, force).map_err(|e| match e {
             hostid::HostidError::AlreadyExists { path, current } => format!(
@@ -21,7 +22,7 @@ pub(crate) fn hostid_cmd(
             e => e.to_string(),
         })?;
         outln!("hostid 0x{v:08x} written to {}", file.display());
-        return Ok(0);
+        return Ok(Exit::Ok);
     }
     let env = std::env::var(hostid::ENV_VAR).ok();
     let h = hostid::resolve_with_path(g.hostid.as_deref(), env.as_deref(), file)
@@ -41,5 +42,5 @@ pub(crate) fn hostid_cmd(
         );
     }
     let _ = std::io::stdout().flush();
-    Ok(0)
+    Ok(Exit::Ok)
 }

@@ -9,6 +9,7 @@
 //!   once, and the kernel claims the block within milliseconds. `mmp umount` unmounts (the
 //!   kernel writes CLEAN).
 
+use crate::exit::Exit;
 use crate::{Ctx, out, show};
 use clap::Args;
 use mmp_linux::procedure::{self, HandOver, Unproven};
@@ -113,7 +114,7 @@ fn run_mount(a: &MountArgs, source: &Path) -> Result<(), String> {
     }
 }
 
-pub(crate) fn mount(c: &Ctx, a: &MountArgs) -> Result<u8, String> {
+pub(crate) fn mount(c: &Ctx, a: &MountArgs) -> Result<Exit, String> {
     if !a.dir.is_dir() {
         return Err(format!(
             "mount point {} does not exist or is not a directory",
@@ -134,7 +135,7 @@ pub(crate) fn mount(c: &Ctx, a: &MountArgs) -> Result<u8, String> {
     }
 }
 
-fn mount_ext4(c: &Ctx, a: &MountArgs, t: target::Target) -> Result<u8, String> {
+fn mount_ext4(c: &Ctx, a: &MountArgs, t: target::Target) -> Result<Exit, String> {
     let path = show(&a.device);
     if a.cut_io {
         return Err(format!(
@@ -153,11 +154,11 @@ fn mount_ext4(c: &Ctx, a: &MountArgs, t: target::Target) -> Result<u8, String> {
     // block for a whole window and blame "another node".
     if let Some(msg) = crate::cmd::check::mounted_here(&t, &path) {
         note!("mmp: {msg}");
-        return Ok(1);
+        return Ok(Exit::Refused);
     }
     if let Some(msg) = crate::local::held_here(c, &t, &a.device) {
         note!("mmp: {msg}");
-        return Ok(1);
+        return Ok(Exit::Refused);
     }
     c.check_hostid(t.format)?;
     c.warn_same_nodename(&t, &path);
@@ -200,10 +201,10 @@ fn mount_ext4(c: &Ctx, a: &MountArgs, t: target::Target) -> Result<u8, String> {
         path,
         show(&a.dir)
     );
-    Ok(0)
+    Ok(Exit::Ok)
 }
 
-fn mount_native(c: &Ctx, a: &MountArgs, mmp_dev: &Path) -> Result<u8, String> {
+fn mount_native(c: &Ctx, a: &MountArgs, mmp_dev: &Path) -> Result<Exit, String> {
     c.check_hostid(target::Format::Native)?;
     let rd = run_dir();
     std::fs::create_dir_all(&rd).map_err(|e| format!("{}: {e}", rd.display()))?;
@@ -216,7 +217,7 @@ fn mount_native(c: &Ctx, a: &MountArgs, mmp_dev: &Path) -> Result<u8, String> {
         && let Some(msg) = crate::local::held_here(c, &t, mmp_dev)
     {
         note!("mmp: {msg}");
-        return Ok(1);
+        return Ok(Exit::Refused);
     }
     // The cut-off mapping first: an error here leaves nothing written.
     let cut = if a.cut_io {
@@ -301,7 +302,11 @@ fn mount_native(c: &Ctx, a: &MountArgs, mmp_dev: &Path) -> Result<u8, String> {
             break;
         }
         if let Ok(Some(st)) = child.try_wait() {
-            let code = st.code().and_then(|c| u8::try_from(c).ok()).unwrap_or(2);
+            let code = match st.code() {
+                Some(0 | 1) => Exit::Refused,
+                Some(3) => Exit::Lost,
+                _ => Exit::Error,
+            };
             // Relay what the holder wrote last, then leave nothing behind in the run directory.
             if let Ok(text) = std::fs::read_to_string(&logf) {
                 note_raw!("{}", text.get(shown..).unwrap_or_default());
@@ -310,7 +315,7 @@ fn mount_native(c: &Ctx, a: &MountArgs, mmp_dev: &Path) -> Result<u8, String> {
                 let _ = std::fs::remove_file(f);
             }
             drop_cut();
-            return Ok(code.max(1));
+            return Ok(code);
         }
         if start.elapsed() > Duration::from_secs(3600) {
             let _ = child.kill();
@@ -352,7 +357,7 @@ fn mount_native(c: &Ctx, a: &MountArgs, mmp_dev: &Path) -> Result<u8, String> {
         show(mmp_dev),
         state.display()
     );
-    Ok(0)
+    Ok(Exit::Ok)
 }
 
 /// A state file for `dir` exists already. Its holder still runs: refuse (unmount first).
@@ -537,7 +542,7 @@ fn is_our_holder(st: &MountState) -> bool {
 
 /// `mmp umount DIR|DEVICE`: unmount, stop the holder (it releases), then remove the
 /// `--cut-io` mapping, if any.
-pub(crate) fn umount(arg: &Path) -> Result<u8, String> {
+pub(crate) fn umount(arg: &Path) -> Result<Exit, String> {
     let rd = run_dir();
     let cut = read_states(&rd)
         .into_iter()
@@ -557,7 +562,7 @@ pub(crate) fn umount(arg: &Path) -> Result<u8, String> {
     r
 }
 
-fn umount_holder(arg: &Path) -> Result<u8, String> {
+fn umount_holder(arg: &Path) -> Result<Exit, String> {
     let rd = run_dir();
     // Found before unmounting: afterwards the mount point no longer resolves to the mount.
     let st = read_states(&rd)
@@ -582,7 +587,7 @@ fn umount_holder(arg: &Path) -> Result<u8, String> {
             show(arg),
             rd.display()
         );
-        return Ok(0);
+        return Ok(Exit::Ok);
     };
     let files = |st: &MountState| {
         ["state", "out", "log", "status", "holder"].map(|f| rd.join(format!("{}.{f}", st.key)))
@@ -600,7 +605,7 @@ fn umount_holder(arg: &Path) -> Result<u8, String> {
                 show(&st.dir),
                 show(&st.mmp_device)
             );
-            return Ok(0);
+            return Ok(Exit::Ok);
         }
         let log = std::fs::read_to_string(rd.join(format!("{}.log", st.key))).unwrap_or_default();
         for f in files(&st) {
@@ -616,7 +621,7 @@ fn umount_holder(arg: &Path) -> Result<u8, String> {
                 show(&st.dir),
                 show(&st.mmp_device)
             );
-            return Ok(3);
+            return Ok(Exit::Lost);
         }
         return Err(format!(
             "unmounted {}, but its holder (pid {}) is no longer running (the pid is gone or \
@@ -649,7 +654,7 @@ fn umount_holder(arg: &Path) -> Result<u8, String> {
         Some(0) => {}
         Some(3) => {
             note_raw!("{log}");
-            return Ok(3);
+            return Ok(Exit::Lost);
         }
         other => {
             note_raw!("{log}");
@@ -670,7 +675,7 @@ fn umount_holder(arg: &Path) -> Result<u8, String> {
         show(&st.dir),
         show(&st.mmp_device)
     );
-    Ok(0)
+    Ok(Exit::Ok)
 }
 
 /// `OsStr` from node-name bytes (Unix: any bytes).
@@ -696,7 +701,7 @@ struct Listed {
 /// `mmp list`: what this host holds through `mmp mount`, from the holders' state files in
 /// the run directory. Exit 0 when every recorded holder runs (or none is recorded), 1 when
 /// any is gone (its device was not released by it), 2 on an error.
-pub(crate) fn list(json: bool) -> Result<u8, String> {
+pub(crate) fn list(json: bool) -> Result<Exit, String> {
     let rd = run_dir();
     let entries = match std::fs::read_dir(&rd) {
         Ok(e) => e,
@@ -704,11 +709,11 @@ pub(crate) fn list(json: bool) -> Result<u8, String> {
             if !json {
                 outln!("no mmp mounts recorded ({} does not exist)", rd.display());
             }
-            return Ok(0);
+            return Ok(Exit::Ok);
         }
         Err(e) => return Err(format!("{}: {e}", rd.display())),
     };
-    let mut code = 0u8;
+    let mut code = Exit::Ok;
     let mut names: Vec<std::ffi::OsString> = entries
         .flatten()
         .map(|e| e.file_name())
@@ -727,12 +732,12 @@ pub(crate) fn list(json: bool) -> Result<u8, String> {
                     .map(|d| d.as_secs());
                 let alive = is_our_holder(&st);
                 if !alive {
-                    code = code.max(1);
+                    code = code.worst(Exit::Refused);
                 }
                 listed.push(Listed { st, since, alive });
             }
             Err(e) => {
-                code = 2;
+                code = Exit::Error;
                 if json {
                     outln!(
                         "{}",

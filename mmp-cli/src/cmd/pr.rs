@@ -2,6 +2,7 @@
 //! `sg_persist -k -r`, with mmp keys decoded to hostids. Read-only: it sends PERSISTENT
 //! RESERVE IN (READ KEYS, READ RESERVATION) and nothing else.
 
+use crate::exit::Exit;
 use crate::{Ctx, out, show};
 use clap::Args;
 use mmp_linux::pr::{self, Keys, Pr, PrError, Reservation};
@@ -44,12 +45,12 @@ fn parse_key(s: &str) -> Result<u64, String> {
 
 /// Runs `mmp pr`: 0 when every device was read, 2 when any was not (the others are still
 /// shown).
-pub(crate) fn pr(c: &Ctx, args: &PrArgs) -> Result<u8, String> {
+pub(crate) fn pr(c: &Ctx, args: &PrArgs) -> Result<Exit, String> {
     let own = match &args.key {
         Some(k) => Some(parse_key(k)?),
         None => pr::key_for_hostid(c.hostid),
     };
-    let mut code = 0u8;
+    let mut code = Exit::Ok;
     for d in &args.devices {
         let path = show(d);
         let res = Pr::open(d).and_then(|p| Ok((p.read_keys()?, p.read_reservation()?)));
@@ -62,7 +63,7 @@ pub(crate) fn pr(c: &Ctx, args: &PrArgs) -> Result<u8, String> {
                 }
             }
             Err(e) => {
-                code = 2;
+                code = Exit::Error;
                 let msg = message(&path, &e);
                 if args.json {
                     outln!(

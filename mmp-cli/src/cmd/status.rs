@@ -1,16 +1,17 @@
 //! `mmp status`: the state of each device, like e2mmpstatus, for any number of devices.
 
+use crate::exit::Exit;
 use crate::{Ctx, out, resolve, show};
 use mmp_linux::target;
 use std::path::PathBuf;
 
-pub(crate) fn status(c: &Ctx, json: bool, devices: &[PathBuf]) -> u8 {
-    let mut code = 0u8;
+pub(crate) fn status(c: &Ctx, json: bool, devices: &[PathBuf]) -> Exit {
+    let mut code = Exit::Ok;
     for d in devices {
         let d = &match resolve::device(d) {
             Ok(d) => d,
             Err(msg) => {
-                code = 2;
+                code = Exit::Error;
                 if json {
                     outln!("{}", out::error_json("status", &show(d), None, &msg));
                 } else {
@@ -35,7 +36,7 @@ pub(crate) fn status(c: &Ctx, json: bool, devices: &[PathBuf]) -> u8 {
                     Ok(snap) => {
                         let clean = snap.class() == mmp_core::machine::Class::Clean;
                         if !clean {
-                            code = code.max(1);
+                            code = code.worst(Exit::Refused);
                         }
                         let mounted = t.device.is_mounted().ok().flatten();
                         if json {
@@ -51,7 +52,7 @@ pub(crate) fn status(c: &Ctx, json: bool, devices: &[PathBuf]) -> u8 {
                         }
                     }
                     Err(e) => {
-                        code = 2;
+                        code = Exit::Error;
                         let msg = format!("{path}: {e}");
                         if json {
                             outln!("{}", out::error_json("status", &path, Some(t.format), &msg));
@@ -62,7 +63,7 @@ pub(crate) fn status(c: &Ctx, json: bool, devices: &[PathBuf]) -> u8 {
                 }
             }
             Err(msg) => {
-                code = 2;
+                code = Exit::Error;
                 if json {
                     outln!("{}", out::error_json("status", &path, None, &msg));
                 } else {

@@ -1,5 +1,6 @@
 //! `mmp enable`, `disable`, `set-interval`: tune2fs parity for ext4/ldiskfs MMP.
 
+use crate::exit::Exit;
 use crate::progress::Progress;
 use crate::{Ctx, out, show};
 use mmp_core::machine::{Machine, Outcome};
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-pub(crate) fn enable(c: &Ctx, interval: u16, device: &Path) -> Result<u8, String> {
+pub(crate) fn enable(c: &Ctx, interval: u16, device: &Path) -> Result<Exit, String> {
     let path = show(device);
     let interval = procedure::update_interval(u64::from(interval))
         .map_err(|e| format!("--interval {interval}: {e}"))?;
@@ -41,7 +42,7 @@ pub(crate) fn enable(c: &Ctx, interval: u16, device: &Path) -> Result<u8, String
                 "{path}: multiple mount protection is already enabled (MMP block {block}){note}; \
                  nothing changed"
             );
-            return Ok(0);
+            return Ok(Exit::Ok);
         }
         Err(e) => return Err(format!("{path}: {e}")),
     };
@@ -50,15 +51,15 @@ pub(crate) fn enable(c: &Ctx, interval: u16, device: &Path) -> Result<u8, String
         r.update_interval_s,
         r.block
     );
-    Ok(0)
+    Ok(Exit::Ok)
 }
 
 /// [`procedure::prove_unused`] with this host's identity, progress on the terminal, and
 /// SIGINT/SIGTERM aborting the wait. A refusal is `Err((exit code, message))`: 1 when the
 /// device is in use or in doubt but readable (like `hold`), 2 for errors.
-fn prove_unused(c: &Ctx, t: &target::Target, device: &Path) -> Result<Machine, (u8, String)> {
+fn prove_unused(c: &Ctx, t: &target::Target, device: &Path) -> Result<Machine, (Exit, String)> {
     let path = show(device);
-    c.check_hostid(t.format).map_err(|e| (2, e))?;
+    c.check_hostid(t.format).map_err(|e| (Exit::Error, e))?;
     c.warn_same_nodename(t, &path);
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -71,7 +72,7 @@ fn prove_unused(c: &Ctx, t: &target::Target, device: &Path) -> Result<Machine, (
     .map_err(|e| match e {
         Unproven::Refused(r) => (out::refusal_code(&r), out::refusal(&path, &r)),
         Unproven::Ended(o) => (
-            2,
+            Exit::Error,
             format!(
                 "{path}: could not prove the device unused: {}",
                 out::outcome(&path, o.as_ref())
@@ -81,7 +82,7 @@ fn prove_unused(c: &Ctx, t: &target::Target, device: &Path) -> Result<Machine, (
 }
 
 /// [`prove_unused`], with a refusal printed and turned into its exit code.
-fn prove_or_exit(c: &Ctx, t: &target::Target, device: &Path) -> Result<Machine, u8> {
+fn prove_or_exit(c: &Ctx, t: &target::Target, device: &Path) -> Result<Machine, Exit> {
     prove_unused(c, t, device).map_err(|(code, msg)| {
         note!("mmp: {msg}; nothing changed");
         code
@@ -92,7 +93,7 @@ fn prove_or_exit(c: &Ctx, t: &target::Target, device: &Path) -> Result<Machine, 
 /// watched for one update interval (plus a second, at most 31 s) has a live writer, and
 /// freeing it under that writer would let its next heartbeat land in a freed block. `Err`
 /// carries the exit code (1: live, 2: unreadable) after printing why.
-fn refuse_if_live(t: &target::Target, path: &str) -> Result<(), u8> {
+fn refuse_if_live(t: &target::Target, path: &str) -> Result<(), Exit> {
     let secs = t
         .superblock
         .as_ref()
@@ -102,7 +103,7 @@ fn refuse_if_live(t: &target::Target, path: &str) -> Result<(), u8> {
     let read = || {
         t.read_record().map_err(|e| {
             note!("mmp: {path}: {e}; nothing changed");
-            2u8
+            Exit::Error
         })
     };
     let first = read()?;
@@ -123,19 +124,19 @@ fn refuse_if_live(t: &target::Target, path: &str) -> Result<(), u8> {
                  it (unmount the file system on its node) first, or give --force twice if you \
                  know the writer is gone; nothing changed"
             );
-            return Err(1);
+            return Err(Exit::Refused);
         }
     }
     Ok(())
 }
 
-pub(crate) fn disable(c: &Ctx, force: u8, device: &Path) -> Result<u8, String> {
+pub(crate) fn disable(c: &Ctx, force: u8, device: &Path) -> Result<Exit, String> {
     let path = show(device);
     // As tune2fs -O ^mmp: already off is done, not an error.
     let dev = Device::open(device, false).map_err(|e| e.to_string())?;
     if let Err(tune::TuneError::NotEnabled) = tune::preflight(&dev, tune::Op::Disable) {
         outln!("{path}: multiple mount protection is not enabled; nothing changed");
-        return Ok(0);
+        return Ok(Exit::Ok);
     }
     drop(dev);
     let t = target::open(device, true).map_err(|e| e.to_string())?;
@@ -161,7 +162,7 @@ pub(crate) fn disable(c: &Ctx, force: u8, device: &Path) -> Result<u8, String> {
                 "{path}: multiple mount protection disabled (MMP block {} freed)",
                 r.old_block
             );
-            Ok(0)
+            Ok(Exit::Ok)
         }
         Ok(r) => {
             outln!(
@@ -169,13 +170,13 @@ pub(crate) fn disable(c: &Ctx, force: u8, device: &Path) -> Result<u8, String> {
                 r.old_block,
                 r.not_freed_reason.unwrap_or_default()
             );
-            Ok(0)
+            Ok(Exit::Ok)
         }
         Err(e) => Err(format!("{path}: {e}")),
     }
 }
 
-pub(crate) fn set_interval(c: &Ctx, secs: u16, device: &Path) -> Result<u8, String> {
+pub(crate) fn set_interval(c: &Ctx, secs: u16, device: &Path) -> Result<Exit, String> {
     let path = show(device);
     let secs =
         procedure::update_interval(u64::from(secs)).map_err(|e| format!("interval {secs}: {e}"))?;
@@ -194,5 +195,5 @@ pub(crate) fn set_interval(c: &Ctx, secs: u16, device: &Path) -> Result<u8, Stri
         );
     }
     outln!("{path}: MMP update interval set to {secs} s");
-    Ok(0)
+    Ok(Exit::Ok)
 }
