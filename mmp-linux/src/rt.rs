@@ -2,7 +2,14 @@
 //! does not delay heartbeats by paging or by the CPU scheduler.
 #![allow(unsafe_code)]
 
-use crate::engine::RealtimeStatus;
+/// Whether memory locking and real-time scheduling took effect.
+#[derive(Clone, Debug, Default)]
+pub struct RealtimeStatus {
+    /// `mlockall` result: `None` if not requested, `Some(Ok)` or the error text.
+    pub mlock: Option<Result<(), String>>,
+    /// `SCHED_FIFO` result for the engine thread.
+    pub fifo: Option<Result<(), String>>,
+}
 
 /// The `SCHED_FIFO` priority the heartbeat thread asks for (low among real-time
 /// priorities, above every normal process).
