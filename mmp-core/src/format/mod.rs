@@ -8,6 +8,7 @@
 pub mod ext4;
 pub mod ext4fs;
 pub mod native;
+pub mod record;
 
 /// Reads a little-endian `u16` from `b[f]` (callers pass ranges inside `b`).
 pub(crate) fn le16(b: &[u8], f: core::ops::Range<usize>) -> u16 {

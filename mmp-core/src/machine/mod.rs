@@ -46,61 +46,11 @@ use crate::rand::Rng;
 use crate::time::{Duration, Instant, Now};
 
 mod stall;
+mod timing;
 
-/// The largest record the machine reads or writes (the ext4 MMP structure).
-pub const MAX_RECORD_LEN: usize = ext4::STRUCT_LEN;
-
-/// Where and how the MMP record lives on the device.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Layout {
-    /// An ext4/ldiskfs file system with the MMP feature.
-    Ext4 {
-        /// Byte offset of the MMP block (`s_mmp_block * block_size`).
-        offset_bytes: u64,
-        /// The MMP checksum seed (with metadata_csum), see
-        /// [`ext4::Superblock::mmp_csum_seed`].
-        csum_seed: Option<u32>,
-        /// `s_mmp_update_interval` as stored (0 is read as 5).
-        update_interval_s: u16,
-    },
-    /// A native mmp area.
-    Native {
-        /// Byte offset of the record (0 for a whole device).
-        offset_bytes: u64,
-    },
-}
-
-impl Layout {
-    /// Bytes the machine reads and writes: 1024 for ext4, 512 for native.
-    #[must_use]
-    pub fn record_len(&self) -> usize {
-        match self {
-            Layout::Ext4 { .. } => ext4::STRUCT_LEN,
-            Layout::Native { .. } => native::RECORD_LEN,
-        }
-    }
-
-    /// Byte offset of the record on the device.
-    #[must_use]
-    pub fn offset_bytes(&self) -> u64 {
-        match *self {
-            Layout::Ext4 { offset_bytes, .. } | Layout::Native { offset_bytes } => offset_bytes,
-        }
-    }
-
-    fn ext4_update_interval_s(&self) -> u16 {
-        match *self {
-            Layout::Ext4 {
-                update_interval_s: 0,
-                ..
-            } => ext4::DEFAULT_UPDATE_INTERVAL_S,
-            Layout::Ext4 {
-                update_interval_s, ..
-            } => update_interval_s,
-            Layout::Native { .. } => ext4::DEFAULT_UPDATE_INTERVAL_S,
-        }
-    }
-}
+pub use crate::format::record::{Class, Corrupt, Layout, MAX_RECORD_LEN, Snapshot, parse};
+use timing::FALLBACK_TIMING;
+pub use timing::Timing;
 
 /// Who this host is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -234,142 +184,6 @@ impl IoError {
     #[must_use]
     pub const fn is_reservation_conflict(self) -> bool {
         self.errno == Self::RESERVATION_CONFLICT
-    }
-}
-
-/// A parsed record: what the device says.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Snapshot {
-    /// An ext4 MMP block.
-    Ext4(ext4::Block),
-    /// A native record.
-    Native(native::Record),
-}
-
-impl Snapshot {
-    /// The node name of the last writer, up to the first NUL.
-    #[must_use]
-    pub fn nodename(&self) -> &[u8] {
-        match self {
-            Snapshot::Ext4(b) => b.nodename(),
-            Snapshot::Native(r) => r.nodename(),
-        }
-    }
-
-    /// The device name recorded by the last writer, up to the first NUL.
-    #[must_use]
-    pub fn devname(&self) -> &[u8] {
-        match self {
-            Snapshot::Ext4(b) => b.bdevname(),
-            Snapshot::Native(r) => r.devname(),
-        }
-    }
-
-    /// The hostid of the last writer (native only).
-    #[must_use]
-    pub fn hostid(&self) -> Option<u32> {
-        match self {
-            Snapshot::Ext4(_) => None,
-            Snapshot::Native(r) => Some(r.hostid),
-        }
-    }
-
-    /// Wall time of the last write, Unix milliseconds.
-    #[must_use]
-    pub fn time_ms(&self) -> u64 {
-        match self {
-            Snapshot::Ext4(b) => b.time.saturating_mul(1000),
-            Snapshot::Native(r) => r.time_ms,
-        }
-    }
-
-    /// The sequence value.
-    #[must_use]
-    pub fn seq(&self) -> u64 {
-        match self {
-            Snapshot::Ext4(b) => u64::from(b.seq),
-            Snapshot::Native(r) => r.seq,
-        }
-    }
-
-    /// The state class.
-    #[must_use]
-    pub fn class(&self) -> Class {
-        match self {
-            Snapshot::Ext4(b) => match b.seq_class() {
-                ext4::SeqClass::Clean => Class::Clean,
-                ext4::SeqClass::Fsck => Class::Fsck,
-                ext4::SeqClass::Live(_) => Class::Active,
-                ext4::SeqClass::Unknown(_) => Class::Unknown,
-            },
-            Snapshot::Native(r) => match r.state {
-                native::State::Clean => Class::Clean,
-                native::State::Active => Class::Active,
-                native::State::Maintenance => Class::Maintenance,
-            },
-        }
-    }
-}
-
-/// The state class of a record, common to both formats.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Class {
-    /// Released.
-    Clean,
-    /// Held, or held by a host that stopped without releasing.
-    Active,
-    /// ext4: an e2fsprogs tool holds it (`SEQ_FSCK`).
-    Fsck,
-    /// ext4: a sequence above `SEQ_MAX` that is neither CLEAN nor FSCK.
-    Unknown,
-    /// native: reserved by an administrator.
-    Maintenance,
-}
-
-impl Class {
-    /// The name used in text and JSON output.
-    #[must_use]
-    pub fn name(self) -> &'static str {
-        match self {
-            Class::Clean => "clean",
-            Class::Active => "active",
-            Class::Fsck => "fsck",
-            Class::Unknown => "unknown",
-            Class::Maintenance => "maintenance",
-        }
-    }
-}
-
-/// A record that does not parse.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Corrupt {
-    /// ext4 MMP block error.
-    Ext4(ext4::BlockError),
-    /// Native record error.
-    Native(native::RecordError),
-}
-
-impl core::fmt::Display for Corrupt {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            Corrupt::Ext4(e) => e.fmt(f),
-            Corrupt::Native(e) => e.fmt(f),
-        }
-    }
-}
-
-/// Parses a record of the given layout. Never panics.
-///
-/// # Errors
-/// [`Corrupt`] when the bytes are not a valid record.
-pub fn parse(layout: &Layout, bytes: &[u8]) -> Result<Snapshot, Corrupt> {
-    match *layout {
-        Layout::Ext4 { csum_seed, .. } => ext4::Block::parse(bytes, csum_seed)
-            .map(Snapshot::Ext4)
-            .map_err(Corrupt::Ext4),
-        Layout::Native { .. } => native::Record::parse(bytes)
-            .map(Snapshot::Native)
-            .map_err(Corrupt::Native),
     }
 }
 
@@ -552,84 +366,6 @@ pub struct Stats {
     pub advertised_delay: Duration,
     /// ext4: the check interval we advertise.
     pub check_interval_s: u16,
-}
-
-/// The timing parameters of one device, derived from the owner's recorded values.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Timing {
-    /// Heartbeat interval.
-    pub interval: Duration,
-    /// Self-fence after this long without a successful write.
-    pub fail_window: Duration,
-    /// Passive watch of a non-clean block.
-    pub watch: Duration,
-    /// Wait between writing our claim and verifying it.
-    pub claim_wait: Duration,
-    /// Re-read period during waits.
-    pub poll: Duration,
-}
-
-impl Timing {
-    /// Timing for a record, from the owner's recorded parameters and our layout.
-    ///
-    /// * ext4 (e2fsprogs' rule): `ci = max(s_mmp_update_interval, 5, block check interval)`
-    ///   (the block's value is ignored when CLEAN), watch and claim wait
-    ///   `min(2*ci + 1, ci + 60)` s; our fail window is that wait computed without the
-    ///   block's value (so never longer than any waiter's watch).
-    /// * native: watch `2 * fail_intervals * interval + delay`, claim wait
-    ///   `2 * (interval + delay)`, fail window `fail_intervals * interval`.
-    #[must_use]
-    pub fn for_snapshot(layout: &Layout, snap: &Snapshot) -> Timing {
-        match snap {
-            Snapshot::Ext4(b) => {
-                let upd = u32::from(layout.ext4_update_interval_s());
-                let base = upd.max(u32::from(ext4::MIN_CHECK_INTERVAL_S));
-                let ci = if b.seq_class() == ext4::SeqClass::Clean {
-                    base
-                } else {
-                    base.max(u32::from(b.check_interval))
-                };
-                let wait = Duration::from_secs(u64::from(ext4::wait_time_s(ci)));
-                Timing {
-                    interval: Duration::from_secs(u64::from(upd)),
-                    fail_window: Duration::from_secs(u64::from(ext4::wait_time_s(base))),
-                    watch: wait,
-                    claim_wait: wait,
-                    poll: Duration::from_secs(1),
-                }
-            }
-            Snapshot::Native(r) => {
-                let interval = Duration::from_millis(u64::from(r.interval_ms));
-                let delay = Duration::from_micros(u64::from(r.delay_us));
-                let fail = interval * u32::from(r.fail_intervals);
-                Timing {
-                    interval,
-                    fail_window: fail,
-                    watch: fail * 2 + delay,
-                    claim_wait: (interval + delay) * 2,
-                    poll: interval.clamp(Duration::from_millis(50), Duration::from_secs(1)),
-                }
-            }
-        }
-    }
-
-    /// The longest an acquire may wait on a block with this timing: the watch (unless the
-    /// block is clean) plus the longest claim wait (a late claim waits out a whole lease plus
-    /// an eighth). Not counting I/O time. Start timeouts of cluster resources must exceed
-    /// it for a stale block (`clean = false`).
-    #[must_use]
-    pub fn max_acquire_wait(&self, clean: bool) -> Duration {
-        let claim = self.claim_wait.max(self.fail_window + self.fail_window / 8);
-        if clean { claim } else { self.watch + claim }
-    }
-
-    /// The shortest claim wait any host may use on this device: two intervals (native,
-    /// without advertised delay), at most the claim wait. An aborted acquire restores the
-    /// block it replaced only if the restore is issued within half of it after its re-read.
-    #[must_use]
-    pub fn min_claim_wait(&self) -> Duration {
-        (self.interval * 2).min(self.claim_wait)
-    }
 }
 
 /// The refusal an operation meets at its first read of a block in this state, before any
@@ -1825,16 +1561,6 @@ impl Machine {
 
 /// Upper bound of [`Machine::early_beat_slack`].
 pub const MAX_EARLY_BEAT: Duration = Duration::from_millis(50);
-
-/// Timing used only if an input arrives in a state that has no parsed record (never in a
-/// correct driver); conservative values.
-const FALLBACK_TIMING: Timing = Timing {
-    interval: Duration::from_secs(5),
-    fail_window: Duration::from_secs(5),
-    watch: Duration::from_secs(300),
-    claim_wait: Duration::from_secs(300),
-    poll: Duration::from_secs(1),
-};
 
 /// The 32-byte ext4 device name: the device path if it fits, else its last component.
 fn ext4_bdev(id: &Identity) -> &[u8] {
