@@ -21,6 +21,15 @@ pub const MMP_OPEN_ALL: u32 = MMP_OPEN_READ_ONLY | MMP_OPEN_REALTIME;
 /// too); the details come with the event.
 pub const MMP_EVENT_LOST: u32 = 1;
 
+/// `mmp_device_read_events`: the acquire started with `mmp_device_acquire_start` entered a
+/// new phase or wait (`mmp_device_acquire_progress` describes it).
+pub const MMP_EVENT_PROGRESS: u32 = 2;
+
+/// `mmp_device_read_events`: the acquire started with `mmp_device_acquire_start` has
+/// finished (held, refused, failed or cancelled): `mmp_device_acquire_finish` returns its
+/// result.
+pub const MMP_EVENT_ACQUIRE_DONE: u32 = 4;
+
 /// Size of the name arrays in `mmp_status`: up to 64 bytes and a terminating NUL.
 pub const MMP_NAME_SIZE: usize = 65;
 
@@ -183,6 +192,22 @@ pub struct mmp_status {
     pub watch_ms: u64,
     /// How long an acquire waits after writing its claim, milliseconds.
     pub claim_wait_ms: u64,
+}
+
+/// Where an acquire started with `mmp_device_acquire_start` is
+/// (`mmp_device_acquire_progress`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct mmp_progress {
+    /// `MMP_PHASE_READING` until the first read completed, then `MMP_PHASE_WATCHING` (the
+    /// activity test) and `MMP_PHASE_CLAIMING` (the verify wait after the claim);
+    /// `MMP_PHASE_HELD` once acquired, `MMP_PHASE_DONE` once it ended otherwise.
+    pub phase: mmp_phase,
+    /// Milliseconds left in the current wait, by the clock at the time of the call (0 when
+    /// not waiting).
+    pub remaining_ms: u64,
+    /// The current wait's total length, milliseconds (0 when not waiting).
+    pub total_ms: u64,
 }
 
 /// Details of a loss, valid only during the loss callback.
