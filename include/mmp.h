@@ -333,6 +333,44 @@ typedef uint32_t mmp_state;
 #endif // __cplusplus
 
 /**
+ * Why a native block is in its state: the last transition it records
+ * (`mmp status --json`'s `reason`). ext4 records none.
+ */
+enum mmp_reason
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+    /**
+     * Nothing recorded: an active block acquired from a clean one, and every ext4 block.
+     */
+    MMP_REASON_NONE = 0,
+    /**
+     * The owner released it cleanly.
+     */
+    MMP_REASON_RELEASED = 1,
+    /**
+     * An operator reset it (`mmp_device_clear`, `mmp clear --force`).
+     */
+    MMP_REASON_CLEARED = 2,
+    /**
+     * The current owner took it over from an owner that never released it.
+     */
+    MMP_REASON_TAKEN_OVER = 3,
+    /**
+     * `mmp_native_format` (`mmp format`) wrote it.
+     */
+    MMP_REASON_FORMATTED = 4,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum mmp_reason mmp_reason;
+#else
+typedef uint32_t mmp_reason;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * What a check or acquire is doing, for progress callbacks.
  */
 enum mmp_phase
@@ -466,7 +504,8 @@ typedef uint32_t mmp_self_fence;
 typedef struct mmp_device mmp_device;
 
 /**
- * Who this host is, for `mmp_device_open`.
+ * Who this host is, for `mmp_device_open`. Zero-initialise it and set what to override:
+ * `{.nodename = "ost0-a", .default_hostid = true}` overrides only the node name.
  */
 typedef struct mmp_identity {
     /**
@@ -479,6 +518,14 @@ typedef struct mmp_identity {
      * for this host's `uname` node name. Copied by `mmp_device_open`.
      */
     const char *nodename;
+    /**
+     * true: ignore `hostid` and resolve this host's as a NULL identity does
+     * (`$MMP_HOSTID`, else `/etc/hostid`; a malformed or missing one is reported by the
+     * acquiring calls), so that only the node name is overridden. A flag rather than a
+     * reserved hostid value, because every 32-bit value but 0 is a valid hostid. false
+     * (what `{hostid, nodename}` initialisers leave it): use `hostid`.
+     */
+    bool default_hostid;
 } mmp_identity;
 
 /**
@@ -540,6 +587,55 @@ typedef struct mmp_status {
      * How long an acquire waits after writing its claim, milliseconds.
      */
     uint64_t claim_wait_ms;
+    /**
+     * The last transition the block records (native); `MMP_REASON_NONE` for ext4.
+     */
+    mmp_reason reason;
+    /**
+     * Native: wall time the last owner claimed the device (the last transition to ACTIVE,
+     * kept when it is released; 0 in a freshly formatted area), Unix milliseconds; ext4: 0.
+     */
+    uint64_t since_ms;
+    /**
+     * Native: intervals without a successful heartbeat before the owner self-fences, as
+     * recorded; ext4: 0.
+     */
+    uint32_t fail_intervals;
+    /**
+     * Native: the delay the owner advertises (added to its waits for slow storage),
+     * microseconds, as recorded; ext4: 0.
+     */
+    uint32_t delay_us;
+    /**
+     * ext4: `mmp_check_interval` as the last writer recorded it, seconds; native: 0.
+     */
+    uint32_t check_interval_s;
+    /**
+     * ext4: the superblock's `s_mmp_update_interval` as stored (0 is read as 5), seconds;
+     * native: 0.
+     */
+    uint32_t update_interval_s;
+    /**
+     * Byte offset of the MMP record on the device (ext4: the MMP block's number times the
+     * block size; native: 0 for a whole device).
+     */
+    uint64_t offset_bytes;
+    /**
+     * The longest an acquire of this device may wait now, not counting I/O: the claim wait
+     * if the block is clean, else the activity test and the claim wait, milliseconds.
+     */
+    uint64_t acquire_wait_ms;
+    /**
+     * The longest an acquire may wait after the owner crashed (the block not clean),
+     * milliseconds: what a start timeout of a cluster resource must exceed.
+     */
+    uint64_t takeover_wait_ms;
+    /**
+     * Whether no holder ever wrote the block: a native area as `mmp_native_format` wrote
+     * it, or a clean ext4 MMP block with neither node nor device name (as mke2fs/tune2fs
+     * wrote it).
+     */
+    bool never_held;
 } mmp_status;
 
 /**
@@ -727,7 +823,7 @@ mmp_result mmp_device_status(const struct mmp_device *dev, struct mmp_status *ou
  * `dev` is NULL or a live handle; `cb` is NULL or a function that may be called with
  * `userdata` on this thread during the call; `out_owner` is NULL or writable.
  */
-mmp_result mmp_device_check(const struct mmp_device *dev,
+mmp_result mmp_device_check(struct mmp_device *dev,
                             mmp_progress_cb cb,
                             void *userdata,
                             struct mmp_status *out_owner);
@@ -773,7 +869,7 @@ mmp_result mmp_device_check(const struct mmp_device *dev,
  * `dev` is NULL or a live handle; `cb` is NULL or a function that may be called with
  * `userdata` on this thread during the call.
  */
-mmp_result mmp_device_acquire(const struct mmp_device *dev,
+mmp_result mmp_device_acquire(struct mmp_device *dev,
                               bool force,
                               mmp_progress_cb cb,
                               void *userdata);
@@ -798,7 +894,7 @@ mmp_result mmp_device_acquire(const struct mmp_device *dev,
  * `userdata` from another thread until `mmp_device_release` or `mmp_device_free`
  * returns.
  */
-mmp_result mmp_device_start_heartbeat(const struct mmp_device *dev, mmp_loss_cb cb, void *userdata);
+mmp_result mmp_device_start_heartbeat(struct mmp_device *dev, mmp_loss_cb cb, void *userdata);
 
 /**
  * Starts acquiring the device and returns at once: the same acquire as
@@ -899,7 +995,7 @@ mmp_result mmp_device_acquire_progress(const struct mmp_device *dev, struct mmp_
  * # Safety
  * `dev` is NULL or a live handle.
  */
-mmp_result mmp_device_release(const struct mmp_device *dev);
+mmp_result mmp_device_release(struct mmp_device *dev);
 
 /**
  * The operator's forced reset to CLEAN (like `tune2fs -f -E clear_mmp`): no activity
@@ -917,7 +1013,7 @@ mmp_result mmp_device_release(const struct mmp_device *dev);
  * # Safety
  * `dev` is NULL or a live handle.
  */
-mmp_result mmp_device_clear(const struct mmp_device *dev);
+mmp_result mmp_device_clear(struct mmp_device *dev);
 
 /**
  * Cancels the check, acquire or clear running on this handle: it returns
@@ -934,7 +1030,7 @@ mmp_result mmp_device_clear(const struct mmp_device *dev);
  * # Safety
  * `dev` is NULL or a live handle.
  */
-mmp_result mmp_device_cancel(const struct mmp_device *dev);
+mmp_result mmp_device_cancel(struct mmp_device *dev);
 
 /**
  * Enables MMP on an unmounted ext4/ldiskfs file system (like `tune2fs -O mmp -E
@@ -1131,7 +1227,7 @@ mmp_result mmp_device_event_fd(const struct mmp_device *dev, int32_t *out_fd);
  * `dev` is NULL or a live handle; `out_events` is NULL or writable; `out_loss` is NULL or
  * writable.
  */
-mmp_result mmp_device_read_events(const struct mmp_device *dev,
+mmp_result mmp_device_read_events(struct mmp_device *dev,
                                   uint32_t *out_events,
                                   struct mmp_loss_info *out_loss);
 
@@ -1140,6 +1236,14 @@ mmp_result mmp_device_read_events(const struct mmp_device *dev,
  * with the `MMP_VERSION_*` macros to detect a header/library mismatch.
  */
 const char *mmp_version(void);
+
+/**
+ * The library version as a number, `MAJOR << 16 | MINOR << 8 | PATCH`, as
+ * `MMP_VERSION_NUMBER` computes it from the header's macros: e.g.
+ * `mmp_version_number() >= MMP_VERSION_NUMBER` at run time, or a check that the minor
+ * version (the ABI, while at 0.x) matches the header's.
+ */
+uint32_t mmp_version_number(void);
 
 /**
  * Registers this host's reservation key (`0x6d6d7000` and the hostid; `hostid` 0 means

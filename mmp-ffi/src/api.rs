@@ -62,7 +62,7 @@ pub unsafe extern "C" fn mmp_device_open(
                 Some(unsafe { c_bytes(id.nodename) }?.to_vec())
             };
             Some(IdentityArg {
-                hostid: id.hostid,
+                hostid: (!id.default_hostid).then_some(id.hostid),
                 nodename,
             })
         };
@@ -145,7 +145,7 @@ pub unsafe extern "C" fn mmp_device_status(
 /// `userdata` on this thread during the call; `out_owner` is NULL or writable.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn mmp_device_check(
-    dev: *const mmp_device,
+    dev: *mut mmp_device,
     cb: mmp_progress_cb,
     userdata: *mut c_void,
     out_owner: *mut mmp_status,
@@ -204,7 +204,7 @@ pub unsafe extern "C" fn mmp_device_check(
 /// `userdata` on this thread during the call.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn mmp_device_acquire(
-    dev: *const mmp_device,
+    dev: *mut mmp_device,
     force: bool,
     cb: mmp_progress_cb,
     userdata: *mut c_void,
@@ -237,7 +237,7 @@ pub unsafe extern "C" fn mmp_device_acquire(
 /// returns.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn mmp_device_start_heartbeat(
-    dev: *const mmp_device,
+    dev: *mut mmp_device,
     cb: mmp_loss_cb,
     userdata: *mut c_void,
 ) -> mmp_result {
@@ -372,7 +372,7 @@ pub unsafe extern "C" fn mmp_device_acquire_progress(
 /// # Safety
 /// `dev` is NULL or a live handle.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn mmp_device_release(dev: *const mmp_device) -> mmp_result {
+pub unsafe extern "C" fn mmp_device_release(dev: *mut mmp_device) -> mmp_result {
     ffi_boundary!({
         // SAFETY: the caller promises `dev` is NULL or live.
         unsafe { with_handle(dev, |inner, h| inner.release_call(h)) }
@@ -394,7 +394,7 @@ pub unsafe extern "C" fn mmp_device_release(dev: *const mmp_device) -> mmp_resul
 /// # Safety
 /// `dev` is NULL or a live handle.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn mmp_device_clear(dev: *const mmp_device) -> mmp_result {
+pub unsafe extern "C" fn mmp_device_clear(dev: *mut mmp_device) -> mmp_result {
     ffi_boundary!({
         // SAFETY: the caller promises `dev` is NULL or live.
         unsafe { with_handle(dev, |inner, h| inner.clear(h)) }
@@ -415,7 +415,7 @@ pub unsafe extern "C" fn mmp_device_clear(dev: *const mmp_device) -> mmp_result 
 /// # Safety
 /// `dev` is NULL or a live handle.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn mmp_device_cancel(dev: *const mmp_device) -> mmp_result {
+pub unsafe extern "C" fn mmp_device_cancel(dev: *mut mmp_device) -> mmp_result {
     ffi_boundary!({
         // SAFETY: the caller promises `dev` is NULL or live.
         unsafe { handle(dev) }?.cancel()
@@ -700,7 +700,7 @@ pub unsafe extern "C" fn mmp_device_event_fd(
 /// writable.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn mmp_device_read_events(
-    dev: *const mmp_device,
+    dev: *mut mmp_device,
     out_events: *mut u32,
     out_loss: *mut mmp_loss_info,
 ) -> mmp_result {
@@ -725,6 +725,33 @@ pub unsafe extern "C" fn mmp_device_read_events(
 #[unsafe(no_mangle)]
 pub extern "C" fn mmp_version() -> *const c_char {
     concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+}
+
+/// The library version as a number, `MAJOR << 16 | MINOR << 8 | PATCH`, as
+/// `MMP_VERSION_NUMBER` computes it from the header's macros: e.g.
+/// `mmp_version_number() >= MMP_VERSION_NUMBER` at run time, or a check that the minor
+/// version (the ABI, while at 0.x) matches the header's.
+#[unsafe(no_mangle)]
+pub extern "C" fn mmp_version_number() -> u32 {
+    VERSION_NUMBER
+}
+
+const VERSION_NUMBER: u32 = (version_part(env!("CARGO_PKG_VERSION_MAJOR")) << 16)
+    | (version_part(env!("CARGO_PKG_VERSION_MINOR")) << 8)
+    | version_part(env!("CARGO_PKG_VERSION_PATCH"));
+
+/// A version component (decimal, below 256: the number has 8 bits for each).
+const fn version_part(s: &str) -> u32 {
+    let b = s.as_bytes();
+    let mut v = 0u32;
+    let mut i = 0;
+    while i < b.len() {
+        assert!(b[i].is_ascii_digit(), "a version part is decimal");
+        v = v * 10 + (b[i] - b'0') as u32;
+        i += 1;
+    }
+    assert!(v < 256, "a version part fits in 8 bits");
+    v
 }
 
 /// Test hook (Rust only, not part of the C API): runs a call on the handle that panics, to

@@ -28,8 +28,8 @@ use std::sync::{Arc, Mutex, PoisonError, TryLockError};
 /// Who the handle acts as: an explicit identity, or `None` to resolve it as the CLI does
 /// (hostid from `MMP_HOSTID`, else `/etc/hostid`; node name from `uname`).
 pub(crate) struct IdentityArg {
-    /// The hostid.
-    pub(crate) hostid: u32,
+    /// The hostid, or `None` to resolve it as the CLI does.
+    pub(crate) hostid: Option<u32>,
     /// The node name, or `None` for `uname`'s.
     pub(crate) nodename: Option<Vec<u8>>,
 }
@@ -221,11 +221,15 @@ impl Handle {
         }
         let path = PathBuf::from(OsStr::from_bytes(path));
         let writable = flags & MMP_OPEN_READ_ONLY == 0;
-        let (hostid, hostid_error, nodename) = match identity {
-            Some(id) => (id.hostid, None, id.nodename.unwrap_or_else(clock::nodename)),
+        let (explicit, nodename) = match identity {
+            Some(id) => (id.hostid, id.nodename.unwrap_or_else(clock::nodename)),
+            None => (None, clock::nodename()),
+        };
+        let (hostid, hostid_error) = match explicit {
+            Some(h) => (h, None),
             None => match hostid::resolve(None) {
-                Ok(h) => (h.value, None, clock::nodename()),
-                Err(e) => (0, Some(mmp_result::from(&e)), clock::nodename()),
+                Ok(h) => (h.value, None),
+                Err(e) => (0, Some(mmp_result::from(&e))),
             },
         };
         if nodename.is_empty() {

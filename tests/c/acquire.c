@@ -35,8 +35,8 @@
 #define INTERVAL_MS 100u
 #define FAIL_INTERVALS 10u
 
-static const struct mmp_identity ID_A = {0xA1A1A1A1u, "node-a"};
-static const struct mmp_identity ID_B = {0xB2B2B2B2u, "node-b"};
+static const struct mmp_identity ID_A = {0xA1A1A1A1u, "node-a", false};
+static const struct mmp_identity ID_B = {0xB2B2B2B2u, "node-b", false};
 
 static const char *DEV1;
 static const char *DEV2;
@@ -381,7 +381,7 @@ static void misuse(void) {
     mmp_device_free(ro);
 
     /* A refusal at the first read comes from finish, like any other. */
-    struct job nohost = {.dev = open_as(DEV1, &(struct mmp_identity){0, "node-z"}, 0)};
+    struct job nohost = {.dev = open_as(DEV1, &(struct mmp_identity){0, "node-z", false}, 0)};
     nohost.fd = event_fd(nohost.dev);
     CHECK_RC(mmp_device_acquire_start(nohost.dev, false, NULL, NULL), MMP_RESULT_OK);
     run_loop(&nohost, 1, all_done, 5000);

@@ -838,6 +838,7 @@ fn ffi_panic_poisons_the_handle() {
     let id = mmp::mmp_identity {
         hostid: 0x7777,
         nodename: node.as_ptr(),
+        default_hostid: false,
     };
     let losses = std::sync::atomic::AtomicUsize::new(0);
     // SAFETY: every pointer is a live C string, identity, out-parameter or counter for the
@@ -971,6 +972,7 @@ fn c_mount_helper_exit_codes() {
     let id = mmp::mmp_identity {
         hostid: 0x777,
         nodename: c"holder".as_ptr(),
+        default_hostid: false,
     };
     // SAFETY: live C strings and out-parameters; the handle is freed once.
     unsafe {
@@ -1017,6 +1019,7 @@ fn read_status(dev: &Path) -> mmp::mmp_status {
     let id = mmp::mmp_identity {
         hostid: 1,
         nodename: c"observer".as_ptr(),
+        default_hostid: false,
     };
     // SAFETY: live C strings, identity and out-parameters; the handle is freed once.
     unsafe {
@@ -1183,6 +1186,7 @@ fn c_event_loop_example() {
     let id = mmp::mmp_identity {
         hostid: 0x777,
         nodename: c"other".as_ptr(),
+        default_hostid: false,
     };
     // SAFETY: live C strings and out-parameters; the handle is freed once.
     unsafe {
