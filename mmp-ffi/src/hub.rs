@@ -494,8 +494,8 @@ fn event_loop(rx: &mpsc::Receiver<EngineEvent>, routes: &Mutex<Vec<Option<Route>
                 slot,
                 event: event @ (Event::Acquired | Event::Progress { .. }),
             }) => {
-                let routes = routes.lock().unwrap_or_else(PoisonError::into_inner);
-                let Some(route) = routes.get(slot).and_then(Option::as_ref) else {
+                let mut routes = routes.lock().unwrap_or_else(PoisonError::into_inner);
+                let Some(route) = routes.get_mut(slot).and_then(Option::as_mut) else {
                     continue;
                 };
                 if !route.shared.started || route.shared.acquired.load(Ordering::SeqCst) {
@@ -517,7 +517,9 @@ fn event_loop(rx: &mpsc::Receiver<EngineEvent>, routes: &Mutex<Vec<Option<Route>
                     _ if route.cancel.as_ref().is_some_and(|c| c.sent) => {}
                     _ => {
                         route.shared.acquired.store(true, Ordering::SeqCst);
-                        if let Some(c) = &route.cancel {
+                        // Held: a later cancel (of another call on the handle) must never
+                        // release this device.
+                        if let Some(c) = route.cancel.take() {
                             c.end();
                         }
                         route.shared.set_progress(mmp_phase::Held, 0, 0);

@@ -1221,6 +1221,63 @@ fn c_event_loop_example() {
     for d in &devs {
         assert_eq!(read_status(d).state, mmp::mmp_state::Clean);
     }
+
+    // All or nothing: the second device is held by another host (a handle of this test):
+    // refused at once (FOREIGN, exit 1) while the first device's claim is being verified;
+    // the example gives the first up, which restores its block: nothing stays claimed.
+    let path = c_path(&devs[1]);
+    let id = mmp::mmp_identity {
+        hostid: 0x777,
+        nodename: c"other".as_ptr(),
+        default_hostid: false,
+    };
+    let mut holder = std::ptr::null_mut();
+    // SAFETY: live C strings and out-parameters; the handle is freed once, below.
+    unsafe {
+        assert_eq!(
+            mmp::mmp_device_open(path.as_ptr(), &id, 0, &mut holder),
+            mmp::mmp_result::Ok
+        );
+        assert_eq!(
+            mmp::mmp_device_acquire(holder, false, None, std::ptr::null_mut()),
+            mmp::mmp_result::Ok
+        );
+        assert_eq!(
+            mmp::mmp_device_start_heartbeat(holder, None, std::ptr::null_mut()),
+            mmp::mmp_result::Ok
+        );
+    }
+    let before = read_status(&devs[0]);
+    let mut child = Command::new(&bin)
+        .args(&devs)
+        .env("MMP_HOSTID", "0xabc")
+        .env("ASAN_OPTIONS", "detect_leaks=1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start event-loop");
+    let code = wait_exit(&mut child, 10);
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err)
+        .expect("read stderr");
+    assert_eq!(code.code(), Some(1), "event-loop exit {code}: {err}");
+    assert!(
+        err.contains("held by other") && err.contains("giving up every device"),
+        "event-loop said {err:?}"
+    );
+    let first = read_status(&devs[0]);
+    assert_eq!(first.state, mmp::mmp_state::Clean);
+    // The very block found before (a restored claim is written back as it was).
+    assert_eq!(first.seq, before.seq);
+    assert_eq!(first.time_ms, before.time_ms);
+    let second = read_status(&devs[1]);
+    assert_eq!(second.state, mmp::mmp_state::Active);
+    assert_eq!(second.hostid, 0x777);
+    // SAFETY: the live handle from above, freed once.
+    unsafe {
+        assert_eq!(mmp::mmp_device_release(holder), mmp::mmp_result::Ok);
+        mmp::mmp_device_free(holder);
+    }
 }
 
 /// `tests/c/ext4.c` (ASan+UBSan): enable, set-interval and disable on an ext4 image made by
