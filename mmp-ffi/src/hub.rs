@@ -1,8 +1,15 @@
 //! The heartbeat engine every handle of the process shares: one heartbeat thread
 //! (`mmp-heartbeat`) for all the devices libmmp holds, as `mmp hold DEV...` has for the CLI,
 //! and one event thread (`mmp-events`) that delivers the loss callbacks. Started by the first
-//! `mmp_device_start_heartbeat`, with that handle's real-time choice; it lives as long as the
-//! process. A process-wide watchdog (`mmp_watchdog_arm`) belongs to it.
+//! `mmp_device_start_heartbeat` or `mmp_device_acquire_start`, with that handle's real-time
+//! choice; it lives as long as the process. A process-wide watchdog (`mmp_watchdog_arm`)
+//! belongs to it.
+//!
+//! Started acquires (`mmp_device_acquire_start`) run on the engine like `mmp hold`'s: their
+//! machine is added in its acquire, and the event thread, which otherwise only delivers
+//! outcomes, reports their progress and end through the handle's event descriptor (never
+//! as a loss, until they held the device) and turns a handle's cancel flag into a release of
+//! the slot, which aborts the acquire (the call itself stays lock-free).
 //!
 //! Delivery rule: each device's outcome is delivered once. Its route (callback and user
 //! data) is taken out of the table under a lock, either by the event thread (which then
