@@ -273,12 +273,14 @@ pub unsafe extern "C" fn mmp_device_start_heartbeat(
 /// `mmp_device_free` does the same.
 ///
 /// # Errors
-/// `MMP_RESULT_READ_ONLY`, `MMP_RESULT_NO_HOSTID` and `MMP_RESULT_HOSTID_INVALID` (native
-/// format only), `MMP_RESULT_ALREADY_HELD`, `MMP_RESULT_LOST` (a lapsed earlier hold, see
+/// `MMP_RESULT_READ_ONLY`, `MMP_RESULT_HOSTID_INVALID` (native format only: a hostid
+/// resolved from the environment that does not parse, as for `mmp_device_acquire`),
+/// `MMP_RESULT_ALREADY_HELD`, `MMP_RESULT_LOST` (a lapsed earlier hold, see
 /// `mmp_device_acquire`), `MMP_RESULT_BUSY` (an acquire started already, or a call on the
 /// handle from its own callback), `MMP_RESULT_IO` (the device could not be reopened, or the
 /// heartbeat thread could not start), `MMP_RESULT_NULL_PARAMETER`, `MMP_RESULT_FORKED`,
-/// `MMP_RESULT_POISONED`. The refusals come from `mmp_device_acquire_finish`.
+/// `MMP_RESULT_POISONED`. The refusals (`MMP_RESULT_NO_HOSTID` for a hostid of 0 among
+/// them) come from `mmp_device_acquire_finish`.
 ///
 /// # Safety
 /// `dev` is NULL or a live handle; `cb` is NULL or a function that may be called with
