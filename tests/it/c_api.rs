@@ -1030,6 +1030,37 @@ fn c_mount_helper_exit_codes() {
         mmp::mmp_device_free(d);
     }
 
+    // SIGTERM while the claim is being verified (a clean but never-held block: over a
+    // second): the handler cancels the started acquire, which ends ABORTED (exit 2) instead
+    // of going on to mount, and the block is put back exactly as it was.
+    let before = read_status(&img);
+    let mut child = Command::new(&bin)
+        .arg("-m")
+        .arg(&img)
+        .arg(&img)
+        .arg(&mnt)
+        .env("MMP_HOSTID", "0xabc")
+        .env("ASAN_OPTIONS", "detect_leaks=1")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start mount-helper");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let pid = rustix::process::Pid::from_child(&child);
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+    let code = wait_exit(&mut child, 10);
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err)
+        .expect("read stderr");
+    assert_eq!(code.code(), Some(2), "SIGTERM while claiming: {err}");
+    assert!(
+        err.contains("verifying nobody else claims") && err.contains("cancelled"),
+        "{err}"
+    );
+    assert!(!err.contains("mount failed"), "{err}");
+    let after = read_status(&img);
+    assert_eq!(after.state, mmp::mmp_state::Clean);
+    assert_eq!((after.seq, after.time_ms), (before.seq, before.time_ms));
+
     // A corrupt block: error, as `mmp` says.
     let mut raw = std::fs::read(&img).expect("read image");
     raw[0x30] ^= 0xff;
