@@ -661,11 +661,7 @@ impl Inner {
         let m = Machine::new(cfg, Op::Acquire, clock::now());
         h.cancel.store(false, Ordering::SeqCst);
         h.in_flight.store(true, Ordering::SeqCst);
-        let cancel = CancelFlags {
-            flag: Arc::clone(&h.cancel),
-            in_flight: Arc::clone(&h.in_flight),
-            sent: false,
-        };
+        let cancel = CancelFlags::new(&h.cancel, &h.in_flight);
         let shared = Arc::new(Shared::starting());
         self.hold = Hold::Starting(Self::put_on(h, hub, target, m, shared, loss, Some(cancel)));
         Ok(())

@@ -31,7 +31,7 @@ use mmp_core::sys::target::{Format, Target};
 use mmp_core::sys::watchdog::Watchdog;
 use std::cell::Cell;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError, mpsc};
 
 /// State one heartbeating handle shares with the event thread.
@@ -149,14 +149,34 @@ pub(crate) struct Route {
 /// The cancel flags of a handle whose acquire runs on the engine.
 pub(crate) struct CancelFlags {
     /// Set by `mmp_device_cancel`.
-    pub(crate) flag: Arc<AtomicBool>,
+    flag: Arc<AtomicBool>,
     /// The acquire runs (cancel applies only then).
-    pub(crate) in_flight: Arc<AtomicBool>,
+    in_flight: Arc<AtomicBool>,
     /// The release of the slot was sent to the engine.
-    pub(crate) sent: bool,
+    sent: bool,
+}
+
+/// Routes that carry [`CancelFlags`]: while there are none, the event thread sleeps until
+/// the next engine event instead of looking for cancels every [`CANCEL_POLL`].
+static WATCHED_CANCELS: AtomicUsize = AtomicUsize::new(0);
+
+impl Drop for CancelFlags {
+    fn drop(&mut self) {
+        WATCHED_CANCELS.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl CancelFlags {
+    /// The flags of a handle whose acquire is about to start on the engine.
+    pub(crate) fn new(flag: &Arc<AtomicBool>, in_flight: &Arc<AtomicBool>) -> Self {
+        WATCHED_CANCELS.fetch_add(1, Ordering::SeqCst);
+        CancelFlags {
+            flag: Arc::clone(flag),
+            in_flight: Arc::clone(in_flight),
+            sent: false,
+        }
+    }
+
     /// The acquire ended: later cancels do nothing.
     fn end(&self) {
         self.in_flight.store(false, Ordering::SeqCst);
@@ -470,7 +490,14 @@ fn event_loop(rx: &mpsc::Receiver<EngineEvent>, routes: &Mutex<Vec<Option<Route>
             last_scan = std::time::Instant::now();
             send_cancels(routes);
         }
-        match rx.recv_timeout(CANCEL_POLL) {
+        // Without started acquires, nothing to look for: wait for the next event (a started
+        // acquire's first read produces one at once, and from then on this polls).
+        let wait = if WATCHED_CANCELS.load(Ordering::SeqCst) > 0 {
+            CANCEL_POLL
+        } else {
+            IDLE_WAIT
+        };
+        match rx.recv_timeout(wait) {
             Ok(EngineEvent {
                 slot,
                 event: Event::Finished(o),
@@ -565,6 +592,9 @@ fn event_loop(rx: &mpsc::Receiver<EngineEvent>, routes: &Mutex<Vec<Option<Route>
 /// How often the event thread looks for cancelled acquires (`mmp_device_cancel` promises
 /// 50 ms).
 const CANCEL_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// How long the event thread sleeps without started acquires (an engine event wakes it).
+const IDLE_WAIT: std::time::Duration = std::time::Duration::from_secs(3600);
 
 fn millis(d: core::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
