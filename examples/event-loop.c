@@ -4,10 +4,15 @@
  *
  *   event-loop [-f] [-t SECONDS] DEVICE...
  *
- * Acquires every DEVICE in turn (all or nothing: a refusal releases the ones already
- * held), starts their heartbeats, prints "held N device(s)", then waits in poll() on one
- * descriptor per device (mmp_device_event_fd) until a device is lost, SIGTERM/SIGINT
- * arrives, or SECONDS pass (default: forever). Then it releases everything.
+ * Acquires every DEVICE at once without blocking (mmp_device_acquire_start: libmmp's one
+ * heartbeat thread runs the activity tests and claims concurrently, and they heartbeat as
+ * soon as they are held), waiting in poll() on one descriptor per device
+ * (mmp_device_event_fd) for each MMP_EVENT_ACQUIRE_DONE. All or nothing: the first device
+ * refused gives up every other one (mmp_device_release: held ones are released, running
+ * acquires aborted and their claims restored), as does SIGTERM/SIGINT. Once all are held it
+ * prints "held N device(s)" and waits in poll() on the same descriptors until a device is
+ * lost, SIGTERM/SIGINT arrives, or SECONDS pass (default: forever). Then it releases
+ * everything.
  * Exit status, as the mmp command's: 0 released cleanly; 1 refused (another host holds a
  * device); 2 error (including a corrupt block or a missing hostid); 3 ownership lost.
  *
@@ -77,6 +82,14 @@ static uint64_t now_ms(void) {
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
+/* Gives up every device (released if held, aborted if its acquire runs) and frees it. */
+static void give_up_all(struct mmp_device **devs, int n) {
+    for (int i = 0; i < n; i++) {
+        (void)mmp_device_release(devs[i]);
+        mmp_device_free(devs[i]);
+    }
+}
+
 static int release_all(char **paths, struct mmp_device **devs, int n) {
     int code = 0;
     for (int i = 0; i < n; i++) {
@@ -127,31 +140,70 @@ int main(int argc, char **argv) {
 
     struct mmp_device *devs[MAX_DEVICES];
     struct pollfd fds[MAX_DEVICES];
-    int held = 0;
+    bool done[MAX_DEVICES] = {false};
+    int opened = 0;
     for (int i = 0; i < n; i++) {
         struct mmp_device *d = NULL;
         mmp_result r = mmp_device_open(paths[i], NULL, 0, &d);
         if (r == MMP_RESULT_OK) {
-            r = mmp_device_acquire(d, force, NULL, NULL);
+            r = mmp_device_event_fd(d, &fds[i].fd);
         }
         if (r == MMP_RESULT_OK) {
             sigprocmask(SIG_BLOCK, &sigs, &old);
-            r = mmp_device_start_heartbeat(d, NULL, NULL); /* no callback: the fd instead */
+            r = mmp_device_acquire_start(d, force, NULL, NULL); /* no callback: the fd */
             sigprocmask(SIG_SETMASK, &old, NULL);
-        }
-        if (r == MMP_RESULT_OK) {
-            r = mmp_device_event_fd(d, &fds[i].fd);
         }
         if (r != MMP_RESULT_OK) {
             report(paths[i], d, r);
-            mmp_device_free(d); /* releases it if it got that far */
-            release_all(paths, devs, held);
+            mmp_device_free(d);
+            give_up_all(devs, opened);
             return exit_for(r);
         }
         fds[i].events = POLLIN;
         devs[i] = d;
-        held++;
+        opened++;
     }
+    /* Every acquire runs; wait for their ends. */
+    int pending = n;
+    mmp_result failed = MMP_RESULT_OK;
+    while (pending > 0 && failed == MMP_RESULT_OK && !g_stop) {
+        if (poll(fds, (nfds_t)n, -1) < 0 && errno != EINTR) {
+            perror("event-loop: poll");
+            failed = MMP_RESULT_IO;
+            break;
+        }
+        for (int i = 0; i < n && failed == MMP_RESULT_OK; i++) {
+            if (!(fds[i].revents & POLLIN)) {
+                continue;
+            }
+            uint32_t events = 0;
+            if (mmp_device_read_events(devs[i], &events, NULL) != MMP_RESULT_OK) {
+                failed = MMP_RESULT_IO;
+                break;
+            }
+            if ((events & MMP_EVENT_ACQUIRE_DONE) && !done[i]) {
+                done[i] = true;
+                pending--;
+                mmp_result r = mmp_device_acquire_finish(devs[i]);
+                if (r != MMP_RESULT_OK) {
+                    report(paths[i], devs[i], r);
+                    failed = r;
+                }
+            }
+            if (events & MMP_EVENT_LOST) { /* held, and lost while the others were acquired */
+                fprintf(stderr, "event-loop: %s: lost while acquiring the others\n", paths[i]);
+                failed = MMP_RESULT_LOST;
+            }
+        }
+    }
+    if (failed != MMP_RESULT_OK || g_stop) {
+        if (n > 1) {
+            fprintf(stderr, "event-loop: giving up every device (all or nothing)\n");
+        }
+        give_up_all(devs, n);
+        return failed != MMP_RESULT_OK ? exit_for(failed) : exit_for(MMP_RESULT_ABORTED);
+    }
+    int held = n;
     printf("held %d device(s)\n", held);
     fflush(stdout);
 

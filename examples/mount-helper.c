@@ -8,15 +8,17 @@
  *   -m   the device carrying the native MMP area, when DEVICE's file system has no MMP of
  *        its own (XFS, btrfs on a LUN, with a small partition or LUN for MMP); default DEVICE
  *
- * Native MMP area: acquires it, starts the heartbeat, mounts DEVICE on DIR with mount(8),
+ * Native MMP area: acquires it (heartbeating from then on), mounts DEVICE on DIR with mount(8),
  * then stays in the foreground heartbeating until DIR is unmounted (polled every 200 ms) or
  * SIGTERM/SIGINT arrives (it then runs umount(8) on DIR and releases only if that worked).
  * Exit status, as the mmp command's: 0 released cleanly; 1 refused (another host holds the
  * device); 2 error (a corrupt MMP block and a missing hostid included); 3 ownership lost
  * while mounted (the file system must be considered fenced: stop using it).
  *
- * A loss is noticed through libmmp's event descriptor (mmp_device_event_fd), which the main
- * loop polls together with its 200 ms mount check: no callback, no thread of its own.
+ * The acquire does not block in libmmp (mmp_device_acquire_start): progress, the end of the
+ * acquire and later a loss all come through libmmp's event descriptor
+ * (mmp_device_event_fd), which the main loop polls (with its 200 ms mount check once
+ * mounted): no callback, no thread of its own.
  *
  * ext4/ldiskfs with MMP: the kernel heartbeats a mounted ext4 itself. The helper runs the
  * full acquire protocol (which the kernel skips on a clean block), hands the device to the
@@ -68,6 +70,56 @@ static void on_progress(void *userdata, mmp_phase phase, uint64_t remaining_ms, 
         last = phase;
     }
     (void)remaining_ms;
+}
+
+/* Acquires without blocking in libmmp: the acquire runs on libmmp's heartbeat thread, and
+ * this thread waits in poll(2) on the handle's event descriptor, reporting progress
+ * (MMP_EVENT_PROGRESS) until the end (MMP_EVENT_ACQUIRE_DONE). A SIGTERM/SIGINT cancels it
+ * from the handler (mmp_device_cancel); poll then wakes with EINTR, and the end follows
+ * within 50 ms. On success the device already heartbeats. A tool holding several devices
+ * starts them all and polls all their descriptors the same way (docs/c-api.md). */
+static mmp_result acquire_polling(struct mmp_device *dev, bool force, const char *path,
+                                  int *out_fd) {
+    /* libmmp's threads may start here and inherit this mask: with the signals blocked
+     * while they start, SIGTERM and SIGINT always reach the main thread. */
+    sigset_t sigs, old;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    sigprocmask(SIG_BLOCK, &sigs, &old);
+    mmp_result r = mmp_device_acquire_start(dev, force, NULL, NULL); /* no callback: the fd */
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    if (r != MMP_RESULT_OK) {
+        return r;
+    }
+    struct pollfd pfd = {-1, POLLIN, 0};
+    r = mmp_device_event_fd(dev, &pfd.fd);
+    if (r != MMP_RESULT_OK) {
+        (void)mmp_device_release(dev); /* gives the started acquire up */
+        return r;
+    }
+    *out_fd = pfd.fd;
+    on_progress((void *)path, MMP_PHASE_READING, 0, 0);
+    for (;;) {
+        uint32_t events = 0;
+        if (mmp_device_read_events(dev, &events, NULL) == MMP_RESULT_OK) {
+            struct mmp_progress p;
+            if ((events & MMP_EVENT_PROGRESS) &&
+                mmp_device_acquire_progress(dev, &p) == MMP_RESULT_OK) {
+                on_progress((void *)path, p.phase, p.remaining_ms, p.total_ms);
+            }
+            if (events & MMP_EVENT_ACQUIRE_DONE) {
+                r = mmp_device_acquire_finish(dev);
+                if (r == MMP_RESULT_OK && (events & MMP_EVENT_LOST)) {
+                    /* Held, and lost before we looked. */
+                    (void)mmp_device_release(dev);
+                    return MMP_RESULT_LOST;
+                }
+                return r;
+            }
+        }
+        (void)poll(&pfd, 1, -1);
+    }
 }
 
 /* Runs a program and waits for it; returns its exit status, or -1. */
@@ -225,7 +277,8 @@ int main(int argc, char **argv) {
         return exit_for(r);
     }
 
-    r = mmp_device_acquire(dev, force, on_progress, (void *)mmp_path);
+    struct pollfd pfd = {-1, POLLIN, 0};
+    r = acquire_polling(dev, force, mmp_path, &pfd.fd);
     if (r != MMP_RESULT_OK) {
         report(mmp_path, dev, r);
         g_dev = NULL;
@@ -264,25 +317,8 @@ int main(int argc, char **argv) {
         return rc == 0 ? 0 : 2;
     }
 
-    /* libmmp's threads inherit this mask: with the signals blocked while they start, SIGTERM
-     * and SIGINT always reach the main thread. */
-    sigset_t sigs, old;
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGTERM);
-    sigaddset(&sigs, SIGINT);
-    sigprocmask(SIG_BLOCK, &sigs, &old);
-    r = mmp_device_start_heartbeat(dev, NULL, NULL); /* no callback: the event fd instead */
-    sigprocmask(SIG_SETMASK, &old, NULL);
-    struct pollfd pfd = {-1, POLLIN, 0};
-    if (r == MMP_RESULT_OK) {
-        r = mmp_device_event_fd(dev, &pfd.fd);
-    }
-    if (r != MMP_RESULT_OK) {
-        fprintf(stderr, "mount-helper: %s: %s\n", mmp_path, mmp_result_str(r));
-        g_dev = NULL;
-        mmp_device_free(dev);
-        return 2;
-    }
+    /* The acquire left the device heartbeating (mmp_device_acquire_start needs no
+     * mmp_device_start_heartbeat); pfd is its event descriptor. */
     if (run(mount_argv) != 0) {
         fprintf(stderr, "mount-helper: mount failed; releasing %s\n", mmp_path);
         mmp_device_release(dev);

@@ -45,6 +45,19 @@
 #define MMP_EVENT_LOST 1
 
 /**
+ * `mmp_device_read_events`: the acquire started with `mmp_device_acquire_start` entered a
+ * new phase or wait (`mmp_device_acquire_progress` describes it).
+ */
+#define MMP_EVENT_PROGRESS 2
+
+/**
+ * `mmp_device_read_events`: the acquire started with `mmp_device_acquire_start` has
+ * finished (held, refused, failed or cancelled): `mmp_device_acquire_finish` returns its
+ * result.
+ */
+#define MMP_EVENT_ACQUIRE_DONE 4
+
+/**
  * Size of the name arrays in `mmp_status`: up to 64 bytes and a terminating NUL.
  */
 #define MMP_NAME_SIZE 65
@@ -176,7 +189,8 @@ enum mmp_result
     MMP_RESULT_ALREADY_HELD = 110,
     /**
      * The handle is in use by another call: from another thread, or from inside a
-     * callback of a call on the same handle.
+     * callback of a call on the same handle; or an acquire started with
+     * `mmp_device_acquire_start` has not been finished (`mmp_device_acquire_finish`).
      */
     MMP_RESULT_BUSY = 111,
     /**
@@ -230,6 +244,17 @@ enum mmp_result
      * changing, or the target refused a command (see `mmp_last_os_error` for an errno).
      */
     MMP_RESULT_FENCE_FAILED = 122,
+    /**
+     * `mmp_device_acquire_finish`: the acquire started with `mmp_device_acquire_start` is
+     * still running; wait for `MMP_EVENT_ACQUIRE_DONE` on the event descriptor. Not
+     * recorded by `mmp_device_last_error`.
+     */
+    MMP_RESULT_PENDING = 123,
+    /**
+     * `mmp_device_acquire_finish`, `mmp_device_acquire_progress`: no acquire was started
+     * with `mmp_device_acquire_start` on this handle, or its result was taken already.
+     */
+    MMP_RESULT_NOT_STARTED = 124,
     /**
      * This host lost a device it held: another host wrote the block, no heartbeat
      * succeeded within the fail window (self-fenced), or the release could not verify the
@@ -304,6 +329,44 @@ enum mmp_state
 typedef enum mmp_state mmp_state;
 #else
 typedef uint32_t mmp_state;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
+ * Why a native block is in its state: the last transition it records
+ * (`mmp status --json`'s `reason`). ext4 records none.
+ */
+enum mmp_reason
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+    /**
+     * Nothing recorded: an active block acquired from a clean one, and every ext4 block.
+     */
+    MMP_REASON_NONE = 0,
+    /**
+     * The owner released it cleanly.
+     */
+    MMP_REASON_RELEASED = 1,
+    /**
+     * An operator reset it (`mmp_device_clear`, `mmp clear --force`).
+     */
+    MMP_REASON_CLEARED = 2,
+    /**
+     * The current owner took it over from an owner that never released it.
+     */
+    MMP_REASON_TAKEN_OVER = 3,
+    /**
+     * `mmp_native_format` (`mmp format`) wrote it.
+     */
+    MMP_REASON_FORMATTED = 4,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum mmp_reason mmp_reason;
+#else
+typedef uint32_t mmp_reason;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
@@ -441,7 +504,8 @@ typedef uint32_t mmp_self_fence;
 typedef struct mmp_device mmp_device;
 
 /**
- * Who this host is, for `mmp_device_open`.
+ * Who this host is, for `mmp_device_open`. Zero-initialise it and set what to override:
+ * `{.nodename = "ost0-a", .default_hostid = true}` overrides only the node name.
  */
 typedef struct mmp_identity {
     /**
@@ -454,6 +518,14 @@ typedef struct mmp_identity {
      * for this host's `uname` node name. Copied by `mmp_device_open`.
      */
     const char *nodename;
+    /**
+     * true: ignore `hostid` and resolve this host's as a NULL identity does
+     * (`$MMP_HOSTID`, else `/etc/hostid`; a malformed or missing one is reported by the
+     * acquiring calls), so that only the node name is overridden. A flag rather than a
+     * reserved hostid value, because every 32-bit value but 0 is a valid hostid. false
+     * (what `{hostid, nodename}` initialisers leave it): use `hostid`.
+     */
+    bool default_hostid;
 } mmp_identity;
 
 /**
@@ -515,6 +587,55 @@ typedef struct mmp_status {
      * How long an acquire waits after writing its claim, milliseconds.
      */
     uint64_t claim_wait_ms;
+    /**
+     * The last transition the block records (native); `MMP_REASON_NONE` for ext4.
+     */
+    mmp_reason reason;
+    /**
+     * Native: wall time the last owner claimed the device (the last transition to ACTIVE,
+     * kept when it is released; 0 in a freshly formatted area), Unix milliseconds; ext4: 0.
+     */
+    uint64_t since_ms;
+    /**
+     * Native: intervals without a successful heartbeat before the owner self-fences, as
+     * recorded; ext4: 0.
+     */
+    uint32_t fail_intervals;
+    /**
+     * Native: the delay the owner advertises (added to its waits for slow storage),
+     * microseconds, as recorded; ext4: 0.
+     */
+    uint32_t delay_us;
+    /**
+     * ext4: `mmp_check_interval` as the last writer recorded it, seconds; native: 0.
+     */
+    uint32_t check_interval_s;
+    /**
+     * ext4: the superblock's `s_mmp_update_interval` as stored (0 is read as 5), seconds;
+     * native: 0.
+     */
+    uint32_t update_interval_s;
+    /**
+     * Byte offset of the MMP record on the device (ext4: the MMP block's number times the
+     * block size; native: 0 for a whole device).
+     */
+    uint64_t offset_bytes;
+    /**
+     * The longest an acquire of this device may wait now, not counting I/O: the claim wait
+     * if the block is clean, else the activity test and the claim wait, milliseconds.
+     */
+    uint64_t acquire_wait_ms;
+    /**
+     * The longest an acquire may wait after the owner crashed (the block not clean),
+     * milliseconds: what a start timeout of a cluster resource must exceed.
+     */
+    uint64_t takeover_wait_ms;
+    /**
+     * Whether no holder ever wrote the block: a native area as `mmp_native_format` wrote
+     * it, or a clean ext4 MMP block with neither node nor device name (as mke2fs/tune2fs
+     * wrote it).
+     */
+    bool never_held;
 } mmp_status;
 
 /**
@@ -559,6 +680,28 @@ typedef struct mmp_loss_info {
  * `docs/c-api.md`); `info` is valid only during the call.
  */
 typedef void (*mmp_loss_cb)(void *userdata, const struct mmp_loss_info *info);
+
+/**
+ * Where an acquire started with `mmp_device_acquire_start` is
+ * (`mmp_device_acquire_progress`).
+ */
+typedef struct mmp_progress {
+    /**
+     * `MMP_PHASE_READING` until the first read completed, then `MMP_PHASE_WATCHING` (the
+     * activity test) and `MMP_PHASE_CLAIMING` (the verify wait after the claim);
+     * `MMP_PHASE_HELD` once acquired, `MMP_PHASE_DONE` once it ended otherwise.
+     */
+    mmp_phase phase;
+    /**
+     * Milliseconds left in the current wait, by the clock at the time of the call (0 when
+     * not waiting).
+     */
+    uint64_t remaining_ms;
+    /**
+     * The current wait's total length, milliseconds (0 when not waiting).
+     */
+    uint64_t total_ms;
+} mmp_progress;
 
 /**
  * Why the last failed call on a handle failed (`mmp_device_last_error`): the result, the
@@ -680,7 +823,7 @@ mmp_result mmp_device_status(const struct mmp_device *dev, struct mmp_status *ou
  * `dev` is NULL or a live handle; `cb` is NULL or a function that may be called with
  * `userdata` on this thread during the call; `out_owner` is NULL or writable.
  */
-mmp_result mmp_device_check(const struct mmp_device *dev,
+mmp_result mmp_device_check(struct mmp_device *dev,
                             mmp_progress_cb cb,
                             void *userdata,
                             struct mmp_status *out_owner);
@@ -726,7 +869,7 @@ mmp_result mmp_device_check(const struct mmp_device *dev,
  * `dev` is NULL or a live handle; `cb` is NULL or a function that may be called with
  * `userdata` on this thread during the call.
  */
-mmp_result mmp_device_acquire(const struct mmp_device *dev,
+mmp_result mmp_device_acquire(struct mmp_device *dev,
                               bool force,
                               mmp_progress_cb cb,
                               void *userdata);
@@ -751,7 +894,85 @@ mmp_result mmp_device_acquire(const struct mmp_device *dev,
  * `userdata` from another thread until `mmp_device_release` or `mmp_device_free`
  * returns.
  */
-mmp_result mmp_device_start_heartbeat(const struct mmp_device *dev, mmp_loss_cb cb, void *userdata);
+mmp_result mmp_device_start_heartbeat(struct mmp_device *dev, mmp_loss_cb cb, void *userdata);
+
+/**
+ * Starts acquiring the device and returns at once: the same acquire as
+ * `mmp_device_acquire` (activity test, claim, verification), run by the process's
+ * heartbeat thread (`mmp-heartbeat`), which runs every started acquire concurrently with
+ * the others and with the heartbeats, so one thread can acquire many devices at the same
+ * time (`poll` on their event descriptors). Once held, the device heartbeats at once
+ * (no `mmp_device_start_heartbeat`), and a loss is reported as for
+ * `mmp_device_start_heartbeat`: `cb` (may be NULL) on the event thread, and
+ * `MMP_EVENT_LOST`.
+ *
+ * Progress and the end come through the event descriptor (`mmp_device_event_fd`):
+ * `MMP_EVENT_PROGRESS` when the acquire enters a new phase or wait
+ * (`mmp_device_acquire_progress` describes it), then `MMP_EVENT_ACQUIRE_DONE` once, when
+ * it ended. Then `mmp_device_acquire_finish` returns its result.
+ *
+ * Until `mmp_device_acquire_finish` has returned something other than
+ * `MMP_RESULT_PENDING`, the operations check, acquire, acquire_start, start_heartbeat and
+ * clear return `MMP_RESULT_BUSY`. `mmp_device_cancel` stops the acquire within 50 ms
+ * (`mmp_device_acquire_finish` then returns `MMP_RESULT_ABORTED`; a claim written is
+ * restored as for a cancelled `mmp_device_acquire`). `mmp_device_release` gives it up at
+ * once: it waits for it to stop (aborted, or released if it had acquired already), and
+ * `mmp_device_free` does the same.
+ *
+ * # Errors
+ * `MMP_RESULT_READ_ONLY`, `MMP_RESULT_HOSTID_INVALID` (native format only: a hostid
+ * resolved from the environment that does not parse, as for `mmp_device_acquire`),
+ * `MMP_RESULT_ALREADY_HELD`, `MMP_RESULT_LOST` (a lapsed earlier hold, see
+ * `mmp_device_acquire`), `MMP_RESULT_BUSY` (an acquire started already, or a call on the
+ * handle from its own callback), `MMP_RESULT_IO` (the device could not be reopened, or the
+ * heartbeat thread could not start), `MMP_RESULT_NULL_PARAMETER`, `MMP_RESULT_FORKED`,
+ * `MMP_RESULT_POISONED`. The refusals (`MMP_RESULT_NO_HOSTID` for a hostid of 0 among
+ * them) come from `mmp_device_acquire_finish`.
+ *
+ * # Safety
+ * `dev` is NULL or a live handle; `cb` is NULL or a function that may be called with
+ * `userdata` from another thread until `mmp_device_release` or `mmp_device_free`
+ * returns.
+ */
+mmp_result mmp_device_acquire_start(struct mmp_device *dev,
+                                    bool force,
+                                    mmp_loss_cb cb,
+                                    void *userdata);
+
+/**
+ * The result of the acquire `mmp_device_acquire_start` started, once it ended
+ * (`MMP_EVENT_ACQUIRE_DONE`); never waits for it. `MMP_RESULT_OK`: the handle holds the
+ * device and it heartbeats (release it with `mmp_device_release`; a loss since the
+ * acquire is reported through the event descriptor and the loss callback as usual). Any
+ * other result but `MMP_RESULT_PENDING` ends the acquire: the handle is idle again, and
+ * `mmp_device_last_error` gives the owner behind a refusal. A result is returned once;
+ * then this call returns `MMP_RESULT_NOT_STARTED`.
+ *
+ * # Errors
+ * `MMP_RESULT_PENDING` (still running; not recorded as the handle's last error), the
+ * refusals and errors of `mmp_device_acquire` (`MMP_RESULT_ABORTED` after
+ * `mmp_device_cancel`, also when the cancel came just after the device was acquired:
+ * it is released again), `MMP_RESULT_NOT_STARTED`, `MMP_RESULT_NULL_PARAMETER`,
+ * `MMP_RESULT_BUSY`, `MMP_RESULT_FORKED`, `MMP_RESULT_POISONED`.
+ *
+ * # Safety
+ * `dev` is NULL or a live handle.
+ */
+mmp_result mmp_device_acquire_finish(struct mmp_device *dev);
+
+/**
+ * Where the acquire `mmp_device_acquire_start` started is: its phase and the time left in
+ * its current wait, counted down by the clock. Changes nothing, and never waits for
+ * another call on the handle.
+ *
+ * # Errors
+ * `MMP_RESULT_NOT_STARTED` (no acquire started, or its result was taken),
+ * `MMP_RESULT_NULL_PARAMETER`, `MMP_RESULT_FORKED`, `MMP_RESULT_POISONED`.
+ *
+ * # Safety
+ * `dev` is NULL or a live handle; `out` is NULL or writable.
+ */
+mmp_result mmp_device_acquire_progress(const struct mmp_device *dev, struct mmp_progress *out);
 
 /**
  * Releases the device: the block is re-read and CLEAN is written only if it still holds
@@ -759,6 +980,11 @@ mmp_result mmp_device_start_heartbeat(const struct mmp_device *dev, mmp_loss_cb 
  * The handle can acquire again afterwards. If another call on the handle runs (on another
  * thread), the release waits for it to finish, then runs; `mmp_device_status` never
  * delays it.
+ *
+ * On an acquire started with `mmp_device_acquire_start` whose result was not taken yet,
+ * the release gives it up and waits until it stopped: `MMP_RESULT_OK` if it had held the
+ * device (released now), `MMP_RESULT_ABORTED` if it was stopped first (a claim written is
+ * restored as for a cancel), else the refusal it ended with.
  *
  * # Errors
  * `MMP_RESULT_LOST` (ownership was lost before or during the release, or the hold had
@@ -771,7 +997,7 @@ mmp_result mmp_device_start_heartbeat(const struct mmp_device *dev, mmp_loss_cb 
  * # Safety
  * `dev` is NULL or a live handle.
  */
-mmp_result mmp_device_release(const struct mmp_device *dev);
+mmp_result mmp_device_release(struct mmp_device *dev);
 
 /**
  * The operator's forced reset to CLEAN (like `tune2fs -f -E clear_mmp`): no activity
@@ -789,11 +1015,13 @@ mmp_result mmp_device_release(const struct mmp_device *dev);
  * # Safety
  * `dev` is NULL or a live handle.
  */
-mmp_result mmp_device_clear(const struct mmp_device *dev);
+mmp_result mmp_device_clear(struct mmp_device *dev);
 
 /**
  * Cancels the check, acquire or clear running on this handle: it returns
- * `MMP_RESULT_ABORTED` at its next wake-up (within 50 ms). It applies only to the call in
+ * `MMP_RESULT_ABORTED` at its next wake-up (within 50 ms). An acquire started with
+ * `mmp_device_acquire_start` is stopped the same way (within 50 ms, then
+ * `MMP_EVENT_ACQUIRE_DONE`; `mmp_device_acquire_finish` returns `MMP_RESULT_ABORTED`). It applies only to the call in
  * flight: when none runs (before it starts, or while the device is held), it does nothing
  * and the next call is not affected. Lock-free: may be called from any thread and from a
  * signal handler.
@@ -804,7 +1032,7 @@ mmp_result mmp_device_clear(const struct mmp_device *dev);
  * # Safety
  * `dev` is NULL or a live handle.
  */
-mmp_result mmp_device_cancel(const struct mmp_device *dev);
+mmp_result mmp_device_cancel(struct mmp_device *dev);
 
 /**
  * Enables MMP on an unmounted ext4/ldiskfs file system (like `tune2fs -O mmp -E
@@ -968,7 +1196,8 @@ mmp_result mmp_device_last_error(const struct mmp_device *dev, struct mmp_error_
 
 /**
  * A file descriptor that becomes readable when an event is pending on this handle (a
- * loss: `MMP_EVENT_LOST`), for `poll`/`epoll`/`select` event loops; then call
+ * loss: `MMP_EVENT_LOST`; a started acquire's `MMP_EVENT_PROGRESS` and
+ * `MMP_EVENT_ACQUIRE_DONE`), for `poll`/`epoll`/`select` event loops; then call
  * `mmp_device_read_events`. The loss callback, if one was given, is still called as well.
  *
  * The descriptor (an eventfd: non-blocking, close-on-exec) belongs to the handle: it is
@@ -1000,7 +1229,7 @@ mmp_result mmp_device_event_fd(const struct mmp_device *dev, int32_t *out_fd);
  * `dev` is NULL or a live handle; `out_events` is NULL or writable; `out_loss` is NULL or
  * writable.
  */
-mmp_result mmp_device_read_events(const struct mmp_device *dev,
+mmp_result mmp_device_read_events(struct mmp_device *dev,
                                   uint32_t *out_events,
                                   struct mmp_loss_info *out_loss);
 
@@ -1009,6 +1238,14 @@ mmp_result mmp_device_read_events(const struct mmp_device *dev,
  * with the `MMP_VERSION_*` macros to detect a header/library mismatch.
  */
 const char *mmp_version(void);
+
+/**
+ * The library version as a number, `MAJOR << 16 | MINOR << 8 | PATCH`, as
+ * `MMP_VERSION_NUMBER` computes it from the header's macros: e.g.
+ * `mmp_version_number() >= MMP_VERSION_NUMBER` at run time, or a check that the minor
+ * version (the ABI, while at 0.x) matches the header's.
+ */
+uint32_t mmp_version_number(void);
 
 /**
  * Registers this host's reservation key (`0x6d6d7000` and the hostid; `hostid` 0 means

@@ -10,8 +10,8 @@ use crate::boundary::{
 use crate::device::{self, Handle, IdentityArg};
 use crate::result::mmp_result;
 use crate::types::{
-    mmp_error_info, mmp_identity, mmp_loss_cb, mmp_loss_info, mmp_progress_cb, mmp_self_fence,
-    mmp_status,
+    mmp_error_info, mmp_identity, mmp_loss_cb, mmp_loss_info, mmp_progress, mmp_progress_cb,
+    mmp_self_fence, mmp_status,
 };
 use core::ffi::{c_char, c_void};
 use std::ffi::OsStr;
@@ -62,7 +62,7 @@ pub unsafe extern "C" fn mmp_device_open(
                 Some(unsafe { c_bytes(id.nodename) }?.to_vec())
             };
             Some(IdentityArg {
-                hostid: id.hostid,
+                hostid: (!id.default_hostid).then_some(id.hostid),
                 nodename,
             })
         };
@@ -145,7 +145,7 @@ pub unsafe extern "C" fn mmp_device_status(
 /// `userdata` on this thread during the call; `out_owner` is NULL or writable.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn mmp_device_check(
-    dev: *const mmp_device,
+    dev: *mut mmp_device,
     cb: mmp_progress_cb,
     userdata: *mut c_void,
     out_owner: *mut mmp_status,
@@ -204,7 +204,7 @@ pub unsafe extern "C" fn mmp_device_check(
 /// `userdata` on this thread during the call.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn mmp_device_acquire(
-    dev: *const mmp_device,
+    dev: *mut mmp_device,
     force: bool,
     cb: mmp_progress_cb,
     userdata: *mut c_void,
@@ -237,7 +237,7 @@ pub unsafe extern "C" fn mmp_device_acquire(
 /// returns.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn mmp_device_start_heartbeat(
-    dev: *const mmp_device,
+    dev: *mut mmp_device,
     cb: mmp_loss_cb,
     userdata: *mut c_void,
 ) -> mmp_result {
@@ -250,11 +250,118 @@ pub unsafe extern "C" fn mmp_device_start_heartbeat(
     })
 }
 
+/// Starts acquiring the device and returns at once: the same acquire as
+/// `mmp_device_acquire` (activity test, claim, verification), run by the process's
+/// heartbeat thread (`mmp-heartbeat`), which runs every started acquire concurrently with
+/// the others and with the heartbeats, so one thread can acquire many devices at the same
+/// time (`poll` on their event descriptors). Once held, the device heartbeats at once
+/// (no `mmp_device_start_heartbeat`), and a loss is reported as for
+/// `mmp_device_start_heartbeat`: `cb` (may be NULL) on the event thread, and
+/// `MMP_EVENT_LOST`.
+///
+/// Progress and the end come through the event descriptor (`mmp_device_event_fd`):
+/// `MMP_EVENT_PROGRESS` when the acquire enters a new phase or wait
+/// (`mmp_device_acquire_progress` describes it), then `MMP_EVENT_ACQUIRE_DONE` once, when
+/// it ended. Then `mmp_device_acquire_finish` returns its result.
+///
+/// Until `mmp_device_acquire_finish` has returned something other than
+/// `MMP_RESULT_PENDING`, the operations check, acquire, acquire_start, start_heartbeat and
+/// clear return `MMP_RESULT_BUSY`. `mmp_device_cancel` stops the acquire within 50 ms
+/// (`mmp_device_acquire_finish` then returns `MMP_RESULT_ABORTED`; a claim written is
+/// restored as for a cancelled `mmp_device_acquire`). `mmp_device_release` gives it up at
+/// once: it waits for it to stop (aborted, or released if it had acquired already), and
+/// `mmp_device_free` does the same.
+///
+/// # Errors
+/// `MMP_RESULT_READ_ONLY`, `MMP_RESULT_HOSTID_INVALID` (native format only: a hostid
+/// resolved from the environment that does not parse, as for `mmp_device_acquire`),
+/// `MMP_RESULT_ALREADY_HELD`, `MMP_RESULT_LOST` (a lapsed earlier hold, see
+/// `mmp_device_acquire`), `MMP_RESULT_BUSY` (an acquire started already, or a call on the
+/// handle from its own callback), `MMP_RESULT_IO` (the device could not be reopened, or the
+/// heartbeat thread could not start), `MMP_RESULT_NULL_PARAMETER`, `MMP_RESULT_FORKED`,
+/// `MMP_RESULT_POISONED`. The refusals (`MMP_RESULT_NO_HOSTID` for a hostid of 0 among
+/// them) come from `mmp_device_acquire_finish`.
+///
+/// # Safety
+/// `dev` is NULL or a live handle; `cb` is NULL or a function that may be called with
+/// `userdata` from another thread until `mmp_device_release` or `mmp_device_free`
+/// returns.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mmp_device_acquire_start(
+    dev: *mut mmp_device,
+    force: bool,
+    cb: mmp_loss_cb,
+    userdata: *mut c_void,
+) -> mmp_result {
+    ffi_boundary!({
+        // SAFETY: the caller promises `cb` may be called with `userdata` from the event
+        // thread until the heartbeat ends.
+        let loss = unsafe { Loss::new(cb, userdata) };
+        // SAFETY: the caller promises `dev` is NULL or live.
+        unsafe { with_handle(dev, |inner, h| inner.acquire_start(h, force, loss)) }
+    })
+}
+
+/// The result of the acquire `mmp_device_acquire_start` started, once it ended
+/// (`MMP_EVENT_ACQUIRE_DONE`); never waits for it. `MMP_RESULT_OK`: the handle holds the
+/// device and it heartbeats (release it with `mmp_device_release`; a loss since the
+/// acquire is reported through the event descriptor and the loss callback as usual). Any
+/// other result but `MMP_RESULT_PENDING` ends the acquire: the handle is idle again, and
+/// `mmp_device_last_error` gives the owner behind a refusal. A result is returned once;
+/// then this call returns `MMP_RESULT_NOT_STARTED`.
+///
+/// # Errors
+/// `MMP_RESULT_PENDING` (still running; not recorded as the handle's last error), the
+/// refusals and errors of `mmp_device_acquire` (`MMP_RESULT_ABORTED` after
+/// `mmp_device_cancel`, also when the cancel came just after the device was acquired:
+/// it is released again), `MMP_RESULT_NOT_STARTED`, `MMP_RESULT_NULL_PARAMETER`,
+/// `MMP_RESULT_BUSY`, `MMP_RESULT_FORKED`, `MMP_RESULT_POISONED`.
+///
+/// # Safety
+/// `dev` is NULL or a live handle.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mmp_device_acquire_finish(dev: *mut mmp_device) -> mmp_result {
+    ffi_boundary!({
+        // SAFETY: the caller promises `dev` is NULL or live.
+        unsafe { with_handle(dev, |inner, h| inner.acquire_finish(h)) }
+    })
+}
+
+/// Where the acquire `mmp_device_acquire_start` started is: its phase and the time left in
+/// its current wait, counted down by the clock. Changes nothing, and never waits for
+/// another call on the handle.
+///
+/// # Errors
+/// `MMP_RESULT_NOT_STARTED` (no acquire started, or its result was taken),
+/// `MMP_RESULT_NULL_PARAMETER`, `MMP_RESULT_FORKED`, `MMP_RESULT_POISONED`.
+///
+/// # Safety
+/// `dev` is NULL or a live handle; `out` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mmp_device_acquire_progress(
+    dev: *const mmp_device,
+    out: *mut mmp_progress,
+) -> mmp_result {
+    ffi_boundary!({
+        check_out(out)?;
+        // SAFETY: the caller promises `dev` is NULL or live.
+        let p = unsafe { handle(dev) }?.acquire_progress()?;
+        // SAFETY: `out` passed `check_out` and is writable.
+        unsafe { write_out(out, p) };
+        Ok(())
+    })
+}
+
 /// Releases the device: the block is re-read and CLEAN is written only if it still holds
 /// what this host last wrote. Stops the heartbeat (waiting for its threads) if it runs.
 /// The handle can acquire again afterwards. If another call on the handle runs (on another
 /// thread), the release waits for it to finish, then runs; `mmp_device_status` never
 /// delays it.
+///
+/// On an acquire started with `mmp_device_acquire_start` whose result was not taken yet,
+/// the release gives it up and waits until it stopped: `MMP_RESULT_OK` if it had held the
+/// device (released now), `MMP_RESULT_ABORTED` if it was stopped first (a claim written is
+/// restored as for a cancel), else the refusal it ended with.
 ///
 /// # Errors
 /// `MMP_RESULT_LOST` (ownership was lost before or during the release, or the hold had
@@ -267,7 +374,7 @@ pub unsafe extern "C" fn mmp_device_start_heartbeat(
 /// # Safety
 /// `dev` is NULL or a live handle.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn mmp_device_release(dev: *const mmp_device) -> mmp_result {
+pub unsafe extern "C" fn mmp_device_release(dev: *mut mmp_device) -> mmp_result {
     ffi_boundary!({
         // SAFETY: the caller promises `dev` is NULL or live.
         unsafe { with_handle(dev, |inner, h| inner.release_call(h)) }
@@ -289,7 +396,7 @@ pub unsafe extern "C" fn mmp_device_release(dev: *const mmp_device) -> mmp_resul
 /// # Safety
 /// `dev` is NULL or a live handle.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn mmp_device_clear(dev: *const mmp_device) -> mmp_result {
+pub unsafe extern "C" fn mmp_device_clear(dev: *mut mmp_device) -> mmp_result {
     ffi_boundary!({
         // SAFETY: the caller promises `dev` is NULL or live.
         unsafe { with_handle(dev, |inner, h| inner.clear(h)) }
@@ -297,7 +404,9 @@ pub unsafe extern "C" fn mmp_device_clear(dev: *const mmp_device) -> mmp_result 
 }
 
 /// Cancels the check, acquire or clear running on this handle: it returns
-/// `MMP_RESULT_ABORTED` at its next wake-up (within 50 ms). It applies only to the call in
+/// `MMP_RESULT_ABORTED` at its next wake-up (within 50 ms). An acquire started with
+/// `mmp_device_acquire_start` is stopped the same way (within 50 ms, then
+/// `MMP_EVENT_ACQUIRE_DONE`; `mmp_device_acquire_finish` returns `MMP_RESULT_ABORTED`). It applies only to the call in
 /// flight: when none runs (before it starts, or while the device is held), it does nothing
 /// and the next call is not affected. Lock-free: may be called from any thread and from a
 /// signal handler.
@@ -308,7 +417,7 @@ pub unsafe extern "C" fn mmp_device_clear(dev: *const mmp_device) -> mmp_result 
 /// # Safety
 /// `dev` is NULL or a live handle.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn mmp_device_cancel(dev: *const mmp_device) -> mmp_result {
+pub unsafe extern "C" fn mmp_device_cancel(dev: *mut mmp_device) -> mmp_result {
     ffi_boundary!({
         // SAFETY: the caller promises `dev` is NULL or live.
         unsafe { handle(dev) }?.cancel()
@@ -548,7 +657,8 @@ pub unsafe extern "C" fn mmp_device_last_error(
 }
 
 /// A file descriptor that becomes readable when an event is pending on this handle (a
-/// loss: `MMP_EVENT_LOST`), for `poll`/`epoll`/`select` event loops; then call
+/// loss: `MMP_EVENT_LOST`; a started acquire's `MMP_EVENT_PROGRESS` and
+/// `MMP_EVENT_ACQUIRE_DONE`), for `poll`/`epoll`/`select` event loops; then call
 /// `mmp_device_read_events`. The loss callback, if one was given, is still called as well.
 ///
 /// The descriptor (an eventfd: non-blocking, close-on-exec) belongs to the handle: it is
@@ -592,7 +702,7 @@ pub unsafe extern "C" fn mmp_device_event_fd(
 /// writable.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn mmp_device_read_events(
-    dev: *const mmp_device,
+    dev: *mut mmp_device,
     out_events: *mut u32,
     out_loss: *mut mmp_loss_info,
 ) -> mmp_result {
@@ -617,6 +727,33 @@ pub unsafe extern "C" fn mmp_device_read_events(
 #[unsafe(no_mangle)]
 pub extern "C" fn mmp_version() -> *const c_char {
     concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+}
+
+/// The library version as a number, `MAJOR << 16 | MINOR << 8 | PATCH`, as
+/// `MMP_VERSION_NUMBER` computes it from the header's macros: e.g.
+/// `mmp_version_number() >= MMP_VERSION_NUMBER` at run time, or a check that the minor
+/// version (the ABI, while at 0.x) matches the header's.
+#[unsafe(no_mangle)]
+pub extern "C" fn mmp_version_number() -> u32 {
+    VERSION_NUMBER
+}
+
+const VERSION_NUMBER: u32 = (version_part(env!("CARGO_PKG_VERSION_MAJOR")) << 16)
+    | (version_part(env!("CARGO_PKG_VERSION_MINOR")) << 8)
+    | version_part(env!("CARGO_PKG_VERSION_PATCH"));
+
+/// A version component (decimal, below 256: the number has 8 bits for each).
+const fn version_part(s: &str) -> u32 {
+    let b = s.as_bytes();
+    let mut v = 0u32;
+    let mut i = 0;
+    while i < b.len() {
+        assert!(b[i].is_ascii_digit(), "a version part is decimal");
+        v = v * 10 + (b[i] - b'0') as u32;
+        i += 1;
+    }
+    assert!(v < 256, "a version part fits in 8 bits");
+    v
 }
 
 /// Test hook (Rust only, not part of the C API): runs a call on the handle that panics, to

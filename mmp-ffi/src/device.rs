@@ -7,11 +7,11 @@
 //! caller's thread and by `mmp_linux::engine` once the heartbeat starts.
 
 use crate::boundary::{Loss, Progress};
-use crate::hub::{Events, Hub, Route, Shared, in_callback_of, on_event_thread};
+use crate::hub::{CancelFlags, Events, Hub, Route, Shared, in_callback_of, on_event_thread};
 use crate::result::{mmp_result, outcome_result};
 use crate::types::{
     MMP_OPEN_ALL, MMP_OPEN_READ_ONLY, MMP_OPEN_REALTIME, mmp_error_info, mmp_loss_info, mmp_phase,
-    mmp_status, zeroed_status,
+    mmp_progress, mmp_status, zeroed_status,
 };
 use mmp_core::machine::{Config, Event, Identity, Machine, Op, Outcome, Refusal, Snapshot, parse};
 use mmp_linux::blockdev::Device;
@@ -29,8 +29,8 @@ use std::sync::{Arc, Mutex, PoisonError, TryLockError};
 /// Who the handle acts as: an explicit identity, or `None` to resolve it as the CLI does
 /// (hostid from `MMP_HOSTID`, else `/etc/hostid`; node name from `uname`).
 pub(crate) struct IdentityArg {
-    /// The hostid.
-    pub(crate) hostid: u32,
+    /// The hostid, or `None` to resolve it as the CLI does.
+    pub(crate) hostid: Option<u32>,
     /// The node name, or `None` for `uname`'s.
     pub(crate) nodename: Option<Vec<u8>>,
 }
@@ -55,10 +55,11 @@ pub(crate) struct Handle {
     last_error: Mutex<mmp_error_info>,
     /// Loss events for `mmp_device_event_fd`.
     pub(crate) events: Arc<Events>,
-    /// Set by `mmp_device_cancel` while a check, acquire or clear runs; read by its waits.
-    cancel: AtomicBool,
+    /// Set by `mmp_device_cancel` while a check, acquire or clear runs; read by its waits
+    /// (and, for an acquire started with `mmp_device_acquire_start`, by the event thread).
+    cancel: Arc<AtomicBool>,
     /// A check, acquire or clear runs (cancel applies only then).
-    in_flight: AtomicBool,
+    in_flight: Arc<AtomicBool>,
     /// Set when a call panicked: every later call returns [`mmp_result::Poisoned`].
     poisoned: AtomicBool,
 }
@@ -138,6 +139,9 @@ enum Hold {
     Acquired(Box<Machine>),
     /// On the heartbeat engine.
     Beating(Heartbeat),
+    /// On the heartbeat engine, which runs the acquire started by `mmp_device_acquire_start`
+    /// (until `mmp_device_acquire_finish` takes its result).
+    Starting(Heartbeat),
 }
 
 /// A device on the shared heartbeat engine ([`Hub`]).
@@ -196,7 +200,8 @@ impl Lease {
             Lease::Idle => false,
             Lease::Until(t) => t.is_some_and(|t| now < t),
             Lease::Beating { hub, slot, shared } => {
-                !shared.stopped.load(Ordering::SeqCst)
+                shared.acquired.load(Ordering::SeqCst)
+                    && !shared.stopped.load(Ordering::SeqCst)
                     && shared.outcome().is_none()
                     // Before the engine's first report of the slot: just added, held.
                     && hub.slot_owned(*slot, now).unwrap_or(true)
@@ -217,11 +222,15 @@ impl Handle {
         }
         let path = PathBuf::from(OsStr::from_bytes(path));
         let writable = flags & MMP_OPEN_READ_ONLY == 0;
-        let (hostid, hostid_error, nodename) = match identity {
-            Some(id) => (id.hostid, None, id.nodename.unwrap_or_else(clock::nodename)),
+        let (explicit, nodename) = match identity {
+            Some(id) => (id.hostid, id.nodename.unwrap_or_else(clock::nodename)),
+            None => (None, clock::nodename()),
+        };
+        let (hostid, hostid_error) = match explicit {
+            Some(h) => (h, None),
             None => match hostid::resolve(None) {
-                Ok(h) => (h.value, None, clock::nodename()),
-                Err(e) => (0, Some(mmp_result::from(&e)), clock::nodename()),
+                Ok(h) => (h.value, None),
+                Err(e) => (0, Some(mmp_result::from(&e))),
             },
         };
         if nodename.is_empty() {
@@ -251,8 +260,8 @@ impl Handle {
                 owner_age_ms: 0,
             }),
             events: Arc::new(Events::new()),
-            cancel: AtomicBool::new(false),
-            in_flight: AtomicBool::new(false),
+            cancel: Arc::new(AtomicBool::new(false)),
+            in_flight: Arc::new(AtomicBool::new(false)),
             poisoned: AtomicBool::new(false),
         })
     }
@@ -322,7 +331,9 @@ impl Handle {
                 Err(mmp_result::Panic)
             }
         };
-        if let Err(e) = &r {
+        if let Err(e) = &r
+            && *e != mmp_result::Pending
+        {
             self.record_error(*e);
         }
         self.holder.store(0, Ordering::SeqCst);
@@ -416,6 +427,17 @@ impl Handle {
         Ok(self.events.fd()?.as_raw_fd())
     }
 
+    /// `mmp_device_acquire_progress`: never waits for another call on the handle.
+    pub(crate) fn acquire_progress(&self) -> Result<mmp_progress, mmp_result> {
+        self.usable()?;
+        match &*self.lease.lock().unwrap_or_else(PoisonError::into_inner) {
+            Lease::Beating { shared, .. } if shared.started && !shared.taken() => {
+                Ok(shared.progress())
+            }
+            _ => Err(mmp_result::NotStarted),
+        }
+    }
+
     /// `mmp_device_read_events`.
     pub(crate) fn read_events(&self) -> Result<(u32, Option<mmp_loss_info>), mmp_result> {
         self.usable()?;
@@ -454,6 +476,7 @@ impl Inner {
                 h.set_lease(Lease::Idle);
                 Err(mmp_result::Lost)
             }
+            Hold::Starting(_) => Err(mmp_result::Busy),
             _ => Err(mmp_result::AlreadyHeld),
         }
     }
@@ -541,6 +564,10 @@ impl Inner {
                 self.hold = beating;
                 return Err(mmp_result::AlreadyHeld);
             }
+            starting @ Hold::Starting(_) => {
+                self.hold = starting;
+                return Err(mmp_result::Busy);
+            }
         };
         if !m.is_owner(clock::now().mono) {
             // Too late: the lease ran out before the heartbeat started. Nothing more is
@@ -557,49 +584,131 @@ impl Inner {
                 return Err(other.err().unwrap_or(mmp_result::Io));
             }
         };
-        // The engine gets its own descriptor; the handle keeps its own for status reads.
-        let device = match Device::open(&self.path, true) {
-            Ok(d) => d,
+        let engine_target = match self.engine_target(h) {
+            Ok(t) => t,
             Err(e) => {
                 self.hold = Hold::Acquired(m);
-                return Err(mmp_result::from(&e));
+                return Err(e);
             }
         };
-        let format = h.target.format;
-        let layout = h.target.layout;
-        let engine_target = Target {
+        let shared = Arc::new(Shared::held());
+        self.hold = Hold::Beating(Self::put_on(h, hub, engine_target, *m, shared, loss, None));
+        Ok(())
+    }
+
+    /// A target for the engine: its own descriptor (the handle keeps its own for status
+    /// reads).
+    fn engine_target(&self, h: &Handle) -> Result<Target, mmp_result> {
+        let device = Device::open(&self.path, true).map_err(|e| mmp_result::from(&e))?;
+        Ok(Target {
             device,
-            layout,
-            format,
+            layout: h.target.layout,
+            format: h.target.format,
             superblock: h.target.superblock,
             superblock_bytes: None,
-        };
-        let shared = Arc::new(Shared::default());
+        })
+    }
+
+    /// Puts `m` on the engine with its route; the lease follows `shared`.
+    fn put_on(
+        h: &Handle,
+        hub: &'static Hub,
+        target: Target,
+        m: Machine,
+        shared: Arc<Shared>,
+        loss: Loss,
+        cancel: Option<CancelFlags>,
+    ) -> Heartbeat {
         let route = Route {
             shared: Arc::clone(&shared),
             events: Arc::clone(&h.events),
             loss,
-            format,
-            layout,
+            format: h.target.format,
+            layout: h.target.layout,
+            cancel,
         };
-        let slot = hub.add(engine_target, *m, route);
+        let slot = hub.add(target, m, route);
         h.set_lease(Lease::Beating {
             hub,
             slot,
             shared: Arc::clone(&shared),
         });
-        self.hold = Hold::Beating(Heartbeat {
+        Heartbeat {
             hub,
             slot,
             shared,
             done: false,
-        });
+        }
+    }
+
+    /// `mmp_device_acquire_start`: the same acquire as [`Inner::acquire`], run by the shared
+    /// engine (as `mmp hold` runs its acquires): returns at once; the event thread reports
+    /// progress and the end through the event descriptor, and once held the engine goes on
+    /// heartbeating it.
+    pub(crate) fn acquire_start(
+        &mut self,
+        h: &Handle,
+        force: bool,
+        loss: Loss,
+    ) -> Result<(), mmp_result> {
+        self.require_writable()?;
+        self.require_idle(h)?;
+        if let Some(e) = self.hostid_error
+            && h.target.format == target::Format::Native
+        {
+            return Err(e);
+        }
+        let hub = match Hub::get(self.realtime) {
+            Ok(hub) if hub.is_running() => hub,
+            other => return Err(other.err().unwrap_or(mmp_result::Io)),
+        };
+        let target = self.engine_target(h)?;
+        let mut cfg = self.config(&h.target);
+        cfg.force = force;
+        let m = Machine::new(cfg, Op::Acquire, clock::now());
+        h.cancel.store(false, Ordering::SeqCst);
+        h.in_flight.store(true, Ordering::SeqCst);
+        let cancel = CancelFlags::new(&h.cancel, &h.in_flight);
+        let shared = Arc::new(Shared::starting());
+        self.hold = Hold::Starting(Self::put_on(h, hub, target, m, shared, loss, Some(cancel)));
         Ok(())
+    }
+
+    /// `mmp_device_acquire_finish`: the started acquire's result once it ended
+    /// ([`mmp_result::Pending`] before).
+    pub(crate) fn acquire_finish(&mut self, h: &Handle) -> Result<(), mmp_result> {
+        let Hold::Starting(hb) = &mut self.hold else {
+            return Err(mmp_result::NotStarted);
+        };
+        if hb.shared.acquired.load(Ordering::SeqCst) {
+            let Hold::Starting(hb) = std::mem::replace(&mut self.hold, Hold::Idle) else {
+                unreachable!("matched above");
+            };
+            hb.shared.taken.store(true, Ordering::SeqCst);
+            self.hold = Hold::Beating(hb);
+            return Ok(());
+        }
+        let outcome = hb.shared.outcome();
+        if outcome.is_none() && !hb.shared.stopped.load(Ordering::SeqCst) {
+            return Err(mmp_result::Pending);
+        }
+        // Ended without holding: the engine is done with the slot, and so is the event
+        // thread once it has posted the end.
+        let r = match outcome {
+            // A cancel that reached the engine after it had acquired: released again.
+            Some(Outcome::Released) => mmp_result::Aborted,
+            None => mmp_result::Lost,
+            other => h.failed(other),
+        };
+        let _ = hb.finish();
+        self.hold = Hold::Idle;
+        h.set_lease(Lease::Idle);
+        Err(r)
     }
 
     /// `mmp_device_release`.
     pub(crate) fn release_call(&mut self, h: &Handle) -> Result<(), mmp_result> {
-        if let Hold::Beating(hb) = &self.hold
+        if let Hold::Beating(hb) | Hold::Starting(hb) = &self.hold
             && in_callback_of(&hb.shared)
         {
             return Err(mmp_result::InCallback);
@@ -619,6 +728,19 @@ impl Inner {
                 driver::run_until_settled(&mut m, &t.device, &mut env_faults(), &never, &mut |_| {})
             }
             Hold::Beating(mut hb) => hb.finish(),
+            Hold::Starting(mut hb) => {
+                // Gives the started acquire up: aborted (a claim restored as for a cancel)
+                // unless it held the device already, which is then released.
+                let o = hb.finish();
+                if !hb.shared.acquired.load(Ordering::SeqCst) {
+                    return Err(match o {
+                        Some(Outcome::Released | Outcome::Aborted) => mmp_result::Aborted,
+                        None => mmp_result::Io,
+                        other => outcome_result(other),
+                    });
+                }
+                o
+            }
         };
         match outcome {
             Some(Outcome::Released) => Ok(()),
@@ -646,7 +768,7 @@ impl Inner {
     fn abandon(&mut self) {
         match std::mem::replace(&mut self.hold, Hold::Idle) {
             Hold::Idle | Hold::Acquired(_) => {}
-            Hold::Beating(mut hb) => {
+            Hold::Beating(mut hb) | Hold::Starting(mut hb) => {
                 hb.abandon();
                 // `hb` is dropped here; `finish` finds nothing left to stop.
             }
@@ -657,7 +779,7 @@ impl Inner {
     /// touching the heartbeat engine (whose threads do not exist in a child, and whose
     /// locks a parent's thread may have held at the fork) and without writing.
     fn forget_inherited(&mut self) {
-        if let Hold::Beating(hb) = &mut self.hold {
+        if let Hold::Beating(hb) | Hold::Starting(hb) = &mut self.hold {
             hb.done = true;
         }
         self.hold = Hold::Idle;

@@ -1,8 +1,15 @@
 //! The heartbeat engine every handle of the process shares: one heartbeat thread
 //! (`mmp-heartbeat`) for all the devices libmmp holds, as `mmp hold DEV...` has for the CLI,
 //! and one event thread (`mmp-events`) that delivers the loss callbacks. Started by the first
-//! `mmp_device_start_heartbeat`, with that handle's real-time choice; it lives as long as the
-//! process. A process-wide watchdog (`mmp_watchdog_arm`) belongs to it.
+//! `mmp_device_start_heartbeat` or `mmp_device_acquire_start`, with that handle's real-time
+//! choice; it lives as long as the process. A process-wide watchdog (`mmp_watchdog_arm`)
+//! belongs to it.
+//!
+//! Started acquires (`mmp_device_acquire_start`) run on the engine like `mmp hold`'s: their
+//! machine is added in its acquire, and the event thread, which otherwise only delivers
+//! outcomes, reports their progress and end through the handle's event descriptor (never
+//! as a loss, until they held the device) and turns a handle's cancel flag into a release of
+//! the slot, which aborts the acquire (the call itself stays lock-free).
 //!
 //! Delivery rule: each device's outcome is delivered once. Its route (callback and user
 //! data) is taken out of the table under a lock, either by the event thread (which then
@@ -13,19 +20,32 @@
 
 use crate::boundary::Loss;
 use crate::result::mmp_result;
-use crate::types::{MMP_EVENT_LOST, mmp_loss_info};
+use crate::types::{
+    MMP_EVENT_ACQUIRE_DONE, MMP_EVENT_LOST, MMP_EVENT_PROGRESS, mmp_loss_info, mmp_phase,
+    mmp_progress,
+};
 use mmp_core::machine::{Event, Layout, Machine, Outcome};
 use mmp_linux::engine::{self, Engine, EngineEvent, Report};
 use mmp_linux::target::{Format, Target};
 use mmp_linux::watchdog::Watchdog;
 use std::cell::Cell;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError, mpsc};
 
 /// State one heartbeating handle shares with the event thread.
 #[derive(Default)]
 pub(crate) struct Shared {
+    /// Put on the engine by `mmp_device_acquire_start`: the engine runs the acquire. Until
+    /// `acquired`, the event thread reports its progress and its end
+    /// (`MMP_EVENT_PROGRESS`, `MMP_EVENT_ACQUIRE_DONE`), never a loss.
+    pub(crate) started: bool,
+    /// The device is held (from the start for `mmp_device_start_heartbeat`).
+    pub(crate) acquired: AtomicBool,
+    /// `mmp_device_acquire_finish` took the started acquire's result.
+    pub(crate) taken: AtomicBool,
+    /// A started acquire's latest progress, and when it was reported.
+    progress: Mutex<Option<(mmp_progress, std::time::Instant)>>,
     /// The outcome the engine reported (`Lost` or `Released`).
     outcome: Mutex<Option<Outcome>>,
     /// The engine stopped without reporting an outcome (its thread died).
@@ -38,6 +58,54 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// A device already held (`mmp_device_start_heartbeat`).
+    pub(crate) fn held() -> Self {
+        let s = Shared::default();
+        s.acquired.store(true, Ordering::SeqCst);
+        s
+    }
+
+    /// A device whose acquire the engine runs (`mmp_device_acquire_start`).
+    pub(crate) fn starting() -> Self {
+        Shared {
+            started: true,
+            ..Shared::default()
+        }
+    }
+
+    /// Whether `mmp_device_acquire_finish` took the started acquire's result.
+    pub(crate) fn taken(&self) -> bool {
+        self.taken.load(Ordering::SeqCst)
+    }
+
+    /// A started acquire's progress now: the wait's time left counted down by the clock.
+    pub(crate) fn progress(&self) -> mmp_progress {
+        let p = *self.progress.lock().unwrap_or_else(PoisonError::into_inner);
+        match p {
+            Some((mut p, at)) => {
+                let gone = u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX);
+                p.remaining_ms = p.remaining_ms.saturating_sub(gone);
+                p
+            }
+            None => mmp_progress {
+                phase: mmp_phase::Reading,
+                remaining_ms: 0,
+                total_ms: 0,
+            },
+        }
+    }
+
+    fn set_progress(&self, phase: mmp_phase, remaining_ms: u64, total_ms: u64) {
+        *self.progress.lock().unwrap_or_else(PoisonError::into_inner) = Some((
+            mmp_progress {
+                phase,
+                remaining_ms,
+                total_ms,
+            },
+            std::time::Instant::now(),
+        ));
+    }
+
     pub(crate) fn outcome(&self) -> Option<Outcome> {
         *self.outcome.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -72,6 +140,47 @@ pub(crate) struct Route {
     pub(crate) loss: Loss,
     pub(crate) format: Format,
     pub(crate) layout: Layout,
+    /// A started acquire: the handle's cancel flags, which the event thread turns into a
+    /// release of the slot (`mmp_device_cancel` itself takes no lock).
+    pub(crate) cancel: Option<CancelFlags>,
+}
+
+/// The cancel flags of a handle whose acquire runs on the engine.
+pub(crate) struct CancelFlags {
+    /// Set by `mmp_device_cancel`.
+    flag: Arc<AtomicBool>,
+    /// The acquire runs (cancel applies only then).
+    in_flight: Arc<AtomicBool>,
+    /// The release of the slot was sent to the engine.
+    sent: bool,
+}
+
+/// Routes that carry [`CancelFlags`]: while there are none, the event thread sleeps until
+/// the next engine event instead of looking for cancels every [`CANCEL_POLL`].
+static WATCHED_CANCELS: AtomicUsize = AtomicUsize::new(0);
+
+impl Drop for CancelFlags {
+    fn drop(&mut self) {
+        WATCHED_CANCELS.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl CancelFlags {
+    /// The flags of a handle whose acquire is about to start on the engine.
+    pub(crate) fn new(flag: &Arc<AtomicBool>, in_flight: &Arc<AtomicBool>) -> Self {
+        WATCHED_CANCELS.fetch_add(1, Ordering::SeqCst);
+        CancelFlags {
+            flag: Arc::clone(flag),
+            in_flight: Arc::clone(in_flight),
+            sent: false,
+        }
+    }
+
+    /// The acquire ended: later cancels do nothing.
+    fn end(&self) {
+        self.in_flight.store(false, Ordering::SeqCst);
+        self.flag.store(false, Ordering::SeqCst);
+    }
 }
 
 type Routes = Arc<Mutex<Vec<Option<Route>>>>;
@@ -359,9 +468,10 @@ impl Hub {
     }
 }
 
-/// The event thread: delivers each device's outcome once (see the module docs); if the
-/// engine thread ends (it never does unless it dies), every device still routed is reported
-/// as stopped.
+/// The event thread: delivers each device's outcome once (see the module docs), reports the
+/// progress and end of acquires the engine runs for `mmp_device_acquire_start`, and turns
+/// their cancel flags into releases (at most [`CANCEL_POLL`] late); if the engine thread ends
+/// (it never does unless it dies), every device still routed is reported as stopped.
 fn event_loop(rx: &mpsc::Receiver<EngineEvent>, routes: &Mutex<Vec<Option<Route>>>) {
     IS_EVENT_THREAD.set(true);
     let take = |slot: usize| {
@@ -371,8 +481,20 @@ fn event_loop(rx: &mpsc::Receiver<EngineEvent>, routes: &Mutex<Vec<Option<Route>
             .get_mut(slot)
             .and_then(Option::take)
     };
+    let mut last_scan = std::time::Instant::now();
     loop {
-        match rx.recv() {
+        if last_scan.elapsed() >= CANCEL_POLL {
+            last_scan = std::time::Instant::now();
+            send_cancels(routes);
+        }
+        // Without started acquires, nothing to look for: wait for the next event (a started
+        // acquire's first read produces one at once, and from then on this polls).
+        let wait = if WATCHED_CANCELS.load(Ordering::SeqCst) > 0 {
+            CANCEL_POLL
+        } else {
+            IDLE_WAIT
+        };
+        match rx.recv_timeout(wait) {
             Ok(EngineEvent {
                 slot,
                 event: Event::Finished(o),
@@ -383,7 +505,14 @@ fn event_loop(rx: &mpsc::Receiver<EngineEvent>, routes: &Mutex<Vec<Option<Route>
                     .outcome
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner) = Some(o);
-                if let Outcome::Lost(l) = o {
+                if route.shared.started && !route.shared.acquired.load(Ordering::SeqCst) {
+                    // A started acquire that ended without holding: its result, not a loss.
+                    if let Some(c) = &route.cancel {
+                        c.end();
+                    }
+                    route.shared.set_progress(mmp_phase::Done, 0, 0);
+                    route.events.post(MMP_EVENT_ACQUIRE_DONE, None);
+                } else if let Outcome::Lost(l) = o {
                     let info = mmp_loss_info::from_loss(route.format, &route.layout, &l);
                     route.events.post(MMP_EVENT_LOST, Some(info));
                     CALLBACK_OF.set(Arc::as_ptr(&route.shared).addr());
@@ -392,14 +521,56 @@ fn event_loop(rx: &mpsc::Receiver<EngineEvent>, routes: &Mutex<Vec<Option<Route>
                 }
                 route.shared.set_delivered();
             }
-            Ok(_) => {}
-            Err(mpsc::RecvError) => {
+            Ok(EngineEvent {
+                slot,
+                event: event @ (Event::Acquired | Event::Progress { .. }),
+            }) => {
+                let mut routes = routes.lock().unwrap_or_else(PoisonError::into_inner);
+                let Some(route) = routes.get_mut(slot).and_then(Option::as_mut) else {
+                    continue;
+                };
+                if !route.shared.started || route.shared.acquired.load(Ordering::SeqCst) {
+                    continue;
+                }
+                match event {
+                    Event::Progress {
+                        phase,
+                        remaining,
+                        total,
+                    } => {
+                        route
+                            .shared
+                            .set_progress(phase.into(), millis(remaining), millis(total));
+                        route.events.post(MMP_EVENT_PROGRESS, None);
+                    }
+                    // A cancel already sent wins: the engine releases the device, and the
+                    // acquire ends with that (reported as cancelled).
+                    _ if route.cancel.as_ref().is_some_and(|c| c.sent) => {}
+                    _ => {
+                        route.shared.acquired.store(true, Ordering::SeqCst);
+                        // Held: a later cancel (of another call on the handle) must never
+                        // release this device.
+                        if let Some(c) = route.cancel.take() {
+                            c.end();
+                        }
+                        route.shared.set_progress(mmp_phase::Held, 0, 0);
+                        route.events.post(MMP_EVENT_ACQUIRE_DONE, None);
+                    }
+                }
+            }
+            Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
                 let n = routes.lock().unwrap_or_else(PoisonError::into_inner).len();
                 for slot in 0..n {
                     let Some(route) = take(slot) else { continue };
                     if route.shared.outcome().is_none() {
                         route.shared.stopped.store(true, Ordering::SeqCst);
-                        if !route.shared.releasing.load(Ordering::SeqCst) {
+                        if let Some(c) = &route.cancel {
+                            c.end();
+                        }
+                        if route.shared.started && !route.shared.acquired.load(Ordering::SeqCst) {
+                            route.events.post(MMP_EVENT_ACQUIRE_DONE, None);
+                        } else if !route.shared.releasing.load(Ordering::SeqCst) {
                             let info = mmp_loss_info::stopped(route.format);
                             route.events.post(MMP_EVENT_LOST, Some(info));
                             CALLBACK_OF.set(Arc::as_ptr(&route.shared).addr());
@@ -411,6 +582,45 @@ fn event_loop(rx: &mpsc::Receiver<EngineEvent>, routes: &Mutex<Vec<Option<Route>
                 }
                 return;
             }
+        }
+    }
+}
+
+/// How often the event thread looks for cancelled acquires (`mmp_device_cancel` promises
+/// 50 ms).
+const CANCEL_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// How long the event thread sleeps without started acquires (an engine event wakes it).
+const IDLE_WAIT: std::time::Duration = std::time::Duration::from_secs(3600);
+
+fn millis(d: core::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Releases (aborts) every started acquire whose handle was cancelled while it ran.
+fn send_cancels(routes: &Mutex<Vec<Option<Route>>>) {
+    let mut slots = Vec::new();
+    for (slot, route) in routes
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter_mut()
+        .enumerate()
+    {
+        if let Some(c) = route.as_mut().and_then(|r| r.cancel.as_mut())
+            && !c.sent
+            && c.in_flight.load(Ordering::SeqCst)
+            && c.flag.load(Ordering::SeqCst)
+        {
+            c.sent = true;
+            slots.push(slot);
+        }
+    }
+    if slots.is_empty() {
+        return;
+    }
+    if let Some(hub) = Hub::existing() {
+        for slot in slots {
+            hub.engine().release(slot);
         }
     }
 }

@@ -87,7 +87,8 @@ pub enum mmp_result {
     /// The handle already holds the device (release it first).
     AlreadyHeld = 110,
     /// The handle is in use by another call: from another thread, or from inside a
-    /// callback of a call on the same handle.
+    /// callback of a call on the same handle; or an acquire started with
+    /// `mmp_device_acquire_start` has not been finished (`mmp_device_acquire_finish`).
     Busy = 111,
     /// Called from the handle's own loss callback, where this call would wait for itself.
     InCallback = 112,
@@ -118,6 +119,13 @@ pub enum mmp_result {
     /// the device, another host preempted ours while acquiring, the reservation kept
     /// changing, or the target refused a command (see `mmp_last_os_error` for an errno).
     FenceFailed = 122,
+    /// `mmp_device_acquire_finish`: the acquire started with `mmp_device_acquire_start` is
+    /// still running; wait for `MMP_EVENT_ACQUIRE_DONE` on the event descriptor. Not
+    /// recorded by `mmp_device_last_error`.
+    Pending = 123,
+    /// `mmp_device_acquire_finish`, `mmp_device_acquire_progress`: no acquire was started
+    /// with `mmp_device_acquire_start` on this handle, or its result was taken already.
+    NotStarted = 124,
 
     // 200..: ownership lost.
     /// This host lost a device it held: another host wrote the block, no heartbeat
@@ -166,6 +174,8 @@ pub const ALL: &[mmp_result] = &[
     mmp_result::AlreadyArmed,
     mmp_result::NotScsi,
     mmp_result::FenceFailed,
+    mmp_result::Pending,
+    mmp_result::NotStarted,
     mmp_result::Lost,
 ];
 
@@ -234,6 +244,8 @@ impl mmp_result {
             mmp_result::AlreadyArmed => "a watchdog is armed already\0",
             mmp_result::NotScsi => "the device does not support SCSI persistent reservations\0",
             mmp_result::FenceFailed => "a SCSI persistent reservation step failed\0",
+            mmp_result::Pending => "the started acquire has not finished yet\0",
+            mmp_result::NotStarted => "no acquire was started on this handle\0",
             mmp_result::Lost => "ownership of the device was lost\0",
         }
     }

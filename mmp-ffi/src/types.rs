@@ -2,7 +2,7 @@
 #![allow(non_camel_case_types)]
 
 use core::ffi::{c_char, c_void};
-use mmp_core::format::trim_name;
+use mmp_core::format::{native, trim_name};
 use mmp_core::machine::{Class, Layout, Loss, Phase, Snapshot, Timing};
 use mmp_linux::target::Format;
 
@@ -20,6 +20,15 @@ pub const MMP_OPEN_ALL: u32 = MMP_OPEN_READ_ONLY | MMP_OPEN_REALTIME;
 /// `mmp_device_read_events`: a held device was lost (the loss callback, if any, is called
 /// too); the details come with the event.
 pub const MMP_EVENT_LOST: u32 = 1;
+
+/// `mmp_device_read_events`: the acquire started with `mmp_device_acquire_start` entered a
+/// new phase or wait (`mmp_device_acquire_progress` describes it).
+pub const MMP_EVENT_PROGRESS: u32 = 2;
+
+/// `mmp_device_read_events`: the acquire started with `mmp_device_acquire_start` has
+/// finished (held, refused, failed or cancelled): `mmp_device_acquire_finish` returns its
+/// result.
+pub const MMP_EVENT_ACQUIRE_DONE: u32 = 4;
 
 /// Size of the name arrays in `mmp_status`: up to 64 bytes and a terminating NUL.
 pub const MMP_NAME_SIZE: usize = 65;
@@ -67,6 +76,35 @@ impl From<Class> for mmp_state {
             Class::Fsck => mmp_state::Fsck,
             Class::Unknown => mmp_state::Unknown,
             Class::Maintenance => mmp_state::Maintenance,
+        }
+    }
+}
+
+/// Why a native block is in its state: the last transition it records
+/// (`mmp status --json`'s `reason`). ext4 records none.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum mmp_reason {
+    /// Nothing recorded: an active block acquired from a clean one, and every ext4 block.
+    None = 0,
+    /// The owner released it cleanly.
+    Released = 1,
+    /// An operator reset it (`mmp_device_clear`, `mmp clear --force`).
+    Cleared = 2,
+    /// The current owner took it over from an owner that never released it.
+    TakenOver = 3,
+    /// `mmp_native_format` (`mmp format`) wrote it.
+    Formatted = 4,
+}
+
+impl From<native::Reason> for mmp_reason {
+    fn from(r: native::Reason) -> Self {
+        match r {
+            native::Reason::None => mmp_reason::None,
+            native::Reason::Released => mmp_reason::Released,
+            native::Reason::Cleared => mmp_reason::Cleared,
+            native::Reason::TakenOver => mmp_reason::TakenOver,
+            native::Reason::Formatted => mmp_reason::Formatted,
         }
     }
 }
@@ -138,7 +176,8 @@ pub enum mmp_loss {
     Preempted = 5,
 }
 
-/// Who this host is, for `mmp_device_open`.
+/// Who this host is, for `mmp_device_open`. Zero-initialise it and set what to override:
+/// `{.nodename = "ost0-a", .default_hostid = true}` overrides only the node name.
 #[repr(C)]
 #[derive(Debug)]
 pub struct mmp_identity {
@@ -148,6 +187,12 @@ pub struct mmp_identity {
     /// The node name written to the block (NUL-terminated bytes, at most 64 used), or NULL
     /// for this host's `uname` node name. Copied by `mmp_device_open`.
     pub nodename: *const c_char,
+    /// true: ignore `hostid` and resolve this host's as a NULL identity does
+    /// (`$MMP_HOSTID`, else `/etc/hostid`; a malformed or missing one is reported by the
+    /// acquiring calls), so that only the node name is overridden. A flag rather than a
+    /// reserved hostid value, because every 32-bit value but 0 is a valid hostid. false
+    /// (what `{hostid, nodename}` initialisers leave it): use `hostid`.
+    pub default_hostid: bool,
 }
 
 /// What a device's MMP block says, plus the timing derived from it.
@@ -183,6 +228,51 @@ pub struct mmp_status {
     pub watch_ms: u64,
     /// How long an acquire waits after writing its claim, milliseconds.
     pub claim_wait_ms: u64,
+    /// The last transition the block records (native); `MMP_REASON_NONE` for ext4.
+    pub reason: mmp_reason,
+    /// Native: wall time the last owner claimed the device (the last transition to ACTIVE,
+    /// kept when it is released; 0 in a freshly formatted area), Unix milliseconds; ext4: 0.
+    pub since_ms: u64,
+    /// Native: intervals without a successful heartbeat before the owner self-fences, as
+    /// recorded; ext4: 0.
+    pub fail_intervals: u32,
+    /// Native: the delay the owner advertises (added to its waits for slow storage),
+    /// microseconds, as recorded; ext4: 0.
+    pub delay_us: u32,
+    /// ext4: `mmp_check_interval` as the last writer recorded it, seconds; native: 0.
+    pub check_interval_s: u32,
+    /// ext4: the superblock's `s_mmp_update_interval` as stored (0 is read as 5), seconds;
+    /// native: 0.
+    pub update_interval_s: u32,
+    /// Byte offset of the MMP record on the device (ext4: the MMP block's number times the
+    /// block size; native: 0 for a whole device).
+    pub offset_bytes: u64,
+    /// The longest an acquire of this device may wait now, not counting I/O: the claim wait
+    /// if the block is clean, else the activity test and the claim wait, milliseconds.
+    pub acquire_wait_ms: u64,
+    /// The longest an acquire may wait after the owner crashed (the block not clean),
+    /// milliseconds: what a start timeout of a cluster resource must exceed.
+    pub takeover_wait_ms: u64,
+    /// Whether no holder ever wrote the block: a native area as `mmp_native_format` wrote
+    /// it, or a clean ext4 MMP block with neither node nor device name (as mke2fs/tune2fs
+    /// wrote it).
+    pub never_held: bool,
+}
+
+/// Where an acquire started with `mmp_device_acquire_start` is
+/// (`mmp_device_acquire_progress`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct mmp_progress {
+    /// `MMP_PHASE_READING` until the first read completed, then `MMP_PHASE_WATCHING` (the
+    /// activity test) and `MMP_PHASE_CLAIMING` (the verify wait after the claim);
+    /// `MMP_PHASE_HELD` once acquired, `MMP_PHASE_DONE` once it ended otherwise.
+    pub phase: mmp_phase,
+    /// Milliseconds left in the current wait, by the clock at the time of the call (0 when
+    /// not waiting).
+    pub remaining_ms: u64,
+    /// The current wait's total length, milliseconds (0 when not waiting).
+    pub total_ms: u64,
 }
 
 /// Details of a loss, valid only during the loss callback.
@@ -254,6 +344,32 @@ impl mmp_status {
     #[must_use]
     pub fn from_snapshot(format: Format, layout: &Layout, snap: &Snapshot, owned: bool) -> Self {
         let t = Timing::for_snapshot(layout, snap);
+        let nameless = snap.nodename().is_empty() && snap.devname().is_empty();
+        let (reason, since_ms, fail_intervals, delay_us, check_interval_s, never_held) = match snap
+        {
+            Snapshot::Native(r) => (
+                r.reason.into(),
+                r.since_ms,
+                u32::from(r.fail_intervals),
+                r.delay_us,
+                0,
+                r.reason == native::Reason::Formatted && r.hostid == 0 && nameless,
+            ),
+            Snapshot::Ext4(b) => (
+                mmp_reason::None,
+                0,
+                0,
+                0,
+                u32::from(b.check_interval),
+                snap.class() == Class::Clean && nameless,
+            ),
+        };
+        let update_interval_s = match layout {
+            Layout::Ext4 {
+                update_interval_s, ..
+            } => u32::from(*update_interval_s),
+            Layout::Native { .. } => 0,
+        };
         mmp_status {
             format: format.into(),
             state: snap.class().into(),
@@ -268,6 +384,16 @@ impl mmp_status {
             fail_window_ms: millis(t.fail_window),
             watch_ms: millis(t.watch),
             claim_wait_ms: millis(t.claim_wait),
+            reason,
+            since_ms,
+            fail_intervals,
+            delay_us,
+            check_interval_s,
+            update_interval_s,
+            offset_bytes: layout.offset_bytes(),
+            acquire_wait_ms: millis(t.max_acquire_wait(snap.class() == Class::Clean)),
+            takeover_wait_ms: millis(t.max_acquire_wait(false)),
+            never_held,
         }
     }
 
@@ -356,5 +482,15 @@ pub(crate) fn zeroed_status(format: Format) -> mmp_status {
         fail_window_ms: 0,
         watch_ms: 0,
         claim_wait_ms: 0,
+        reason: mmp_reason::None,
+        since_ms: 0,
+        fail_intervals: 0,
+        delay_us: 0,
+        check_interval_s: 0,
+        update_interval_s: 0,
+        offset_bytes: 0,
+        acquire_wait_ms: 0,
+        takeover_wait_ms: 0,
+        never_held: false,
     }
 }

@@ -44,8 +44,8 @@ struct ctx {
     uint64_t loss_bound_ms;
 };
 
-static const struct mmp_identity ID_A = {0xA1A1A1A1u, "node-a"};
-static const struct mmp_identity ID_B = {0xB2B2B2B2u, "node-b"};
+static const struct mmp_identity ID_A = {0xA1A1A1A1u, "node-a", false};
+static const struct mmp_identity ID_B = {0xB2B2B2B2u, "node-b", false};
 
 static struct mmp_device *open_as(const char *path, const struct mmp_identity *id, uint32_t flags) {
     struct mmp_device *d = NULL;
@@ -68,7 +68,7 @@ static void format_device(const struct ctx *c) {
 struct progress {
     unsigned calls[8];
     uint64_t last_total_ms;
-    const struct mmp_device *dev; /* when set, re-entering it (release) must give MMP_RESULT_BUSY */
+    struct mmp_device *dev; /* when set, re-entering it (release) must give MMP_RESULT_BUSY */
     mmp_result reentry;
 };
 
@@ -94,7 +94,7 @@ struct loss {
     _Atomic int fired;
     _Atomic uint64_t at_ms;
     struct mmp_loss_info info;
-    const struct mmp_device *dev;
+    struct mmp_device *dev;
     mmp_result release_from_callback;
 };
 
@@ -167,7 +167,7 @@ static uint64_t foreign_write_until_lost(const struct ctx *c, struct loss *l,
 
 static void write_clear(const struct ctx *c, const void *arg) {
     (void)c;
-    CHECK_RC(mmp_device_clear((const struct mmp_device *)arg), MMP_RESULT_OK);
+    CHECK_RC(mmp_device_clear((struct mmp_device *)arg), MMP_RESULT_OK);
 }
 
 static void write_corrupt(const struct ctx *c, const void *arg) {
@@ -183,6 +183,7 @@ static void test_version(const struct ctx *c) {
     CHECK(strcmp(mmp_version(), want) == 0);
     CHECK(MMP_VERSION_NUMBER ==
           ((MMP_VERSION_MAJOR << 16) | (MMP_VERSION_MINOR << 8) | MMP_VERSION_PATCH));
+    CHECK(mmp_version_number() == MMP_VERSION_NUMBER);
 }
 
 static void test_result_str(const struct ctx *c) {
@@ -244,7 +245,7 @@ static void test_null_parameters(const struct ctx *c) {
     mmp_device_free(dev);
 
     /* A NULL node name means uname's; a NULL identity resolves everything. */
-    struct mmp_identity no_name = {0x1234u, NULL};
+    struct mmp_identity no_name = {0x1234u, NULL, false};
     dev = open_as(c->dev, &no_name, 0);
     mmp_device_free(dev);
     dev = open_as(c->dev, NULL, 0);
@@ -294,7 +295,7 @@ static void test_bad_devices(const struct ctx *c) {
     CHECK(d == sentinel);
 
     CHECK_RC(mmp_device_open(c->dev, &ID_A, 0x80, &d), MMP_RESULT_INVALID_PARAMETER);
-    struct mmp_identity empty = {1, ""};
+    struct mmp_identity empty = {1, "", false};
     CHECK_RC(mmp_device_open(c->dev, &empty, 0, &d), MMP_RESULT_INVALID_PARAMETER);
     CHECK(d == sentinel);
 
@@ -322,6 +323,19 @@ static void test_status_and_check_clean(const struct ctx *c) {
     CHECK(st.claim_wait_ms >= 2 * INTERVAL_MS);
     CHECK(memchr(st.nodename, '\0', sizeof st.nodename) != NULL);
     CHECK(memchr(st.devname, '\0', sizeof st.devname) != NULL);
+    /* What `mmp status --json` shows besides. */
+    CHECK(st.never_held);
+    CHECK(st.reason == MMP_REASON_FORMATTED);
+    CHECK(st.since_ms == 0);
+    CHECK(st.fail_intervals == FAIL_INTERVALS);
+    CHECK(st.delay_us == 0);
+    CHECK(st.check_interval_s == 0 && st.update_interval_s == 0); /* ext4 only */
+    CHECK(st.offset_bytes == 0);
+    /* Clean: the claim wait (at least a lease and an eighth); after a crash the activity
+     * test comes first. */
+    CHECK(st.acquire_wait_ms >= st.fail_window_ms + st.fail_window_ms / 8);
+    CHECK(st.acquire_wait_ms >= st.claim_wait_ms);
+    CHECK(st.takeover_wait_ms == st.watch_ms + st.acquire_wait_ms);
 
     struct progress p = {0};
     struct mmp_status owner;
@@ -526,16 +540,28 @@ static void test_crashed_holder_takeover(const struct ctx *c) {
     CHECK(owner.state == MMP_STATE_ACTIVE);
     CHECK(owner.hostid == ID_A.hostid);
 
+    CHECK(st.acquire_wait_ms == st.takeover_wait_ms); /* not clean */
+    CHECK(!st.never_held);
+    uint64_t since_a = st.since_ms;
+    CHECK(since_a > 0 && since_a <= st.time_ms);
+
+    uint64_t before_ms = (uint64_t)time(NULL) * 1000u;
     CHECK_RC(mmp_device_acquire(b, true, NULL, NULL), MMP_RESULT_OK);
     CHECK_RC(mmp_device_start_heartbeat(b, NULL, NULL), MMP_RESULT_OK);
-    CHECK(status_of(b).hostid == ID_B.hostid);
+    st = status_of(b);
+    CHECK(st.hostid == ID_B.hostid);
+    CHECK(st.reason == MMP_REASON_TAKEN_OVER);
+    CHECK(st.since_ms + 1000 >= before_ms && st.since_ms > since_a);
     CHECK_RC(mmp_device_release(b), MMP_RESULT_OK);
-    CHECK(status_of(b).state == MMP_STATE_CLEAN);
+    st = status_of(b);
+    CHECK(st.state == MMP_STATE_CLEAN);
+    CHECK(st.reason == MMP_REASON_RELEASED);
+    CHECK(!st.never_held);
     mmp_device_free(b);
 }
 
 struct canceller {
-    const struct mmp_device *dev;
+    struct mmp_device *dev;
     uint64_t after_ms;
 };
 
@@ -614,19 +640,38 @@ static void test_hostid_and_identity(const struct ctx *c) {
     CHECK(setenv("MMP_HOSTID", "0", 1) == 0);
     CHECK_RC(mmp_hostid_get(&h), MMP_RESULT_NO_HOSTID);
     CHECK(h == 7);
-    struct mmp_identity zero = {0, "node-zero"};
+    struct mmp_status st;
+    struct mmp_identity zero = {0, "node-zero", false};
     d = open_as(c->dev, &zero, 0);
     CHECK_RC(mmp_device_acquire(d, true, NULL, NULL), MMP_RESULT_NO_HOSTID);
     mmp_device_free(d);
+
+    /* default_hostid: the resolved hostid with a node name of our own. */
+    CHECK(setenv("MMP_HOSTID", "0x1234abcd", 1) == 0);
+    struct mmp_identity node_only = {.nodename = "node-only", .default_hostid = true};
+    d = open_as(c->dev, &node_only, 0);
+    CHECK_RC(mmp_device_acquire(d, false, NULL, NULL), MMP_RESULT_OK);
+    st = status_of(d);
+    CHECK(st.hostid == 0x1234abcdu);
+    CHECK(strcmp(st.nodename, "node-only") == 0);
+    CHECK_RC(mmp_device_release(d), MMP_RESULT_OK);
+    mmp_device_free(d);
+    /* ... and `hostid` is ignored: a malformed $MMP_HOSTID is reported as for NULL. */
+    CHECK(setenv("MMP_HOSTID", "zz", 1) == 0);
+    node_only.hostid = 0x42u;
+    d = open_as(c->dev, &node_only, 0);
+    CHECK_RC(mmp_device_acquire(d, false, NULL, NULL), MMP_RESULT_HOSTID_INVALID);
+    mmp_device_free(d);
+    CHECK(setenv("MMP_HOSTID", "0", 1) == 0);
 
     /* Node names longer than 64 bytes are cut to 64. */
     char longname[100];
     memset(longname, 'n', sizeof longname - 1);
     longname[sizeof longname - 1] = '\0';
-    struct mmp_identity lng = {0x42u, longname};
+    struct mmp_identity lng = {0x42u, longname, false};
     d = open_as(c->dev, &lng, 0);
     CHECK_RC(mmp_device_acquire(d, false, NULL, NULL), MMP_RESULT_OK);
-    struct mmp_status st = status_of(d);
+    st = status_of(d);
     CHECK(strlen(st.nodename) == 64);
     CHECK(strncmp(st.nodename, longname, 64) == 0);
     CHECK_RC(mmp_device_release(d), MMP_RESULT_OK);

@@ -46,6 +46,13 @@ int main(int argc, char **argv) {
     CHECK(st.state == MMP_STATE_CLEAN);
     CHECK(!st.has_hostid);
     CHECK(st.interval_ms == 5000);
+    /* The ext4 fields `mmp status --json` shows: the superblock's update interval, the
+     * block's check interval (max(interval, 5) as enable writes it), where the block is. */
+    CHECK(st.update_interval_s == 5);
+    CHECK(st.check_interval_s == 5);
+    CHECK(st.offset_bytes > 0 && st.offset_bytes % 1024 == 0);
+    CHECK(st.reason == MMP_REASON_NONE && st.fail_intervals == 0 && st.delay_us == 0);
+    CHECK(st.since_ms == 0);
     printf("ok - enable\n");
 
     uint64_t t0 = now_ms();
@@ -53,6 +60,7 @@ int main(int argc, char **argv) {
     printf("ok - set_interval (%llu ms)\n", (unsigned long long)(now_ms() - t0));
     st = status_at(img);
     CHECK(st.interval_ms == 7000);
+    CHECK(st.update_interval_s == 7);
     CHECK(st.state == MMP_STATE_CLEAN);
 
     CHECK_RC(mmp_ext4_disable(img, true), MMP_RESULT_OK);

@@ -41,8 +41,8 @@ struct ctx {
     uint64_t release_bound_ms;
 };
 
-static const struct mmp_identity ID_A = {0xA1A1A1A1u, "node-a"};
-static const struct mmp_identity ID_B = {0xB2B2B2B2u, "node-b"};
+static const struct mmp_identity ID_A = {0xA1A1A1A1u, "node-a", false};
+static const struct mmp_identity ID_B = {0xB2B2B2B2u, "node-b", false};
 
 static struct mmp_device *open_as(const char *path, const struct mmp_identity *id, uint32_t flags) {
     struct mmp_device *d = NULL;
@@ -173,7 +173,7 @@ static void test_fork_after_heartbeat(const struct ctx *c) {
 /* ---- 2. status never starves release --------------------------------------------------- */
 
 struct poller {
-    const struct mmp_device *dev;
+    struct mmp_device *dev;
     _Atomic int *stop;
     unsigned long calls;
     unsigned long failures;
@@ -235,7 +235,7 @@ static void test_status_does_not_starve_release(const struct ctx *c) {
 /* Two threads' calls on one handle take turns: a release issued while another thread's
  * check runs waits for it instead of returning MMP_RESULT_BUSY. */
 struct checker {
-    const struct mmp_device *dev;
+    struct mmp_device *dev;
     _Atomic int started;
     mmp_result result;
 };
@@ -287,7 +287,7 @@ static void test_calls_take_turns(const struct ctx *c) {
 /* ---- 3. what the header says ----------------------------------------------------------- */
 
 struct blocker {
-    const struct mmp_device *dev;
+    struct mmp_device *dev;
     mmp_phase on_phase;
     uint64_t block_ms;   /* block once in `on_phase` for this long */
     bool cancel;         /* or cancel once in `on_phase` */

@@ -29,6 +29,11 @@ int main(void) {
         fprintf(stderr, "mmp_version() is %s, Cargo.toml says %s\n", mmp_version(), EXPECT_STRING);
         return 1;
     }
+    if (mmp_version_number() != MMP_VERSION_NUMBER) {
+        fprintf(stderr, "mmp_version_number() is 0x%06x, the header's 0x%06x\n",
+                (unsigned)mmp_version_number(), (unsigned)MMP_VERSION_NUMBER);
+        return 1;
+    }
     printf("libmmp %s, MMP_VERSION_NUMBER 0x%06x\n", mmp_version(), (unsigned)MMP_VERSION_NUMBER);
     return 0;
 }
