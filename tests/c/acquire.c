@@ -80,7 +80,7 @@ struct job {
     int fd;
     bool done;
     mmp_result result;
-    uint64_t done_at_ms;
+    uint64_t done_at_ms; /* CLOCK_MONOTONIC ms when ACQUIRE_DONE was handled */
     bool saw_watching, saw_claiming;
     uint64_t claim_total_ms;
 };
@@ -128,7 +128,7 @@ static uint64_t run_loop(struct job *jobs, size_t n, bool (*stop)(const struct j
                 j->result = mmp_device_acquire_finish(j->dev);
                 CHECK(j->result != MMP_RESULT_PENDING);
                 j->done = true;
-                j->done_at_ms = now_ms() - t0;
+                j->done_at_ms = now_ms(); /* absolute: callers compare with their own start */
             }
         }
     }
@@ -169,8 +169,9 @@ static void concurrent_acquires(void) {
     for (size_t i = 0; i < 2; i++) {
         CHECK_RC(mmp_device_acquire_start(jobs[i].dev, false, NULL, NULL), MMP_RESULT_OK);
     }
-    /* Returns at once, and the result is not there yet. */
-    CHECK(now_ms() - t0 < 500); /* an acquire takes over a second */
+    /* Returns at once: the result is not there yet (a start that waited for the acquire
+     * would leave it finished). No wall-clock bound: under valgrind starting the engine's
+     * threads alone can take longer than a claim wait. */
     CHECK_RC(mmp_device_acquire_finish(jobs[0].dev), MMP_RESULT_PENDING);
     struct mmp_error_info info;
     CHECK_RC(mmp_device_last_error(jobs[0].dev, &info), MMP_RESULT_OK);
@@ -191,7 +192,7 @@ static void concurrent_acquires(void) {
         CHECK(jobs[i].saw_claiming);
         CHECK(jobs[i].claim_total_ms >= min_claim);
         CHECK(!jobs[i].saw_watching); /* clean: no activity test */
-        CHECK(jobs[i].done_at_ms + 20 >= claim_wait);
+        CHECK(jobs[i].done_at_ms - t0 + 20 >= claim_wait); /* from before the starts */
         struct mmp_status st = status_of(jobs[i].dev);
         CHECK(st.owned);
         CHECK(st.state == MMP_STATE_ACTIVE);
