@@ -200,7 +200,7 @@ pub(crate) fn refusal(path: &str, r: &Refusal) -> String {
         }
         Refusal::Io(e) => format!(
             "{path}: I/O error during the protocol ({}); refusing while in doubt",
-            errno_text(e.errno)
+            io_error_text(*e)
         ),
         Refusal::TooLate { late_by } => format!(
             "{path}: too slow to take the device safely: a result came {:.1} s after the \
@@ -266,7 +266,7 @@ pub(crate) fn loss(path: &str, l: &Loss, me: &Identity) -> String {
         Loss::ReleaseReadFailed(e) => format!(
             "{path}: release could not verify the block ({}); CLEAN not written, the last \
              heartbeat stays (another host will see it stale)",
-            errno_text(e.errno)
+            io_error_text(*e)
         ),
     }
 }
@@ -308,14 +308,16 @@ pub(crate) fn seq_class(seq: u32) -> String {
     }
 }
 
-/// Text for an errno.
-pub(crate) fn errno_text(errno: i32) -> String {
-    if errno == 0 {
-        "short read".into()
-    } else if errno == mmp_core::machine::IoError::RESERVATION_CONFLICT {
-        "RESERVATION CONFLICT: another host holds the SCSI persistent reservation".into()
-    } else {
-        std::io::Error::from_raw_os_error(errno).to_string()
+/// Text for a failed I/O.
+pub(crate) fn io_error_text(e: mmp_core::machine::IoError) -> String {
+    use mmp_core::machine::IoError;
+    match e {
+        IoError::Short => "short read".into(),
+        IoError::NoErrno => "I/O refused without an OS error".into(),
+        e if e.is_reservation_conflict() => {
+            "RESERVATION CONFLICT: another host holds the SCSI persistent reservation".into()
+        }
+        IoError::Os(errno) => std::io::Error::from_raw_os_error(errno).to_string(),
     }
 }
 

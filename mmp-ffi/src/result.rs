@@ -281,7 +281,7 @@ impl From<&Refusal> for mmp_result {
             Refusal::Active(_) => mmp_result::InUse,
             Refusal::LostRace(_) => mmp_result::LostRace,
             Refusal::Io(e) => {
-                note_errno(e.errno);
+                note_errno(e.errno().unwrap_or(0));
                 mmp_result::Io
             }
             Refusal::TooLate { .. } => mmp_result::TooLate,

@@ -439,14 +439,14 @@ impl mmp_loss_info {
             Loss::Preempted(e) => mmp_loss_info {
                 reason: mmp_loss::Preempted,
                 since_last_write_ms: 0,
-                os_error: e.errno,
+                os_error: e.errno().unwrap_or(0),
                 found_valid: false,
                 found: zeroed_status(format),
             },
             Loss::ReleaseReadFailed(e) => mmp_loss_info {
                 reason: mmp_loss::ReleaseReadFailed,
                 since_last_write_ms: 0,
-                os_error: e.errno,
+                os_error: e.errno().unwrap_or(0),
                 found_valid: false,
                 found: zeroed_status(format),
             },

@@ -12,8 +12,11 @@ use mmp_core::machine::{Event, IoError, IoRequest, MAX_RECORD_LEN, Machine, Outc
 use mmp_core::time::{Duration, Instant};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-fn errno_of(e: &DeviceError) -> i32 {
-    e.raw_os_error().unwrap_or(0)
+fn errno_of(e: &DeviceError) -> IoError {
+    match e {
+        DeviceError::ShortRead { .. } => IoError::Short,
+        e => e.raw_os_error().map_or(IoError::NoErrno, IoError::Os),
+    }
 }
 
 fn pause(d: Duration) {
@@ -90,15 +93,15 @@ pub fn next_io(
 }
 
 /// Performs `p` synchronously, with its fault's delays and action: a read fills
-/// `buf[..p.len]`, a write writes it. Returns the errno on failure.
+/// `buf[..p.len]`, a write writes it.
 ///
 /// # Errors
-/// The errno of the failed (or failure-injected) I/O.
-pub fn perform(dev: &Device, p: &PendingIo, buf: &mut [u8; MAX_RECORD_LEN]) -> Result<(), i32> {
+/// How the I/O (or the injected fault) failed.
+pub fn perform(dev: &Device, p: &PendingIo, buf: &mut [u8; MAX_RECORD_LEN]) -> Result<(), IoError> {
     let len = p.len.min(MAX_RECORD_LEN);
     pause(p.fault.delay_before);
     let res = match (p.write, p.fault.action) {
-        (_, FaultAction::Fail(errno)) => Err(errno),
+        (_, FaultAction::Fail(errno)) => Err(IoError::Os(errno)),
         (false, _) => dev
             .read_at(p.offset, &mut buf[..len])
             .map_err(|e| errno_of(&e)),
@@ -115,7 +118,7 @@ pub fn perform(dev: &Device, p: &PendingIo, buf: &mut [u8; MAX_RECORD_LEN]) -> R
             } else {
                 Ok(())
             };
-            wrote.and(errno.map_or(Ok(()), Err))
+            wrote.and(errno.map_or(Ok(()), |e| Err(IoError::Os(e))))
         }
     };
     pause(p.fault.delay_after);
@@ -123,12 +126,17 @@ pub fn perform(dev: &Device, p: &PendingIo, buf: &mut [u8; MAX_RECORD_LEN]) -> R
 }
 
 /// Tells the machine how `p` ended (a read's data is `buf[..p.len]`).
-pub fn complete(m: &mut Machine, p: &PendingIo, res: Result<(), i32>, buf: &[u8; MAX_RECORD_LEN]) {
+pub fn complete(
+    m: &mut Machine,
+    p: &PendingIo,
+    res: Result<(), IoError>,
+    buf: &[u8; MAX_RECORD_LEN],
+) {
     let now = clock::now();
     match res {
         Ok(()) if p.write => m.handle_write_done(now),
         Ok(()) => m.handle_read_done(now, &buf[..p.len.min(MAX_RECORD_LEN)]),
-        Err(errno) => m.handle_io_error(now, IoError { errno }),
+        Err(e) => m.handle_io_error(now, e),
     }
 }
 

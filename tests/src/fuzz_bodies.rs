@@ -320,10 +320,13 @@ pub fn machine_events(data: &[u8]) -> EventsSummary {
                         let raw = b.take(len).to_vec();
                         m.handle_read_done(now(t), &raw);
                     }
+                    // Error byte 0 is a short read, as before the enum.
                     _ => m.handle_io_error(
                         now(t),
-                        IoError {
-                            errno: i32::from(z),
+                        if z == 0 {
+                            IoError::Short
+                        } else {
+                            IoError::Os(i32::from(z))
                         },
                     ),
                 }
@@ -363,7 +366,7 @@ pub fn machine_events(data: &[u8]) -> EventsSummary {
                 }
                 t += z64;
                 if matches!(fate, 5 | 6) {
-                    m.handle_io_error(now(t), IoError { errno: 5 });
+                    m.handle_io_error(now(t), IoError::Os(5));
                 } else {
                     m.handle_write_done(now(t));
                 }
@@ -394,7 +397,7 @@ pub fn machine_events(data: &[u8]) -> EventsSummary {
             (6, None) => match x % 4 {
                 0 => m.handle_read_done(now(t), &disk[..len]),
                 1 => m.handle_write_done(now(t)),
-                2 => m.handle_io_error(now(t), IoError { errno: 5 }),
+                2 => m.handle_io_error(now(t), IoError::Os(5)),
                 _ => m.handle_timeout(now(t)),
             },
             _ => {

@@ -2477,7 +2477,7 @@ impl Sim {
                             got: None,
                         },
                     );
-                    m.handle_io_error(now, IoError { errno: 5 });
+                    m.handle_io_error(now, IoError::Os(5));
                 }
                 (IoKind::Write, err) => {
                     self.trace(
@@ -2488,7 +2488,7 @@ impl Sim {
                         },
                     );
                     if err {
-                        m.handle_io_error(now, IoError { errno: 5 });
+                        m.handle_io_error(now, IoError::Os(5));
                     } else {
                         m.handle_write_done(now);
                     }

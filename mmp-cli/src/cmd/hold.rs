@@ -560,7 +560,7 @@ fn hold_inner(
                     note!(
                         "mmp: {}: heartbeat I/O failed ({}); retrying within the fail window",
                         paths[slot],
-                        out::errno_text(e.errno)
+                        out::io_error_text(e)
                     );
                     io_warned[slot] = true;
                 }

@@ -89,10 +89,13 @@ fn message(path: &str, e: &PrError) -> String {
         {
             format!(
                 "{path}: {}: persistent reservation commands need root (CAP_SYS_RAWIO)",
-                out::errno_text(errno)
+                out::io_error_text(mmp_core::machine::IoError::Os(errno))
             )
         }
-        PrError::Io(errno) => format!("{path}: {}", out::errno_text(errno)),
+        PrError::Io(errno) => format!(
+            "{path}: {}",
+            out::io_error_text(mmp_core::machine::IoError::Os(errno))
+        ),
         ref e => format!("{path}: {e}"),
     }
 }

@@ -167,9 +167,14 @@ pub enum IoRequest {
 
 /// A failed read or write, as the caller saw it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct IoError {
-    /// The OS error number (e.g. 5 for EIO), or 0 when there was none (short read).
-    pub errno: i32,
+pub enum IoError {
+    /// The operating system failed it with this error number (e.g. 5 for EIO).
+    Os(i32),
+    /// A read returned fewer bytes than the record.
+    Short,
+    /// It failed without an OS error number (the driver refused it: beyond the end of the
+    /// device, misaligned), or the machine met a state no correct driver produces.
+    NoErrno,
 }
 
 impl IoError {
@@ -183,7 +188,16 @@ impl IoError {
     /// Whether the storage refused the I/O because another host holds the reservation.
     #[must_use]
     pub const fn is_reservation_conflict(self) -> bool {
-        self.errno == Self::RESERVATION_CONFLICT
+        matches!(self, IoError::Os(Self::RESERVATION_CONFLICT))
+    }
+
+    /// The OS error number, if there was one.
+    #[must_use]
+    pub const fn errno(self) -> Option<i32> {
+        match self {
+            IoError::Os(e) => Some(e),
+            IoError::Short | IoError::NoErrno => None,
+        }
     }
 }
 
@@ -768,7 +782,7 @@ impl Machine {
     pub fn handle_read_done(&mut self, now: Now, data: &[u8]) {
         let len = self.cfg.layout.record_len();
         let Some(data) = data.get(..len) else {
-            self.handle_io_error(now, IoError { errno: 0 });
+            self.handle_io_error(now, IoError::Short);
             return;
         };
         match self.step {
@@ -1233,7 +1247,8 @@ impl Machine {
 
     fn watch_passed(&mut self, now: Now) {
         let Some(snap) = self.first else {
-            self.finish(Outcome::Refused(Refusal::Io(IoError { errno: 0 })));
+            // No record from the first read: no correct driver gets here. In doubt, refuse.
+            self.finish(Outcome::Refused(Refusal::Io(IoError::NoErrno)));
             return;
         };
         if self.op == Op::Check {

@@ -85,7 +85,7 @@ impl Rig {
                     self.log.push("Read".into());
                     if self.fail_reads > 0 {
                         self.fail_reads -= 1;
-                        m.handle_io_error(now, IoError { errno: 5 });
+                        m.handle_io_error(now, IoError::Os(5));
                     } else {
                         let o = offset_bytes as usize;
                         let data = self.disk[o..o + len].to_vec();
@@ -101,7 +101,7 @@ impl Rig {
                     self.log.push("Write".into());
                     if self.fail_writes > 0 {
                         self.fail_writes -= 1;
-                        m.handle_io_error(now, IoError { errno: 5 });
+                        m.handle_io_error(now, IoError::Os(5));
                     } else {
                         let o = offset_bytes as usize;
                         self.disk[o..o + len].copy_from_slice(&buf[..len]);
@@ -273,7 +273,7 @@ fn refusals_in_doubt_write_nothing() {
     rig.run(&mut m, 100, |_| {});
     assert_eq!(
         m.outcome(),
-        Some(Outcome::Refused(Refusal::Io(IoError { errno: 5 })))
+        Some(Outcome::Refused(Refusal::Io(IoError::Os(5))))
     );
     assert_eq!(rig.writes, 0);
 }
@@ -456,14 +456,12 @@ fn a_reservation_conflict_on_a_heartbeat_is_lost_at_once() {
     let mut buf = [0u8; MAX_RECORD_LEN];
     assert!(m.emit_block(rig.now(), &mut buf));
     // An ordinary I/O error is retried within the fail window ...
-    m.handle_io_error(rig.now(), IoError { errno: 5 });
+    m.handle_io_error(rig.now(), IoError::Os(5));
     assert!(m.is_held(), "{:?}", m.outcome());
     // ... a RESERVATION CONFLICT (another host preempted us) is not.
     beat_to_write(&mut rig, &mut m);
     assert!(m.emit_block(rig.now(), &mut buf));
-    let conflict = IoError {
-        errno: IoError::RESERVATION_CONFLICT,
-    };
+    let conflict = IoError::Os(IoError::RESERVATION_CONFLICT);
     m.handle_io_error(rig.now(), conflict);
     assert_eq!(m.outcome(), Some(Outcome::Lost(Loss::Preempted(conflict))));
     assert!(!m.is_held());

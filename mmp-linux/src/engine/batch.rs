@@ -80,7 +80,7 @@ impl Worker {
             }
             // The ring failed and its buffers (this write's block with them) are gone: a
             // failed write, which the machine retries.
-            None if p.write => driver::complete(m, &p, Err(libc::EIO), &self.rec),
+            None if p.write => driver::complete(m, &p, Err(IoError::Os(libc::EIO)), &self.rec),
             _ => {
                 // Not exactly done (an error, a short transfer, EAGAIN), or a read the
                 // failed ring lost: again, synchronously, for the errors every other caller

@@ -35,7 +35,7 @@ use crate::fault::{self, Fault, FaultHook};
 use crate::target::Target;
 use crate::uring::{self, Ring, RingOp};
 use crate::watchdog::Watchdog;
-use mmp_core::machine::{Event, Machine, Outcome, Phase, Stats, Timing};
+use mmp_core::machine::{Event, IoError, Machine, Outcome, Phase, Stats, Timing};
 use mmp_core::machine::{MAX_EARLY_BEAT, MAX_RECORD_LEN};
 use mmp_core::time::{Duration, Instant};
 use std::cmp::Reverse;

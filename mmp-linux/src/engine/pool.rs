@@ -19,7 +19,7 @@ pub(super) struct JobDone {
     pub(super) slot: usize,
     pub(super) p: PendingIo,
     /// `None`: not issued, its deadline had passed (a write only).
-    pub(super) res: Option<Result<(), i32>>,
+    pub(super) res: Option<Result<(), IoError>>,
     pub(super) rec: Box<[u8; MAX_RECORD_LEN]>,
 }
 
