@@ -272,6 +272,7 @@ pub(crate) fn refuse_duplicates(devices: &[PathBuf]) -> Result<(), String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation, reason = "test patterns")]
 mod tests {
     use super::*;
 

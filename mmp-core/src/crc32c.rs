@@ -12,6 +12,7 @@ const fn build_tables() -> [[u32; 256]; 4] {
     let mut t = [[0u32; 256]; 4];
     let mut i = 0;
     while i < 256 {
+        #[allow(clippy::cast_possible_truncation, reason = "i < 256")]
         let mut c = i as u32;
         let mut k = 0;
         while k < 8 {
@@ -61,6 +62,7 @@ pub fn crc32c(data: &[u8]) -> u32 {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation, reason = "test patterns")]
 mod tests {
     use super::*;
 

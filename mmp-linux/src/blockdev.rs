@@ -541,6 +541,10 @@ impl Device {
             // In range, so no overflow: offset + buf.len() <= size.
             let pos = offset + done as u64;
             let start = round_down(pos, self.align as u64);
+            #[allow(
+                clippy::cast_possible_truncation,
+                reason = "below the alignment, a few KiB"
+            )]
             let skip = (pos - start) as usize;
             let take = (CHUNK - skip).min(buf.len() - done);
             let want = skip + take;
@@ -841,7 +845,7 @@ fn open_checked(path: &Path, flags: OFlags, kind: DeviceKind) -> Result<OwnedFd,
 /// errors are reported by the real reads.
 fn direct_read_works(fd: &OwnedFd) -> bool {
     let mut bounce = Bounce::get();
-    let len = file_dio_align(fd).clamp(512, CHUNK as u32) as usize;
+    let len = file_dio_align(fd).clamp(512, u32::try_from(CHUNK).unwrap_or(u32::MAX)) as usize;
     loop {
         match rustix::io::pread(fd, &mut bounce.buf()[..len], 0) {
             Err(Errno::INTR) => {}
@@ -937,6 +941,7 @@ fn find_mount(mountinfo: &[u8], devs: &[u64]) -> Option<String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation, reason = "test patterns")]
 mod tests {
     use super::*;
     use std::io::Write;

@@ -169,7 +169,11 @@ impl Request {
         }
         let size = u32::try_from(len).map_err(|_| DmError::Invalid("request too large".into()))?;
         put_u32(&mut buf, field::DATA_SIZE, size);
-        put_u32(&mut buf, field::DATA_START, HEADER_LEN as u32);
+        put_u32(
+            &mut buf,
+            field::DATA_START,
+            u32::try_from(HEADER_LEN).unwrap_or(u32::MAX),
+        );
         put_u32(&mut buf, field::FLAGS, flags);
         put_str(&mut buf, field::NAME, name, "device-mapper name")?;
         Ok(Self { buf })
@@ -228,8 +232,8 @@ impl Request {
         let mut a = [0u8; 8];
         a.copy_from_slice(&self.buf[field::DEV]);
         let d = u64::from_ne_bytes(a);
-        let major = ((d >> 8) & 0xfff) as u32;
-        let minor = ((d & 0xff) | ((d >> 12) & 0xfff_ff00)) as u32;
+        let major = u32::try_from((d >> 8) & 0xfff).unwrap_or(0);
+        let minor = u32::try_from((d & 0xff) | ((d >> 12) & 0xfff_ff00)).unwrap_or(0);
         (major, minor)
     }
 

@@ -310,6 +310,7 @@ impl OutCommand {
             Some(t) => t.code(),
             None => 0,
         };
+        #[allow(clippy::cast_possible_truncation, reason = "PARAM_LEN is 24")]
         let len = (PARAM_LEN as u32).to_be_bytes();
         Self {
             action,

@@ -444,6 +444,10 @@ fn write_span(dev: &Device, offset: u64, data: &[u8]) -> Result<(), TuneError> {
         dev.write_at(offset, data)?;
         return Ok(());
     }
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "below one block (64 KiB at most)"
+    )]
     let head = (offset - start) as usize;
     let mut buf = vec![0u8; head + data.len()];
     dev.read_at(start, &mut buf[..head])?;
@@ -496,9 +500,9 @@ fn load(dev: &Device, want: Op) -> Result<Fs, TuneError> {
         };
         TuneError::NotExt4 { found }
     };
-    let Some(sb_bytes) =
-        head.get(SUPERBLOCK_OFFSET as usize..SUPERBLOCK_OFFSET as usize + SUPERBLOCK_LEN)
-    else {
+    #[allow(clippy::cast_possible_truncation, reason = "1024")]
+    const SB_AT: usize = SUPERBLOCK_OFFSET as usize;
+    let Some(sb_bytes) = head.get(SB_AT..SB_AT + SUPERBLOCK_LEN) else {
         return Err(not_ext4(&head, "the device is smaller than 2 KiB"));
     };
     let sb_bytes = sb_bytes.to_vec();
@@ -662,6 +666,10 @@ pub fn enable(dev: &Device, opts: &EnableOptions) -> Result<EnableReport, TuneEr
     fs.set_sb_free(free)?;
     fs.set_mmp_fields(true, block, opts.update_interval_s);
     let check_interval_s = opts.update_interval_s.max(MIN_CHECK_INTERVAL_S);
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "a validated ext4 block size, at most 64 KiB"
+    )]
     let mut mmp = vec![0u8; bs as usize];
     Block::new(
         SEQ_CLEAN,
@@ -712,6 +720,10 @@ pub fn disable(dev: &Device) -> Result<DisableReport, TuneError> {
     match fs.sb.mmp_offset_bytes() {
         Err(e) => not_freed_reason = Some(e.to_string()),
         Ok(off) => {
+            #[allow(
+                clippy::cast_possible_truncation,
+                reason = "a validated ext4 block size, at most 64 KiB"
+            )]
             let mut buf = vec![0u8; bs as usize];
             dev.read_at(off, &mut buf)?;
             match Block::parse(&buf, fs.sb.mmp_csum_seed()) {

@@ -111,7 +111,7 @@ impl Ring {
         // we wait for are there. Completions are then only posted while we are in
         // `io_uring_enter` asking for events: see `Ring::wait`. COOP_TASKRUN (5.19) at least
         // avoids interrupting us; older kernels get neither.
-        let depth = DEPTH as u32;
+        let depth = u32::try_from(DEPTH).unwrap_or(u32::MAX);
         let ring = IoUring::builder()
             .setup_single_issuer()
             .setup_defer_taskrun()
@@ -196,6 +196,10 @@ impl Ring {
             return false;
         }
         let buf = self.bufs[k].0.as_mut_ptr();
+        #[allow(
+            clippy::cast_possible_truncation,
+            reason = "at most one ring buffer, 64 KiB"
+        )]
         let len = op.len as u32;
         let fd = types::Fd(op.fd.as_raw_fd());
         let entry = if op.write {
@@ -309,6 +313,7 @@ impl Drop for Ring {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation, reason = "test patterns")]
 mod tests {
     use super::*;
     use crate::blockdev::{Device, IoMode};

@@ -2,6 +2,10 @@
 //!
 //! Tiers by name prefix: plain names run everywhere; `tool_*` need the e2fsprogs binaries;
 //! `loop_*` need root and loop devices. A test that cannot run prints why and returns.
+#![allow(
+    clippy::cast_possible_truncation,
+    reason = "simulator and test arithmetic on values bounded by construction"
+)]
 
 mod admin;
 mod c_api;

@@ -1,4 +1,8 @@
 //! Shared test harness.
+#![allow(
+    clippy::cast_possible_truncation,
+    reason = "simulator and test arithmetic on values bounded by construction"
+)]
 
 pub mod fuzz_bodies;
 pub mod lab;

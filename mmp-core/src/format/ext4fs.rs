@@ -1001,6 +1001,7 @@ pub fn update_superblock_checksum(sb: &mut [u8]) {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation, reason = "test patterns")]
 mod tests {
     use super::*;
 

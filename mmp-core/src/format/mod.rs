@@ -4,6 +4,10 @@
 //! names what was wrong. Every emitter never panics on a buffer of the documented length and
 //! writes every byte of the structure (reserved bytes are zeroed), so nothing stale leaks.
 #![forbid(unsafe_code)]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod ext4;
 pub mod ext4fs;

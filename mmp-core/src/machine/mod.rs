@@ -40,6 +40,10 @@
 //!
 //! `docs/protocol.md` carries the timing argument.
 #![forbid(unsafe_code)]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 use crate::format::{ext4, native};
 use crate::rand::Rng;
@@ -1590,4 +1594,5 @@ fn ext4_bdev(id: &Identity) -> &[u8] {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation, reason = "test arithmetic")]
 mod tests;

@@ -18,7 +18,7 @@ const SUB: u64 = 64;
 impl Default for Histogram {
     fn default() -> Self {
         Histogram {
-            buckets: vec![0; 40 * SUB as usize],
+            buckets: vec![0; 40 * usize::try_from(SUB).unwrap_or(64)],
             count: 0,
             max_us: 0,
         }

@@ -91,7 +91,7 @@ pub(super) fn execute(
         interface_id: INTERFACE_ID,
         dxfer_direction: direction,
         cmd_len: c_uchar::try_from(cdb.len()).map_err(|_| rustix::io::Errno::INVAL)?,
-        mx_sb_len: SENSE_LEN as c_uchar,
+        mx_sb_len: c_uchar::try_from(SENSE_LEN).unwrap_or(c_uchar::MAX),
         iovec_count: 0,
         dxfer_len,
         dxferp,
