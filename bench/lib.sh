@@ -10,6 +10,7 @@
 #   SLOW_RUNS=1   repetitions of the slow cases (e2fsprogs and kernel waits, 1 s intervals, sanlock)
 #   FULL=0        1 = also run the cases that take minutes (bench/run-all sets FULL=1)
 #   MMP=path      the mmp binary; default: build it with cargo (release) and use that
+#   FORGE=path    the mmp-forge binary (raw writes); default: build it (release) with cargo
 #   BENCH_TMP=dir where scratch images go (default /var/tmp; not tmpfs: mmp uses O_DIRECT)
 
 set -euo pipefail
@@ -159,63 +160,18 @@ ext4_image() {
 
 # ---------------------------------------------------------------- raw block writes
 # ext4_forge DEV field=value...: rewrite fields of the ext4 MMP block with O_DIRECT
-#   (seq, nodename, bdevname, check_interval), re-signing it with metadata_csum, like
-#   mmpset.py in spec/ext4-mmp.md §7.3. Prints the wall-clock time just before the write.
+#   (seq, nodename, bdevname, check_interval), re-signed with metadata_csum, through the
+#   project's own codec (tests/src/bin/mmp-forge.rs). Prints the wall-clock time just before
+#   the write.
 # raw_write DEV FILE: write FILE (4096 bytes) at offset 0 of DEV with O_DIRECT; prints the
 #   time just before the write.
-_rawpy() {
-    python3 - "$@" <<'PY'
-import mmap, os, struct, sys, time
-T = []
-for i in range(256):
-    c = i
-    for _ in range(8):
-        c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
-    T.append(c)
-def crc(s, d):
-    for b in d:
-        s = T[(s ^ b) & 255] ^ (s >> 8)
-    return s
-mode, dev = sys.argv[1], sys.argv[2]
-fd = os.open(dev, os.O_RDWR | os.O_DIRECT)
-buf = mmap.mmap(-1, 4096)
-def rd(off):
-    os.preadv(fd, [buf], off)
-    return bytearray(buf[:])
-def wr(off, data):
-    buf[:] = bytes(data)
-    t = time.time()
-    n = os.pwritev(fd, [buf], off)
-    os.fsync(fd)
-    assert n == 4096
-    print("%.6f" % t)
-if mode == "raw":
-    wr(0, open(sys.argv[3], "rb").read(4096).ljust(4096, b"\0"))
-    sys.exit(0)
-sb = rd(0)[1024:2048]
-bs = 1024 << struct.unpack_from("<I", sb, 0x18)[0]
-assert bs == 4096, "ext4_forge needs 4 KiB blocks"
-blk = struct.unpack_from("<Q", sb, 0x168)[0]
-inc, ro = struct.unpack_from("<II", sb, 0x60)
-seed = struct.unpack_from("<I", sb, 0x270)[0] if inc & 0x2000 else crc(0xFFFFFFFF, sb[0x68:0x78])
-m = rd(blk * bs)
-for a in sys.argv[3:]:
-    k, _, v = a.partition("=")
-    if k == "seq":
-        struct.pack_into("<I", m, 0x04, int(v, 0))
-    elif k == "check_interval":
-        struct.pack_into("<H", m, 0x70, int(v, 0))
-    else:
-        o, n = {"nodename": (0x10, 64), "bdevname": (0x50, 32)}[k]
-        m[o:o + n] = v.encode()[:n].ljust(n, b"\0")
-struct.pack_into("<Q", m, 0x08, int(time.time()))
-if ro & 0x400:
-    struct.pack_into("<I", m, 0x3FC, crc(seed, m[:0x3FC]))
-wr(blk * bs, m)
-PY
-}
-ext4_forge() { _rawpy ext4 "$@"; }
-raw_write() { _rawpy raw "$@"; }
+if [ -z "${FORGE:-}" ]; then
+    (cd "$REPO" && cargo build --release -q -p mmp-tests --bin mmp-forge) >&2 ||
+        die "cargo build of mmp-forge failed"
+    FORGE=${CARGO_TARGET_DIR:-$REPO/target}/release/mmp-forge
+fi
+ext4_forge() { "$FORGE" ext4 "$@"; }
+raw_write() { "$FORGE" raw "$@"; }
 
 # mmp_field DEV KEY: one field of `mmp status --json` (one O_DIRECT read, never waits)
 mmp_field() { { "$MMP" status --json "$1" 2>/dev/null || true; } | jq -r ".$2 // empty"; }
