@@ -35,8 +35,14 @@
 
 #include "check.h"
 
+#ifndef INTERVAL_MS
 #define INTERVAL_MS 100u
+#endif
+#ifndef FAIL_INTERVALS
+/* Instrumented builds (ASan, valgrind) pass a longer fail window: on a loaded machine their
+ * slowed heartbeat thread must not lose the device in tests that hold it. */
 #define FAIL_INTERVALS 10u
+#endif
 
 struct ctx {
     const char *dev;
@@ -798,9 +804,10 @@ static void test_watchdog(const struct ctx *c) {
     struct mmp_device *a = open_as(c->dev, &ID_A, 0);
     CHECK_RC(mmp_device_acquire(a, false, NULL, NULL), MMP_RESULT_OK);
     CHECK_RC(mmp_device_start_heartbeat(a, NULL, NULL), MMP_RESULT_OK);
-    /* The fail window is 1 s (100 ms x 10): a 2 s watchdog would fire after other hosts may
-     * have taken over. */
-    CHECK_RC(mmp_watchdog_arm(wd, 2), MMP_RESULT_INVALID_PARAMETER);
+    /* A watchdog longer than the fail window (1 s: 100 ms x 10; 3 s in instrumented
+     * builds) would fire after other hosts may have taken over. */
+    unsigned too_long = (INTERVAL_MS * FAIL_INTERVALS) / 1000u + 1u;
+    CHECK_RC(mmp_watchdog_arm(wd, too_long), MMP_RESULT_INVALID_PARAMETER);
     CHECK_RC(mmp_watchdog_arm(wd, 0), MMP_RESULT_INVALID_PARAMETER);
     CHECK_RC(mmp_watchdog_arm(wd, 1), MMP_RESULT_OK);
     CHECK_RC(mmp_watchdog_arm(wd, 1), MMP_RESULT_ALREADY_ARMED);

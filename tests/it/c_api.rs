@@ -179,6 +179,11 @@ const STRICT: &[&str] = &[
 ];
 const SANITIZE: &[&str] = &["-fsanitize=address,undefined", "-fno-omit-frame-pointer"];
 
+/// For `api.c` under ASan or valgrind: a 3 s fail window instead of 1 s, so that a heartbeat
+/// thread slowed by the instrumentation on a loaded machine does not lose a device its test
+/// holds (`test_cancel` saw that under valgrind with the lab running beside it).
+const SLOWED: &[&str] = &["-DFAIL_INTERVALS=30u"];
+
 /// Compiles `src` into `target/c-api/bin/NAME` with gcc and the flags pkg-config gives,
 /// plus an rpath to the installed library. Panics with gcc's output on failure.
 fn compile(gcc: &Path, pkg: &Path, src: &Path, name: &str, extra: &[&str]) -> PathBuf {
@@ -250,7 +255,7 @@ fn scratch(dir: &Path) -> PathBuf {
 fn c_api_file_sanitizers() {
     let Some((gcc, pkg)) = c_tools() else { return };
     let src = repo().join("tests").join("c").join("api.c");
-    let bin = compile(&gcc, &pkg, &src, "api-asan", SANITIZE);
+    let bin = compile(&gcc, &pkg, &src, "api-asan", &[SANITIZE, SLOWED].concat());
     let dir = tempfile::tempdir().expect("tempdir");
     let dev = image(dir.path());
     run_c(
@@ -268,7 +273,7 @@ fn c_api_file_valgrind() {
         return;
     };
     let src = repo().join("tests").join("c").join("api.c");
-    let bin = compile(&gcc, &pkg, &src, "api-plain", &[]);
+    let bin = compile(&gcc, &pkg, &src, "api-plain", SLOWED);
     let dir = tempfile::tempdir().expect("tempdir");
     let dev = image(dir.path());
     let mut cmd = Command::new(valgrind);
