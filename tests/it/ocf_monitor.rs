@@ -1,5 +1,5 @@
 //! The OCF agent's monitor of a native holder (no root: a stand-in holder process and a
-//! status file as `mmp hold --status-file` writes it). Slow heartbeats under load are
+//! state file as `mmp hold --state-file` writes it, docs/json.md). Slow heartbeats under load are
 //! logged and succeed; OCF_DEGRADED (190), which Pacemaker lists under "Failed Resource
 //! Actions", only when no heartbeat succeeded for more than half the fail window.
 
@@ -37,15 +37,13 @@ fn monitor(state: &Path, age_ms: u64, cycle_ms: u64) -> (Option<i32>, String) {
     let last_write = now - age_ms as f64 / 1000.0;
     let key = DEVICE.replace(|c: char| !c.is_ascii_alphanumeric() && c != '.', "_");
     fs::write(
-        state.join(format!("ocf-{key}.status")),
+        state.join(format!("ocf-{key}.state")),
         format!(
-            "{{\"device\":\"{DEVICE}\",\"state\":\"held\",\"last_write\":{last_write:.3},\
-             \"last_cycle_ms\":{cycle_ms}.000,\"advertised_delay_ms\":0.000,\"interval_ms\":1000,\
-             \"fail_window_ms\":10000,\"beats\":5,\"io_failures\":0,\"max_gap_ms\":1000.000,\
-             \"self_fence\":\"off\"}}\n{{\"summary\":true}}\n"
+            "schema=1\npid=1\nstart=1\nstate=ready\nlost=0\nlast_cycle_ms={cycle_ms}\n\
+             interval_ms=1000\nfail_window_ms=10000\nlast_write={last_write:.3}\n"
         ),
     )
-    .expect("status file");
+    .expect("state file");
     run_monitor(state)
 }
 
@@ -101,14 +99,33 @@ fn ocf_monitor_slow_heartbeats_succeed_degraded_only_near_self_fence() {
     assert_eq!(code, Some(190), "near self-fence: {log}");
     assert!(log.contains("half the 10000 ms fail window"), "{log}");
 
-    // Ownership lost stays a failure.
+    // A device lost while the holder still runs is a failure.
     fs::write(
-        state.join(format!("ocf-{key}.status")),
-        format!("{{\"device\":\"{DEVICE}\",\"state\":\"lost\",\"interval_ms\":1000}}\n"),
+        state.join(format!("ocf-{key}.state")),
+        "schema=1\npid=1\nstate=ready\nlost=1\ninterval_ms=1000\n",
     )
-    .expect("status");
+    .expect("state file");
     let (code, log) = run_monitor(state);
     assert_eq!(code, Some(1), "lost: {log}");
     assert!(log.contains("ownership lost"), "{log}");
+
+    // A holder that ended on a loss (exit 3, from its state file, not its log): a failure
+    // that says so; one that ended otherwise is "gone".
     drop(holder);
+    fs::write(
+        state.join(format!("ocf-{key}.state")),
+        "schema=1\npid=1\nstate=ended\nexit=3\n",
+    )
+    .expect("state file");
+    let (code, log) = run_monitor(state);
+    assert_eq!(code, Some(1), "ended lost: {log}");
+    assert!(log.contains("ownership lost (holder exit 3)"), "{log}");
+    fs::write(
+        state.join(format!("ocf-{key}.state")),
+        "schema=1\npid=1\nstate=ended\nexit=0\n",
+    )
+    .expect("state file");
+    let (code, log) = run_monitor(state);
+    assert_eq!(code, Some(1), "ended: {log}");
+    assert!(log.contains("is gone"), "{log}");
 }

@@ -323,6 +323,46 @@ impl StateFile<'_> {
     /// Replaces the file (write to a temporary, then rename: a reader sees the old or the new
     /// state, never half of one). Errors are ignored: the holder keeps heartbeating.
     fn write(&self, state: &str, exit: Option<u8>) {
+        self.write_with(state, exit, "");
+    }
+
+    /// `state=ready` with the holder's health, refreshed every second: the shortest
+    /// interval and fail window of its devices, the oldest last successful heartbeat write
+    /// (Unix seconds), the longest last heartbeat cycle, and how many devices were lost.
+    fn ready(&self, r: &Report) {
+        if self.0.is_none() {
+            return;
+        }
+        let held = r.slots.iter().filter(|s| !s.forgotten);
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let (mut iv, mut fw, mut cycle) = (None::<Duration>, None::<Duration>, Duration::ZERO);
+        let (mut oldest, mut lost) = (None::<u64>, 0u32);
+        for s in held {
+            if matches!(s.outcome, Some(Outcome::Lost(_))) {
+                lost += 1;
+            }
+            iv = Some(iv.map_or(s.stats.interval, |v| v.min(s.stats.interval)));
+            fw = Some(fw.map_or(s.stats.fail_window, |v| v.min(s.stats.fail_window)));
+            cycle = cycle.max(s.stats.last_cycle);
+            if let Some(w) = s.last_write_wall_ms {
+                oldest = Some(oldest.map_or(w, |o| o.min(w)));
+            }
+        }
+        let mut live = format!("lost={lost}\nlast_cycle_ms={:.0}\n", ms(cycle));
+        if let (Some(iv), Some(fw)) = (iv, fw) {
+            live.push_str(&format!(
+                "interval_ms={:.0}\nfail_window_ms={:.0}\n",
+                ms(iv),
+                ms(fw)
+            ));
+        }
+        if let Some(w) = oldest {
+            live.push_str(&format!("last_write={}.{:03}\n", w / 1000, w % 1000));
+        }
+        self.write_with("ready", None, &live);
+    }
+
+    fn write_with(&self, state: &str, exit: Option<u8>, extra: &str) {
         let Some(path) = self.0 else {
             return;
         };
@@ -335,6 +375,7 @@ impl StateFile<'_> {
         if let Some(code) = exit {
             body.push_str(&format!("exit={code}\n"));
         }
+        body.push_str(extra);
         write_status_file(path, &body);
     }
 }
@@ -666,10 +707,14 @@ fn hold_inner(
                 write_status_file(p, &body);
             }
         }
-        if let Some(p) = &opts.status_file
-            && last_status_write.elapsed() >= Duration::from_secs(1)
-        {
-            write_status_file(p, &report_lines(&eng.report(), &formats, &identities));
+        if last_status_write.elapsed() >= Duration::from_secs(1) {
+            let report = eng.report();
+            if let Some(p) = &opts.status_file {
+                write_status_file(p, &report_lines(&report, &formats, &identities));
+            }
+            if ready && !releasing {
+                state.ready(&report);
+            }
             last_status_write = Instant::now();
         }
         if !ready
@@ -714,7 +759,7 @@ fn hold_inner(
                 }
             }
             notify_ready();
-            state.write("ready", None);
+            state.ready(&eng.report());
             warn_realtime(&eng, opts);
             if c.verbose {
                 note!("mmp: heartbeat I/O: {}", eng.report().io);
