@@ -44,6 +44,36 @@ fn area(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
     p
 }
 
+/// What `mmp mount` tests need, under `dir`: a native area (100 ms), an ext4 file system
+/// without MMP on a loop device, a mount point, and a run directory for `MMP_RUN_DIR`.
+pub(crate) struct MountRig {
+    pub(crate) area: PathBuf,
+    pub(crate) lo: Loop,
+    pub(crate) dir: PathBuf,
+    pub(crate) rd: PathBuf,
+}
+
+/// [`MountRig`] under `dir`; `None` (with a printed reason) where no loop device attaches.
+pub(crate) fn mount_rig(dir: &Path) -> Option<MountRig> {
+    let area = area(dir, "area.img", &["--interval-ms", "100"]);
+    let data = dir.join("data.img");
+    fs::File::create(&data)
+        .and_then(|f| f.set_len(32 << 20))
+        .expect("data");
+    let mut c = tool("mke2fs");
+    c.args(["-F", "-q", "-t", "ext4"]).arg(&data);
+    run(c, Duration::from_secs(60)).expect(0, "mke2fs (no MMP)");
+    let lo = Loop::attach(&data)?;
+    let mnt = dir.join("mnt");
+    fs::create_dir_all(&mnt).expect("mnt");
+    Some(MountRig {
+        area,
+        lo,
+        dir: mnt,
+        rd: dir.join("run"),
+    })
+}
+
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
@@ -721,20 +751,15 @@ fn loop_umount_by_device_releases_the_holder() {
         return;
     }
     let tmp = tmpdir();
-    let mmp_area = area(tmp.path(), "area.img", &["--interval-ms", "100"]);
-    let data = tmp.path().join("data.img");
-    fs::File::create(&data)
-        .and_then(|f| f.set_len(32 << 20))
-        .expect("data");
-    let mut c = tool("mke2fs");
-    c.args(["-F", "-q", "-t", "ext4"]).arg(&data);
-    run(c, Duration::from_secs(60)).expect(0, "mke2fs (no MMP)");
-    let Some(lo) = Loop::attach(&data) else {
+    let Some(MountRig {
+        area: mmp_area,
+        lo,
+        dir,
+        rd,
+    }) = mount_rig(tmp.path())
+    else {
         return;
     };
-    let dir = tmp.path().join("mnt");
-    fs::create_dir_all(&dir).expect("mnt");
-    let rd = tmp.path().join("run");
     let m = |args: &[&str]| {
         let mut c = mmp(args);
         c.env("MMP_RUN_DIR", &rd);
@@ -827,20 +852,15 @@ fn loop_umount_after_a_loss_exits_3_from_the_state_file() {
         return;
     }
     let tmp = tmpdir();
-    let mmp_area = area(tmp.path(), "area.img", &["--interval-ms", "100"]);
-    let data = tmp.path().join("data.img");
-    fs::File::create(&data)
-        .and_then(|f| f.set_len(32 << 20))
-        .expect("data");
-    let mut c = tool("mke2fs");
-    c.args(["-F", "-q", "-t", "ext4"]).arg(&data);
-    run(c, Duration::from_secs(60)).expect(0, "mke2fs (no MMP)");
-    let Some(lo) = Loop::attach(&data) else {
+    let Some(MountRig {
+        area: mmp_area,
+        lo,
+        dir,
+        rd,
+    }) = mount_rig(tmp.path())
+    else {
         return;
     };
-    let dir = tmp.path().join("mnt");
-    fs::create_dir_all(&dir).expect("mnt");
-    let rd = tmp.path().join("run");
     let m = |args: &[&str]| {
         let mut c = mmp(args);
         c.env("MMP_RUN_DIR", &rd);

@@ -18,6 +18,7 @@ use mmp_core::format::native;
 use mmp_tests::{Loop, find_tool, mmp_bin, skip};
 use serde_json::Value;
 
+use super::admin::{MountRig, mount_rig};
 use super::cli::{
     A, B, Out, Proc, T_SHORT, hold, mkfs_mmp, mmp, mmp_run, native_record, read_at, run, tmpdir,
     tool,
@@ -537,20 +538,15 @@ fn loop_mount_after_a_holder_was_killed() {
         return;
     }
     let tmp = tmpdir();
-    let mmp_area = area(tmp.path(), "area.img", &["--interval-ms", "100"]);
-    let data = tmp.path().join("data.img");
-    fs::File::create(&data)
-        .and_then(|f| f.set_len(32 << 20))
-        .expect("data");
-    let mut c = tool("mke2fs");
-    c.args(["-F", "-q", "-t", "ext4"]).arg(&data);
-    run(c, Duration::from_secs(60)).expect(0, "mke2fs (no MMP)");
-    let Some(lo) = Loop::attach(&data) else {
+    let Some(MountRig {
+        area: mmp_area,
+        lo,
+        dir,
+        rd,
+    }) = mount_rig(tmp.path())
+    else {
         return;
     };
-    let dir = tmp.path().join("mnt");
-    fs::create_dir_all(&dir).expect("mnt");
-    let rd = tmp.path().join("run");
     let m = |args: &[&str]| -> Out {
         let mut c = mmp(args);
         c.env("MMP_RUN_DIR", &rd);
