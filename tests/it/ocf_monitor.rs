@@ -99,6 +99,27 @@ fn ocf_monitor_slow_heartbeats_succeed_degraded_only_near_self_fence() {
     assert_eq!(code, Some(190), "near self-fence: {log}");
     assert!(log.contains("half the 10000 ms fail window"), "{log}");
 
+    // The holder refreshes the file every second: the age is judged as of its `updated`
+    // while that is recent. Last write 6 s ago, but only 4 s old when the file was written
+    // 2 s ago: late, not degraded.
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    fs::write(
+        state.join(format!("ocf-{key}.state")),
+        format!(
+            "schema=1\npid=1\nstate=ready\nlost=0\nlast_cycle_ms=5\ninterval_ms=1000\n\
+             fail_window_ms=10000\nlast_write={:.3}\nupdated={:.3}\n",
+            now - 6.0,
+            now - 2.0
+        ),
+    )
+    .expect("state file");
+    let (code, log) = run_monitor(state);
+    assert_eq!(code, Some(0), "judged as of the refresh: {log}");
+    assert!(log.contains("heartbeats are late"), "{log}");
+
     // A device lost while the holder still runs is a failure.
     fs::write(
         state.join(format!("ocf-{key}.state")),

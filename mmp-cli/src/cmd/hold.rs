@@ -359,6 +359,10 @@ impl StateFile<'_> {
         if let Some(w) = oldest {
             live.push_str(&format!("last_write={}.{:03}\n", w / 1000, w % 1000));
         }
+        // When these figures were true: a reader judges the last write's age as of this
+        // instant, not as of its own clock a second later.
+        let now = mmp_linux::clock::now().wall_ms;
+        live.push_str(&format!("updated={}.{:03}\n", now / 1000, now % 1000));
         self.write_with("ready", None, &live);
     }
 
