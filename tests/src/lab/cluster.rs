@@ -1142,6 +1142,13 @@ fn pacemaker_comeback(ctx: &Ctx, r: &mut Report, fence: bool) -> Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2);
+    // A time budget for a soak: no cycle starts after it, and the run still ends with the
+    // final checks; the figures say how many cycles were done.
+    let budget = std::env::var("MMP_LAB_CYCLES_MAX_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_secs);
+    let began = Instant::now();
     let area = Disk::create(&ctx.run_dir, "area", 16 * MIB)?;
     let data = Disk::create(&ctx.run_dir, "data", 320 * MIB)?;
     let target = IscsiTarget::start(&ctx.run_dir, &[area, data])?;
@@ -1156,6 +1163,17 @@ fn pacemaker_comeback(ctx: &Ctx, r: &mut Report, fence: bool) -> Result<()> {
     };
     start_cluster(&mut nodes, r)?;
     configure_group(&mut nodes[0], &shared, r)?;
+    // When the resumed node rejoins, the group is active on both nodes for a moment; the
+    // default (`stop_start`) stops it everywhere and starts it again. `stop_unexpected` stops
+    // it only where it should not run, so the partner that took over keeps it and the next
+    // cycle freezes the partner: the roles alternate.
+    nodes[0].expect(
+        "multiple-active=stop_unexpected",
+        "crm_resource -r svc --meta -p multiple-active -v stop_unexpected",
+        0,
+        SHORT,
+    )?;
+    fig(r, "group meta multiple-active", "stop_unexpected");
     let mut owner = 0usize;
     let mut tag = "a0".to_owned();
     start_tagged_writer(&mut nodes[0], &tag)?;
@@ -1168,6 +1186,13 @@ fn pacemaker_comeback(ctx: &Ctx, r: &mut Report, fence: bool) -> Result<()> {
     let mut done = 0usize;
     let mut broke: Option<String> = None;
     for cycle in 0..cycles {
+        if let Some(b) = budget.filter(|b| began.elapsed() > *b) {
+            eprintln!(
+                "    time budget MMP_LAB_CYCLES_MAX_SECS={} used up after {cycle} cycles",
+                b.as_secs()
+            );
+            break;
+        }
         let step = comeback_cycle(&mut nodes, &shared, cycle, owner, &tag, &mut total);
         let c = match step {
             Ok(c) => c,
@@ -1371,11 +1396,14 @@ fn comeback_cycle(
     let mut c = ComebackCounts::default();
     for s in &last {
         if let Some(f) = frozen.iter().find(|f| f.device == s.device) {
+            // The two LUNs only (`s0-area`, `s1-data`): the root disk is the node's own.
             let ok = s.wr_operations - f.wr_operations;
             if s.device.ends_with("-data") {
                 c.ok_data += ok;
-            } else {
+            } else if s.device.ends_with("-area") {
                 c.ok_area += ok;
+            } else {
+                continue;
             }
             c.refused += s.failed_wr_operations - f.failed_wr_operations;
         }
