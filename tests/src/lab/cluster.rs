@@ -3,7 +3,9 @@
 //! link, the group `ocf:mmp:mmp` (a native area on `/dev/vdb`, interval 1 s) +
 //! `ocf:heartbeat:Filesystem` (XFS on `/dev/vdc`), and the data-integrity witness
 //! (`witness.py`: numbered, checksummed, fsynced records on the XFS whose acknowledgements go
-//! to the node's job folder on the host).
+//! to the node's job folder on the host). The `pacemaker-comeback-*` scenarios put the area
+//! and the XFS on two iSCSI LUNs from `tgtd` instead (by their `/dev/disk/by-id/wwn-*` names),
+//! with and without the agent's `fence=scsi-pr`.
 //!
 //! Every check ends the same way: the group is stopped through Pacemaker, `xfs_repair -n`
 //! runs on the partner, the XFS is mounted read-only there and every acknowledged record
