@@ -3,7 +3,9 @@
 //! link, the group `ocf:mmp:mmp` (a native area on `/dev/vdb`, interval 1 s) +
 //! `ocf:heartbeat:Filesystem` (XFS on `/dev/vdc`), and the data-integrity witness
 //! (`witness.py`: numbered, checksummed, fsynced records on the XFS whose acknowledgements go
-//! to the node's job folder on the host).
+//! to the node's job folder on the host). The `pacemaker-comeback-*` scenarios put the area
+//! and the XFS on two iSCSI LUNs from `tgtd` instead (by their `/dev/disk/by-id/wwn-*` names),
+//! with and without the agent's `fence=scsi-pr`.
 //!
 //! Every check ends the same way: the group is stopped through Pacemaker, `xfs_repair -n`
 //! runs on the partner, the XFS is mounted read-only there and every acknowledged record
@@ -16,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use super::full::{FullBoot, FullImage, Link};
 use super::scenarios::{Ctx, Report, Verdict};
-use super::{Disk, Job, JobResult, Node, NodeSpec, Result};
+use super::{Disk, IscsiLun, IscsiTarget, Job, JobResult, Node, NodeSpec, Result};
 
 const MIB: u64 = 1 << 20;
 const SHORT: Duration = Duration::from_secs(60);
@@ -58,12 +60,57 @@ logging {
 }
 ";
 
-/// The group: the MMP area first, then the XFS it protects (`cibadmin -C -o resources`).
-const RESOURCES_XML: &str = r#"<group id="svc">
+/// The shared devices of a cluster scenario as the guests name them, and the agent's storage
+/// fencing.
+#[derive(Clone, Debug)]
+struct Shared {
+    /// The MMP area (the agent's `mmp_device`).
+    area: String,
+    /// The XFS (the agent's `device` and the Filesystem resource's).
+    data: String,
+    /// The agent's `fence` parameter (`scsi-pr`), if any.
+    fence: Option<&'static str>,
+}
+
+impl Shared {
+    /// The virtio disks of the first scenarios: the area on `/dev/vdb`, the XFS on `/dev/vdc`.
+    fn virtio() -> Self {
+        Self {
+            area: "/dev/vdb".to_owned(),
+            data: "/dev/vdc".to_owned(),
+            fence: None,
+        }
+    }
+
+    /// A file the OCF agent keeps for the area (`out`: the holder's stdout, `log`: its
+    /// stderr), named as the agent's `key()` names it.
+    fn agent_file(&self, ext: &str) -> String {
+        let key: String = self
+            .area
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        format!("/run/mmp/ocf-{key}.{ext}")
+    }
+
+    /// The group: the MMP area first, then the XFS it protects (`cibadmin -C -o resources`).
+    fn resources_xml(&self) -> String {
+        let fence = self.fence.map_or_else(String::new, |f| {
+            format!("\n      <nvpair id=\"svc-mmp-fence\" name=\"fence\" value=\"{f}\"/>")
+        });
+        let (area, data) = (&self.area, &self.data);
+        format!(
+            r#"<group id="svc">
   <primitive id="svc-mmp" class="ocf" provider="mmp" type="mmp">
     <instance_attributes id="svc-mmp-ia">
-      <nvpair id="svc-mmp-device" name="device" value="/dev/vdc"/>
-      <nvpair id="svc-mmp-mmp_device" name="mmp_device" value="/dev/vdb"/>
+      <nvpair id="svc-mmp-device" name="device" value="{data}"/>
+      <nvpair id="svc-mmp-mmp_device" name="mmp_device" value="{area}"/>{fence}
     </instance_attributes>
     <operations>
       <op id="svc-mmp-start" name="start" interval="0" timeout="120s"/>
@@ -73,7 +120,7 @@ const RESOURCES_XML: &str = r#"<group id="svc">
   </primitive>
   <primitive id="svc-fs" class="ocf" provider="heartbeat" type="Filesystem">
     <instance_attributes id="svc-fs-ia">
-      <nvpair id="svc-fs-device" name="device" value="/dev/vdc"/>
+      <nvpair id="svc-fs-device" name="device" value="{data}"/>
       <nvpair id="svc-fs-directory" name="directory" value="/mnt/d"/>
       <nvpair id="svc-fs-fstype" name="fstype" value="xfs"/>
     </instance_attributes>
@@ -83,7 +130,10 @@ const RESOURCES_XML: &str = r#"<group id="svc">
       <op id="svc-fs-monitor" name="monitor" interval="10s" timeout="40s"/>
     </operations>
   </primitive>
-</group>"#;
+</group>"#
+        )
+    }
+}
 
 /// The holder's files written by the OCF agent for the area `/dev/vdb`.
 const AGENT_OUT: &str = "/run/mmp/ocf-_dev_vdb.out";
@@ -152,8 +202,14 @@ fn two(nodes: &mut [Node]) -> (&mut Node, &mut Node) {
 }
 
 /// Boots nodes a (hostid 0xa1, 169.254.0.1) and b (0xb2, 169.254.0.2) from the full image,
-/// linked to each other when `network`.
-fn boot_full_pair(ctx: &Ctx, r: &mut Report, disks: &[Disk], network: bool) -> Result<Vec<Node>> {
+/// with the shared virtio `disks` and iSCSI `luns`, linked to each other when `network`.
+fn boot_full_pair(
+    ctx: &Ctx,
+    r: &mut Report,
+    disks: &[Disk],
+    luns: &[IscsiLun],
+    network: bool,
+) -> Result<Vec<Node>> {
     let image = full_image(r)?;
     prepare_tools(ctx)?;
     let (la, lb) = if network {
@@ -164,6 +220,7 @@ fn boot_full_pair(ctx: &Ctx, r: &mut Report, disks: &[Disk], network: bool) -> R
     };
     let spec = |name: &str, hostid: u32, ip: &str, link: Option<Link>| {
         let mut s = NodeSpec::new(name, hostid, disks);
+        s.luns = luns.to_vec();
         s.memory_mb = 768;
         s.full = Some(FullBoot {
             image: image.clone(),
@@ -229,14 +286,18 @@ fn start_cluster(nodes: &mut [Node], r: &mut Report) -> Result<()> {
 
 /// Formats the area and the XFS from `a`, configures the group (no STONITH) and waits until
 /// it runs on `a`.
-fn configure_group(a: &mut Node, r: &mut Report) -> Result<()> {
+fn configure_group(a: &mut Node, shared: &Shared, r: &mut Report) -> Result<()> {
     a.expect(
         "format the area and the XFS",
-        "mmp format --interval-ms 1000 /dev/vdb && mkfs.xfs -q -f /dev/vdc",
+        &format!(
+            "mmp format --interval-ms 1000 {} && mkfs.xfs -q -f {}",
+            shared.area, shared.data
+        ),
         0,
         LONG,
     )?;
-    fs::write(a.job_file("resources.xml"), RESOURCES_XML)?;
+    fs::write(a.job_file("resources.xml"), shared.resources_xml())?;
+    let agent_out = shared.agent_file("out");
     let t = Instant::now();
     let j = a.expect(
         "configure pacemaker",
@@ -248,7 +309,7 @@ fn configure_group(a: &mut Node, r: &mut Report) -> Result<()> {
          cibadmin -C -o constraints -X '<rsc_location id=\"svc-prefers-a\" rsc=\"svc\" node=\"a\" score=\"50\"/>'\n\
          i=0\n\
          s=$(now); i=0\n\
-         until grep -q acquired {AGENT_OUT} 2>/dev/null; do i=$((i+1)); [ $i -gt 1800 ] && exit 9; sleep 0.1; done\n\
+         until grep -q acquired {agent_out} 2>/dev/null; do i=$((i+1)); [ $i -gt 1800 ] && exit 9; sleep 0.1; done\n\
          echo \"lab-took-acquire $s $(now)\"\n\
          until grep -q ' /mnt/d ' /proc/mounts; do i=$((i+1)); [ $i -gt 1800 ] && exit 9; sleep 0.1; done\n\
          echo \"lab-took-mount $s $(now)\"\n\
@@ -277,6 +338,12 @@ fn configure_group(a: &mut Node, r: &mut Report) -> Result<()> {
 /// `/jobs/acks-NAME`, one record every 0.1 s).
 fn start_writer(n: &mut Node) -> Result<()> {
     let name = n.name().to_owned();
+    start_tagged_writer(n, &name)
+}
+
+/// Starts a witness writer on `n` whose records carry `name` (records in
+/// `/mnt/d/records-NAME`, acks in `/jobs/acks-NAME`, its pid in `/jobs/writer-NAME.pid`).
+fn start_tagged_writer(n: &mut Node, name: &str) -> Result<()> {
     let file = format!("/mnt/d/records-{name}");
     n.expect(
         "start the witness writer",
@@ -293,9 +360,14 @@ fn start_writer(n: &mut Node) -> Result<()> {
     .map(drop)
 }
 
-/// Acknowledged records of node `name` so far (host side).
+/// Acknowledged records of node `n`'s own writer so far (host side).
 fn acked(n: &Node) -> usize {
-    fs::read_to_string(n.job_file(&format!("acks-{}", n.name())))
+    acked_tag(n, n.name())
+}
+
+/// Acknowledged records of the writer `tag` on `n` so far (host side).
+fn acked_tag(n: &Node, tag: &str) -> usize {
+    fs::read_to_string(n.job_file(&format!("acks-{tag}")))
         .map(|s| s.lines().count())
         .unwrap_or(0)
 }
@@ -342,9 +414,14 @@ fn wait_marks(
 
 /// `crm_mon -1` and the agent's log on `n`, for an error message.
 fn cluster_view(n: &mut Node) -> String {
+    cluster_view_log(n, AGENT_LOG)
+}
+
+/// `crm_mon -1` and the agent's log `log` on `n`, for an error message.
+fn cluster_view_log(n: &mut Node, log: &str) -> String {
     n.run(
         "cluster view",
-        &format!("crm_mon -1 2>&1 | tail -20; tail -3 {AGENT_LOG} 2>/dev/null"),
+        &format!("crm_mon -1 2>&1 | tail -20; tail -3 {log} 2>/dev/null"),
         SHORT,
     )
     .map_or_else(|e| e.to_string(), |j| j.out)
@@ -359,23 +436,46 @@ fn stop_and_check(
     checker: usize,
     r: &mut Report,
 ) -> Result<(JobResult, JobResult)> {
+    stop_and_check_on(nodes, checker, "/dev/vdc", r)
+}
+
+/// Every writer's acknowledgements on the host: (tag, `acks-TAG` file), from every node's
+/// job folder.
+fn all_acks(nodes: &[Node]) -> Result<Vec<(String, PathBuf)>> {
+    let mut acks = Vec::new();
+    for n in nodes {
+        let Ok(dir) = fs::read_dir(n.job_file("")) else {
+            continue;
+        };
+        for e in dir {
+            let e = e?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(tag) = name.strip_prefix("acks-") {
+                acks.push((tag.to_owned(), e.path()));
+            }
+        }
+    }
+    acks.sort();
+    Ok(acks)
+}
+
+/// [`stop_and_check`] with the XFS on `data` (as the guests name it).
+fn stop_and_check_on(
+    nodes: &mut [Node],
+    checker: usize,
+    data: &str,
+    r: &mut Report,
+) -> Result<(JobResult, JobResult)> {
     for n in nodes.iter_mut() {
         if n.is_running()? {
-            let name = n.name().to_owned();
             let _ = n.run(
-                "stop the writer",
-                &format!("kill $(cat /jobs/writer-{name}.pid) 2>/dev/null; true"),
+                "stop the writers",
+                "for p in /jobs/writer-*.pid; do kill $(cat $p) 2>/dev/null; done; true",
                 SHORT,
             );
         }
     }
-    let mut acks = Vec::new();
-    for n in nodes.iter() {
-        let src = n.job_file(&format!("acks-{}", n.name()));
-        if src.exists() {
-            acks.push((n.name().to_owned(), src));
-        }
-    }
+    let acks = all_acks(nodes)?;
     let c = &mut nodes[checker];
     for (name, src) in &acks {
         fs::copy(src, c.job_file(&format!("check-acks-{name}")))?;
@@ -403,7 +503,9 @@ fn stop_and_check(
     let c = &mut nodes[checker];
     let repair = c.run(
         "xfs_repair -n",
-        "xfs_repair -n /dev/vdc >/jobs/repair.log 2>&1; rc=$?; tail -4 /jobs/repair.log; exit $rc",
+        &format!(
+            "xfs_repair -n {data} >/jobs/repair.log 2>&1; rc=$?; tail -4 /jobs/repair.log; exit $rc"
+        ),
         LONG,
     )?;
     fig(
@@ -427,8 +529,8 @@ fn stop_and_check(
         "witness: every acknowledged record",
         &format!(
             "mkdir -p /mnt/v\n\
-             if mount -t xfs -o ro /dev/vdc /mnt/v; then echo 'lab-mount ro';\n\
-             elif mount -t xfs -o ro,norecovery /dev/vdc /mnt/v; then echo 'lab-mount ro,norecovery (the log does not replay)';\n\
+             if mount -t xfs -o ro {data} /mnt/v; then echo 'lab-mount ro';\n\
+             elif mount -t xfs -o ro,norecovery {data} /mnt/v; then echo 'lab-mount ro,norecovery (the log does not replay)';\n\
              else exit 7; fi\n\
              rc=0\n{}\numount /mnt/v\nexit $rc",
             checks.join("\n")
@@ -456,10 +558,10 @@ fn stop_and_check(
 fn pacemaker_setup(ctx: &Ctx, r: &mut Report) -> Result<Vec<Node>> {
     let area = Disk::create(&ctx.run_dir, "area", 4 * MIB)?;
     let data = Disk::create(&ctx.run_dir, "data", 320 * MIB)?;
-    let mut nodes = boot_full_pair(ctx, r, &[area, data], true)?;
+    let mut nodes = boot_full_pair(ctx, r, &[area, data], &[], true)?;
     start_cluster(&mut nodes, r)?;
     let a = &mut nodes[0];
-    configure_group(a, r)?;
+    configure_group(a, &Shared::virtio(), r)?;
     start_writer(a)?;
     let w0 = a.writes_to("data")?;
     std::thread::sleep(Duration::from_secs(3));
@@ -711,7 +813,7 @@ pub fn pacemaker_partition(ctx: &Ctx, r: &mut Report) -> Result<()> {
 pub fn systemd_unit(ctx: &Ctx, r: &mut Report) -> Result<()> {
     let area = Disk::create(&ctx.run_dir, "area", 4 * MIB)?;
     let data = Disk::create(&ctx.run_dir, "data", 320 * MIB)?;
-    let mut nodes = boot_full_pair(ctx, r, &[area, data], false)?;
+    let mut nodes = boot_full_pair(ctx, r, &[area, data], &[], false)?;
     let (a, b) = two(&mut nodes);
     a.expect(
         "install the unit and the mount",
@@ -852,4 +954,529 @@ fn took_mark(out: &str, mark: &str) -> String {
             Some(format!("{:.1} s", e - s))
         })
         .unwrap_or_else(|| "?".to_owned())
+}
+
+/// `pacemaker-comeback-with-reservations`: the surprise comeback under Pacemaker on iSCSI
+/// LUNs from `tgtd`, the agent with `fence=scsi-pr`. See [`pacemaker_comeback`].
+pub fn pacemaker_comeback_with_reservations(ctx: &Ctx, r: &mut Report) -> Result<()> {
+    pacemaker_comeback(ctx, r, true)
+}
+
+/// `pacemaker-comeback-without-reservations`: the same cycles on the same iSCSI LUNs without
+/// `fence`: the side-by-side figure (a known gap).
+pub fn pacemaker_comeback_without_reservations(ctx: &Ctx, r: &mut Report) -> Result<()> {
+    pacemaker_comeback(ctx, r, false)
+}
+
+/// The guests' stable names of the two LUNs (area: SCSI target 0, data: 1): the first of
+/// `/dev/disk/by-id/wwn-*`, `/dev/disk/by-id/scsi-3*`, `/dev/disk/by-path/*` that points at the
+/// LUN on node a, checked to point at the same LUN on node b (`sda`/`sdb` order is not stable).
+fn iscsi_names(nodes: &mut [Node]) -> Result<(String, String)> {
+    let find = "udevadm settle -t 30\n\
+        for i in 0 1; do\n\
+        d=$(ls /sys/bus/scsi/devices/*:0:$i:0/block/ 2>/dev/null)\n\
+        [ -n \"$d\" ] || { echo \"no LUN at target $i\"; ls /sys/bus/scsi/devices; exit 3; }\n\
+        p=\n\
+        for l in /dev/disk/by-id/wwn-* /dev/disk/by-id/scsi-3* /dev/disk/by-path/*; do\n\
+        [ -e \"$l\" ] && [ \"$(readlink -f \"$l\")\" = /dev/$d ] && { p=$l; break; }\n\
+        done\n\
+        [ -n \"$p\" ] || { ls -l /dev/disk/by-id /dev/disk/by-path; exit 4; }\n\
+        echo \"lab-dev $i $p\"\n\
+        done";
+    let j = nodes[0].expect("stable names of the LUNs", find, 0, SHORT)?;
+    let name = |i: u32| {
+        j.out
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("lab-dev {i} ")))
+            .map(str::to_owned)
+            .ok_or_else(|| format!("no name for LUN {i}: {}", j.out))
+    };
+    let (area, data) = (name(0)?, name(1)?);
+    nodes[1].expect(
+        "the same names on b",
+        &format!(
+            "udevadm settle -t 30\n\
+             [ \"$(readlink -f {area})\" = /dev/$(ls /sys/bus/scsi/devices/*:0:0:0/block/) ] || exit 5\n\
+             [ \"$(readlink -f {data})\" = /dev/$(ls /sys/bus/scsi/devices/*:0:1:0/block/) ] || exit 6"
+        ),
+        0,
+        SHORT,
+    )?;
+    Ok((area, data))
+}
+
+/// Job text on the partner `node`: forgets the agent's output of an earlier cycle (the group
+/// does not run there now), says `armed`, then marks when its holder acquired the area, when
+/// the XFS is mounted and when Pacemaker reports the group running there.
+fn watch_takeover_again(node: &str, shared: &Shared) -> String {
+    let out = shared.agent_file("out");
+    format!(
+        "rm -f {out}\necho \"lab-mark armed $(now)\"\n\
+         until grep -q acquired {out} 2>/dev/null; do sleep 0.1; done\n\
+         echo \"lab-mark acquired $(now)\"\n\
+         until grep -q ' /mnt/d ' /proc/mounts; do sleep 0.1; done\n\
+         echo \"lab-mark mounted $(now)\"\n\
+         until crm_resource --locate -r svc-fs 2>/dev/null | grep -q 'running on: {node}'; do sleep 1; done\n\
+         echo \"lab-mark started $(now)\""
+    )
+}
+
+/// Waits on `n` until the cluster is settled: both nodes online, the controller idle, the
+/// area and the XFS running on the same single node, the same for two polls in a row.
+/// Returns that node's name.
+fn wait_settled(n: &mut Node, timeout: Duration) -> Result<String> {
+    let j = n.run(
+        "wait until the cluster settles",
+        &format!(
+            "i=0; prev=; same=0\n\
+             while :; do\n\
+             i=$((i+1)); [ $i -gt {} ] && {{ crm_mon -1 2>&1 | tail -20; exit 9; }}\n\
+             m=$(crm_resource --locate -r svc-mmp 2>/dev/null | sed -n 's/.*running on: //p' | tr '\\n' ' ')\n\
+             f=$(crm_resource --locate -r svc-fs 2>/dev/null | sed -n 's/.*running on: //p' | tr '\\n' ' ')\n\
+             dc=$(crmadmin -q -D 2>&1 | awk '{{print $NF}}')\n\
+             if crm_mon -1 2>/dev/null | grep -q 'Online: \\[ a b \\]' && crmadmin -q -S \"$dc\" 2>&1 | grep -q S_IDLE \\\n\
+             && [ \"$m\" = \"$f\" ] && {{ [ \"$m\" = 'a ' ] || [ \"$m\" = 'b ' ]; }}; then\n\
+             if [ \"$m\" = \"$prev\" ]; then same=$((same+1)); else same=1; prev=$m; fi\n\
+             [ $same -ge 2 ] && {{ echo \"lab-settled $m\"; exit 0; }}\n\
+             else same=0; prev=; fi\n\
+             sleep 2\n\
+             done",
+            timeout.as_secs() / 2
+        ),
+        timeout + SHORT,
+    )?;
+    if j.rc != 0 {
+        return Err(format!(
+            "{}: the cluster did not settle within {timeout:?}:\n{}",
+            n.name(),
+            j.out.trim_end()
+        )
+        .into());
+    }
+    j.out
+        .lines()
+        .find_map(|l| l.strip_prefix("lab-settled "))
+        .map(|s| s.trim().to_owned())
+        .ok_or_else(|| format!("no lab-settled line: {}", j.out).into())
+}
+
+/// Runs the witness on `n` over every writer's file on the mounted XFS (`/mnt/d`) against the
+/// acknowledgements in `acks`; returns (records acknowledged, lost or damaged, summary lines).
+fn witness_mounted(
+    n: &mut Node,
+    acks: &[(String, PathBuf)],
+) -> Result<(usize, usize, Vec<String>)> {
+    let mut script = String::from("rc=0\n");
+    let mut total = 0usize;
+    for (tag, src) in acks {
+        let copy = format!("check-acks-{tag}");
+        fs::copy(src, n.job_file(&copy))?;
+        total += fs::read_to_string(src)?.lines().count();
+        script.push_str(&format!(
+            "echo \"lab-tag {tag}\"; python3 /tools/lab/witness.py verify /mnt/d/records-{tag} {tag}=/jobs/{copy} || rc=1\n"
+        ));
+    }
+    script.push_str("exit $rc");
+    let j = n.run("witness on the mounted XFS", &script, LONG)?;
+    // "records N, invalid N; TAG: acked N, on disk N, missing N, duplicated N"
+    let mut lost = 0usize;
+    let mut lines = Vec::new();
+    for l in j.out.lines().filter(|l| l.starts_with("records ")) {
+        if let Some(m) = l.split("missing ").nth(1) {
+            lost += m
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|d| d.parse::<usize>().ok())
+                .unwrap_or(0);
+        }
+        lines.push(l.to_owned());
+    }
+    if lines.len() != acks.len() {
+        return Err(format!(
+            "{}: the witness answered for {} of {} writers:\n{}",
+            n.name(),
+            lines.len(),
+            acks.len(),
+            j.out.trim_end()
+        )
+        .into());
+    }
+    Ok((total, lost, lines))
+}
+
+/// Counts of one cycle and of the whole run.
+#[derive(Clone, Copy, Debug, Default)]
+struct ComebackCounts {
+    /// Writes of the resumed node that completed, to the data LUN.
+    ok_data: u64,
+    /// Writes of the resumed node that completed, to the area LUN.
+    ok_area: u64,
+    /// Writes of the resumed node that failed (RESERVATION CONFLICT), both LUNs.
+    refused: u64,
+    /// Records the resumed node's writer acknowledged after the resume.
+    acked_after_resume: usize,
+}
+
+/// Median and p99 (nearest rank) of `v`, in seconds.
+fn median_p99(v: &[f64]) -> Option<(f64, f64)> {
+    let mut t = v.to_vec();
+    t.sort_by(f64::total_cmp);
+    let m = *t.get(t.len() / 2)?;
+    let p = *t.get((t.len() * 99).div_ceil(100).saturating_sub(1))?;
+    Some((m, p))
+}
+
+/// The surprise comeback under Pacemaker, `MMP_LAB_CYCLES` times (default 2): two full guests
+/// reach an MMP area and an XFS data LUN on one `tgtd` through QEMU's iSCSI initiator (SCSI
+/// pass-through, so PERSISTENT RESERVE reaches the target), by their stable `/dev/disk/by-id`
+/// names. The group `ocf:mmp:mmp` (with `fence=scsi-pr` when `fence`) + `Filesystem` (XFS)
+/// runs with the witness writer. Each cycle: the node running the group is frozen (QMP
+/// `stop`) until Pacemaker runs the group on the partner; the partner checks every record
+/// the frozen node acknowledged and writes its own; the frozen node resumes. QEMU's per-drive
+/// counters of the resumed node, from the resume until its XFS is unmounted, split into
+/// completed and failed writes, are the witness of what it wrote after its partner acquired
+/// (nothing runs while it is frozen, and it resumes only after the partner acquired). Then the
+/// cluster settles (wherever Pacemaker puts the group), failures are cleaned up, and the
+/// witness checks every record acknowledged so far on the node that runs the group. At the
+/// end: the group stopped, `xfs_repair -n`, the witness over every record.
+fn pacemaker_comeback(ctx: &Ctx, r: &mut Report, fence: bool) -> Result<()> {
+    let cycles: usize = std::env::var("MMP_LAB_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    // A time budget for a soak: no cycle starts after it, and the run still ends with the
+    // final checks; the figures say how many cycles were done.
+    let budget = std::env::var("MMP_LAB_CYCLES_MAX_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_secs);
+    let began = Instant::now();
+    let area = Disk::create(&ctx.run_dir, "area", 16 * MIB)?;
+    let data = Disk::create(&ctx.run_dir, "data", 320 * MIB)?;
+    let target = IscsiTarget::start(&ctx.run_dir, &[area, data])?;
+    let mut nodes = boot_full_pair(ctx, r, &[], &target.luns(), true)?;
+    let (area, data) = iscsi_names(&mut nodes)?;
+    fig(r, "area LUN (guest name)", area.clone());
+    fig(r, "data LUN (guest name)", data.clone());
+    let shared = Shared {
+        area,
+        data,
+        fence: fence.then_some("scsi-pr"),
+    };
+    start_cluster(&mut nodes, r)?;
+    configure_group(&mut nodes[0], &shared, r)?;
+    // When the resumed node rejoins, the group is active on both nodes for a moment; the
+    // default (`stop_start`) stops it everywhere and starts it again. `stop_unexpected` stops
+    // it only where it should not run, so the partner that took over keeps it and the next
+    // cycle freezes the partner: the roles alternate.
+    nodes[0].expect(
+        "multiple-active=stop_unexpected",
+        "crm_resource -r svc --meta -p multiple-active -v stop_unexpected",
+        0,
+        SHORT,
+    )?;
+    fig(r, "group meta multiple-active", "stop_unexpected");
+    let mut owner = 0usize;
+    let mut tag = "a0".to_owned();
+    start_tagged_writer(&mut nodes[0], &tag)?;
+
+    let mut total = ComebackCounts::default();
+    let (mut acquired_s, mut started_s, mut unmounted_s, mut settled_s) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut checked_at_takeover = 0usize;
+    let mut lost_max = 0usize;
+    let mut done = 0usize;
+    let mut broke: Option<String> = None;
+    for cycle in 0..cycles {
+        if let Some(b) = budget.filter(|b| began.elapsed() > *b) {
+            eprintln!(
+                "    time budget MMP_LAB_CYCLES_MAX_SECS={} used up after {cycle} cycles",
+                b.as_secs()
+            );
+            break;
+        }
+        let step = comeback_cycle(&mut nodes, &shared, cycle, owner, &tag, &mut total);
+        let c = match step {
+            Ok(c) => c,
+            Err(e) if !fence => {
+                // Without reservations the comeback may damage the XFS so that the cluster
+                // cannot recover: that is the gap; report the cycles done so far.
+                broke = Some(format!("cycle {cycle}: {e}"));
+                break;
+            }
+            Err(e) => return Err(format!("cycle {cycle}: {e}").into()),
+        };
+        done += 1;
+        acquired_s.push(c.acquired);
+        started_s.push(c.started);
+        unmounted_s.push(c.unmounted);
+        settled_s.push(c.settled);
+        checked_at_takeover += c.checked;
+        lost_max = lost_max.max(c.lost);
+        owner = c.owner;
+        tag = c.tag;
+        if c.lost > 0 && !fence {
+            broke = Some(format!(
+                "cycle {cycle}: {} acknowledged records lost",
+                c.lost
+            ));
+            break;
+        }
+    }
+    fig(
+        r,
+        "cycles (freeze/resume) done",
+        format!("{done} of {cycles}"),
+    );
+    fig(
+        r,
+        "resumed node's successful writes after the partner acquired (data LUN + area LUN)",
+        format!(
+            "{} ({} + {})",
+            total.ok_data + total.ok_area,
+            total.ok_data,
+            total.ok_area
+        ),
+    );
+    fig(
+        r,
+        "resumed node's writes refused by the storage",
+        total.refused.to_string(),
+    );
+    fig(
+        r,
+        "records the resumed node's writer acknowledged after the resume",
+        total.acked_after_resume.to_string(),
+    );
+    fig(
+        r,
+        "frozen node's acknowledged records checked on the partner at takeover",
+        checked_at_takeover.to_string(),
+    );
+    for (what, v) in [
+        ("freeze -> area acquired on the partner (host)", &acquired_s),
+        (
+            "freeze -> Pacemaker reports the group on the partner (host)",
+            &started_s,
+        ),
+        (
+            "resume -> the resumed node's XFS unmounted (host)",
+            &unmounted_s,
+        ),
+        ("resume -> cluster settled (host)", &settled_s),
+    ] {
+        if let Some((m, p)) = median_p99(v) {
+            fig(r, what, format!("median {m:.1} s, p99 {p:.1} s"));
+        }
+    }
+    let checker = usize::from(nodes[0].name() != nodes[owner].name());
+    let final_check = stop_and_check_on(&mut nodes, checker, &shared.data, r);
+    let late = total.ok_data + total.ok_area;
+    let (repair, witness) = match final_check {
+        Ok(x) => x,
+        Err(e) if !fence => {
+            r.verdict = Verdict::Gap(format!(
+                "without reservations the resumed node wrote {late} times after its partner acquired; the final check failed: {e}"
+            ));
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    if !fence {
+        if late > 0 || broke.is_some() || repair.rc != 0 || witness.rc != 0 {
+            r.verdict = Verdict::Gap(format!(
+                "without reservations the resumed node wrote {late} times after its partner acquired ({} data); most records lost in one check: {lost_max}; xfs_repair -n exit {}; witness exit {}{}",
+                total.ok_data,
+                repair.rc,
+                witness.rc,
+                broke.map_or_else(String::new, |b| format!("; stopped early: {b}"))
+            ));
+        }
+        return Ok(());
+    }
+    if late > 0 {
+        return Err(format!(
+            "the resumed node wrote {late} times after its partner acquired ({} to the data LUN)",
+            total.ok_data
+        )
+        .into());
+    }
+    if lost_max > 0 {
+        return Err(format!("{lost_max} acknowledged records lost in a cycle").into());
+    }
+    check_verdict(&repair, &witness)
+}
+
+/// What one cycle measured.
+struct CycleResult {
+    acquired: f64,
+    started: f64,
+    unmounted: f64,
+    settled: f64,
+    checked: usize,
+    lost: usize,
+    owner: usize,
+    tag: String,
+}
+
+fn comeback_cycle(
+    nodes: &mut [Node],
+    shared: &Shared,
+    cycle: usize,
+    owner: usize,
+    tag: &str,
+    total: &mut ComebackCounts,
+) -> Result<CycleResult> {
+    let taker = 1 - owner;
+    let log = shared.agent_file("log");
+    let (oname, tname) = (
+        nodes[owner].name().to_owned(),
+        nodes[taker].name().to_owned(),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    if acked_tag(&nodes[owner], tag) == 0 {
+        return Err(format!("the writer {tag} on {oname} acknowledged nothing").into());
+    }
+    let watch = nodes[taker].spawn("watch the takeover", &watch_takeover_again(&tname, shared))?;
+    wait_marks(&watch, &["armed"], Instant::now(), SHORT)?;
+    nodes[owner].freeze()?;
+    let frozen_at = Instant::now();
+    let frozen = nodes[owner].blockstats()?;
+    let marks = match wait_marks(&watch, &["acquired", "mounted", "started"], frozen_at, LONG) {
+        Ok(m) => m,
+        Err(e) => {
+            return Err(format!(
+                "{e}\n{tname}'s view:\n{}",
+                cluster_view_log(&mut nodes[taker], &log)
+            )
+            .into());
+        }
+    };
+    // The frozen node's acknowledgements are final: check them on the partner's mount.
+    let src = nodes[owner].job_file(&format!("acks-{tag}"));
+    let (checked, lost_now, _) = witness_mounted(&mut nodes[taker], &[(tag.to_owned(), src)])?;
+    if lost_now > 0 {
+        return Err(
+            format!("{lost_now} of {oname}'s acknowledged records missing at takeover").into(),
+        );
+    }
+    let acked_frozen = acked_tag(&nodes[owner], tag);
+    let new_tag = format!("{tname}{}", cycle + 1);
+    start_tagged_writer(&mut nodes[taker], &new_tag)?;
+    std::thread::sleep(Duration::from_secs(3));
+    if nodes[owner].blockstats()? != frozen {
+        return Err(format!("{oname}'s counters moved while it was frozen").into());
+    }
+    // Runs once the node resumes: says when its XFS is gone.
+    let gone = nodes[owner].spawn(
+        "watch the unmount",
+        "until ! grep -q ' /mnt/d ' /proc/mounts; do sleep 0.1; done\necho \"lab-mark unmounted $(now)\"",
+    )?;
+    nodes[owner].resume()?;
+    let resumed = Instant::now();
+    // The counters are read right after the mark was seen: the XFS is gone by then, and a
+    // new start of the group on this node acquires the area (seconds of reads) before it
+    // writes.
+    let (unmounted, last) = loop {
+        let seen = fs::read_to_string(gone.base.with_extension("out"))
+            .unwrap_or_default()
+            .contains("lab-mark unmounted");
+        let last = nodes[owner].blockstats()?;
+        if seen {
+            break (resumed.elapsed(), last);
+        }
+        if resumed.elapsed() > LONG {
+            return Err(format!(
+                "{oname} still has the XFS mounted {:?} after the resume\n{}",
+                resumed.elapsed(),
+                cluster_view_log(&mut nodes[owner], &log)
+            )
+            .into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut c = ComebackCounts::default();
+    for s in &last {
+        if let Some(f) = frozen.iter().find(|f| f.device == s.device) {
+            // The two LUNs only (`s0-area`, `s1-data`): the root disk is the node's own.
+            let ok = s.wr_operations - f.wr_operations;
+            if s.device.ends_with("-data") {
+                c.ok_data += ok;
+            } else if s.device.ends_with("-area") {
+                c.ok_area += ok;
+            } else {
+                continue;
+            }
+            c.refused += s.failed_wr_operations - f.failed_wr_operations;
+        }
+    }
+    c.acked_after_resume = acked_tag(&nodes[owner], tag) - acked_frozen;
+    let view = nodes[owner].run(
+        "the resumed node",
+        &format!("grep -h 'ownership lost' {log} 2>/dev/null | tail -n 1; for p in /jobs/writer-*.pid; do kill $(cat $p) 2>/dev/null; done; true"),
+        SHORT,
+    )?;
+    let loss = if view.out.contains("ownership lost") {
+        "its holder reported the loss"
+    } else {
+        "NO loss reported by its holder"
+    };
+    // The cluster recovers: wherever the group ends up, failures are cleaned up.
+    wait_settled(&mut nodes[taker], LONG)?;
+    nodes[taker].expect(
+        "clean up failures",
+        "crm_resource --cleanup >/dev/null 2>&1; true",
+        0,
+        SHORT,
+    )?;
+    std::thread::sleep(Duration::from_secs(2));
+    let here = wait_settled(&mut nodes[taker], LONG)?;
+    let settled = resumed.elapsed();
+    let new_owner = if here == nodes[0].name() { 0 } else { 1 };
+    let acks = all_acks(nodes)?;
+    let (intact_total, lost, _) = witness_mounted(&mut nodes[new_owner], &acks)?;
+    // A writer on the node that runs the group: the partner's goes on if the group stayed.
+    let alive = nodes[new_owner]
+        .run(
+            "is the writer alive",
+            &format!("kill -0 $(cat /jobs/writer-{new_tag}.pid 2>/dev/null) 2>/dev/null"),
+            SHORT,
+        )?
+        .rc
+        == 0;
+    let tag_next = if new_owner == taker && alive {
+        new_tag
+    } else {
+        let t = format!("{here}{}r", cycle + 1);
+        start_tagged_writer(&mut nodes[new_owner], &t)?;
+        t
+    };
+    total.ok_data += c.ok_data;
+    total.ok_area += c.ok_area;
+    total.refused += c.refused;
+    total.acked_after_resume += c.acked_after_resume;
+    eprintln!(
+        "    cycle {cycle}: {oname} frozen; {tname} acquired after {:.1} s, group running after {:.1} s; {checked} acked records of {oname} intact; {oname} resumed: {} successful writes ({} data, {} area), {} refused, {} records acked after the resume, XFS unmounted after {:.1} s, {loss}; cluster settled after {:.1} s, group on {here}; witness: {} acked, {} intact, {lost} lost",
+        marks[0].as_secs_f64(),
+        marks[2].as_secs_f64(),
+        c.ok_data + c.ok_area,
+        c.ok_data,
+        c.ok_area,
+        c.refused,
+        c.acked_after_resume,
+        unmounted.as_secs_f64(),
+        settled.as_secs_f64(),
+        intact_total,
+        intact_total.saturating_sub(lost),
+    );
+    Ok(CycleResult {
+        acquired: marks[0].as_secs_f64(),
+        started: marks[2].as_secs_f64(),
+        unmounted: unmounted.as_secs_f64(),
+        settled: settled.as_secs_f64(),
+        checked,
+        lost,
+        owner: new_owner,
+        tag: tag_next,
+    })
 }

@@ -134,6 +134,20 @@ pub const SCENARIOS: &[Scenario] = &[
         run: super::cluster::pacemaker_freeze_resume,
     },
     Scenario {
+        name: "pacemaker-comeback-with-reservations",
+        about: "Pacemaker on iSCSI LUNs from tgtd, the agent with fence=scsi-pr: the node running the group frozen until the partner runs it, then resumed (MMP_LAB_CYCLES cycles): its successful writes after the partner acquired must be 0 (refused ones counted apart), every acknowledged record intact, xfs_repair clean",
+        smoke: false,
+        shows_gap: false,
+        run: super::cluster::pacemaker_comeback_with_reservations,
+    },
+    Scenario {
+        name: "pacemaker-comeback-without-reservations",
+        about: "pacemaker-comeback-with-reservations on the same iSCSI LUNs without fence: the resumed node's successful writes after the partner acquired and the records lost (the side-by-side figure; a known gap)",
+        smoke: false,
+        shows_gap: true,
+        run: super::cluster::pacemaker_comeback_without_reservations,
+    },
+    Scenario {
         name: "pacemaker-partition",
         about: "Pacemaker without STONITH: the active node's network cut; both sides keep quorum, mmp refuses the partner's start, no double mount; the heal",
         smoke: false,
