@@ -957,7 +957,7 @@ fn took_mark(out: &str, mark: &str) -> String {
 }
 
 /// `pacemaker-comeback-with-reservations`: the surprise comeback under Pacemaker on iSCSI
-/// LUNs from `tgtd`, the agent with `fence=scsi-pr`. See [`pacemaker_comeback`].
+/// LUNs from `tgtd`, the agent with `fence=scsi-pr`. See `pacemaker_comeback`.
 pub fn pacemaker_comeback_with_reservations(ctx: &Ctx, r: &mut Report) -> Result<()> {
     pacemaker_comeback(ctx, r, true)
 }
