@@ -58,8 +58,9 @@ pub enum mmp_result {
     /// clean; pass `force` to overwrite.
     WouldOverwrite = 13,
     /// Refused: this host or its I/O was too slow: the claim was verified only after the
-    /// lease it earned had run out (or a clear's write could not go out within its
-    /// deadline). Nothing more was written; retry when the storage responds normally.
+    /// lease it earned had run out (or a clear's write, or a superblock change's, could not
+    /// go out within its deadline). Nothing more was written; retry when the storage
+    /// responds normally.
     TooLate = 14,
 
     // 100..=199: errors.
@@ -377,6 +378,12 @@ impl From<&TuneError> for mmp_result {
             TuneError::Unsupported { .. } => mmp_result::Unsupported,
             TuneError::BadInterval(_) => mmp_result::InvalidParameter,
             TuneError::NoFreeBlock => mmp_result::NoSpace,
+            TuneError::LeaseExpired {
+                committed: false, ..
+            } => mmp_result::TooLate,
+            TuneError::LeaseExpired {
+                committed: true, ..
+            } => mmp_result::NeedsFsck,
             TuneError::Device(d) => d.into(),
         }
     }

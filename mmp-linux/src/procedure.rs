@@ -8,9 +8,9 @@
 use crate::blockdev::Device;
 use crate::clock;
 use crate::driver;
-use crate::fault::FaultHook;
+use crate::fault::{FaultHook, IoInfo};
 use crate::target::Target;
-use crate::tune::{self, DisableReport, TuneError};
+use crate::tune::{self, Deadline, DisableReport, TuneError};
 use mmp_core::format::ext4::MAX_UPDATE_INTERVAL_S;
 use mmp_core::machine::{Config, Event, Identity, Machine, Op, Outcome, Refusal};
 use std::sync::atomic::AtomicBool;
@@ -130,10 +130,30 @@ pub fn hand_to_kernel(
     }
 }
 
+/// The deadline of a change made under `proof`: its lease (no lease, as when the machine no
+/// longer holds the device, is a deadline already past). Before the change the fault hook is
+/// asked about a superblock write made while held: its `delay_before` stands for a process
+/// paused with the change in hand (tests: `delay.held.write.before_us`).
+fn change_deadline(t: &Target, proof: &Machine, faults: &mut dyn FaultHook) -> Deadline {
+    let f = faults.before_io(&IoInfo {
+        device: &t.device,
+        machine: proof,
+        write: true,
+        len: mmp_core::format::ext4::SUPERBLOCK_LEN,
+    });
+    std::thread::sleep(f.delay_before);
+    Deadline::at(
+        proof
+            .owned_until()
+            .unwrap_or(mmp_core::time::Instant::from_micros(0)),
+    )
+}
+
 /// Turns MMP off on `t` while `proof` (from [`prove_unused`], or `None` for `--force`)
-/// holds the device. On success the held machine is dropped without writing again: the
-/// block is freed, and a CLEAN written into a freed block could land in file data. On
-/// failure the device is released.
+/// holds the device: every write is issued within the proof's lease, or not at all
+/// ([`TuneError::LeaseExpired`]). On success the held machine is dropped without writing
+/// again: the block is freed, and a CLEAN written into a freed block could land in file
+/// data. On failure the device is released (which writes nothing once the lease is over).
 ///
 /// # Errors
 /// The refusals and device errors of [`tune::disable`].
@@ -142,7 +162,10 @@ pub fn disable(
     proof: Option<Machine>,
     faults: &mut dyn FaultHook,
 ) -> Result<DisableReport, TuneError> {
-    let res = tune::disable(&t.device);
+    let until = proof
+        .as_ref()
+        .map_or(Deadline::NONE, |m| change_deadline(t, m, faults));
+    let res = tune::disable(&t.device, until);
     if res.is_err()
         && let Some(m) = proof
     {
@@ -153,14 +176,17 @@ pub fn disable(
 }
 
 /// Sets the update interval on `t` while `proof` (from [`prove_unused`]) holds the device,
-/// then releases it. Returns the change's result and how the release ended.
+/// every write issued within its lease or not at all ([`TuneError::LeaseExpired`]), then
+/// releases it (no write once the lease is over). Returns the change's result and how the
+/// release ended.
 pub fn set_interval(
     t: &Target,
     proof: Machine,
     secs: u16,
     faults: &mut dyn FaultHook,
 ) -> (Result<(), TuneError>, Option<Outcome>) {
-    let res = tune::set_interval(&t.device, secs);
+    let until = change_deadline(t, &proof, faults);
+    let res = tune::set_interval(&t.device, secs, until);
     let end = release(proof, &t.device, faults);
     (res, end)
 }

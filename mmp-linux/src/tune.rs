@@ -241,9 +241,76 @@ pub enum TuneError {
         /// What.
         what: String,
     },
+    /// The proof that no other node uses the device (the lease of [`crate::procedure::prove_unused`])
+    /// ran out before a write of the change could be issued: another node may have taken the
+    /// device since, so the write was not made. With `committed` false nothing was written;
+    /// otherwise the primary superblock was, and the rest was not (run e2fsck).
+    #[error("{}", lease_expired(*.late_ms, *.committed))]
+    LeaseExpired {
+        /// How long past the lease the write would have been issued (milliseconds).
+        late_ms: u64,
+        /// Whether the primary superblock (the commit) had been written already.
+        committed: bool,
+    },
     /// A read or write failed.
     #[error(transparent)]
     Device(#[from] DeviceError),
+}
+
+fn lease_expired(late_ms: u64, committed: bool) -> String {
+    if committed {
+        format!(
+            "the proof that no other node uses the device ran out {late_ms} ms before the change \
+             was complete: the primary superblock was written, the rest was not; nothing more \
+             was written: run e2fsck -f before use"
+        )
+    } else {
+        format!(
+            "the proof that no other node uses the device ran out {late_ms} ms before the change \
+             could be written; nothing was written: try again (on slow storage, with a longer \
+             interval)"
+        )
+    }
+}
+
+/// The instant by which every write of a superblock change must be issued: the end of the
+/// lease of the machine that proved the device unused ([`Machine::owned_until`]). Past it
+/// another node may hold the device (its activity test may have ended), and a superblock
+/// write landing under its mount would damage the file system, so no further write is
+/// issued ([`TuneError::LeaseExpired`]). [`Deadline::NONE`] for a forced change (no proof).
+///
+/// [`Machine::owned_until`]: mmp_core::machine::Machine::owned_until
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Deadline(Option<mmp_core::time::Instant>);
+
+impl Deadline {
+    /// No deadline: `--force`, or a test.
+    pub const NONE: Deadline = Deadline(None);
+
+    /// Writes must be issued before `at` (on [`crate::clock::now`]'s monotonic clock).
+    #[must_use]
+    pub const fn at(at: mmp_core::time::Instant) -> Deadline {
+        Deadline(Some(at))
+    }
+
+    /// The deadline of a held machine's lease; `None` (no deadline) when `until` is `None`.
+    #[must_use]
+    pub const fn from_lease(until: Option<mmp_core::time::Instant>) -> Deadline {
+        Deadline(until)
+    }
+
+    /// Checked just before each write is issued.
+    fn check(self, committed: bool) -> Result<(), TuneError> {
+        let Some(at) = self.0 else { return Ok(()) };
+        let now = crate::clock::now().mono;
+        if now >= at {
+            return Err(TuneError::LeaseExpired {
+                late_ms: u64::try_from(now.saturating_since(at).as_millis()).unwrap_or(u64::MAX),
+                committed,
+            });
+        }
+        Ok(())
+    }
 }
 
 impl From<FsError> for TuneError {
@@ -708,7 +775,7 @@ pub fn enable(dev: &Device, opts: &EnableOptions) -> Result<EnableReport, TuneEr
 /// # Errors
 /// The refusals of [`preflight`] for [`Op::Disable`] before anything is written, or a device
 /// error while writing.
-pub fn disable(dev: &Device) -> Result<DisableReport, TuneError> {
+pub fn disable(dev: &Device, until: Deadline) -> Result<DisableReport, TuneError> {
     let mut fs = load(dev, Op::Disable)?;
     let bs = fs.bs();
     let old_block = fs.sb.mmp_block;
@@ -779,13 +846,17 @@ pub fn disable(dev: &Device) -> Result<DisableReport, TuneError> {
     fs.set_mmp_fields(false, 0, 0);
 
     // 1. Commit: the primary superblock says no MMP.
+    until.check(false)?;
     fs.write_primary_super(dev)?;
     if let Some((at, bitmap)) = &bitmap_write {
         // 2. The bitmap, 3. the descriptor tables.
+        until.check(true)?;
         write_span(dev, at * bs, bitmap)?;
+        until.check(true)?;
         fs.write_tables(dev)?;
     }
     // 4. Backup superblocks.
+    until.check(true)?;
     fs.write_backup_supers(dev)?;
     dev.sync()?;
     Ok(DisableReport {
@@ -801,7 +872,7 @@ pub fn disable(dev: &Device) -> Result<DisableReport, TuneError> {
 /// # Errors
 /// [`TuneError::BadInterval`], the refusals of [`preflight`] for [`Op::SetInterval`], or a
 /// device error while writing.
-pub fn set_interval(dev: &Device, secs: u16) -> Result<(), TuneError> {
+pub fn set_interval(dev: &Device, secs: u16, until: Deadline) -> Result<(), TuneError> {
     check_interval(secs)?;
     let mut fs = load(dev, Op::SetInterval)?;
     put(
@@ -809,7 +880,9 @@ pub fn set_interval(dev: &Device, secs: u16) -> Result<(), TuneError> {
         sb_field::MMP_UPDATE_INTERVAL,
         &secs.to_le_bytes(),
     );
+    until.check(false)?;
     fs.write_primary_super(dev)?;
+    until.check(true)?;
     fs.write_backup_supers(dev)?;
     dev.sync()?;
     Ok(())

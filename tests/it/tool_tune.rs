@@ -38,7 +38,7 @@ use mmp_core::format::ext4::{
 };
 use mmp_core::format::ext4fs::{Desc, Layout, desc_field};
 use mmp_linux::blockdev::Device;
-use mmp_linux::tune::{self, EnableOptions, Op, TuneError};
+use mmp_linux::tune::{self, Deadline, EnableOptions, Op, TuneError};
 use mmp_tests::{find_tool, skip};
 
 const UUID: &str = "11111111-2222-3333-4444-555555555555";
@@ -414,7 +414,7 @@ fn parity_on(dir: &Path, base: &Path, name: &str, via: Via) -> tune::EnableRepor
     );
 
     // 2. set-interval
-    with_ours(&ours, via, |dev| tune::set_interval(dev, 7))
+    with_ours(&ours, via, |dev| tune::set_interval(dev, 7, Deadline::NONE))
         .unwrap_or_else(|e| panic!("{name}: set_interval: {e}"));
     tune2fs(&theirs, &["-f", "-E", "mmp_update_interval=7"]);
     fsck_clean(&ours);
@@ -433,8 +433,8 @@ fn parity_on(dir: &Path, base: &Path, name: &str, via: Via) -> tune::EnableRepor
     );
 
     // 3. disable
-    let rep =
-        with_ours(&ours, via, tune::disable).unwrap_or_else(|e| panic!("{name}: disable: {e}"));
+    let rep = with_ours(&ours, via, |d| tune::disable(d, Deadline::NONE))
+        .unwrap_or_else(|e| panic!("{name}: disable: {e}"));
     assert!(
         rep.freed,
         "{name}: block freed ({:?})",
@@ -646,11 +646,11 @@ fn tool_tune_refusals_leave_image_unchanged() {
     // Plain image: disable / set-interval when off; bad intervals.
     mkfs(&p("plain.img"), "8M", &["-b", "1024"]);
     let e = assert_refused(&p("plain.img"), "disable when off", |d| {
-        tune::disable(d).map(|_| ())
+        tune::disable(d, Deadline::NONE).map(|_| ())
     });
     assert!(matches!(e, TuneError::NotEnabled), "{e:?}");
     let e = assert_refused(&p("plain.img"), "set-interval when off", |d| {
-        tune::set_interval(d, 7)
+        tune::set_interval(d, 7, Deadline::NONE)
     });
     assert!(matches!(e, TuneError::NotEnabled), "{e:?}");
     for bad in [0u16, 301] {
@@ -663,7 +663,7 @@ fn tool_tune_refusals_leave_image_unchanged() {
         );
     }
     let e = assert_refused(&p("plain.img"), "bad interval on set", |d| {
-        tune::set_interval(d, 0)
+        tune::set_interval(d, 0, Deadline::NONE)
     });
     assert!(matches!(e, TuneError::BadInterval(0)), "{e:?}");
 
@@ -709,7 +709,7 @@ fn tool_tune_refusals_leave_image_unchanged() {
     let e = assert_refused(&p("zeros.img"), "zeros", enable_default);
     assert!(matches!(e, TuneError::NotExt4 { .. }), "{e:?}");
     let e = assert_refused(&p("zeros.img"), "zeros (disable)", |d| {
-        tune::disable(d).map(|_| ())
+        tune::disable(d, Deadline::NONE).map(|_| ())
     });
     assert!(matches!(e, TuneError::NotExt4 { .. }), "{e:?}");
 
@@ -729,7 +729,7 @@ fn tool_tune_refusals_leave_image_unchanged() {
         sb[sb_field::FEATURE_INCOMPAT].copy_from_slice(&v.to_le_bytes());
     });
     let e = assert_refused(&p("recover2.img"), "needs recovery (disable)", |d| {
-        tune::disable(d).map(|_| ())
+        tune::disable(d, Deadline::NONE).map(|_| ())
     });
     assert!(matches!(e, TuneError::NeedsRecovery), "{e:?}");
     copy_sparse(&p("plain.img"), &p("errors.img"));
@@ -880,12 +880,14 @@ fn loop_tune_kernel_heartbeat_and_mount_refusal() {
         assert_eq!(st.status.code(), Some(1), "active: {json}");
         assert!(json.contains("\"state\":\"active\""), "{json}");
         // Mounted: refused through the loop device and through the image path.
-        let e = tune::disable(&open_rw(Path::new(&lo.0))).expect_err("refused while mounted");
+        let e = tune::disable(&open_rw(Path::new(&lo.0)), Deadline::NONE)
+            .expect_err("refused while mounted");
         assert!(
             matches!(e, TuneError::Mounted { .. } | TuneError::InUse { .. }),
             "{e:?}"
         );
-        let e = tune::set_interval(&open_rw(&img), 3).expect_err("refused while mounted");
+        let e = tune::set_interval(&open_rw(&img), 3, Deadline::NONE)
+            .expect_err("refused while mounted");
         assert!(matches!(e, TuneError::Mounted { .. }), "{e:?}");
     }
     // Unmounted: the kernel left the block CLEAN.
@@ -1045,4 +1047,63 @@ fn tool_tune_cli_commands_end_to_end() {
     assert!(text.contains("not enabled"), "{text}");
     assert!(!has_mmp(&img), "still off");
     fsck_clean(&img);
+}
+
+/// The proof behind `set-interval` and `disable` is a lease, and a superblock write issued
+/// after it would land on a device another node may have taken since (its activity test saw
+/// no heartbeat from us while we held the proof without beating). A fault plan pauses the
+/// command with the change in hand (`delay.held.write.before_us`, past the lease of an
+/// interval of 1 s: a fail window of 11 s, a lease of about half of it after the verify):
+/// the command fails saying the proof ran out, the superblock is byte for byte unchanged,
+/// and no CLEAN was written for a device this host no longer owns (the block keeps the
+/// claim, so a partner waits the full takeover).
+fn change_after_the_proof_ran_out(cmd: &[&str]) {
+    if !have_tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let img = dir.path().join("late.img");
+    mkfs(&img, "32M", &["-O", "mmp", "-E", "mmp_update_interval=1"]);
+    let before = primary_super(&img);
+    let sb = Superblock::parse(&before).expect("superblock");
+    let off = sb.mmp_offset_bytes().expect("mmp on");
+    let plan = dir.path().join("plan");
+    fs::write(&plan, "delay.held.write.before_us = 12000000\n").expect("plan");
+    let img_s = img.to_string_lossy().to_string();
+    let out = run(mmp_tests::mmp_cmd()
+        .env("MMP_FAULT_PLAN", &plan)
+        .args(["--hostid", "0x7e57c13", "--nodename", "late"])
+        .args(cmd)
+        .arg(&img_s));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "{cmd:?} after the lease: {text}"
+    );
+    assert!(
+        text.contains("ran out") && text.contains("nothing was written"),
+        "{cmd:?}: {text}"
+    );
+    assert_eq!(primary_super(&img), before, "{cmd:?}: superblock changed");
+    let seq = read_seq(&open_rw(&img), off);
+    assert_ne!(
+        seq, SEQ_CLEAN,
+        "{cmd:?}: CLEAN written after the lease: {text}"
+    );
+    fsck_clean(&img);
+}
+
+#[test]
+fn tool_tune_set_interval_after_its_proof_ran_out_writes_nothing() {
+    change_after_the_proof_ran_out(&["set-interval", "3"]);
+}
+
+#[test]
+fn tool_tune_disable_after_its_proof_ran_out_writes_nothing() {
+    change_after_the_proof_ran_out(&["disable"]);
 }
