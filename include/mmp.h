@@ -138,8 +138,9 @@ enum mmp_result
     MMP_RESULT_WOULD_OVERWRITE = 13,
     /**
      * Refused: this host or its I/O was too slow: the claim was verified only after the
-     * lease it earned had run out (or a clear's write could not go out within its
-     * deadline). Nothing more was written; retry when the storage responds normally.
+     * lease it earned had run out (or a clear's write, or a superblock change's, could not
+     * go out within its deadline). Nothing more was written; retry when the storage
+     * responds normally.
      */
     MMP_RESULT_TOO_LATE = 14,
     /**
