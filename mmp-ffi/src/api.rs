@@ -772,3 +772,70 @@ pub unsafe fn panic_in_call_for_tests(dev: *const mmp_device) -> mmp_result {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{
+        mmp_device_acquire, mmp_device_free, mmp_device_open, mmp_device_release,
+        mmp_device_start_heartbeat,
+    };
+    use crate::hub::Hub;
+    use crate::types::mmp_identity;
+    use crate::{mmp_device, mmp_result};
+    use std::ffi::CString;
+    use std::time::{Duration, Instant};
+
+    /// Heartbeats started and released one after another through the C API take one
+    /// engine slot in turn, each with a new generation: a process that starts a heartbeat
+    /// per mount for months does not keep a machine for every one it ever started.
+    #[test]
+    fn heartbeats_in_turn_reuse_one_engine_slot() {
+        let path = std::env::temp_dir().join(format!("mmp-ffi-slots-{}", std::process::id()));
+        std::fs::write(&path, vec![0u8; 1 << 20]).expect("create the area file");
+        mmp_linux::area::format(&path, 100, 4, true).expect("format the area");
+        let cpath = CString::new(path.to_string_lossy().as_bytes()).expect("a C path");
+        let node = CString::new("slots").expect("a C name");
+        let id = mmp_identity {
+            hostid: 0x5107_0002,
+            nodename: node.as_ptr(),
+            default_hostid: false,
+        };
+        let mut seen = Vec::new();
+        for round in 0..5 {
+            let mut dev: *mut mmp_device = std::ptr::null_mut();
+            // SAFETY: a NUL-terminated path, a valid identity and out pointer, for the call.
+            let rc = unsafe { mmp_device_open(cpath.as_ptr(), &id, 0, &mut dev) };
+            assert_eq!(rc, mmp_result::Ok, "round {round}: open");
+            // SAFETY: `dev` is live; no callbacks.
+            let rc = unsafe { mmp_device_acquire(dev, false, None, std::ptr::null_mut()) };
+            assert_eq!(rc, mmp_result::Ok, "round {round}: acquire");
+            // SAFETY: as above.
+            let rc = unsafe { mmp_device_start_heartbeat(dev, None, std::ptr::null_mut()) };
+            assert_eq!(rc, mmp_result::Ok, "round {round}: start_heartbeat");
+            let hub = Hub::existing().expect("the heartbeat started the hub");
+            let slot = hub
+                .report()
+                .slots
+                .iter()
+                .find(|s| !s.vacant && s.outcome.is_none())
+                .map(|s| s.id);
+            // SAFETY: `dev` is live.
+            let rc = unsafe { mmp_device_release(dev) };
+            assert_eq!(rc, mmp_result::Ok, "round {round}: release");
+            // SAFETY: `dev` came from mmp_device_open and is freed once.
+            unsafe { mmp_device_free(dev) };
+            // The engine vacates the slot once the release is done (asynchronously).
+            let end = Instant::now() + Duration::from_secs(10);
+            while !hub.report().slots.iter().all(|s| s.vacant) {
+                assert!(Instant::now() < end, "round {round}: slot not vacated");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let r = hub.report();
+            assert_eq!(r.slots.len(), 1, "round {round}: {:?}", r.slots);
+            seen.push(slot.or(Some(r.slots[0].id)));
+        }
+        let gens: Vec<u32> = seen.iter().flatten().map(|s| s.generation()).collect();
+        assert_eq!(gens, [0, 1, 2, 3, 4], "{seen:?}");
+        let _ = std::fs::remove_file(&path);
+    }
+}

@@ -15,6 +15,7 @@ use crate::types::{
 };
 use mmp_core::machine::{Config, Event, Identity, Machine, Op, Outcome, Refusal, Snapshot, parse};
 use mmp_linux::blockdev::Device;
+use mmp_linux::engine::SlotId;
 use mmp_linux::procedure::{self, Unproven};
 use mmp_linux::target::{self, Target};
 use mmp_linux::{clock, driver, fault, hostid};
@@ -74,7 +75,7 @@ enum Lease {
     /// On the heartbeat engine.
     Beating {
         hub: &'static Hub,
-        slot: usize,
+        slot: SlotId,
         shared: Arc<Shared>,
     },
 }
@@ -147,7 +148,7 @@ enum Hold {
 /// A device on the shared heartbeat engine ([`Hub`]).
 struct Heartbeat {
     hub: &'static Hub,
-    slot: usize,
+    slot: SlotId,
     shared: Arc<Shared>,
     /// Released or forgotten already.
     done: bool,

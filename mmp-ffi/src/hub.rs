@@ -25,7 +25,7 @@ use crate::types::{
     mmp_progress,
 };
 use mmp_core::machine::{Event, Layout, Machine, Outcome};
-use mmp_linux::engine::{self, Engine, EngineEvent, Report};
+use mmp_linux::engine::{self, Engine, EngineEvent, Report, SlotId};
 use mmp_linux::target::{Format, Target};
 use mmp_linux::watchdog::Watchdog;
 use std::cell::Cell;
@@ -183,7 +183,43 @@ impl CancelFlags {
     }
 }
 
-type Routes = Arc<Mutex<Vec<Option<Route>>>>;
+/// The routes of the engine's devices, by slot index. Each entry keeps its device's
+/// [`SlotId`]: once a slot is reused, a late event of its earlier device finds no route.
+#[derive(Default)]
+pub(crate) struct RouteTable(Vec<Option<(SlotId, Route)>>);
+
+impl RouteTable {
+    fn put(&mut self, id: SlotId, route: Route) {
+        let i = id.index();
+        if self.0.len() <= i {
+            self.0.resize_with(i + 1, || None);
+        }
+        self.0[i] = Some((id, route));
+    }
+
+    fn get_mut(&mut self, id: SlotId) -> Option<&mut Route> {
+        match self.0.get_mut(id.index()) {
+            Some(Some((have, route))) if *have == id => Some(route),
+            _ => None,
+        }
+    }
+
+    fn take(&mut self, id: SlotId) -> Option<Route> {
+        let entry = self.0.get_mut(id.index())?;
+        if entry.as_ref().is_some_and(|(have, _)| *have == id) {
+            entry.take().map(|(_, r)| r)
+        } else {
+            None
+        }
+    }
+
+    /// Every route, emptying the table.
+    fn drain(&mut self) -> impl Iterator<Item = Route> + '_ {
+        self.0.iter_mut().filter_map(|e| e.take().map(|(_, r)| r))
+    }
+}
+
+type Routes = Arc<Mutex<RouteTable>>;
 
 /// A loss or state change to report through a handle's event descriptor
 /// (`MMP_EVENT_*` bits).
@@ -258,8 +294,9 @@ impl Events {
 /// What status needs of the engine's report, refreshed at most every [`LITE_MAX_AGE`].
 struct Lite {
     at: std::time::Instant,
-    /// Per slot: ended (outcome or forgotten), and the end of its lease.
-    slots: Vec<(bool, Option<mmp_core::time::Instant>)>,
+    /// Per slot: its device, whether that ended (outcome or forgotten), and the end of its
+    /// lease.
+    slots: Vec<(SlotId, bool, Option<mmp_core::time::Instant>)>,
 }
 
 /// How stale the lease view that status reads may be. Status computes `owned` from it with
@@ -330,7 +367,7 @@ impl Hub {
 
     /// Whether the slot's lease still runs at `now` (see [`Lite`]): `None` while the
     /// engine has not reported the slot yet.
-    pub(crate) fn slot_owned(&self, slot: usize, now: mmp_core::time::Instant) -> Option<bool> {
+    pub(crate) fn slot_owned(&self, slot: SlotId, now: mmp_core::time::Instant) -> Option<bool> {
         let mut lite = Arc::clone(&self.lite.lock().unwrap_or_else(PoisonError::into_inner));
         if lite.at.elapsed() >= LITE_MAX_AGE && !self.refreshing.swap(true, Ordering::SeqCst) {
             let at = std::time::Instant::now();
@@ -338,15 +375,16 @@ impl Hub {
                 .report()
                 .slots
                 .iter()
-                .map(|s| (s.outcome.is_some() || s.forgotten, s.owned_until))
+                .map(|s| (s.id, s.outcome.is_some() || s.forgotten, s.owned_until))
                 .collect();
             lite = Arc::new(Lite { at, slots });
             *self.lite.lock().unwrap_or_else(PoisonError::into_inner) = Arc::clone(&lite);
             self.refreshing.store(false, Ordering::SeqCst);
         }
         lite.slots
-            .get(slot)
-            .map(|&(ended, until)| !ended && until.is_none_or(|t| now < t))
+            .get(slot.index())
+            .filter(|&&(id, ..)| id == slot)
+            .map(|&(_, ended, until)| !ended && until.is_none_or(|t| now < t))
     }
 
     // Never inlined: `tests/c/valgrind.supp` names this frame to suppress the thread-local
@@ -387,15 +425,12 @@ impl Hub {
     }
 
     /// Puts a held machine on the engine; returns its slot.
-    pub(crate) fn add(&self, target: Target, machine: Machine, route: Route) -> usize {
+    pub(crate) fn add(&self, target: Target, machine: Machine, route: Route) -> SlotId {
         // The routes lock is held across the add, so the event thread cannot see the
         // device's first event before its route is in place.
         let mut routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
         let slot = self.engine().add(target, machine);
-        if routes.len() <= slot {
-            routes.resize_with(slot + 1, || None);
-        }
-        routes[slot] = Some(route);
+        routes.put(slot, route);
         slot
     }
 
@@ -411,15 +446,15 @@ impl Hub {
 
     /// Releases `slot` (CLEAN only if the block is still what this host wrote), waits for
     /// its outcome and for any loss callback in progress for it, and returns the outcome
-    /// (`None` if the engine died first).
-    pub(crate) fn finish(&self, slot: usize, shared: &Arc<Shared>) -> Option<Outcome> {
+    /// (`None` if the engine died first). The engine may then reuse the slot.
+    pub(crate) fn finish(&self, slot: SlotId, shared: &Arc<Shared>) -> Option<Outcome> {
         shared.releasing.store(true, Ordering::SeqCst);
         self.engine().release(slot);
         let outcome = loop {
             // The report, not the event thread: the caller may be on the event thread, in
             // another device's loss callback.
             let r = self.report();
-            if let Some(o) = r.slots.get(slot).and_then(|s| s.outcome) {
+            if let Some(o) = r.slot(slot).and_then(|s| s.outcome) {
                 break Some(o);
             }
             if !self.engine().is_running() {
@@ -434,24 +469,27 @@ impl Hub {
         } else {
             self.settle_route(slot, shared);
         }
+        // Its route is gone and its outcome known: the slot may serve another device.
+        self.engine().remove(slot);
         outcome
     }
 
-    /// Stops driving `slot` without writing anything more (poisoned handles).
-    pub(crate) fn forget(&self, slot: usize, shared: &Arc<Shared>) {
+    /// Stops driving `slot` without writing anything more (poisoned handles); the engine
+    /// may then reuse the slot.
+    pub(crate) fn forget(&self, slot: SlotId, shared: &Arc<Shared>) {
         shared.releasing.store(true, Ordering::SeqCst);
         self.engine().forget(slot);
         self.settle_route(slot, shared);
+        self.engine().remove(slot);
     }
 
     /// After this, no callback for `slot` runs or will run (see the module docs).
-    fn settle_route(&self, slot: usize, shared: &Arc<Shared>) {
+    fn settle_route(&self, slot: SlotId, shared: &Arc<Shared>) {
         let taken = self
             .routes
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .get_mut(slot)
-            .and_then(Option::take);
+            .take(slot);
         if taken.is_none() && !IS_EVENT_THREAD.get() {
             shared.wait_delivered();
         }
@@ -472,14 +510,13 @@ impl Hub {
 /// progress and end of acquires the engine runs for `mmp_device_acquire_start`, and turns
 /// their cancel flags into releases (at most [`CANCEL_POLL`] late); if the engine thread ends
 /// (it never does unless it dies), every device still routed is reported as stopped.
-fn event_loop(rx: &mpsc::Receiver<EngineEvent>, routes: &Mutex<Vec<Option<Route>>>) {
+fn event_loop(rx: &mpsc::Receiver<EngineEvent>, routes: &Mutex<RouteTable>) {
     IS_EVENT_THREAD.set(true);
-    let take = |slot: usize| {
+    let take = |slot: SlotId| {
         routes
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .get_mut(slot)
-            .and_then(Option::take)
+            .take(slot)
     };
     let mut last_scan = std::time::Instant::now();
     loop {
@@ -526,7 +563,7 @@ fn event_loop(rx: &mpsc::Receiver<EngineEvent>, routes: &Mutex<Vec<Option<Route>
                 event: event @ (Event::Acquired | Event::Progress { .. }),
             }) => {
                 let mut routes = routes.lock().unwrap_or_else(PoisonError::into_inner);
-                let Some(route) = routes.get_mut(slot).and_then(Option::as_mut) else {
+                let Some(route) = routes.get_mut(slot) else {
                     continue;
                 };
                 if !route.shared.started || route.shared.acquired.load(Ordering::SeqCst) {
@@ -560,9 +597,12 @@ fn event_loop(rx: &mpsc::Receiver<EngineEvent>, routes: &Mutex<Vec<Option<Route>
             }
             Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                let n = routes.lock().unwrap_or_else(PoisonError::into_inner).len();
-                for slot in 0..n {
-                    let Some(route) = take(slot) else { continue };
+                let all: Vec<Route> = routes
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .drain()
+                    .collect();
+                for route in all {
                     if route.shared.outcome().is_none() {
                         route.shared.stopped.store(true, Ordering::SeqCst);
                         if let Some(c) = &route.cancel {
@@ -598,21 +638,22 @@ fn millis(d: core::time::Duration) -> u64 {
 }
 
 /// Releases (aborts) every started acquire whose handle was cancelled while it ran.
-fn send_cancels(routes: &Mutex<Vec<Option<Route>>>) {
+fn send_cancels(routes: &Mutex<RouteTable>) {
     let mut slots = Vec::new();
     for (slot, route) in routes
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
+        .0
         .iter_mut()
-        .enumerate()
+        .flatten()
     {
-        if let Some(c) = route.as_mut().and_then(|r| r.cancel.as_mut())
+        if let Some(c) = route.cancel.as_mut()
             && !c.sent
             && c.in_flight.load(Ordering::SeqCst)
             && c.flag.load(Ordering::SeqCst)
         {
             c.sent = true;
-            slots.push(slot);
+            slots.push(*slot);
         }
     }
     if slots.is_empty() {

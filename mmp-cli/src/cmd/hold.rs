@@ -591,8 +591,12 @@ fn hold_inner(
     let started = Instant::now();
     loop {
         // 25 ms: how late a SIGTERM release may start (signals cannot wake the channel).
-        match rx.recv_timeout(Duration::from_millis(25)) {
-            Ok(EngineEvent { slot, event }) => match event {
+        // The CLI never removes a device: a slot's index is the order of the adds.
+        match rx
+            .recv_timeout(Duration::from_millis(25))
+            .map(|e| (e.slot.index(), e.event))
+        {
+            Ok((slot, event)) => match event {
                 Event::Acquired => {
                     acquired[slot] = true;
                     // Fenced: reported once the reservations are ours too.

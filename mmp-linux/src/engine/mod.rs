@@ -53,26 +53,56 @@ mod worker;
 pub use crate::rt::RealtimeStatus;
 use pool::JobDone;
 pub use report::{Histogram, Report, SelfFence, SlotReport};
+
+#[cfg(test)]
+mod tests;
 use worker::{Dev, run};
+
+/// A device's place in the engine: a slot index and the generation of that slot.
+///
+/// A slot is reused once its device has finished and its front end has let it go
+/// ([`Engine::remove`]); the generation tells the new device from the old one, so a late
+/// event or a stale command about the old device never reaches the new one. Without
+/// removals (the CLI) the index is the order of [`Engine::add`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SlotId {
+    index: u32,
+    generation: u32,
+}
+
+impl SlotId {
+    /// The slot index: the device's entry in [`Report::slots`].
+    #[must_use]
+    pub fn index(self) -> usize {
+        self.index as usize
+    }
+
+    /// How many devices had this slot before this one.
+    #[must_use]
+    pub fn generation(self) -> u32 {
+        self.generation
+    }
+}
 
 /// An event from one device.
 #[derive(Clone, Copy, Debug)]
 pub struct EngineEvent {
-    /// Index of the device (order of [`Engine::add`]).
-    pub slot: usize,
+    /// The device.
+    pub slot: SlotId,
     /// What happened.
     pub event: Event,
 }
 
 enum Cmd {
-    Add(Box<Dev>),
+    Add(SlotId, Box<Dev>),
     /// An I/O thread finished a request.
     IoDone(JobDone),
     Watchdog(Watchdog),
     DisarmWatchdog,
-    Forget(usize),
+    Forget(SlotId),
+    Remove(SlotId),
     Abandon,
-    Release(Option<usize>),
+    Release(Option<SlotId>),
     Stop,
 }
 
@@ -127,14 +157,17 @@ pub struct Engine {
     tx: Sender<Cmd>,
     thread: Option<JoinHandle<()>>,
     report: Arc<Mutex<Report>>,
-    added: usize,
+    /// Slots ever made (the next new index).
+    slots: u32,
+    /// Slots the thread has vacated ([`Engine::remove`]), with their next generation.
+    free: Arc<Mutex<Vec<SlotId>>>,
 }
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
-            .field("devices", &self.added)
-            .finish()
+            .field("slots", &self.slots)
+            .finish_non_exhaustive()
     }
 }
 
@@ -149,34 +182,60 @@ impl Engine {
         let (tx, rx) = mpsc::channel();
         let report = Arc::new(Mutex::new(Report::default()));
         let shared = Arc::clone(&report);
+        let free = Arc::new(Mutex::new(Vec::new()));
+        let vacated = Arc::clone(&free);
         let done = tx.clone();
         let thread = std::thread::Builder::new()
             .name("mmp-heartbeat".into())
             .stack_size(HEARTBEAT_STACK)
-            .spawn(move || run(options, &rx, done, &events, &shared))
+            .spawn(move || run(options, &rx, done, &events, &shared, vacated))
             .expect("spawn the heartbeat thread");
         Engine {
             tx,
             thread: Some(thread),
             report,
-            added: 0,
+            slots: 0,
+            free,
         }
     }
 
-    /// Adds a device with a fresh machine (normally an acquire). Returns its slot index.
-    pub fn add(&mut self, target: Target, machine: Machine) -> usize {
-        let _ = self.tx.send(Cmd::Add(Box::new(Dev {
-            path: target.device.path().to_path_buf(),
-            target: Some(Arc::new(target)),
-            machine,
-        })));
-        self.added += 1;
-        self.added - 1
+    /// Adds a device with a fresh machine (normally an acquire), in a slot the thread
+    /// vacated ([`Engine::remove`]) if there is one, else in a new slot.
+    pub fn add(&mut self, target: Target, machine: Machine) -> SlotId {
+        let reused = self
+            .free
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let id = reused.unwrap_or_else(|| {
+            self.slots += 1;
+            SlotId {
+                index: self.slots - 1,
+                generation: 0,
+            }
+        });
+        let _ = self.tx.send(Cmd::Add(
+            id,
+            Box::new(Dev {
+                path: target.device.path().to_path_buf(),
+                target: Some(Arc::new(target)),
+                machine,
+            }),
+        ));
+        id
     }
 
-    /// Releases one device (or aborts its acquire).
-    pub fn release(&self, slot: usize) {
+    /// Releases one device (or aborts its acquire). A stale `slot` (removed) is ignored.
+    pub fn release(&self, slot: SlotId) {
         let _ = self.tx.send(Cmd::Release(Some(slot)));
+    }
+
+    /// The front end is done with `slot`: once its device has finished (released, lost,
+    /// refused, or forgotten) and no request of it is outstanding, the thread vacates the
+    /// slot for a later [`Engine::add`] (its report entry then says `vacant`). A device
+    /// still running is not stopped by this: release or forget it first.
+    pub fn remove(&self, slot: SlotId) {
+        let _ = self.tx.send(Cmd::Remove(slot));
     }
 
     /// Arms a watchdog: from now on it is petted after successful heartbeats while no
@@ -197,7 +256,7 @@ impl Engine {
 
     /// Stops driving one device without releasing it or writing anything more: what a
     /// crash looks like to other hosts, for that device only (libmmp's poisoned handles).
-    pub fn forget(&self, slot: usize) {
+    pub fn forget(&self, slot: SlotId) {
         let _ = self.tx.send(Cmd::Forget(slot));
     }
 

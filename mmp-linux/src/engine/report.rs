@@ -102,6 +102,10 @@ impl Histogram {
 /// The state of one device in the engine.
 #[derive(Clone, Debug)]
 pub struct SlotReport {
+    /// The device's id (a slot's index and generation).
+    pub id: SlotId,
+    /// The slot is vacant ([`Engine::remove`]): the fields describe its last device.
+    pub vacant: bool,
     /// Device path.
     pub path: PathBuf,
     /// Machine phase.
@@ -149,7 +153,9 @@ impl SelfFence {
 /// Everything the engine knows, refreshed after every pass.
 #[derive(Clone, Debug, Default)]
 pub struct Report {
-    /// One entry per device, in the order they were added.
+    /// One entry per slot: without removals, per device in the order they were added; a
+    /// vacated slot ([`Engine::remove`]) is reused by a later device. Look a device up
+    /// with [`Report::slot`].
     pub slots: Vec<SlotReport>,
     /// Gaps between successful heartbeat writes, all devices.
     pub gaps: Histogram,
@@ -164,13 +170,28 @@ pub struct Report {
     pub io: String,
 }
 
+impl Report {
+    /// The entry of device `id`; `None` when its slot was vacated (and maybe reused).
+    #[must_use]
+    pub fn slot(&self, id: SlotId) -> Option<&SlotReport> {
+        self.slots
+            .get(id.index())
+            .filter(|s| s.id == id && !s.vacant)
+    }
+}
+
 pub(super) fn publish(report: &Mutex<Report>, w: &Worker, rt: &RealtimeStatus, io: &str) {
     let mut r = report.lock().unwrap_or_else(PoisonError::into_inner);
-    // Slots are only ever appended: update the existing entries in place (their paths do
-    // not change, so no allocation), then add the new ones.
+    // Slots are only ever appended: update the existing entries in place (a path is copied
+    // only when a reused slot has a new device), then add the new ones.
     let known = r.slots.len().min(w.slots.len());
     r.slots.truncate(known);
     for (d, s) in r.slots.iter_mut().zip(&w.slots) {
+        if d.id != s.id {
+            d.id = s.id;
+            d.path.clone_from(&s.dev.path);
+        }
+        d.vacant = s.vacant;
         d.phase = s.dev.machine.phase();
         d.outcome = s.dev.machine.outcome();
         d.stats = s.dev.machine.stats();
@@ -181,6 +202,8 @@ pub(super) fn publish(report: &Mutex<Report>, w: &Worker, rt: &RealtimeStatus, i
         d.forgotten = s.forgotten;
     }
     r.slots.extend(w.slots[known..].iter().map(|s| SlotReport {
+        id: s.id,
+        vacant: s.vacant,
         path: s.dev.path.clone(),
         phase: s.dev.machine.phase(),
         outcome: s.dev.machine.outcome(),

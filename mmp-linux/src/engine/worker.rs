@@ -34,6 +34,8 @@ pub(super) enum SlotIo {
 }
 
 pub(super) struct Slot {
+    /// This device's id (the slot's index and generation).
+    pub(super) id: SlotId,
     pub(super) dev: Box<Dev>,
     pub(super) acquired: bool,
     pub(super) last_write: Option<Instant>,
@@ -47,8 +49,13 @@ pub(super) struct Slot {
     pub(super) finished: bool,
     /// Taken into this pass before its deadline: start its heartbeat early.
     pub(super) early: bool,
-    /// [`Engine::forget`]: never driven again.
+    /// [`Engine::forget`]: never driven again. Also set when the slot is vacated.
     pub(super) forgotten: bool,
+    /// [`Engine::remove`]: vacate the slot once finished with nothing outstanding.
+    pub(super) removed: bool,
+    /// Vacated: its id is on the free list, a later add takes the slot (the old machine
+    /// stays boxed here until then, so vacant slots cost no allocation churn).
+    pub(super) vacant: bool,
     /// The request outstanding.
     pub(super) io: SlotIo,
     /// Phase and finished flag when last accounted (a change is published at once).
@@ -111,6 +118,8 @@ pub(super) struct Worker {
     pub(super) fault_until: Option<Instant>,
     pub(super) faults: Box<dyn FaultHook + Send>,
     pub(super) events: Sender<EngineEvent>,
+    /// Vacated slots' next ids, shared with [`Engine::add`].
+    pub(super) free: Arc<Mutex<Vec<SlotId>>>,
     /// Scratch record buffer.
     pub(super) rec: [u8; MAX_RECORD_LEN],
 }
@@ -135,23 +144,7 @@ impl Worker {
     /// Applies one command; returns `false` when the thread must end at once (abandon).
     fn command(&mut self, cmd: Cmd) -> bool {
         match cmd {
-            Cmd::Add(b) => {
-                self.slots.push(Slot {
-                    dev: b,
-                    acquired: false,
-                    last_write: None,
-                    last_write_wall_ms: None,
-                    queued: None,
-                    marked: false,
-                    finished: false,
-                    early: false,
-                    forgotten: false,
-                    io: SlotIo::Idle,
-                    seen: (Phase::Reading, false),
-                });
-                self.mark(self.slots.len() - 1);
-                self.changed = true;
-            }
+            Cmd::Add(id, b) => self.add(id, b),
             Cmd::IoDone(d) => self.job_done(d),
             Cmd::Watchdog(mut wd) => {
                 // A fresh arm fences the devices held from now on: losses before it (of
@@ -176,8 +169,10 @@ impl Worker {
                 self.fence = None;
                 self.changed = true;
             }
-            Cmd::Forget(i) => {
+            Cmd::Forget(id) => {
+                let i = id.index();
                 if let Some(s) = self.slots.get_mut(i)
+                    && s.id == id
                     && !s.forgotten
                 {
                     s.forgotten = true;
@@ -191,17 +186,30 @@ impl Worker {
                         self.done += 1;
                     }
                     self.changed = true;
+                    self.try_vacate(i);
+                }
+            }
+            Cmd::Remove(id) => {
+                let i = id.index();
+                if let Some(s) = self.slots.get_mut(i)
+                    && s.id == id
+                {
+                    s.removed = true;
+                    self.try_vacate(i);
                 }
             }
             Cmd::Release(which) => {
                 let now = clock::now();
-                for (i, s) in self.slots.iter_mut().enumerate() {
-                    if which.is_none_or(|w| w == i) && !s.forgotten {
+                for s in &mut self.slots {
+                    if which.is_none_or(|w| w == s.id) && !s.forgotten {
                         s.dev.machine.release(now);
                     }
                 }
                 match which {
-                    Some(i) => self.mark(i),
+                    Some(id) if self.slots.get(id.index()).is_some_and(|s| s.id == id) => {
+                        self.mark(id.index());
+                    }
+                    Some(_) => {}
                     None => self.mark_all(),
                 }
             }
@@ -209,6 +217,67 @@ impl Worker {
             Cmd::Abandon => return false,
         }
         true
+    }
+
+    /// Puts a new device in slot `id` (a vacated one, or the next new index).
+    fn add(&mut self, id: SlotId, dev: Box<Dev>) {
+        let i = id.index();
+        let mut slot = Slot {
+            id,
+            dev,
+            acquired: false,
+            last_write: None,
+            last_write_wall_ms: None,
+            queued: None,
+            marked: false,
+            finished: false,
+            early: false,
+            forgotten: false,
+            removed: false,
+            vacant: false,
+            io: SlotIo::Idle,
+            seen: (Phase::Reading, false),
+        };
+        if i == self.slots.len() {
+            self.slots.push(slot);
+        } else if let Some(old) = self.slots.get_mut(i).filter(|o| o.vacant) {
+            // Still in this pass's work list if it was marked: stay there once.
+            slot.marked = old.marked;
+            // The old device was counted finished.
+            self.done -= 1;
+            *old = slot;
+        } else {
+            // Engine::add hands out only new indexes and vacated slots.
+            debug_assert!(false, "slot {id:?} is not free");
+            return;
+        }
+        self.mark(i);
+        self.changed = true;
+    }
+
+    /// Vacates slot `i` if its front end removed it, its device finished and no request
+    /// of it is outstanding (a request in the ring or on a thread refers to the slot by
+    /// index until it completes); its next id goes on the free list.
+    fn try_vacate(&mut self, i: usize) {
+        let Some(s) = self.slots.get_mut(i) else {
+            return;
+        };
+        if s.vacant || !s.removed || !s.finished || !matches!(s.io, SlotIo::Idle) {
+            return;
+        }
+        s.vacant = true;
+        s.forgotten = true;
+        s.queued = None;
+        s.dev.target = None;
+        self.changed = true;
+        let next = SlotId {
+            index: s.id.index,
+            generation: s.id.generation.wrapping_add(1),
+        };
+        self.free
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(next);
     }
 
     fn stop(&mut self) {
@@ -322,6 +391,11 @@ impl Worker {
     /// Hands slot `i`'s events on and, if it has no request outstanding, issues its next
     /// one; then its bookkeeping.
     pub(super) fn advance(&mut self, i: usize) {
+        if self.slots[i].forgotten {
+            // Its request may just have come back: the slot may be free now.
+            self.try_vacate(i);
+            return;
+        }
         let Worker {
             slots,
             faults,
@@ -330,11 +404,12 @@ impl Worker {
             ..
         } = self;
         let s = &mut slots[i];
-        if s.forgotten {
-            return;
-        }
+        let id = s.id;
         let mut on_event = |e: &Event| {
-            let _ = events.send(EngineEvent { slot: i, event: *e });
+            let _ = events.send(EngineEvent {
+                slot: id,
+                event: *e,
+            });
         };
         let m = &mut s.dev.machine;
         match s.dev.target.clone() {
@@ -459,6 +534,7 @@ impl Worker {
     pub(super) fn account(&mut self, i: usize) {
         let s = &mut self.slots[i];
         if s.forgotten {
+            self.try_vacate(i);
             return;
         }
         if s.dev.machine.is_held() {
@@ -503,6 +579,7 @@ impl Worker {
                 self.heap.push(Reverse((t, i)));
             }
         }
+        self.try_vacate(i);
     }
 }
 
@@ -512,6 +589,7 @@ pub(super) fn run(
     done: Sender<Cmd>,
     events: &Sender<EngineEvent>,
     report: &Mutex<Report>,
+    free: Arc<Mutex<Vec<SlotId>>>,
 ) {
     let realtime = if options.realtime {
         crate::rt::enter_realtime()
@@ -554,6 +632,7 @@ pub(super) fn run(
         fault_until: None,
         faults: options.faults,
         events: events.clone(),
+        free,
         rec: [0; MAX_RECORD_LEN],
     };
     w.fence = w.watchdog.as_ref().map(|_| SelfFence::Active);
