@@ -756,12 +756,14 @@ const fn version_part(s: &str) -> u32 {
     v
 }
 
-/// Test hook (Rust only, not part of the C API): runs a call on the handle that panics, to
-/// prove that the panic is caught and poisons the handle.
+/// Test hook (Rust only, not part of the C API; only with the private feature
+/// `_test-switches`): runs a call on the handle that panics, to prove that the panic is
+/// caught and poisons the handle.
 ///
 /// # Safety
 /// `dev` is NULL or a live handle.
 #[doc(hidden)]
+#[cfg(feature = "_test-switches")]
 pub unsafe fn panic_in_call_for_tests(dev: *const mmp_device) -> mmp_result {
     ffi_boundary!({
         // SAFETY: the caller promises `dev` is NULL or live.

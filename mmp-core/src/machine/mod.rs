@@ -112,8 +112,10 @@ pub struct Config {
     pub force: bool,
     /// Seed for sequence numbers and wait jitter.
     pub random_seed: u64,
-    /// Self-fencing (the lease). Always `true` outside tests; the simulator turns it off in
-    /// the one scenario that proves its checker catches double owners.
+    /// Self-fencing (the lease). Exists only in test builds (the private feature
+    /// `_test-switches`); always on otherwise. The simulator turns it off in the one
+    /// scenario that proves its checker catches double owners.
+    #[cfg(any(test, feature = "_test-switches"))]
     pub self_fence: bool,
     /// Queue (`--wait`): an acquire that finds the device held keeps watching through the
     /// owner's heartbeats (and, without `force`, through another host's stale block) until
@@ -130,9 +132,19 @@ impl Config {
             identity,
             force: false,
             random_seed,
+            #[cfg(any(test, feature = "_test-switches"))]
             self_fence: true,
             wait: false,
         }
+    }
+
+    /// Whether self-fencing (the lease) is on: always, outside test builds.
+    #[must_use]
+    pub fn self_fence(&self) -> bool {
+        #[cfg(any(test, feature = "_test-switches"))]
+        return self.self_fence;
+        #[cfg(not(any(test, feature = "_test-switches")))]
+        true
     }
 
     /// The same configuration with `force` on.
@@ -628,7 +640,7 @@ impl Machine {
         if !self.is_held() {
             return None;
         }
-        if self.cfg.self_fence {
+        if self.cfg.self_fence() {
             self.lease_until
         } else {
             Some(Instant::from_micros(u64::MAX))
@@ -703,7 +715,7 @@ impl Machine {
     /// instant, and then calls [`Machine::handle_write_not_issued`].
     #[must_use]
     pub fn write_deadline(&self) -> Option<Instant> {
-        let lease = self.lease_until.filter(|_| self.cfg.self_fence);
+        let lease = self.lease_until.filter(|_| self.cfg.self_fence());
         match self.step {
             Step::BeatWrite { .. } | Step::ReleaseWrite => lease,
             Step::RestoreWrite { deadline } => Some(lease.map_or(deadline, |l| l.min(deadline))),
@@ -755,7 +767,7 @@ impl Machine {
             } => Some(until.min(next_poll)),
             Step::ClaimWait { until, next_poll } => Some(until.min(next_poll)),
             Step::RestoreWait { at } => Some(at),
-            Step::Held { next_beat } => Some(match (self.cfg.self_fence, self.lease_until) {
+            Step::Held { next_beat } => Some(match (self.cfg.self_fence(), self.lease_until) {
                 (true, Some(l)) => next_beat.min(l),
                 _ => next_beat,
             }),
@@ -1501,7 +1513,7 @@ impl Machine {
     }
 
     fn lease_expired(&self, now: Instant) -> bool {
-        self.cfg.self_fence && self.lease_until.is_some_and(|l| now >= l)
+        self.cfg.self_fence() && self.lease_until.is_some_and(|l| now >= l)
     }
 
     fn fence(&mut self, now: Instant) {

@@ -24,7 +24,7 @@ impl Machine {
             | Step::BeatWrite { .. }
             | Step::ReleaseRead
             | Step::ReleaseWrite
-                if self.cfg.self_fence =>
+                if self.cfg.self_fence() =>
             {
                 self.lease_until
             }
