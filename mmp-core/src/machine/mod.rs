@@ -805,104 +805,13 @@ impl Machine {
             Step::Initial => self.on_initial(now, data),
             Step::WatchRead { until, total } => self.on_watch_read(now, data, until, total),
             Step::ClaimRead { .. } if self.abort_requested => {
-                if data != &self.written[..len] {
-                    // Someone else wrote: never overwrite it.
-                    self.finish(Outcome::Aborted);
-                } else if self.read_requested >= self.restore_not_before() {
-                    self.try_restore(now);
-                } else {
-                    self.start_restore(now);
-                }
+                self.on_aborting_claim_read(now, data)
             }
-            Step::RestoreRead => {
-                if data == &self.written[..len] {
-                    self.try_restore(now);
-                } else {
-                    self.finish(Outcome::Aborted);
-                }
-            }
-            Step::ClaimRead { until } => {
-                if data != &self.written[..len] {
-                    let snap = parse(&self.cfg.layout, data).ok();
-                    self.finish(Outcome::Refused(Refusal::LostRace(snap)));
-                } else if self.read_requested >= until {
-                    // The read was issued after the claim wait ended, so it saw the device
-                    // after every competing prompt claim had landed.
-                    match self.lease_until {
-                        Some(l) if now.mono >= l => {
-                            let late_by = now.mono.saturating_since(l);
-                            self.finish(Outcome::Refused(Refusal::TooLate { late_by }));
-                        }
-                        _ => {
-                            self.push(Event::Acquired);
-                            self.beat(now);
-                        }
-                    }
-                } else {
-                    // Issued before the wait ended (a poll read, or handled late): it proves
-                    // nothing about the end of the wait. Read again once it has passed.
-                    let next_poll = self.next_poll(now.mono);
-                    self.step = Step::ClaimWait { until, next_poll };
-                    let total = self.claim_total;
-                    let remaining = until.saturating_since(now.mono).min(total);
-                    self.progress(Phase::Claiming, remaining, total);
-                }
-            }
-            Step::BeatRead { started } => {
-                if self.lease_expired(now.mono) {
-                    self.fence(now.mono);
-                } else if data != &self.written[..len] {
-                    let snap = parse(&self.cfg.layout, data).ok();
-                    self.finish(Outcome::Lost(Loss::ForeignWrite(snap)));
-                } else if self.release_requested {
-                    self.start_release_write(now);
-                } else {
-                    self.build_heartbeat(now, started);
-                    self.step = Step::BeatWrite { started };
-                    self.request_write();
-                }
-            }
-            Step::ReleaseRead => {
-                if data != &self.written[..len] {
-                    let snap = parse(&self.cfg.layout, data).ok();
-                    self.finish(Outcome::Lost(Loss::ForeignWrite(snap)));
-                } else if self.lease_expired(now.mono) {
-                    self.fence(now.mono);
-                } else {
-                    self.start_release_write(now);
-                }
-            }
-            Step::ClearRead => {
-                let snap = parse(&self.cfg.layout, data).ok();
-                if let Some(s) = snap {
-                    self.push(Event::Observed(s));
-                }
-                // The clear writes what it derived from this read: not later than a fail
-                // window after it (ext4: the file system's own, also for a block that does
-                // not parse).
-                let budget = match (snap, self.cfg.layout) {
-                    (Some(s), layout) => Timing::for_snapshot(&layout, &s).fail_window,
-                    (None, layout @ Layout::Ext4 { .. }) => {
-                        let base = u32::from(layout.ext4_update_interval_s())
-                            .max(u32::from(ext4::MIN_CHECK_INTERVAL_S));
-                        Duration::from_secs(u64::from(ext4::wait_time_s(base)))
-                    }
-                    (None, Layout::Native { .. }) => FALLBACK_TIMING.fail_window,
-                };
-                let deadline = self.read_requested + budget;
-                if now.mono >= deadline {
-                    let late_by = now.mono.saturating_since(deadline);
-                    self.finish(Outcome::Refused(Refusal::TooLate { late_by }));
-                    return;
-                }
-                match self.build_clear(now, snap) {
-                    Ok(()) => {
-                        self.step = Step::ClearWrite { deadline };
-                        self.request_write();
-                    }
-                    Err(c) => self.finish(Outcome::Refused(Refusal::Corrupt(c))),
-                }
-            }
+            Step::ClaimRead { until } => self.on_claim_read(now, data, until),
+            Step::RestoreRead => self.on_restore_read(now, data),
+            Step::BeatRead { started } => self.on_beat_read(now, data, started),
+            Step::ReleaseRead => self.on_release_read(now, data),
+            Step::ClearRead => self.on_clear_read(now, data),
             _ => {}
         }
     }
@@ -913,69 +822,9 @@ impl Machine {
     /// the instant it was emitted ([`Machine::emit_block`]) is a lower bound. Leases run
     /// from the lower bound, waits for competitors from the upper one.
     pub fn handle_write_done(&mut self, now: Now) {
-        let len = self.cfg.layout.record_len();
         match self.step {
-            Step::ClaimWrite => {
-                self.written[..len].copy_from_slice(&self.out[..len]);
-                let t = self.timing.unwrap_or(FALLBACK_TIMING);
-                // A claim whose write completed more than an interval after the read that
-                // justified it may have landed on a host that became owner meanwhile and is
-                // now silent (paused, I/O stalled) but still inside its lease: the short
-                // claim wait (2 intervals) only catches owners that keep heartbeating. Such a
-                // late claim waits out a whole lease (plus 1/8 for clock drift), still well
-                // inside a waiter's watch of our claim (2 fail windows), so the silence is not
-                // mistaken for a dead claimer. ext4's claim wait equals its fail window,
-                // which leaves no margin for clock drift, so the same rule applies there.
-                // A claim on a CLEAN block whose release we did not watch happen waits the
-                // same: that CLEAN may have landed late over an owner that is silent now.
-                let late = now.mono.saturating_since(self.claim_basis) > t.interval;
-                let untrusted_clean = self
-                    .first
-                    .is_some_and(|f| f.class() == Class::Clean && !self.release_watched);
-                let wait = if late || untrusted_clean {
-                    t.max_acquire_wait(true)
-                } else {
-                    t.claim_wait
-                };
-                // A waiter that saw our claim needs a whole watch plus a claim wait after it
-                // landed (no earlier than it was emitted) before it could own, so the lease
-                // runs from the emission: our own claim wait plus half a fail window to get
-                // the first heartbeat out. The wait itself runs from the completion.
-                self.lease_until = Some(self.write_emitted + wait + t.fail_window / 2);
-                self.stats.last_write = Some(self.write_emitted);
-                self.claim_done = now.mono;
-                self.claim_total = wait;
-                self.claim_late = late;
-                if self.abort_requested {
-                    self.start_restore(now);
-                    return;
-                }
-                let until = now.mono + wait;
-                self.step = Step::ClaimWait {
-                    until,
-                    next_poll: self.next_poll(now.mono),
-                };
-                self.progress(Phase::Claiming, wait, wait);
-            }
-            Step::BeatWrite { started } => {
-                self.written[..len].copy_from_slice(&self.out[..len]);
-                let issued = self.write_emitted;
-                self.on_beat_success(now, started, issued);
-                if self.release_requested {
-                    self.step = Step::ReleaseRead;
-                    self.request_read(now.mono);
-                } else {
-                    let interval = self
-                        .timing
-                        .map(|t| t.interval)
-                        .unwrap_or(FALLBACK_TIMING.interval);
-                    let mut next = started + interval;
-                    if next < now.mono {
-                        next = now.mono;
-                    }
-                    self.step = Step::Held { next_beat: next };
-                }
-            }
+            Step::ClaimWrite => self.on_claim_written(now),
+            Step::BeatWrite { started } => self.on_beat_written(now, started),
             Step::ReleaseWrite => self.finish(Outcome::Released),
             Step::RestoreWrite { .. } => self.finish(Outcome::Aborted),
             Step::ClearWrite { .. } => self.finish(Outcome::Cleared),
@@ -1001,25 +850,7 @@ impl Machine {
                 self.stats.io_failures += 1;
                 self.finish(Outcome::Lost(Loss::Preempted(err)));
             }
-            Step::BeatRead { .. } | Step::BeatWrite { .. } => {
-                self.stats.io_failures += 1;
-                self.push(Event::IoRetry(err));
-                if self.lease_expired(now.mono) {
-                    self.fence(now.mono);
-                    return;
-                }
-                if self.release_requested {
-                    // In doubt: do not write CLEAN; leave the last heartbeat on disk.
-                    self.finish(Outcome::Lost(Loss::ReleaseReadFailed(err)));
-                    return;
-                }
-                let t = self.timing.unwrap_or(FALLBACK_TIMING);
-                let retry =
-                    (t.interval / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
-                self.step = Step::Held {
-                    next_beat: now.mono + retry,
-                };
-            }
+            Step::BeatRead { .. } | Step::BeatWrite { .. } => self.on_beat_io_error(now, err),
             Step::ReleaseRead => self.finish(Outcome::Lost(Loss::ReleaseReadFailed(err))),
             // A failed CLEAN write leaves either our last heartbeat or CLEAN: both are safe
             // for the next owner. We no longer own it either way.
@@ -1050,13 +881,7 @@ impl Machine {
                 self.step = Step::RestoreRead;
                 self.request_read(now.mono);
             }
-            Step::Held { next_beat } => {
-                if self.lease_expired(now.mono) {
-                    self.fence(now.mono);
-                } else if now.mono >= next_beat || self.release_requested {
-                    self.beat(now);
-                }
-            }
+            Step::Held { next_beat } => self.on_held_tick(now, next_beat),
             _ => {}
         }
     }
@@ -1131,6 +956,225 @@ impl Machine {
     }
 
     // ----- internals -----------------------------------------------------------------
+
+    // The steps of the inputs, one per (input, step) pair: what `handle_*` dispatch to.
+
+    /// The claim landed: how long to wait before the verify read (longer for a late claim
+    /// or over a CLEAN whose release was not watched), and the lease it earns.
+    fn on_claim_written(&mut self, now: Now) {
+        let len = self.cfg.layout.record_len();
+        self.written[..len].copy_from_slice(&self.out[..len]);
+        let t = self.timing.unwrap_or(FALLBACK_TIMING);
+        // A claim whose write completed more than an interval after the read that
+        // justified it may have landed on a host that became owner meanwhile and is
+        // now silent (paused, I/O stalled) but still inside its lease: the short
+        // claim wait (2 intervals) only catches owners that keep heartbeating. Such a
+        // late claim waits out a whole lease (plus 1/8 for clock drift), still well
+        // inside a waiter's watch of our claim (2 fail windows), so the silence is not
+        // mistaken for a dead claimer. ext4's claim wait equals its fail window,
+        // which leaves no margin for clock drift, so the same rule applies there.
+        // A claim on a CLEAN block whose release we did not watch happen waits the
+        // same: that CLEAN may have landed late over an owner that is silent now.
+        let late = now.mono.saturating_since(self.claim_basis) > t.interval;
+        let untrusted_clean = self
+            .first
+            .is_some_and(|f| f.class() == Class::Clean && !self.release_watched);
+        let wait = if late || untrusted_clean {
+            t.max_acquire_wait(true)
+        } else {
+            t.claim_wait
+        };
+        // A waiter that saw our claim needs a whole watch plus a claim wait after it
+        // landed (no earlier than it was emitted) before it could own, so the lease
+        // runs from the emission: our own claim wait plus half a fail window to get
+        // the first heartbeat out. The wait itself runs from the completion.
+        self.lease_until = Some(self.write_emitted + wait + t.fail_window / 2);
+        self.stats.last_write = Some(self.write_emitted);
+        self.claim_done = now.mono;
+        self.claim_total = wait;
+        self.claim_late = late;
+        if self.abort_requested {
+            self.start_restore(now);
+            return;
+        }
+        let until = now.mono + wait;
+        self.step = Step::ClaimWait {
+            until,
+            next_poll: self.next_poll(now.mono),
+        };
+        self.progress(Phase::Claiming, wait, wait);
+    }
+
+    /// A heartbeat landed: account it, then the release's read or the next heartbeat.
+    fn on_beat_written(&mut self, now: Now, started: Instant) {
+        let len = self.cfg.layout.record_len();
+        self.written[..len].copy_from_slice(&self.out[..len]);
+        let issued = self.write_emitted;
+        self.on_beat_success(now, started, issued);
+        if self.release_requested {
+            self.step = Step::ReleaseRead;
+            self.request_read(now.mono);
+        } else {
+            let interval = self
+                .timing
+                .map(|t| t.interval)
+                .unwrap_or(FALLBACK_TIMING.interval);
+            let mut next = started + interval;
+            if next < now.mono {
+                next = now.mono;
+            }
+            self.step = Step::Held { next_beat: next };
+        }
+    }
+
+    /// A heartbeat's read or write failed: retry soon within the lease (a pending release
+    /// gives up instead: in doubt, no CLEAN).
+    fn on_beat_io_error(&mut self, now: Now, err: IoError) {
+        self.stats.io_failures += 1;
+        self.push(Event::IoRetry(err));
+        if self.lease_expired(now.mono) {
+            self.fence(now.mono);
+            return;
+        }
+        if self.release_requested {
+            // In doubt: do not write CLEAN; leave the last heartbeat on disk.
+            self.finish(Outcome::Lost(Loss::ReleaseReadFailed(err)));
+            return;
+        }
+        let t = self.timing.unwrap_or(FALLBACK_TIMING);
+        let retry = (t.interval / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        self.step = Step::Held {
+            next_beat: now.mono + retry,
+        };
+    }
+
+    /// Held between heartbeats: fence past the lease, else beat when due (or to release).
+    fn on_held_tick(&mut self, now: Now, next_beat: Instant) {
+        if self.lease_expired(now.mono) {
+            self.fence(now.mono);
+        } else if now.mono >= next_beat || self.release_requested {
+            self.beat(now);
+        }
+    }
+
+    /// The claim's read-back while an abort is pending: restore what was there if the claim
+    /// is still ours (and old enough), else leave the device to whoever wrote.
+    fn on_aborting_claim_read(&mut self, now: Now, data: &[u8]) {
+        let len = self.cfg.layout.record_len();
+        if data != &self.written[..len] {
+            // Someone else wrote: never overwrite it.
+            self.finish(Outcome::Aborted);
+        } else if self.read_requested >= self.restore_not_before() {
+            self.try_restore(now);
+        } else {
+            self.start_restore(now);
+        }
+    }
+
+    /// The claim's verify read: another claim lost us the race; a read issued after the
+    /// claim wait proves the claim (if its lease still runs); an earlier one proves nothing.
+    fn on_claim_read(&mut self, now: Now, data: &[u8], until: Instant) {
+        let len = self.cfg.layout.record_len();
+        if data != &self.written[..len] {
+            let snap = parse(&self.cfg.layout, data).ok();
+            self.finish(Outcome::Refused(Refusal::LostRace(snap)));
+        } else if self.read_requested >= until {
+            // The read was issued after the claim wait ended, so it saw the device
+            // after every competing prompt claim had landed.
+            match self.lease_until {
+                Some(l) if now.mono >= l => {
+                    let late_by = now.mono.saturating_since(l);
+                    self.finish(Outcome::Refused(Refusal::TooLate { late_by }));
+                }
+                _ => {
+                    self.push(Event::Acquired);
+                    self.beat(now);
+                }
+            }
+        } else {
+            // Issued before the wait ended (a poll read, or handled late): it proves
+            // nothing about the end of the wait. Read again once it has passed.
+            let next_poll = self.next_poll(now.mono);
+            self.step = Step::ClaimWait { until, next_poll };
+            let total = self.claim_total;
+            let remaining = until.saturating_since(now.mono).min(total);
+            self.progress(Phase::Claiming, remaining, total);
+        }
+    }
+
+    /// The restore's read: still our claim, so put back what was there; else someone wrote.
+    fn on_restore_read(&mut self, now: Now, data: &[u8]) {
+        let len = self.cfg.layout.record_len();
+        if data == &self.written[..len] {
+            self.try_restore(now);
+        } else {
+            self.finish(Outcome::Aborted);
+        }
+    }
+
+    /// A heartbeat's read: fence past the lease, lose to a foreign write, else write the
+    /// next heartbeat (or CLEAN when a release is pending).
+    fn on_beat_read(&mut self, now: Now, data: &[u8], started: Instant) {
+        let len = self.cfg.layout.record_len();
+        if self.lease_expired(now.mono) {
+            self.fence(now.mono);
+        } else if data != &self.written[..len] {
+            let snap = parse(&self.cfg.layout, data).ok();
+            self.finish(Outcome::Lost(Loss::ForeignWrite(snap)));
+        } else if self.release_requested {
+            self.start_release_write(now);
+        } else {
+            self.build_heartbeat(now, started);
+            self.step = Step::BeatWrite { started };
+            self.request_write();
+        }
+    }
+
+    /// The release's read: CLEAN only over our own last write, within the lease.
+    fn on_release_read(&mut self, now: Now, data: &[u8]) {
+        let len = self.cfg.layout.record_len();
+        if data != &self.written[..len] {
+            let snap = parse(&self.cfg.layout, data).ok();
+            self.finish(Outcome::Lost(Loss::ForeignWrite(snap)));
+        } else if self.lease_expired(now.mono) {
+            self.fence(now.mono);
+        } else {
+            self.start_release_write(now);
+        }
+    }
+
+    /// The clear's read: what to write, and the deadline by which it must go out.
+    fn on_clear_read(&mut self, now: Now, data: &[u8]) {
+        let snap = parse(&self.cfg.layout, data).ok();
+        if let Some(s) = snap {
+            self.push(Event::Observed(s));
+        }
+        // The clear writes what it derived from this read: not later than a fail
+        // window after it (ext4: the file system's own, also for a block that does
+        // not parse).
+        let budget = match (snap, self.cfg.layout) {
+            (Some(s), layout) => Timing::for_snapshot(&layout, &s).fail_window,
+            (None, layout @ Layout::Ext4 { .. }) => {
+                let base = u32::from(layout.ext4_update_interval_s())
+                    .max(u32::from(ext4::MIN_CHECK_INTERVAL_S));
+                Duration::from_secs(u64::from(ext4::wait_time_s(base)))
+            }
+            (None, Layout::Native { .. }) => FALLBACK_TIMING.fail_window,
+        };
+        let deadline = self.read_requested + budget;
+        if now.mono >= deadline {
+            let late_by = now.mono.saturating_since(deadline);
+            self.finish(Outcome::Refused(Refusal::TooLate { late_by }));
+            return;
+        }
+        match self.build_clear(now, snap) {
+            Ok(()) => {
+                self.step = Step::ClearWrite { deadline };
+                self.request_write();
+            }
+            Err(c) => self.finish(Outcome::Refused(Refusal::Corrupt(c))),
+        }
+    }
 
     fn on_initial(&mut self, now: Now, data: &[u8]) {
         let len = self.cfg.layout.record_len();
