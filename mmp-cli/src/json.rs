@@ -1,9 +1,9 @@
-//! The one JSON schema of `status --json`, `check --json`, `list --json` and the holder's
+//! The one JSON schema of `status --json`, `check --json`, `list --json`, `pr --json` and the holder's
 //! status file (`hold --status-file`, and the `.status` file of `mmp mount`): one object per
 //! line, each opening with the same keys, so that one reader handles them all:
 //!
 //! * `schema`: this schema's version ([`SCHEMA`]); a reader refuses a larger one.
-//! * `kind`: `status`, `check`, `holder`, `summary` or `mount`.
+//! * `kind`: `status`, `check`, `holder`, `summary`, `mount` or `pr`.
 //! * `device`: the device as given (`summary`: absent).
 //! * `format`: `ext4`, `native`, or `unknown` when the device could not be read that far;
 //!   always present for `status`, `check` and `holder` objects.
@@ -28,6 +28,18 @@ impl Obj {
         Obj(format!("{{\"schema\":{SCHEMA},\"kind\":\"{kind}\""))
     }
 
+    /// An object nested in another (no `schema` or `kind`): a value for [`Obj::raw`].
+    pub(crate) fn nested() -> Obj {
+        Obj("{".to_owned())
+    }
+
+    /// Before a key: a comma unless it is the first of the object.
+    fn sep(&mut self) {
+        if !self.0.ends_with('{') {
+            self.0.push(',');
+        }
+    }
+
     /// An object about one device: `schema`, `kind`, `device`, `format`.
     pub(crate) fn device(kind: &str, device: &str, format: Option<Format>) -> Obj {
         Obj::new(kind)
@@ -37,13 +49,15 @@ impl Obj {
 
     /// A string value (escaped; without Rust's " (os error N)" after an errno's text).
     pub(crate) fn str(mut self, key: &str, value: &str) -> Obj {
-        let _ = write!(self.0, ",\"{key}\":{}", json_str(&crate::out::plain(value)));
+        self.sep();
+        let _ = write!(self.0, "\"{key}\":{}", json_str(&crate::out::plain(value)));
         self
     }
 
     /// A value written as it is: a number, `true`, `null`, or JSON already encoded.
     pub(crate) fn raw(mut self, key: &str, value: impl Display) -> Obj {
-        let _ = write!(self.0, ",\"{key}\":{value}");
+        self.sep();
+        let _ = write!(self.0, "\"{key}\":{value}");
         self
     }
 
@@ -69,5 +83,8 @@ mod tests {
             "{\"schema\":1,\"kind\":\"check\",\"device\":\"/dev/x\\\"\",\"format\":\"unknown\",\
              \"result\":\"error\",\"n\":3}"
         );
+        let inner = Obj::nested().raw("a", 1).str("b", "x").end();
+        assert_eq!(inner, "{\"a\":1,\"b\":\"x\"}");
+        assert_eq!(Obj::nested().end(), "{}");
     }
 }

@@ -348,6 +348,13 @@ fn json_is_one_schema() {
         schema_line(l, &["mount"], &docs);
     }
     assert_eq!(o.stdout.lines().count(), 2, "{}", o.show());
+
+    // pr --json: a file is not SCSI; the object says so in the same schema. (Objects of
+    // SCSI devices are checked by the pr unit tests and the lab.)
+    let o = mmp_run(&["pr", "--json", s(&dev)], T_SHORT);
+    o.expect(2, "pr --json of a file");
+    let j = schema_line(o.stdout.trim_end(), &["pr"], &docs);
+    assert_eq!(j["not_scsi"], true, "{}", o.show());
 }
 
 // ----- a second holder here ---------------------------------------------------------------------

@@ -44,7 +44,10 @@ fn cli_pr_on_a_non_scsi_device_is_a_clear_error() {
     let lines: Vec<&str> = out.stdout.lines().collect();
     assert_eq!(lines.len(), 2, "{}", out.show());
     for l in lines {
-        assert!(l.starts_with("{\"device\":"), "{l}");
+        assert!(
+            l.starts_with("{\"schema\":1,\"kind\":\"pr\",\"device\":"),
+            "{l}"
+        );
         assert!(l.contains(NOT_SCSI), "{l}");
         assert!(l.ends_with("\"not_scsi\":true}"), "{l}");
     }

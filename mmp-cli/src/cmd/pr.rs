@@ -3,6 +3,7 @@
 //! RESERVE IN (READ KEYS, READ RESERVATION) and nothing else.
 
 use crate::exit::Exit;
+use crate::json::Obj;
 use crate::{Ctx, out, show};
 use clap::Args;
 use mmp_linux::pr::{self, Keys, Pr, PrError, Reservation};
@@ -66,12 +67,11 @@ pub(crate) fn pr(c: &Ctx, args: &PrArgs) -> Result<Exit, String> {
                 code = Exit::Error;
                 let msg = message(&path, &e);
                 if args.json {
-                    outln!(
-                        "{{\"device\":{},\"error\":{},\"not_scsi\":{}}}",
-                        out::json_str(&path),
-                        out::json_str(&msg),
-                        matches!(e, PrError::NotScsi(_))
-                    );
+                    let o = Obj::new("pr")
+                        .str("device", &path)
+                        .str("error", &msg)
+                        .raw("not_scsi", matches!(e, PrError::NotScsi(_)));
+                    outln!("{}", o.end());
                 } else {
                     note!("mmp: {msg}");
                 }
@@ -170,49 +170,41 @@ fn text(path: &str, keys: &Keys, res: &Reservation, own: Option<u64>) -> String 
     o
 }
 
-fn json_key(key: u64, own: Option<u64>) -> String {
-    format!(
-        "{{\"key\":\"0x{key:016x}\",\"hostid\":{},\"this_host\":{}}}",
-        pr::hostid_for_key(key).map_or_else(|| "null".to_owned(), |h| format!("\"0x{h:08x}\"")),
-        Some(key) == own
-    )
+/// A key with the hostid it encodes (mmp's keys) and whether it is this host's.
+fn json_key(key: u64, own: Option<u64>) -> Obj {
+    Obj::nested()
+        .str("key", &format!("0x{key:016x}"))
+        .raw(
+            "hostid",
+            pr::hostid_for_key(key).map_or_else(|| "null".to_owned(), |h| format!("\"0x{h:08x}\"")),
+        )
+        .raw("this_host", Some(key) == own)
 }
 
-/// The JSON object for one device.
+/// The JSON object for one device (kind `pr`).
 fn json(path: &str, keys: &Keys, res: &Reservation, own: Option<u64>) -> String {
-    let mut o = format!(
-        "{{\"device\":{},\"generation\":{},\"keys\":[",
-        out::json_str(path),
-        keys.generation
+    let list: Vec<String> = keys.keys.iter().map(|&k| json_key(k, own).end()).collect();
+    let reservation = res.holder.map_or_else(
+        || "null".to_owned(),
+        |h| {
+            json_key(h.key, own)
+                .raw(
+                    "type",
+                    h.kind()
+                        .map_or_else(|| "null".to_owned(), |t| format!("\"{}\"", t.json_name())),
+                )
+                .raw("type_code", h.type_code)
+                .raw("scope", h.scope)
+                .end()
+        },
     );
-    for (i, &k) in keys.keys.iter().enumerate() {
-        if i > 0 {
-            o.push(',');
-        }
-        o.push_str(&json_key(k, own));
-    }
-    let _ = write!(
-        o,
-        "],\"keys_truncated\":{},\"reservation\":",
-        keys.truncated
-    );
-    match res.holder {
-        None => o.push_str("null"),
-        Some(h) => {
-            let k = json_key(h.key, own);
-            let _ = write!(
-                o,
-                "{},\"type\":{},\"type_code\":{},\"scope\":{}}}",
-                &k[..k.len() - 1],
-                h.kind()
-                    .map_or_else(|| "null".to_owned(), |t| format!("\"{}\"", t.json_name())),
-                h.type_code,
-                h.scope
-            );
-        }
-    }
-    o.push('}');
-    o
+    Obj::new("pr")
+        .str("device", path)
+        .raw("generation", keys.generation)
+        .raw("keys", format!("[{}]", list.join(",")))
+        .raw("keys_truncated", keys.truncated)
+        .raw("reservation", reservation)
+        .end()
 }
 
 #[cfg(test)]
@@ -278,7 +270,7 @@ mod tests {
         let (k, r) = sample();
         assert_eq!(
             json("/dev/sdb", &k, &r, Some(OTHER)),
-            "{\"device\":\"/dev/sdb\",\"generation\":42,\"keys\":[\
+            "{\"schema\":1,\"kind\":\"pr\",\"device\":\"/dev/sdb\",\"generation\":42,\"keys\":[\
              {\"key\":\"0x6d6d70001a2b3c4d\",\"hostid\":\"0x1a2b3c4d\",\"this_host\":false},\
              {\"key\":\"0x6d6d70001a2b3c4d\",\"hostid\":\"0x1a2b3c4d\",\"this_host\":false},\
              {\"key\":\"0x0123456789abcdef\",\"hostid\":null,\"this_host\":false}],\
