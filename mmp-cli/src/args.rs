@@ -67,6 +67,10 @@ pub(crate) enum Cmd {
         /// One JSON object per device per line.
         #[arg(long)]
         json: bool,
+        /// The keys of --json as KEY=VALUE lines, an empty line after each device: for
+        /// shell scripts (split each line at its first `=`; not for `eval`).
+        #[arg(long, conflicts_with = "json")]
+        export: bool,
         /// Devices (block devices or image files).
         #[arg(required = true)]
         devices: Vec<PathBuf>,

@@ -19,25 +19,32 @@ use std::fmt::{Display, Write as _};
 /// The version of the schema. Adding keys keeps it; changing or removing one increments it.
 pub(crate) const SCHEMA: u32 = 1;
 
-/// One JSON object, built key by key.
-pub(crate) struct Obj(String);
+/// One value of an [`Obj`].
+enum Val {
+    /// Text (escaped when written as JSON).
+    Str(String),
+    /// JSON text as it is: a number, `true`, or an encoded array or object.
+    Raw(String),
+    /// `null` (an empty value in `--export` lines).
+    Null,
+}
+
+/// One JSON object, built key by key; written as JSON ([`Obj::end`]) or as `KEY=VALUE`
+/// lines for shell scripts ([`Obj::export`]).
+pub(crate) struct Obj(Vec<(String, Val)>);
 
 impl Obj {
     /// An object of `kind` with the keys every object has.
     pub(crate) fn new(kind: &str) -> Obj {
-        Obj(format!("{{\"schema\":{SCHEMA},\"kind\":\"{kind}\""))
+        Obj(vec![
+            ("schema".to_owned(), Val::Raw(SCHEMA.to_string())),
+            ("kind".to_owned(), Val::Str(kind.to_owned())),
+        ])
     }
 
     /// An object nested in another (no `schema` or `kind`): a value for [`Obj::raw`].
     pub(crate) fn nested() -> Obj {
-        Obj("{".to_owned())
-    }
-
-    /// Before a key: a comma unless it is the first of the object.
-    fn sep(&mut self) {
-        if !self.0.ends_with('{') {
-            self.0.push(',');
-        }
+        Obj(Vec::new())
     }
 
     /// An object about one device: `schema`, `kind`, `device`, `format`.
@@ -47,24 +54,67 @@ impl Obj {
             .str("format", format.map_or("unknown", Format::name))
     }
 
-    /// A string value (escaped; without Rust's " (os error N)" after an errno's text).
+    /// A string value (without Rust's " (os error N)" after an errno's text).
     pub(crate) fn str(mut self, key: &str, value: &str) -> Obj {
-        self.sep();
-        let _ = write!(self.0, "\"{key}\":{}", json_str(&crate::out::plain(value)));
-        self
-    }
-
-    /// A value written as it is: a number, `true`, `null`, or JSON already encoded.
-    pub(crate) fn raw(mut self, key: &str, value: impl Display) -> Obj {
-        self.sep();
-        let _ = write!(self.0, "\"{key}\":{value}");
-        self
-    }
-
-    /// The object's text.
-    pub(crate) fn end(mut self) -> String {
-        self.0.push('}');
         self.0
+            .push((key.to_owned(), Val::Str(crate::out::plain(value))));
+        self
+    }
+
+    /// A string value, or `null`.
+    pub(crate) fn opt_str(self, key: &str, value: Option<&str>) -> Obj {
+        match value {
+            Some(v) => self.str(key, v),
+            None => self.null(key),
+        }
+    }
+
+    /// `null`.
+    pub(crate) fn null(mut self, key: &str) -> Obj {
+        self.0.push((key.to_owned(), Val::Null));
+        self
+    }
+
+    /// A value written as it is: a number, `true`, or JSON already encoded.
+    pub(crate) fn raw(mut self, key: &str, value: impl Display) -> Obj {
+        self.0.push((key.to_owned(), Val::Raw(value.to_string())));
+        self
+    }
+
+    /// The object's JSON text (one line).
+    pub(crate) fn end(self) -> String {
+        let mut o = String::from("{");
+        for (i, (k, v)) in self.0.iter().enumerate() {
+            if i > 0 {
+                o.push(',');
+            }
+            let _ = write!(o, "{}:", json_str(k));
+            match v {
+                Val::Str(s) => o.push_str(&json_str(s)),
+                Val::Raw(r) => o.push_str(r),
+                Val::Null => o.push_str("null"),
+            }
+        }
+        o.push('}');
+        o
+    }
+
+    /// The object as `KEY=VALUE` lines (`mmp status --export`), one per key in the order
+    /// of the JSON object: a string as its text (the same escaping as the JSON's, so one
+    /// line, printable ASCII for text read from a device), `null` as nothing, anything
+    /// else as its JSON text. A reader splits each line at its first `=`; the values are
+    /// not quoted for a shell's `eval`.
+    pub(crate) fn export(self) -> String {
+        let mut o = String::new();
+        for (k, v) in self.0 {
+            let v = match v {
+                Val::Str(s) => s.replace(['\n', '\r'], " "),
+                Val::Raw(r) => r,
+                Val::Null => String::new(),
+            };
+            let _ = writeln!(o, "{k}={v}");
+        }
+        o
     }
 }
 
@@ -86,5 +136,21 @@ mod tests {
         let inner = Obj::nested().raw("a", 1).str("b", "x").end();
         assert_eq!(inner, "{\"a\":1,\"b\":\"x\"}");
         assert_eq!(Obj::nested().end(), "{}");
+    }
+
+    #[test]
+    fn export_is_one_line_per_key() {
+        let o = Obj::device("status", "/dev/x", None)
+            .str("node", "a b\"c")
+            .opt_str("mounted_at", None)
+            .opt_str("m", Some("/srv"))
+            .raw("n", 3)
+            .str("error", "two\nlines")
+            .export();
+        assert_eq!(
+            o,
+            "schema=1\nkind=status\ndevice=/dev/x\nformat=unknown\nnode=a b\"c\nmounted_at=\n\
+             m=/srv\nn=3\nerror=two lines\n"
+        );
     }
 }

@@ -203,7 +203,18 @@ fn run(mut cli: Cli) -> Result<Exit, String> {
     let c = ctx(&cli.global)?;
     resolve_names(&mut cli.cmd)?;
     match cli.cmd {
-        Cmd::Status { json, devices } => Ok(cmd::status::status(&c, json, &devices)),
+        Cmd::Status {
+            json,
+            export,
+            devices,
+        } => {
+            let output = match (json, export) {
+                (true, _) => cmd::status::Output::Json,
+                (_, true) => cmd::status::Output::Export,
+                _ => cmd::status::Output::Text,
+            };
+            Ok(cmd::status::status(&c, output, &devices))
+        }
         Cmd::Check { json, device } => cmd::check::check(&c, json, &device),
         Cmd::Hold { opts, devices } => cmd::hold::hold(&c, &opts, &devices, None),
         Cmd::Run {

@@ -44,11 +44,6 @@ pub(crate) fn json_str(s: &str) -> String {
     o
 }
 
-/// A JSON string for device bytes (escaped as [`esc`] does, so it is always valid UTF-8).
-pub(crate) fn json_bytes(b: &[u8]) -> String {
-    json_str(&esc(b))
-}
-
 /// `YYYY-MM-DD HH:MM:SS UTC` for Unix seconds.
 pub(crate) fn utc(secs: u64) -> String {
     let days = i64::try_from(secs / 86_400).unwrap_or(0);
@@ -331,14 +326,9 @@ pub(crate) fn refusal_code(r: &Refusal) -> crate::exit::Exit {
     }
 }
 
-/// The JSON object `mmp status --json` prints for a parsed record (docs/json.md).
-/// `mounted_at`: where this host has the device mounted, if it does.
-pub(crate) fn status_json(
-    path: &str,
-    t: &Target,
-    snap: &Snapshot,
-    mounted_at: Option<&str>,
-) -> String {
+/// The object `mmp status --json` (and `--export`) prints for a parsed record
+/// (docs/json.md). `mounted_at`: where this host has the device mounted, if it does.
+pub(crate) fn status_obj(path: &str, t: &Target, snap: &Snapshot, mounted_at: Option<&str>) -> Obj {
     let age_ms = i128::from(now_ms()) - i128::from(snap.time_ms());
     // The waits an acquire of this device can take: now, and after its owner crashed.
     let timing = Timing::for_snapshot(&t.layout, snap);
@@ -346,12 +336,12 @@ pub(crate) fn status_json(
     let o = Obj::device("status", path, Some(t.format))
         .str("state", state_name(snap))
         .str("seq", &snap.seq().to_string())
-        .raw("node", json_bytes(snap.nodename()))
-        .raw("device_name", json_bytes(snap.devname()))
+        .str("node", &esc(snap.nodename()))
+        .str("device_name", &esc(snap.devname()))
         .raw("time", snap.time_ms() / 1000)
         .raw("age_s", format!("{:.3}", age_ms as f64 / 1000.0))
         .raw("never_held", never_held(snap))
-        .raw("mounted_at", mounted_at.map_or("null".into(), json_str))
+        .opt_str("mounted_at", mounted_at)
         .raw(
             "acquire_wait_ms",
             timing.max_acquire_wait(clean).as_millis(),
@@ -360,7 +350,7 @@ pub(crate) fn status_json(
             "takeover_wait_ms",
             timing.max_acquire_wait(false).as_millis(),
         );
-    let o = match snap {
+    match snap {
         Snapshot::Ext4(b) => {
             let sb = t.superblock.as_ref();
             o.raw("mmp_block", sb.map_or(0, |s| s.mmp_block))
@@ -374,8 +364,7 @@ pub(crate) fn status_json(
             .raw("fail_intervals", r.fail_intervals)
             .raw("delay_us", r.delay_us)
             .str("reason", r.reason.name()),
-    };
-    o.end()
+    }
 }
 
 /// Error text for an admin: without Rust's " (os error N)" after an errno's text.
@@ -390,6 +379,11 @@ pub(crate) fn plain(msg: &str) -> String {
 
 /// The JSON object for an error on one device (`kind`: `status` or `check`).
 pub(crate) fn error_json(kind: &str, path: &str, format: Option<Format>, err: &str) -> String {
+    error_obj(kind, path, format, err).end()
+}
+
+/// The object of [`error_json`].
+pub(crate) fn error_obj(kind: &str, path: &str, format: Option<Format>, err: &str) -> Obj {
     let err = &plain(err);
     let o = Obj::device(kind, path, format);
     let o = if kind == "check" {
@@ -397,7 +391,7 @@ pub(crate) fn error_json(kind: &str, path: &str, format: Option<Format>, err: &s
     } else {
         o.str("state", "error")
     };
-    o.str("error", err).end()
+    o.str("error", err)
 }
 
 /// Whether the record was never written by a holder: a native area as `mmp format` wrote

@@ -248,6 +248,55 @@ fn json_is_one_schema() {
     );
     assert_eq!(lines[1]["format"], "unknown");
 
+    // --export: the same keys, one KEY=VALUE line each (strings as their
+    // text, null as nothing, other values as JSON), an empty line after each device. (The
+    // age differs between the two runs.)
+    let o = mmp_run(
+        &[
+            "status",
+            "--export",
+            s(&dev),
+            "/nonexistent",
+            s(&bad),
+            s(&corrupt),
+            "LABEL=no-such-label-here",
+        ],
+        T_SHORT,
+    );
+    o.expect(2, "status --export");
+    let blocks: Vec<&str> = o
+        .stdout
+        .split("\n\n")
+        .filter(|b| !b.trim().is_empty())
+        .collect();
+    assert_eq!(blocks.len(), lines.len(), "{}", o.show());
+    for (block, j) in blocks.iter().zip(&lines) {
+        let obj = j.as_object().expect("an object");
+        let kv: Vec<(&str, &str)> = block
+            .lines()
+            .map(|l| {
+                l.split_once('=')
+                    .unwrap_or_else(|| panic!("not KEY=VALUE: {l}"))
+            })
+            .collect();
+        let mut keys: Vec<&str> = kv.iter().map(|(k, _)| *k).collect();
+        keys.sort_unstable();
+        let want: Vec<&str> = obj.keys().map(String::as_str).collect();
+        assert_eq!(keys, want, "{block}");
+        assert!(
+            block.starts_with("schema=1\nkind=status\ndevice="),
+            "{block}"
+        );
+        for (k, v) in kv.into_iter().filter(|(k, _)| *k != "age_s") {
+            let expect = match &obj[k] {
+                Value::String(t) => t.clone(),
+                Value::Null => String::new(),
+                other => other.to_string(),
+            };
+            assert_eq!(v, expect, "{k} in {block}");
+        }
+    }
+
     // A held native area: its 64-bit sequence, as a string, exactly.
     let status_file = tmp.path().join("hold.status");
     let mut h = hold(

@@ -1,22 +1,48 @@
 //! `mmp status`: the state of each device, like e2mmpstatus, for any number of devices.
 
 use crate::exit::Exit;
+use crate::json::Obj;
 use crate::{Ctx, out, resolve, show};
-use mmp_linux::target;
+use mmp_linux::target::{self, Format};
 use std::path::PathBuf;
 
-pub(crate) fn status(c: &Ctx, json: bool, devices: &[PathBuf]) -> Exit {
+/// How `mmp status` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Output {
+    /// Lines for people.
+    Text,
+    /// One JSON object per device (docs/json.md).
+    Json,
+    /// The same keys as `KEY=VALUE` lines, an empty line after each device.
+    Export,
+}
+
+impl Output {
+    /// Prints one object (a record or an error).
+    fn object(self, o: Obj) {
+        match self {
+            Output::Json => outln!("{}", o.end()),
+            _ => outln!("{}", o.export()),
+        }
+    }
+
+    /// Prints an error: as an object, or as a line on stderr.
+    fn error(self, path: &str, format: Option<Format>, msg: &str) {
+        match self {
+            Output::Text => note!("mmp: {}", out::plain(msg)),
+            _ => self.object(out::error_obj("status", path, format, msg)),
+        }
+    }
+}
+
+pub(crate) fn status(c: &Ctx, output: Output, devices: &[PathBuf]) -> Exit {
     let mut code = Exit::Ok;
     for d in devices {
         let d = &match resolve::device(d) {
             Ok(d) => d,
             Err(msg) => {
                 code = Exit::Error;
-                if json {
-                    outln!("{}", out::error_json("status", &show(d), None, &msg));
-                } else {
-                    note!("mmp: {msg}");
-                }
+                output.error(&show(d), None, &msg);
                 continue;
             }
         };
@@ -27,49 +53,38 @@ pub(crate) fn status(c: &Ctx, json: bool, devices: &[PathBuf]) -> Exit {
                 let raw = t.read_record().map_err(|e| format!("{path}: {e}"))?;
                 Ok((t, raw))
             });
-        match res {
-            Ok((t, raw)) => {
-                if c.verbose && !json {
-                    note!("{path}: I/O mode {}", t.device.io_mode());
-                }
-                match mmp_core::machine::parse(&t.layout, &raw) {
-                    Ok(snap) => {
-                        let clean = snap.class() == mmp_core::machine::Class::Clean;
-                        if !clean {
-                            code = code.worst(Exit::Refused);
-                        }
-                        let mounted = t.device.is_mounted().ok().flatten();
-                        if json {
-                            outln!("{}", out::status_json(&path, &t, &snap, mounted.as_deref()));
-                        } else {
-                            outln!(
-                                "{}",
-                                out::status_lines(
-                                    &out::status_text(&path, &t, &snap, mounted.as_deref()),
-                                    out::terminal_width()
-                                )
-                            );
-                        }
-                    }
-                    Err(e) => {
-                        code = Exit::Error;
-                        let msg = format!("{path}: {e}");
-                        if json {
-                            outln!("{}", out::error_json("status", &path, Some(t.format), &msg));
-                        } else {
-                            note!("mmp: {msg}");
-                        }
-                    }
-                }
-            }
+        let (t, raw) = match res {
+            Ok(x) => x,
             Err(msg) => {
                 code = Exit::Error;
-                if json {
-                    outln!("{}", out::error_json("status", &path, None, &msg));
-                } else {
-                    note!("mmp: {}", out::plain(&msg));
-                }
+                output.error(&path, None, &msg);
+                continue;
             }
+        };
+        if c.verbose && output == Output::Text {
+            note!("{path}: I/O mode {}", t.device.io_mode());
+        }
+        let snap = match mmp_core::machine::parse(&t.layout, &raw) {
+            Ok(snap) => snap,
+            Err(e) => {
+                code = Exit::Error;
+                output.error(&path, Some(t.format), &format!("{path}: {e}"));
+                continue;
+            }
+        };
+        if snap.class() != mmp_core::machine::Class::Clean {
+            code = code.worst(Exit::Refused);
+        }
+        let mounted = t.device.is_mounted().ok().flatten();
+        match output {
+            Output::Text => outln!(
+                "{}",
+                out::status_lines(
+                    &out::status_text(&path, &t, &snap, mounted.as_deref()),
+                    out::terminal_width()
+                )
+            ),
+            _ => output.object(out::status_obj(&path, &t, &snap, mounted.as_deref())),
         }
     }
     code
