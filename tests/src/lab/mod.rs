@@ -692,6 +692,43 @@ impl Node {
         Ok(())
     }
 
+    /// Stalls this node's path to its disks and LUNs, or lets it go again: QMP
+    /// `block_set_io_throttle` at 1 byte per second on every drive, so each request waits
+    /// in QEMU's throttle queue (a 4 KiB request about an hour) as on a path whose I/O
+    /// hangs (a dead multipath queueing, a stuck HBA); at most one request per drive gets
+    /// through as the stall begins. `false` removes the limit: the queued requests go out,
+    /// late. The guest and its clocks run on.
+    ///
+    /// # Errors
+    /// When QMP refuses.
+    pub fn stall_storage(&mut self, stalled: bool) -> Result<()> {
+        let mut drives: Vec<String> = self
+            .spec
+            .disks
+            .iter()
+            .enumerate()
+            .map(|(i, d)| format!("d{i}-{}", d.name))
+            .collect();
+        drives.extend(
+            self.spec
+                .luns
+                .iter()
+                .enumerate()
+                .map(|(i, l)| format!("s{i}-{}", l.name)),
+        );
+        let bps = u64::from(stalled);
+        for d in drives {
+            self.qmp()?.execute(
+                "block_set_io_throttle",
+                Some(serde_json::json!({
+                    "device": d, "bps": bps, "bps_rd": 0, "bps_wr": 0,
+                    "iops": 0, "iops_rd": 0, "iops_wr": 0,
+                })),
+            )?;
+        }
+        Ok(())
+    }
+
     /// Per-disk I/O counts seen by QEMU (`query-blockstats`): what the guest issued.
     ///
     /// # Errors

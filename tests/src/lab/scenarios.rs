@@ -92,7 +92,7 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "comeback-with-reservations",
-        about: "the surprise comeback on an iSCSI LUN with `--fence scsi-pr`: the frozen owner's writes after the partner acquired, counted by QEMU, must be 0; acknowledged records survive (MMP_LAB_CYCLES cycles, roles alternate)",
+        about: "the surprise comeback on an iSCSI LUN with `--fence scsi-pr`: the frozen owner's writes after the partner acquired, counted by QEMU, must be 0; acknowledged records survive (MMP_LAB_CYCLES cycles, roles alternate; MMP_LAB_FAULTS=freeze,kill,power,stall picks the faults, in turn or at random with MMP_LAB_SEED: lab/soak)",
         smoke: true,
         shows_gap: false,
         run: comeback_with_reservations,
@@ -536,7 +536,11 @@ fn check_records(tag: &str, acked: &[u64], listing: &str) -> std::result::Result
 /// acknowledged record; the frozen node resumes and keeps trying to write. QEMU's
 /// per-drive counters are the witness: the old owner's successful writes to either LUN
 /// after the partner acquired must be 0. Roles alternate, so every cycle also re-acquires
-/// from a preempted node. `MMP_LAB_CYCLES` (default 2) sets the number of cycles.
+/// from a preempted node. `MMP_LAB_CYCLES` (default 2) sets the number of cycles,
+/// `MMP_LAB_CYCLES_MAX_SECS` a time budget, `MMP_LAB_FAULTS` the faults (default `freeze`;
+/// also `kill`: SIGKILL of the holder, `power`: power loss and a fresh boot, `stall`: the
+/// node's storage path hangs, [`Node::stall_storage`], and comes back after the takeover
+/// with its queued writes), in turn or at random with `MMP_LAB_SEED`.
 fn comeback_with_reservations(ctx: &Ctx, r: &mut Report) -> Result<()> {
     comeback_on_iscsi(ctx, r, true)
 }
@@ -605,16 +609,41 @@ fn comeback_on_iscsi(ctx: &Ctx, r: &mut Report, fence: bool) -> Result<()> {
         .filter(|f| !f.is_empty())
         .collect();
     for f in &faults {
-        if !["freeze", "kill", "power"].contains(&f.as_str()) {
-            return Err(
-                format!("MMP_LAB_FAULTS: unknown fault {f:?} (freeze, kill, power)").into(),
-            );
+        if !["freeze", "kill", "power", "stall"].contains(&f.as_str()) {
+            return Err(format!(
+                "MMP_LAB_FAULTS: unknown fault {f:?} (freeze, kill, power, stall)"
+            )
+            .into());
         }
     }
+    // In turn, or at random (reproducibly) with MMP_LAB_SEED.
+    let seed: Option<u64> = std::env::var("MMP_LAB_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    if let Some(s) = seed {
+        r.figure("fault order", format!("random, MMP_LAB_SEED={s}"));
+    }
+    let budget = std::env::var("MMP_LAB_CYCLES_MAX_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_secs);
+    let began = Instant::now();
+    let mut done = 0usize;
     let mut by_kind: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
     for cycle in 0..cycles {
+        if let Some(b) = budget.filter(|b| began.elapsed() > *b) {
+            eprintln!(
+                "    time budget MMP_LAB_CYCLES_MAX_SECS={} used up after {cycle} cycles",
+                b.as_secs()
+            );
+            break;
+        }
         let taker = 1 - owner;
-        let fault = faults[cycle % faults.len()].clone();
+        let pick = seed.map_or(cycle, |s| {
+            let x = mmp_core::rand::splitmix64_mix(s ^ (cycle as u64).wrapping_mul(0x9e37_79b9));
+            usize::try_from(x % faults.len() as u64).unwrap_or(0)
+        });
+        let fault = faults[pick].clone();
         *by_kind.entry(fault.clone()).or_default() += 1;
         std::thread::sleep(Duration::from_secs(3));
         if acks(&nodes[owner], &tag).is_empty() {
@@ -636,6 +665,9 @@ fn comeback_on_iscsi(ctx: &Ctx, r: &mut Report, fence: bool) -> Result<()> {
                     SHORT,
                 )?;
             }
+            // The path to the storage hangs; the node runs on (its holder's heartbeat
+            // I/O never completes: it self-fences when its lease ends).
+            "stall" => nodes[owner].stall_storage(true)?,
             _ => nodes[owner].power_off()?,
         }
         // Acknowledged records (the job folder is on the host: a frozen or dead node's
@@ -652,7 +684,7 @@ fn comeback_on_iscsi(ctx: &Ctx, r: &mut Report, fence: bool) -> Result<()> {
         let job = nodes[taker].spawn("takeover", &hold("--force "))?;
         let mut baseline = stats_before.clone();
         let j = loop {
-            if fault == "kill" {
+            if fault == "kill" || fault == "stall" {
                 baseline = nodes[owner].blockstats()?;
             }
             if let Some(res) = job.try_result()? {
@@ -710,6 +742,11 @@ fn comeback_on_iscsi(ctx: &Ctx, r: &mut Report, fence: bool) -> Result<()> {
                     }
                     nodes[owner].resume()?;
                 }
+                if fault == "stall" {
+                    // The path comes back: whatever the node queued goes out now, after
+                    // the partner acquired (late writes).
+                    nodes[owner].stall_storage(false)?;
+                }
                 std::thread::sleep(Duration::from_secs(10));
                 for s in &nodes[owner].blockstats()? {
                     if let Some(f) = baseline.iter().find(|f| f.device == s.device) {
@@ -742,6 +779,7 @@ fn comeback_on_iscsi(ctx: &Ctx, r: &mut Report, fence: bool) -> Result<()> {
         );
         owner = taker;
         tag = next_tag;
+        done += 1;
     }
     // The last owner releases cleanly: data unmounted, then the reservation, then CLEAN.
     let o = &mut nodes[owner];
@@ -754,7 +792,7 @@ fn comeback_on_iscsi(ctx: &Ctx, r: &mut Report, fence: bool) -> Result<()> {
         0,
         SHORT,
     )?;
-    r.figure("cycles (failovers)", cycles.to_string());
+    r.figure("cycles (failovers)", format!("{done} of {cycles}"));
     r.figure(
         "faults",
         by_kind
