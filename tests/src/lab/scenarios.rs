@@ -77,6 +77,13 @@ pub const SCENARIOS: &[Scenario] = &[
         run: ext4_kernel_vs_mmp,
     },
     Scenario {
+        name: "ext4-clean-race",
+        about: "the kernel's zero-wait race across kernels: two nodes mount a CLEAN ext4 MMP file system at the same moment, through plain `mount` (both may succeed) and through `mmp mount` (exactly one does), MMP_LAB_TRIALS times each",
+        smoke: false,
+        shows_gap: true,
+        run: ext4_clean_race,
+    },
+    Scenario {
         name: "watchdog-fences-frozen-holder",
         about: "i6300esb watchdog: a SIGSTOPped holder's node powers off before the partner takes over",
         smoke: true,
@@ -308,6 +315,142 @@ fn ext4_kernel_vs_mmp(ctx: &Ctx, r: &mut Report) -> Result<()> {
     )?;
     b.expect("mmp umount", "mmp umount /mnt/e", 0, SHORT)?;
     a.expect("clean at the end", "$T/e2mmpstatus /dev/vda", 0, SHORT)?;
+    Ok(())
+}
+
+/// Runs `cmd` on both nodes at the same moment: each job signals that it is ready, then
+/// busy-waits for its go file, which the host writes into both job folders at once (the
+/// start skew is a 9p round trip). Returns both results.
+fn at_once(nodes: &mut [Node], what: &str, cmd: &str, n: usize) -> Result<Vec<super::JobResult>> {
+    let mut jobs = Vec::new();
+    for node in nodes.iter_mut() {
+        let _ = std::fs::remove_file(node.job_file(&format!("go-{n}")));
+        let _ = std::fs::remove_file(node.job_file(&format!("ready-{n}")));
+        jobs.push(node.spawn(
+            what,
+            &format!(
+                ": >/jobs/ready-{n}
+while [ ! -e /jobs/go-{n} ]; do :; done
+s=$(now); {cmd}
+rc=$?; echo \"lab-took $s $(now)\"; exit $rc"
+            ),
+        )?);
+    }
+    let t = Instant::now();
+    while !nodes
+        .iter()
+        .all(|node| node.job_file(&format!("ready-{n}")).exists())
+    {
+        if t.elapsed() > SHORT {
+            return Err(format!("{what}: the jobs did not start").into());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for node in nodes.iter() {
+        std::fs::write(node.job_file(&format!("go-{n}")), "")?;
+    }
+    jobs.iter().map(|j| j.wait(LONG)).collect()
+}
+
+/// Lab scenario 2: the kernel's zero-wait race across kernels. The kernel claims a CLEAN
+/// MMP block without waiting (write, re-read at once: docs/protocol.md and the ext4 spec,
+/// "Why a CLEAN mount takes ~9 ms"), so two nodes that mount a cleanly unmounted file
+/// system at the same moment can both succeed. Each trial makes a fresh ext4 with MMP
+/// (interval 1 s) and starts the two mounts together; then the same with `mmp mount`
+/// (the full acquire before the hand-over to the kernel). Figures: trials in which both
+/// nodes had the file system mounted. The plain mounts show the gap; `mmp mount` must
+/// never let both in.
+fn ext4_clean_race(ctx: &Ctx, r: &mut Report) -> Result<()> {
+    let trials: usize = std::env::var("MMP_LAB_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let disk = Disk::create(&ctx.run_dir, "ext4", 64 * MIB)?;
+    let mut nodes = boot_pair(
+        ctx,
+        r,
+        NodeSpec::new("a", 0xa1, std::slice::from_ref(&disk)),
+        NodeSpec::new("b", 0xb2, std::slice::from_ref(&disk)),
+    )?;
+    let mut n = 0usize;
+    let mut both = [0usize; 2];
+    let mut one = [0usize; 2];
+    let mut mmp_times = Vec::new();
+    for (k, (label, cmd)) in [
+        ("mount", "mount -t ext4 /dev/vda /mnt/e"),
+        ("mmp mount", "mmp mount -t ext4 /dev/vda /mnt/e"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for trial in 0..trials {
+            n += 1;
+            nodes[0].expect(
+                "fresh ext4 with MMP",
+                "$T/mke2fs -q -F -t ext4 -O mmp -E mmp_update_interval=1 /dev/vda && mkdir -p /mnt/e",
+                0,
+                LONG,
+            )?;
+            nodes[1].expect("mount point", "mkdir -p /mnt/e", 0, SHORT)?;
+            let res = at_once(&mut nodes, label, cmd, n)?;
+            let ok = res.iter().filter(|j| j.rc == 0).count();
+            if k == 1 {
+                mmp_times.extend(
+                    res.iter()
+                        .filter(|j| j.rc == 0)
+                        .filter_map(|j| took(&j.out)),
+                );
+            }
+            match ok {
+                2 => both[k] += 1,
+                1 => one[k] += 1,
+                _ => {}
+            }
+            eprintln!(
+                "    {label} trial {trial}: exit a {} b {}{}",
+                res[0].rc,
+                res[1].rc,
+                if ok == 2 { " (both mounted)" } else { "" }
+            );
+            // Unmount wherever mounted (mmp umount for an mmp mount; a double mount is
+            // unmounted twice and the next trial starts from a fresh file system).
+            for node in nodes.iter_mut() {
+                node.run(
+                    "unmount",
+                    "if grep -q ' /mnt/e ' /proc/mounts; then mmp umount /mnt/e 2>/dev/null || umount /mnt/e; fi; true",
+                    SHORT,
+                )?;
+            }
+        }
+    }
+    r.figure(
+        "plain mount at once: trials with both nodes mounted",
+        format!("{} of {trials} ({} with one)", both[0], one[0]),
+    );
+    r.figure(
+        "mmp mount at once: trials with both nodes mounted",
+        format!("{} of {trials} ({} with one)", both[1], one[1]),
+    );
+    mmp_times.sort_by(f64::total_cmp);
+    if let Some(m) = mmp_times.get(mmp_times.len() / 2) {
+        r.secs("mmp mount of the winner (median, guest)", *m);
+    }
+    if both[1] > 0 {
+        r.verdict = Verdict::Fail(format!(
+            "mmp mount let both nodes mount in {} of {trials} trials",
+            both[1]
+        ));
+    } else if one[1] != trials {
+        r.verdict = Verdict::Fail(format!(
+            "mmp mount: exactly one node should mount in every trial; {} of {trials}",
+            one[1]
+        ));
+    } else if both[0] > 0 {
+        r.verdict = Verdict::Gap(format!(
+            "plain mount let both nodes mount a CLEAN ext4 MMP file system in {} of {trials} trials; mmp mount in none",
+            both[0]
+        ));
+    }
     Ok(())
 }
 
