@@ -16,7 +16,7 @@ use mmp_linux::procedure::{self, HandOver, Unproven};
 use mmp_linux::target;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
@@ -204,6 +204,33 @@ fn mount_ext4(c: &Ctx, a: &MountArgs, t: target::Target) -> Result<Exit, String>
     Ok(Exit::Ok)
 }
 
+/// The files `mmp mount` keeps for one mount point under the run directory: the holder's
+/// stdout, stderr (log), status file and state file.
+struct HolderFiles {
+    out: PathBuf,
+    log: PathBuf,
+    status: PathBuf,
+    holder: PathBuf,
+}
+
+impl HolderFiles {
+    fn new(rd: &Path, k: &str) -> HolderFiles {
+        HolderFiles {
+            out: rd.join(format!("{k}.out")),
+            log: rd.join(format!("{k}.log")),
+            status: rd.join(format!("{k}.status")),
+            holder: rd.join(format!("{k}.holder")),
+        }
+    }
+
+    /// Leaves nothing behind (a mount that did not happen).
+    fn remove_all(&self) {
+        for f in [&self.status, &self.out, &self.log, &self.holder] {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+}
+
 fn mount_native(c: &Ctx, a: &MountArgs, mmp_dev: &Path) -> Result<Exit, String> {
     c.check_hostid(target::Format::Native)?;
     let rd = run_dir();
@@ -234,93 +261,18 @@ fn mount_native(c: &Ctx, a: &MountArgs, mmp_dev: &Path) -> Result<Exit, String> 
             let _ = m.remove();
         }
     };
-    let outf = rd.join(format!("{k}.out"));
-    let logf = rd.join(format!("{k}.log"));
-    let statusf = rd.join(format!("{k}.status"));
-    let holderf = rd.join(format!("{k}.holder"));
-    let _ = std::fs::remove_file(&outf);
-    let _ = std::fs::remove_file(&holderf);
+    let files = HolderFiles::new(&rd, &k);
+    let _ = std::fs::remove_file(&files.out);
+    let _ = std::fs::remove_file(&files.holder);
     // Readiness comes over the systemd notify protocol (the holder sends READY=1 once every
     // device is held, fenced and declared acquired), on an abstract socket of our own.
     let (notify, notify_name) = notify_socket().map_err(|e| format!("notify socket: {e}"))?;
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut cmd = Command::new(exe);
-    cmd.arg("--hostid")
-        .arg(format!("0x{:08x}", c.hostid))
-        .arg("--nodename")
-        .arg(std::ffi::OsStr::from_bytes_compat(&c.nodename))
-        .arg("hold")
-        .arg("--on-loss")
-        .arg(&a.on_loss)
-        .arg("--status-file")
-        .arg(&statusf)
-        .arg("--state-file")
-        .arg(&holderf)
-        .env("NOTIFY_SOCKET", &notify_name);
-    if a.force {
-        cmd.arg("--force");
-    }
-    if let Some(kind) = &a.fence {
-        cmd.arg("--fence").arg(kind);
-    }
-    // The holder never releases while the data device is mounted here (SIGTERM from an
-    // admin or the OOM killer's neighbour must not tell other hosts the data is free).
-    cmd.arg("--guard").arg(&a.device);
-    if let Some(m) = &cut {
-        cmd.arg("--cut-io").arg(&m.name);
-    }
-    cmd.arg(mmp_dev);
-    let stdout = std::fs::File::create(&outf).map_err(|e| format!("{}: {e}", outf.display()))?;
-    let stderr = std::fs::File::create(&logf).map_err(|e| format!("{}: {e}", logf.display()))?;
-    {
-        use std::os::unix::process::CommandExt;
-        cmd.stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            .process_group(0);
-    }
-    let mut child = cmd.spawn().map_err(|e| {
+    let mut child = spawn_holder(c, a, mmp_dev, &files, cut.as_ref(), &notify_name)
+        .inspect_err(|_| drop_cut())?;
+    if let Some(code) = wait_ready(&mut child, &notify, &files)? {
+        files.remove_all();
         drop_cut();
-        format!("cannot start the holder: {e}")
-    })?;
-    let start = Instant::now();
-    let mut shown = 0usize;
-    // Wait for READY=1, relaying the holder's progress.
-    loop {
-        let mut text = String::new();
-        if let Ok(mut f) = std::fs::File::open(&logf) {
-            let _ = f.read_to_string(&mut text);
-            if text.len() > shown {
-                note_raw!("{}", &text[shown..]);
-                shown = text.len();
-            }
-        }
-        let mut msg = [0u8; 256];
-        if let Ok(n) = notify.recv(&mut msg)
-            && msg[..n].split(|&b| b == b'\n').any(|l| l == b"READY=1")
-        {
-            break;
-        }
-        if let Ok(Some(st)) = child.try_wait() {
-            let code = match st.code() {
-                Some(0 | 1) => Exit::Refused,
-                Some(3) => Exit::Lost,
-                _ => Exit::Error,
-            };
-            // Relay what the holder wrote last, then leave nothing behind in the run directory.
-            if let Ok(text) = std::fs::read_to_string(&logf) {
-                note_raw!("{}", text.get(shown..).unwrap_or_default());
-            }
-            for f in [&statusf, &outf, &logf, &holderf] {
-                let _ = std::fs::remove_file(f);
-            }
-            drop_cut();
-            return Ok(code);
-        }
-        if start.elapsed() > Duration::from_secs(3600) {
-            let _ = child.kill();
-            return Err("the holder did not acquire within an hour".into());
-        }
+        return Ok(code);
     }
     drop(notify);
     let source = cut
@@ -331,9 +283,7 @@ fn mount_native(c: &Ctx, a: &MountArgs, mmp_dev: &Path) -> Result<Exit, String> 
         stop_holder(child.id());
         let _ = child.wait();
         drop_cut();
-        for f in [&statusf, &outf, &logf, &holderf] {
-            let _ = std::fs::remove_file(f);
-        }
+        files.remove_all();
         return Err(format!("{}; released {}", e.trim_end(), show(mmp_dev)));
     }
     let abs = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
@@ -358,6 +308,102 @@ fn mount_native(c: &Ctx, a: &MountArgs, mmp_dev: &Path) -> Result<Exit, String> 
         state.display()
     );
     Ok(Exit::Ok)
+}
+
+/// Starts the detached holder (`mmp hold` in its own process group) of `mmp_dev` for the
+/// mount of `a`: it guards the data device (never CLEAN while it is mounted here), cuts
+/// I/O through `cut` on loss, and notifies `notify_name` when every device is held.
+fn spawn_holder(
+    c: &Ctx,
+    a: &MountArgs,
+    mmp_dev: &Path,
+    files: &HolderFiles,
+    cut: Option<&mmp_linux::dm::Mapping>,
+    notify_name: &str,
+) -> Result<Child, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("--hostid")
+        .arg(format!("0x{:08x}", c.hostid))
+        .arg("--nodename")
+        .arg(std::ffi::OsStr::from_bytes_compat(&c.nodename))
+        .arg("hold")
+        .arg("--on-loss")
+        .arg(&a.on_loss)
+        .arg("--status-file")
+        .arg(&files.status)
+        .arg("--state-file")
+        .arg(&files.holder)
+        .env("NOTIFY_SOCKET", notify_name);
+    if a.force {
+        cmd.arg("--force");
+    }
+    if let Some(kind) = &a.fence {
+        cmd.arg("--fence").arg(kind);
+    }
+    // The holder never releases while the data device is mounted here (SIGTERM from an
+    // admin or the OOM killer's neighbour must not tell other hosts the data is free).
+    cmd.arg("--guard").arg(&a.device);
+    if let Some(m) = cut {
+        cmd.arg("--cut-io").arg(&m.name);
+    }
+    cmd.arg(mmp_dev);
+    let stdout =
+        std::fs::File::create(&files.out).map_err(|e| format!("{}: {e}", files.out.display()))?;
+    let stderr =
+        std::fs::File::create(&files.log).map_err(|e| format!("{}: {e}", files.log.display()))?;
+    {
+        use std::os::unix::process::CommandExt;
+        cmd.stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .process_group(0);
+    }
+    cmd.spawn()
+        .map_err(|e| format!("cannot start the holder: {e}"))
+}
+
+/// Waits for the holder's READY=1, relaying its progress (its log) to stderr. `None` once
+/// ready; `Some(exit)` when the holder ended first (refused: 1, lost: 3, else an error),
+/// after relaying what it wrote last.
+fn wait_ready(
+    child: &mut Child,
+    notify: &std::os::unix::net::UnixDatagram,
+    files: &HolderFiles,
+) -> Result<Option<Exit>, String> {
+    let start = Instant::now();
+    let mut shown = 0usize;
+    loop {
+        let mut text = String::new();
+        if let Ok(mut f) = std::fs::File::open(&files.log) {
+            let _ = f.read_to_string(&mut text);
+            if text.len() > shown {
+                note_raw!("{}", &text[shown..]);
+                shown = text.len();
+            }
+        }
+        let mut msg = [0u8; 256];
+        if let Ok(n) = notify.recv(&mut msg)
+            && msg[..n].split(|&b| b == b'\n').any(|l| l == b"READY=1")
+        {
+            return Ok(None);
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            let code = match st.code() {
+                Some(0 | 1) => Exit::Refused,
+                Some(3) => Exit::Lost,
+                _ => Exit::Error,
+            };
+            if let Ok(text) = std::fs::read_to_string(&files.log) {
+                note_raw!("{}", text.get(shown..).unwrap_or_default());
+            }
+            return Ok(Some(code));
+        }
+        if start.elapsed() > Duration::from_secs(3600) {
+            let _ = child.kill();
+            return Err("the holder did not acquire within an hour".into());
+        }
+    }
 }
 
 /// A state file for `dir` exists already. Its holder still runs: refuse (unmount first).
@@ -589,50 +635,62 @@ fn umount_holder(arg: &Path) -> Result<Exit, String> {
         );
         return Ok(Exit::Ok);
     };
-    let files = |st: &MountState| {
-        ["state", "out", "log", "status", "holder"].map(|f| rd.join(format!("{}.{f}", st.key)))
-    };
-    if !is_our_holder(&st) {
-        // A holder told to stop while the data was mounted (`--guard`) releases by itself as
-        // soon as the unmount above is done, and may have exited already.
-        let ended = holder_exit(&rd.join(format!("{}.holder", st.key)));
-        if ended == Some(0) {
-            for f in files(&st) {
-                let _ = std::fs::remove_file(f);
-            }
-            outln!(
-                "unmounted {} and released the MMP device {}",
-                show(&st.dir),
-                show(&st.mmp_device)
-            );
-            return Ok(Exit::Ok);
-        }
-        let log = std::fs::read_to_string(rd.join(format!("{}.log", st.key))).unwrap_or_default();
-        for f in files(&st) {
-            let _ = std::fs::remove_file(f);
-        }
-        if !log.is_empty() {
-            note_raw!("{log}");
-        }
-        // The holder ended on a loss (its state file says exit 3): exit 3, as it did.
-        if ended == Some(3) {
-            note!(
-                "mmp: unmounted {}; its holder had lost {} (see above) and exited",
-                show(&st.dir),
-                show(&st.mmp_device)
-            );
-            return Ok(Exit::Lost);
-        }
-        return Err(format!(
-            "unmounted {}, but its holder (pid {}) is no longer running (the pid is gone or \
-             belongs to another process now, which was left alone): {} was not released; \
-             check it with `mmp status {}`",
-            show(&st.dir),
-            st.pid,
-            show(&st.mmp_device),
-            show(&st.mmp_device)
-        ));
+    if is_our_holder(&st) {
+        stop_and_report(&rd, &st)
+    } else {
+        report_gone_holder(&rd, &st)
     }
+}
+
+/// The run directory's files of the mount `st` (state, holder output, log, status, state
+/// file).
+fn state_files(rd: &Path, st: &MountState) -> [PathBuf; 5] {
+    ["state", "out", "log", "status", "holder"].map(|f| rd.join(format!("{}.{f}", st.key)))
+}
+
+/// After the unmount, when `st`'s holder is no longer our process: a holder told to stop
+/// while the data was mounted (`--guard`) releases by itself as soon as the unmount is
+/// done and may have exited already; its state file says how it ended.
+fn report_gone_holder(rd: &Path, st: &MountState) -> Result<Exit, String> {
+    let ended = holder_exit(&rd.join(format!("{}.holder", st.key)));
+    let log = std::fs::read_to_string(rd.join(format!("{}.log", st.key))).unwrap_or_default();
+    for f in state_files(rd, st) {
+        let _ = std::fs::remove_file(f);
+    }
+    if ended == Some(0) {
+        outln!(
+            "unmounted {} and released the MMP device {}",
+            show(&st.dir),
+            show(&st.mmp_device)
+        );
+        return Ok(Exit::Ok);
+    }
+    if !log.is_empty() {
+        note_raw!("{log}");
+    }
+    // The holder ended on a loss (its state file says exit 3): exit 3, as it did.
+    if ended == Some(3) {
+        note!(
+            "mmp: unmounted {}; its holder had lost {} (see above) and exited",
+            show(&st.dir),
+            show(&st.mmp_device)
+        );
+        return Ok(Exit::Lost);
+    }
+    Err(format!(
+        "unmounted {}, but its holder (pid {}) is no longer running (the pid is gone or \
+         belongs to another process now, which was left alone): {} was not released; \
+         check it with `mmp status {}`",
+        show(&st.dir),
+        st.pid,
+        show(&st.mmp_device),
+        show(&st.mmp_device)
+    ))
+}
+
+/// After the unmount: stops `st`'s holder (it releases CLEAN now that the data is
+/// unmounted), waits up to 30 s, and reports how it ended (its state file).
+fn stop_and_report(rd: &Path, st: &MountState) -> Result<Exit, String> {
     stop_holder(st.pid);
     let start = Instant::now();
     while alive(st.pid) && start.elapsed() < Duration::from_secs(30) {
@@ -647,7 +705,7 @@ fn umount_holder(arg: &Path) -> Result<Exit, String> {
             rd.display()
         ));
     }
-    for f in files(&st) {
+    for f in state_files(rd, st) {
         let _ = std::fs::remove_file(f);
     }
     match ended {
