@@ -217,18 +217,14 @@ fn json_is_one_schema() {
     super::cli::write_at(&corrupt, 0, &b);
 
     // status: records and errors of every sort, one line each.
-    let o = mmp_run(
-        &[
-            "status",
-            "--json",
-            s(&dev),
-            "/nonexistent",
-            s(&bad),
-            s(&corrupt),
-            "LABEL=no-such-label-here",
-        ],
-        T_SHORT,
-    );
+    let devices = [
+        s(&dev),
+        "/nonexistent",
+        s(&bad),
+        s(&corrupt),
+        "LABEL=no-such-label-here",
+    ];
+    let o = mmp_run(&[&["status", "--json"][..], &devices].concat(), T_SHORT);
     o.expect(2, "status --json");
     let lines: Vec<Value> = o
         .stdout
@@ -248,21 +244,10 @@ fn json_is_one_schema() {
     );
     assert_eq!(lines[1]["format"], "unknown");
 
-    // --export: the same keys, one KEY=VALUE line each (strings as their
-    // text, null as nothing, other values as JSON), an empty line after each device. (The
-    // age differs between the two runs.)
-    let o = mmp_run(
-        &[
-            "status",
-            "--export",
-            s(&dev),
-            "/nonexistent",
-            s(&bad),
-            s(&corrupt),
-            "LABEL=no-such-label-here",
-        ],
-        T_SHORT,
-    );
+    // --export: the same keys, one KEY=VALUE line each (strings as their text, null as
+    // nothing, other values as JSON), an empty line after each device. (The age differs
+    // between the two runs.)
+    let o = mmp_run(&[&["status", "--export"][..], &devices].concat(), T_SHORT);
     o.expect(2, "status --export");
     let blocks: Vec<&str> = o
         .stdout
