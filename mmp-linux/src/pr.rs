@@ -1728,8 +1728,9 @@ impl std::error::Error for DeviceFenceError {}
 ///
 /// 1. [`Fence::open`] before anything is written: each device must take persistent
 ///    reservations (a clear error otherwise, and nothing is written anywhere);
-/// 2. [`Fence::prepare`] (register) before the MMP claim can be written, so a claim on a LUN
-///    a crashed owner still reserves is not refused by the storage;
+/// 2. [`Fence::prepare`] (register, on the MMP devices only) before the MMP claim can be
+///    written, so a claim on a LUN a crashed owner still reserves is not refused by the
+///    storage; the data devices stay closed to this host until step 3;
 /// 3. [`Fence::acquire`] once every MMP device is acquired (activity test passed, claim
 ///    verified) and before the data is used: reserve, preempt the previous owner, remove
 ///    every other registration;
@@ -1741,7 +1742,11 @@ impl std::error::Error for DeviceFenceError {}
 #[derive(Debug)]
 pub struct Fence<T: Transport = SgIo> {
     own_key: u64,
+    /// The MMP devices first, then the data devices.
     devices: Vec<(String, Pr<T>)>,
+    /// How many of `devices` are MMP devices (registered by [`Fence::prepare`]); the data
+    /// devices get our key only in [`Fence::acquire`].
+    mmp_devices: usize,
 }
 
 impl Fence<SgIo> {
@@ -1753,14 +1758,21 @@ impl Fence<SgIo> {
     /// there is none); the first device that cannot be opened or read, with its error
     /// ([`PrError::NotScsi`] for files, loop devices, virtio-blk, NVMe; [`PrError::NotSupported`]
     /// for SCSI devices without persistent reservations).
-    pub fn open(devices: &[(String, &Path)], hostid: u32) -> Result<Self, DeviceFenceError> {
-        let first = devices.first().map_or("hostid", |(n, _)| n.as_str());
+    ///
+    /// `mmp` are the MMP devices, `data` the data devices they protect (registered only
+    /// once the MMP devices are acquired, [`Fence::acquire`]).
+    pub fn open(
+        mmp: &[(String, &Path)],
+        data: &[(String, &Path)],
+        hostid: u32,
+    ) -> Result<Self, DeviceFenceError> {
+        let first = mmp.first().map_or("hostid", |(n, _)| n.as_str());
         let own_key = key_for_hostid(hostid).ok_or_else(|| DeviceFenceError {
             device: first.to_owned(),
             error: FenceError::BadKey(0),
         })?;
-        let mut prs = Vec::with_capacity(devices.len());
-        for (name, path) in devices {
+        let mut prs = Vec::with_capacity(mmp.len() + data.len());
+        for (name, path) in mmp.iter().chain(data) {
             let err = |step, error| DeviceFenceError {
                 device: name.clone(),
                 error: FenceError::Command { step, error },
@@ -1769,15 +1781,23 @@ impl Fence<SgIo> {
             pr.read_keys().map_err(|e| err("READ KEYS", e))?;
             prs.push((name.clone(), pr));
         }
-        Ok(Self::new(own_key, prs))
+        let data = prs.split_off(mmp.len());
+        Ok(Self::new(own_key, prs, data))
     }
 }
 
 impl<T: Transport> Fence<T> {
-    /// A fence over already opened devices.
+    /// A fence over already opened devices: the MMP devices and the data devices.
     #[must_use]
-    pub const fn new(own_key: u64, devices: Vec<(String, Pr<T>)>) -> Self {
-        Self { own_key, devices }
+    pub fn new(own_key: u64, mmp: Vec<(String, Pr<T>)>, data: Vec<(String, Pr<T>)>) -> Self {
+        let mmp_devices = mmp.len();
+        let mut devices = mmp;
+        devices.extend(data);
+        Self {
+            own_key,
+            devices,
+            mmp_devices,
+        }
     }
 
     /// The key this host registers.
@@ -1806,12 +1826,24 @@ impl<T: Transport> Fence<T> {
             .collect()
     }
 
-    /// Registers our key on every device ([`fence_prepare`]).
+    /// Registers our key on every MMP device ([`fence_prepare`]), so that our claim can be
+    /// written under a crashed owner's reservation. Not on the data devices: under a
+    /// registrants-only reservation a registered host may write, and a host that has not
+    /// acquired yet may still have a stale mount of the data (a node that was frozen past a
+    /// takeover and comes back, while something starts a new acquire on it); the data
+    /// devices get our key in [`Fence::acquire`], after the MMP acquire.
     ///
     /// # Errors
     /// The first device that failed.
     pub fn prepare(&self) -> Result<(), DeviceFenceError> {
-        self.each(|pr| fence_prepare(pr, self.own_key)).map(|_| ())
+        self.devices[..self.mmp_devices]
+            .iter()
+            .try_for_each(|(name, pr)| {
+                fence_prepare(pr, self.own_key).map_err(|error| DeviceFenceError {
+                    device: name.clone(),
+                    error,
+                })
+            })
     }
 
     /// Takes every device's reservation ([`fence_acquire`]); call only after MMP acquired

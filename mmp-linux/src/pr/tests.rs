@@ -1101,12 +1101,14 @@ fn fence_of(
     luns: &[&std::rc::Rc<std::cell::RefCell<Target>>],
     id: usize,
 ) -> Fence<Nexus> {
-    let devices = luns
+    let mut mmp: Vec<_> = luns
         .iter()
         .enumerate()
         .map(|(i, t)| (format!("lun{i}"), host(t, id)))
         .collect();
-    Fence::new(key, devices)
+    // The first LUN holds the MMP area; the others are data.
+    let data = mmp.split_off(1);
+    Fence::new(key, mmp, data)
 }
 
 #[test]
@@ -1130,6 +1132,10 @@ fn a_hold_fence_takes_every_lun_and_the_old_owner_writes_none() {
     // verifies, then takes over every LUN.
     b.prepare().unwrap();
     assert!(area.borrow().may_write(2), "B's claim write is allowed");
+    assert!(
+        !data.borrow().may_write(2),
+        "B may not write the data before it acquired (a stale mount of it would)"
+    );
     let got = b.acquire().unwrap();
     assert!(got.iter().all(|(_, g)| g.took_over == Some(A)));
     for t in [&area, &data] {
@@ -1184,4 +1190,36 @@ fn a_hold_fence_names_the_device_that_failed() {
         e.to_string()
             .starts_with("lun1: reservation key 0x0000000000001234")
     );
+}
+
+/// Found in the lab (`pacemaker-comeback-with-reservations`, cycle 18 of a soak): a node
+/// frozen past its partner's takeover comes back with its XFS still mounted, and a new
+/// acquire starts on it (the cluster restarting the resource there) before the stale mount
+/// is gone. Registering on the data LUN at that point would make the stale mount a
+/// registrant again, and its writes would land under the partner's reservation. The new
+/// acquire registers on the MMP LUN only; the data LUN stays closed to it.
+#[test]
+fn a_new_acquire_on_a_preempted_node_opens_no_data_lun() {
+    let (area, data) = (Target::shared(), Target::shared());
+    let a = fence_of(A, &[&area, &data], 1);
+    let b = fence_of(B, &[&area, &data], 2);
+    a.prepare().unwrap();
+    a.acquire().unwrap();
+    b.prepare().unwrap();
+    b.acquire().unwrap();
+    assert!(!data.borrow().may_write(1), "A preempted");
+    // A comes back; a new hold starts on it and registers before its activity test.
+    let a2 = fence_of(A, &[&area, &data], 1);
+    a2.prepare().unwrap();
+    assert!(
+        !data.borrow().may_write(1),
+        "the data LUN must refuse A's stale mount while A has not acquired"
+    );
+    assert_eq!(data.borrow().keys(), vec![B]);
+    // Its activity test sees B alive: it withdraws, and B keeps everything.
+    assert!(a2.withdraw().is_empty());
+    for t in [&area, &data] {
+        assert_eq!(t.borrow().holder(), Some((B, FENCE_TYPE)));
+        assert_eq!(t.borrow().keys(), vec![B]);
+    }
 }

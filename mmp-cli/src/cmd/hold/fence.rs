@@ -17,8 +17,10 @@ pub(super) struct Fencing {
 
 impl Fencing {
     /// Opens the persistent-reservation fence over the MMP devices and the guarded devices
-    /// and registers our key (the MMP claim may have to be written under a crashed owner's
-    /// reservation). Nothing is written to any MMP block before this succeeds.
+    /// and registers our key on the MMP devices (the MMP claim may have to be written under
+    /// a crashed owner's reservation); the guarded devices get it only with the reservation,
+    /// after the acquire ([`Fencing::take`]). Nothing is written to any MMP block before this
+    /// succeeds.
     pub(super) fn open(
         c: &Ctx,
         devices: &[PathBuf],
@@ -32,16 +34,22 @@ impl Fencing {
                     .unwrap_or("set one with `mmp hostid --set` or --hostid")
             ));
         }
+        // The MMP devices, then the guarded data devices not already among them.
         let mut named: Vec<(String, &Path)> = Vec::new();
-        for d in devices.iter().chain(guards) {
+        let mut mmp_devices = 0;
+        for (i, d) in devices.iter().chain(guards).enumerate() {
             let k = crate::resolve::device_key(d);
             if !named.iter().any(|(_, p)| {
                 *p == d.as_path() || (k.is_some() && crate::resolve::device_key(p) == k)
             }) {
                 named.push((show(d), d.as_path()));
+                if i < devices.len() {
+                    mmp_devices = named.len();
+                }
             }
         }
-        let fence = pr::Fence::open(&named, c.hostid).map_err(|e| {
+        let (mmp, data) = named.split_at(mmp_devices);
+        let fence = pr::Fence::open(mmp, data, c.hostid).map_err(|e| {
             format!(
                 "--fence scsi-pr: {e}. Persistent reservations need a SCSI device (iSCSI, FC, \
                  SAS, a SCSI pass-through disk); nothing was written"
