@@ -31,7 +31,8 @@ Examples:
   mmp status /dev/mapper/ost0            # one read, never writes, never waits
   mmp check /dev/mapper/ost0             # full activity test, never writes
   mmp hold /dev/mapper/ost0 /dev/mapper/ost1   # acquire both, heartbeat until SIGTERM
-  mmp run /dev/sdc1 -- mount /dev/sdb /mnt     # hold the native area sdc1 while a command runs
+  mmp run /dev/sdc1 -- make-backup.sh          # hold the native area sdc1 while a command runs
+  mmp mount -t xfs --mmp-device /dev/sdc1 /dev/sdb /mnt   # a mount held until `mmp umount`
   mmp format --interval-ms 100 /dev/sdc1       # native MMP area on a small partition
   mmp demo                                     # two hosts on a temporary file";
 

@@ -962,3 +962,63 @@ fn admin_messages_are_plain() {
         assert_eq!(hash_file(&dev), h, "nothing written");
     }
 }
+
+/// `mmp mount` refuses before anything is written: a data device this host already has
+/// mounted outside mmp (exit 1, it would be mounted twice with its first mount unprotected),
+/// and the native area itself given as the data device (exit 2, with the `--mmp-device`
+/// form). The area is byte for byte unchanged.
+#[test]
+fn loop_mount_refuses_a_mounted_data_device_and_the_area_itself() {
+    if !loop_ready() {
+        return;
+    }
+    let tmp = tmpdir();
+    let Some(MountRig {
+        area: mmp_area,
+        lo,
+        dir,
+        rd,
+    }) = mount_rig(tmp.path())
+    else {
+        return;
+    };
+    let m = |args: &[&str]| {
+        let mut c = mmp(args);
+        c.env("MMP_RUN_DIR", &rd);
+        run(c, Duration::from_secs(30))
+    };
+    let before = fs::read(&mmp_area).expect("area");
+    let other = tmp.path().join("other");
+    fs::create_dir_all(&other).expect("other");
+    let mut c = Command::new("mount");
+    c.arg(&lo.dev).arg(&other);
+    run(c, Duration::from_secs(30)).expect(0, "plain mount");
+    let o = m(&[
+        "--hostid",
+        A,
+        "mount",
+        "-t",
+        "ext4",
+        "--mmp-device",
+        s(&mmp_area),
+        s(&lo.dev),
+        s(&dir),
+    ]);
+    let mut c = Command::new("umount");
+    c.arg(&other);
+    run(c, Duration::from_secs(30)).expect(0, "umount");
+    o.expect(1, "mmp mount of a data device mounted here");
+    assert!(
+        o.stderr.contains("already mounted on this host"),
+        "{}",
+        o.show()
+    );
+    let o = m(&["--hostid", A, "mount", s(&mmp_area), s(&dir)]);
+    o.expect(2, "mmp mount of the area itself");
+    assert!(o.stderr.contains("--mmp-device"), "{}", o.show());
+    assert_eq!(
+        fs::read(&mmp_area).expect("area"),
+        before,
+        "nothing written"
+    );
+}

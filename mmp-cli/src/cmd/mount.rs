@@ -131,6 +131,13 @@ pub(crate) fn mount(c: &Ctx, a: &MountArgs) -> Result<Exit, String> {
     })?;
     match t.format {
         target::Format::Ext4 => mount_ext4(c, a, t),
+        // The area itself as the data device: a mount of it could only fail, after a claim.
+        target::Format::Native if a.mmp_device.is_none() => Err(format!(
+            "{} is a native MMP area, not a file system: protect the data device with it, \
+             `mmp mount --mmp-device {} DATA DIR`; nothing was written",
+            show(&a.device),
+            show(&a.device)
+        )),
         target::Format::Native => mount_native(c, a, &mmp_dev),
     }
 }
@@ -244,6 +251,19 @@ fn mount_native(c: &Ctx, a: &MountArgs, mmp_dev: &Path) -> Result<Exit, String> 
         && let Some(msg) = crate::local::held_here(c, &t, mmp_dev)
     {
         note!("mmp: {msg}");
+        return Ok(Exit::Refused);
+    }
+    // A data device already mounted here (outside mmp) would be mounted twice, and
+    // its first mount is not protected: refuse before anything is written.
+    if let Ok(Some(mp)) = mmp_linux::blockdev::Device::open(&a.device, false)
+        .map_err(|e| e.to_string())
+        .and_then(|d| d.is_mounted().map_err(|e| e.to_string()))
+    {
+        note!(
+            "mmp: {} is already mounted on this host at {mp}; unmount it first \
+             (nothing was written)",
+            show(&a.device)
+        );
         return Ok(Exit::Refused);
     }
     // The cut-off mapping first: an error here leaves nothing written.
