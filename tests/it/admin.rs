@@ -1022,3 +1022,37 @@ fn loop_mount_refuses_a_mounted_data_device_and_the_area_itself() {
         "nothing written"
     );
 }
+
+/// A holder's state or status file that cannot be written is an error before anything is
+/// written (an agent waiting on it would otherwise wait forever).
+#[test]
+fn hold_refuses_an_unwritable_state_or_status_file() {
+    let tmp = tmpdir();
+    let a = area(tmp.path(), "a.img", &["--interval-ms", "100"]);
+    let before = fs::read(&a).expect("area");
+    for flag in ["--state-file", "--status-file"] {
+        let o = mmp_run(
+            &[
+                "--hostid",
+                A,
+                "hold",
+                "--no-realtime",
+                flag,
+                "/nonexistent-dir/x",
+                s(&a),
+            ],
+            T_SHORT,
+        );
+        o.expect(2, flag);
+        assert!(
+            o.stderr.contains(flag) && o.stderr.contains("nothing was written"),
+            "{}",
+            o.show()
+        );
+        assert_eq!(
+            fs::read(&a).expect("area"),
+            before,
+            "{flag}: nothing written"
+        );
+    }
+}

@@ -810,7 +810,12 @@ fn comeback_on_iscsi(ctx: &Ctx, r: &mut Report, fence: bool) -> Result<()> {
             }
             // The path to the storage hangs; the node runs on (its holder's heartbeat
             // I/O never completes: it self-fences when its lease ends).
-            "stall" => nodes[owner].stall_storage(true)?,
+            // As the stall begins one request per drive may still get through: let it land
+            // before the partner starts watching (it would see one last heartbeat).
+            "stall" => {
+                nodes[owner].stall_storage(true)?;
+                std::thread::sleep(Duration::from_secs(3));
+            }
             _ => nodes[owner].power_off()?,
         }
         // Acknowledged records (the job folder is on the host: a frozen or dead node's

@@ -13,8 +13,8 @@ mod report;
 mod run;
 mod setup;
 
-use crate::Ctx;
 use crate::exit::Exit;
+use crate::{Ctx, show};
 use clap::Args;
 use holder::Holder;
 use report::StateFile;
@@ -130,6 +130,18 @@ fn parse_loss(s: &str) -> Result<LossAction, String> {
     }
 }
 
+/// Whether `path` can be written as the holder writes it (through `PATH.tmp`, renamed).
+fn check_writable(path: &std::path::Path) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, b"")?;
+    std::fs::remove_file(&tmp)?;
+    if path.is_dir() {
+        return Err(std::io::Error::from(std::io::ErrorKind::IsADirectory));
+    }
+    Ok(())
+}
+
 /// `hold` (command = None) and `run`, keeping `--state-file` up to date around them.
 pub(crate) fn hold(
     c: &Ctx,
@@ -137,6 +149,21 @@ pub(crate) fn hold(
     devices: &[PathBuf],
     command: Option<&[String]>,
 ) -> Result<Exit, String> {
+    // An agent waits on these files: one that cannot be written is an error before
+    // anything else, not a silent gap.
+    for (flag, path) in [
+        ("--state-file", &opts.state_file),
+        ("--status-file", &opts.status_file),
+    ] {
+        if let Some(p) = path {
+            check_writable(p).map_err(|e| {
+                format!(
+                    "{flag} {}: cannot write it: {e}; nothing was written",
+                    show(p)
+                )
+            })?;
+        }
+    }
     let state = StateFile(opts.state_file.as_deref());
     state.write("starting", None);
     let res = hold_inner(c, opts, devices, command, &state);
