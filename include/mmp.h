@@ -1250,9 +1250,11 @@ uint32_t mmp_version_number(void);
 
 /**
  * Registers this host's reservation key (`0x6d6d7000` and the hostid; `hostid` 0 means
- * this host's) on each of the `n` devices `paths`: the MMP device and the data devices it
- * protects. Call it before `mmp_device_acquire`: under a crashed owner's reservation only
- * a registered host can write its claim. Idempotent.
+ * this host's) on the MMP device `paths[0]`; `paths[1..n]` are the data devices it
+ * protects, checked here but registered only by `mmp_fence_acquire` (a registered host
+ * may write under the reservation, and a host that has not acquired must not: it may
+ * still have a stale mount of the data). Call it before `mmp_device_acquire`: under a
+ * crashed owner's reservation only a registered host can write its claim. Idempotent.
  *
  * # Errors
  * `MMP_RESULT_NOT_SCSI` (checked on every device before anything is registered),
@@ -1267,8 +1269,9 @@ uint32_t mmp_version_number(void);
 mmp_result mmp_fence_register(const char *const *paths, size_t n, uint32_t hostid);
 
 /**
- * Takes a Write Exclusive – Registrants Only reservation on each device, preempting the
- * previous owner's key and removing every other registration. Call it only after
+ * Registers our key on each device and takes a Write Exclusive – Registrants Only
+ * reservation on it, preempting the previous owner's key and removing every other
+ * registration. Call it only after
  * `mmp_device_acquire` returned `MMP_RESULT_OK` (the activity test proved the previous
  * owner gone), and before the data is used. From then on the storage refuses every
  * write of any other host.
