@@ -1056,3 +1056,32 @@ fn hold_refuses_an_unwritable_state_or_status_file() {
         );
     }
 }
+
+/// `clear --force` of a device this host's own holder heartbeats is refused (exit 1),
+/// nothing written, the holder keeps its device.
+#[test]
+fn clear_refuses_a_device_held_on_this_host() {
+    let tmp = tmpdir();
+    let a = area(tmp.path(), "a.img", &["--interval-ms", "100"]);
+    let mut holder = mmp_tests::hold_until_acquired("0x7e57c21", "clear-here", &a);
+    let o = mmp_run(
+        &[
+            "--hostid",
+            "0x7e57c21",
+            "--nodename",
+            "clear-here",
+            "clear",
+            "--force",
+            s(&a),
+        ],
+        T_SHORT,
+    );
+    o.expect(1, "clear --force of a device held here");
+    assert!(o.stderr.contains("already held here"), "{}", o.show());
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        mmp_tests::term_and_wait(&mut holder),
+        Some(0),
+        "the holder kept its device and released it"
+    );
+}

@@ -16,6 +16,14 @@ pub(crate) fn clear(c: &Ctx, force: bool, device: &Path) -> Result<Exit, String>
         ));
     }
     let t = open_for_clear(device)?;
+    // A holder on this host (the kernel's kmmpd, or an mmp holder of this identity) would
+    // only be told its device is free: refuse, as `hold` does, before anything is written.
+    if let Some(msg) = crate::cmd::check::mounted_here(&t, &path)
+        .or_else(|| crate::local::held_here(c, &t, device))
+    {
+        note!("mmp: {msg}; not clearing (nothing was written)");
+        return Ok(Exit::Refused);
+    }
     if t.format == target::Format::Native
         && let Ok(raw) = t.read_record()
         && mmp_core::machine::parse(&t.layout, &raw).is_err()
