@@ -103,6 +103,7 @@ fn loop_cli_pr_on_a_loop_device_is_a_clear_error() {
         "{}",
         out.show()
     );
+    assert!(!out.stderr.contains("os error"), "{}", out.show());
 }
 
 /// `--fence scsi-pr` on devices that cannot take reservations: a clear error, exit 2,

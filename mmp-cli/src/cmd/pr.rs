@@ -73,7 +73,7 @@ pub(crate) fn pr(c: &Ctx, args: &PrArgs) -> Result<Exit, String> {
                         .raw("not_scsi", matches!(e, PrError::NotScsi(_)));
                     outln!("{}", o.end());
                 } else {
-                    note!("mmp: {msg}");
+                    note!("mmp: {}", out::plain(&msg));
                 }
             }
         }
