@@ -232,6 +232,16 @@ fn loop_mount_xfs_with_native_partition() {
         "host-b",
         &["mount", "-t", "xfs", "--mmp-device", m, d, &m2],
     );
+    // (On one kernel the data device is mounted "here" already: that refusal comes first,
+    // before anything is written.)
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("already mounted on this host"),
+        "{}",
+        text(&o)
+    );
+    // The MMP refusal itself names the owner.
+    let o = mmp(rd, "0xb2", "host-b", &["hold", "--no-realtime", m]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("host-a"), "names the owner: {}", text(&o));
     // Unmount releases.
