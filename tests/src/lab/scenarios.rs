@@ -782,7 +782,7 @@ fn comeback_on_iscsi(ctx: &Ctx, r: &mut Report, fence: bool) -> Result<()> {
             break;
         }
         let taker = 1 - owner;
-        let pick = seed.map_or(cycle, |s| {
+        let pick = seed.map_or(cycle % faults.len(), |s| {
             let x = mmp_core::rand::splitmix64_mix(s ^ (cycle as u64).wrapping_mul(0x9e37_79b9));
             usize::try_from(x % faults.len() as u64).unwrap_or(0)
         });
