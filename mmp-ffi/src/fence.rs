@@ -16,6 +16,11 @@
 //! }
 //! ```
 //!
+//! `mmp_fence_release` hands the devices over: the reservation stays with this host until
+//! the next owner preempts it, so a host that was preempted earlier (a stale mount on a
+//! node that was frozen past a takeover) cannot write in between. `mmp pr --release` gives
+//! a device up for good.
+//!
 //! The calls keep no state: each opens the devices (`SG_IO`, root), runs its step on all
 //! of them in order and closes them. A heartbeat refused with RESERVATION CONFLICT after
 //! another host preempted this one is reported as the loss `MMP_LOSS_PREEMPTED`.
@@ -97,7 +102,7 @@ unsafe fn run(
     match step {
         Step::Register => fence.prepare().map_err(|e| fence_result(&e)),
         Step::Acquire => fence.acquire().map(|_| ()).map_err(|e| fence_result(&e)),
-        Step::Release => match fence.release().first() {
+        Step::Release => match fence.hand_over().1.first() {
             None => Ok(()),
             Some(e) => Err(fence_result(e)),
         },
@@ -141,7 +146,7 @@ pub unsafe extern "C" fn mmp_fence_register(
 /// As `mmp_fence_register`; `MMP_RESULT_FENCE_FAILED` when a key of other software holds a
 /// device (never preempted), another host preempted ours meanwhile, or the reservation
 /// kept changing. Devices before the failing one may hold our reservation: call
-/// `mmp_fence_release`.
+/// `mmp_fence_release` (which keeps it for the next owner to preempt).
 ///
 /// # Safety
 /// As `mmp_fence_register`.
@@ -155,11 +160,15 @@ pub unsafe extern "C" fn mmp_fence_acquire(
     ffi_boundary!({ unsafe { run(paths, n, hostid, Step::Acquire) } })
 }
 
-/// Gives the devices up: releases our reservation and removes our registration on each
-/// (every device is tried; the first failure is returned). Call it after the data is
-/// quiesced and before `mmp_device_release` writes CLEAN, or after an acquire that did not
-/// succeed. Never after a loss: the reservation then stays until the next owner preempts
-/// it. Idempotent; harmless when another host preempted us.
+/// Hands the devices over (every device is tried; the first failure is returned): where
+/// this host holds the reservation, it and our registration stay until the next owner
+/// preempts them after its MMP acquire, as after a crash; elsewhere our registration is
+/// removed. Keeping the reservation means no host that was preempted earlier (a stale
+/// mount on a node frozen past a takeover) can write between this release and the next
+/// owner's acquire. Call it after the data is quiesced and before `mmp_device_release`
+/// writes CLEAN, or after an acquire that did not succeed. Not needed after a loss.
+/// Idempotent; harmless when another host preempted us. `mmp pr --release` gives a device
+/// up for good.
 ///
 /// # Errors
 /// As `mmp_fence_register`.

@@ -13,7 +13,8 @@
 //! * [`Completion::check`], which turns what a command returned into a typed [`PrError`];
 //! * [`Pr`], a handle that runs the commands through a [`Transport`] ([`SgIo`], the
 //!   `SG_IO` ioctl, in production) and retries a UNIT ATTENTION once;
-//! * the fencing procedure: [`fence_prepare`], [`fence_acquire`], [`fence_release`].
+//! * the fencing procedure: [`fence_prepare`], [`fence_acquire`], [`fence_hand_over`], and
+//!   [`fence_release`] for an administrator who gives a device up.
 //!
 //! # Keys
 //!
@@ -45,8 +46,9 @@
 //! See `docs/protocol.md`, "Persistent reservations": the activity test first (reads only),
 //! then [`fence_prepare`] (register), the claim and its verification, then [`fence_acquire`]
 //! (reserve, or preempt the stale holder, and remove stale registrations); on release,
-//! [`fence_release`] (release, unregister) after the data device is quiesced and before the
-//! MMP block is written CLEAN.
+//! [`fence_hand_over`] after the data device is quiesced and before the MMP block is written
+//! CLEAN: the reservation stays with the host that released until the next owner preempts
+//! it, so no host that was preempted earlier can write in between.
 //!
 //! # Privileges
 //!
@@ -1532,8 +1534,8 @@ fn check_own_key(own_key: u64) -> Result<(), FenceError> {
 /// Call it after the MMP activity test proved the device unused and *before* the MMP claim
 /// write when the MMP block lives on a reserved LUN: under a registrants-only reservation a
 /// crashed owner may still hold, a registered host can write its claim, an unregistered one
-/// gets RESERVATION CONFLICT. A contender that then loses the claim must call
-/// [`fence_release`] (the winner's [`fence_acquire`] removes its key anyway).
+/// gets RESERVATION CONFLICT. A contender that then loses the claim calls
+/// [`fence_hand_over`] (the winner's [`fence_acquire`] removes its key anyway).
 ///
 /// # Errors
 /// [`FenceError::BadKey`] for a key that is not an mmp key; [`FenceError::Command`] with
@@ -1681,8 +1683,9 @@ fn preempt<T: Transport>(pr: &Pr<T>, own_key: u64, victim: u64) -> Result<(), Pr
 /// meanwhile gets RESERVATION CONFLICT on the release, which is ignored (there is nothing
 /// left to give up).
 ///
-/// Call it after the data device is quiesced (unmounted, the command exited) and before the
-/// MMP block is written CLEAN (`docs/protocol.md`).
+/// Not a hold's step: a hold ends with [`fence_hand_over`], which keeps the reservation for
+/// the next owner to preempt. This is for an administrator who hands the device to software
+/// that does not use reservations (`mmp pr --release`), once no mmp hold uses it.
 ///
 /// # Errors
 /// [`FenceError::BadKey`], or [`FenceError::Command`] with the device's error.
@@ -1701,6 +1704,48 @@ pub fn fence_release<T: Transport>(pr: &Pr<T>, own_key: u64) -> Result<Released,
     out.was_registered = keys.contains(own_key);
     step("REGISTER AND IGNORE EXISTING KEY", pr.unregister(own_key))?;
     Ok(out)
+}
+
+/// What [`fence_hand_over`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HandedOver {
+    /// We hold the reservation and kept it (with our registration) for the next owner to
+    /// preempt.
+    pub kept_reservation: bool,
+    /// We did not hold the reservation, and our registration (if any) was removed.
+    pub unregistered: bool,
+}
+
+/// Ends a hold's use of the device *without opening it to anyone*: where we hold the
+/// reservation, keep it and our registration (the next owner preempts them after its MMP
+/// acquire, exactly as after a crash); where we do not (a contender that lost, a host that
+/// was preempted), remove our registration.
+///
+/// Why a clean release keeps the reservation: giving it back would open the LUN to every
+/// host, among them one that was preempted earlier and still has a stale mount of the data
+/// (a node frozen past a takeover, resumed, its file system not yet unmounted). Found in the
+/// lab (`pacemaker-comeback-with-reservations`): the cluster moved the group back to the
+/// resumed node, stopped it on the partner first, and the partner's release let the resumed
+/// node's stale XFS write. [`fence_release`] gives the device up for good (`mmp pr
+/// --release`: an administrator handing the LUN to software that does not use
+/// reservations).
+///
+/// # Errors
+/// [`FenceError::BadKey`], or [`FenceError::Command`] with the device's error.
+pub fn fence_hand_over<T: Transport>(pr: &Pr<T>, own_key: u64) -> Result<HandedOver, FenceError> {
+    check_own_key(own_key)?;
+    let res = step("READ RESERVATION", pr.read_reservation())?;
+    if res.holder.is_some_and(|h| h.key == own_key) {
+        return Ok(HandedOver {
+            kept_reservation: true,
+            unregistered: false,
+        });
+    }
+    step("REGISTER AND IGNORE EXISTING KEY", pr.unregister(own_key))?;
+    Ok(HandedOver {
+        kept_reservation: false,
+        unregistered: true,
+    })
 }
 
 // ----- a hold's fence: the procedure over every device it protects -----------------------
@@ -1734,11 +1779,13 @@ impl std::error::Error for DeviceFenceError {}
 /// 3. [`Fence::acquire`] once every MMP device is acquired (activity test passed, claim
 ///    verified) and before the data is used: reserve, preempt the previous owner, remove
 ///    every other registration;
-/// 4. [`Fence::release`] after the data is quiesced and before the MMP block is written
-///    CLEAN; [`Fence::withdraw`] when the acquire did not succeed (unregister only).
+/// 4. [`Fence::hand_over`] after the data is quiesced and before the MMP block is written
+///    CLEAN, and when the acquire did not succeed: the reservations we hold stay (the next
+///    owner preempts them), our other registrations go.
 ///
 /// After a loss nothing is done: the reservation stays until the next owner preempts it,
-/// so the storage keeps refusing everyone else meanwhile.
+/// so the storage keeps refusing everyone else meanwhile. [`Fence::release`] gives every
+/// device up for good (an administrator's step, never a hold's).
 #[derive(Debug)]
 pub struct Fence<T: Transport = SgIo> {
     own_key: u64,
@@ -1851,8 +1898,8 @@ impl<T: Transport> Fence<T> {
     ///
     /// # Errors
     /// The first device that failed; devices before it keep our reservation (the caller
-    /// then does not use the data, and a [`Fence::release`] or the next owner's acquire
-    /// undoes it).
+    /// then does not use the data and calls [`Fence::hand_over`]; the next owner's acquire
+    /// preempts what we took).
     pub fn acquire(&self) -> Result<Vec<(String, Acquired)>, DeviceFenceError> {
         let got = self.each(|pr| fence_acquire(pr, self.own_key, None))?;
         Ok(self
@@ -1863,8 +1910,9 @@ impl<T: Transport> Fence<T> {
             .collect())
     }
 
-    /// Gives every device up ([`fence_release`]), trying all of them. Returns the devices
-    /// that failed (empty when all went well).
+    /// Gives every device up for good ([`fence_release`]: release, unregister), trying all
+    /// of them. Returns the devices that failed (empty when all went well). Not a hold's
+    /// step (see [`Fence::hand_over`]).
     #[must_use]
     pub fn release(&self) -> Vec<DeviceFenceError> {
         self.devices
@@ -1880,11 +1928,25 @@ impl<T: Transport> Fence<T> {
             .collect()
     }
 
-    /// After an acquire that did not succeed (refused, interrupted): removes our
-    /// registration where we do not hold the reservation, and releases it where we do
-    /// (a partial [`Fence::acquire`]). The same steps as [`Fence::release`].
+    /// The end of a hold ([`fence_hand_over`] on every device, trying all of them): after a
+    /// clean release (the data quiesced), or after an acquire that did not succeed (refused,
+    /// interrupted, a partial [`Fence::acquire`]). Where we hold the reservation it stays
+    /// until the next owner preempts it; elsewhere our registration goes. Returns the
+    /// devices where we kept the reservation, and the devices that failed.
     #[must_use]
-    pub fn withdraw(&self) -> Vec<DeviceFenceError> {
-        self.release()
+    pub fn hand_over(&self) -> (Vec<String>, Vec<DeviceFenceError>) {
+        let mut kept = Vec::new();
+        let mut failed = Vec::new();
+        for (name, pr) in &self.devices {
+            match fence_hand_over(pr, self.own_key) {
+                Ok(h) if h.kept_reservation => kept.push(name.clone()),
+                Ok(_) => {}
+                Err(error) => failed.push(DeviceFenceError {
+                    device: name.clone(),
+                    error,
+                }),
+            }
+        }
+        (kept, failed)
     }
 }

@@ -63,6 +63,45 @@ fn cli_pr_on_a_non_scsi_device_is_a_clear_error() {
     );
 }
 
+/// `mmp pr --release` / `--clear` write (PERSISTENT RESERVE OUT); on a device that cannot
+/// take reservations they are a clear error, exit 2, and nothing is written.
+#[test]
+fn cli_pr_release_and_clear_on_a_non_scsi_device_write_nothing() {
+    let dir = tmpdir();
+    let img = dir.path().join("img");
+    std::fs::write(&img, vec![0u8; 1 << 20]).expect("write image");
+    let img_s = img.to_str().expect("utf-8 path");
+    for flag in ["--release", "--clear"] {
+        let out = run(
+            mmp(&["--hostid", "0x1a2b3c4d", "pr", flag, img_s]),
+            Duration::from_secs(20),
+        );
+        out.expect(2, &format!("pr {flag} on a regular file"));
+        assert!(out.stderr.contains(NOT_SCSI), "{}", out.show());
+        assert!(!out.stderr.contains("released"), "{}", out.show());
+    }
+    let out = run(
+        mmp(&[
+            "--hostid",
+            "0x1a2b3c4d",
+            "pr",
+            "--release",
+            "--clear",
+            img_s,
+        ]),
+        Duration::from_secs(20),
+    );
+    out.expect(2, "pr --release --clear");
+    assert!(out.stderr.contains("cannot be used with"), "{}", out.show());
+    assert!(
+        std::fs::read(&img)
+            .expect("read image")
+            .iter()
+            .all(|&b| b == 0),
+        "nothing may be written"
+    );
+}
+
 #[test]
 fn cli_pr_bad_key_and_missing_device() {
     let out = run(

@@ -1,6 +1,7 @@
 //! `mmp pr DEVICE...`: the SCSI persistent reservations of each device, like
-//! `sg_persist -k -r`, with mmp keys decoded to hostids. Read-only: it sends PERSISTENT
-//! RESERVE IN (READ KEYS, READ RESERVATION) and nothing else.
+//! `sg_persist -k -r`, with mmp keys decoded to hostids. Read-only (PERSISTENT RESERVE IN:
+//! READ KEYS, READ RESERVATION) unless asked to give a device up: `--release` (this host's
+//! reservation and key) or `--clear` (every host's).
 
 use crate::exit::Exit;
 use crate::json::Obj;
@@ -20,6 +21,17 @@ pub(crate) struct PrArgs {
     /// hostid (0x6d6d7000 followed by the hostid).
     #[arg(long, value_name = "HEX")]
     key: Option<String>,
+    /// Give this host's reservation and key up on each device (RELEASE, then unregister),
+    /// then show it. A hold with --fence scsi-pr keeps its reservation after a clean
+    /// release until the next owner preempts it; this hands the device to software that
+    /// does not use reservations. Only when no mmp hold of this host uses the device.
+    #[arg(long, conflicts_with = "clear")]
+    release: bool,
+    /// Remove every host's keys and reservation on each device (register this host's key,
+    /// then CLEAR), then show it. Only when no host uses the device: a fenced owner
+    /// elsewhere loses its protection.
+    #[arg(long)]
+    clear: bool,
     /// SCSI devices (/dev/sdX, /dev/sgN, or a multipath map that passes SG_IO through).
     #[arg(required = true)]
     devices: Vec<PathBuf>,
@@ -51,10 +63,22 @@ pub(crate) fn pr(c: &Ctx, args: &PrArgs) -> Result<Exit, String> {
         Some(k) => Some(parse_key(k)?),
         None => pr::key_for_hostid(c.hostid),
     };
+    if (args.release || args.clear) && own.is_none() {
+        return Err(format!(
+            "mmp pr --{}: needs this host's key: set a hostid (`mmp hostid --set`, --hostid) \
+             or give --key",
+            if args.release { "release" } else { "clear" }
+        ));
+    }
     let mut code = Exit::Ok;
     for d in &args.devices {
         let path = show(d);
-        let res = Pr::open(d).and_then(|p| Ok((p.read_keys()?, p.read_reservation()?)));
+        let res = Pr::open(d).and_then(|p| {
+            if let Some(k) = own.filter(|_| args.release || args.clear) {
+                give_up(&p, &path, k, args.clear)?;
+            }
+            Ok((p.read_keys()?, p.read_reservation()?))
+        });
         match res {
             Ok((keys, res)) => {
                 if args.json {
@@ -79,6 +103,38 @@ pub(crate) fn pr(c: &Ctx, args: &PrArgs) -> Result<Exit, String> {
         }
     }
     Ok(code)
+}
+
+/// `--release` (our reservation and key) or `--clear` (everyone's) on one device; says what
+/// was done on stderr.
+fn give_up(p: &Pr, path: &str, key: u64, clear: bool) -> Result<(), PrError> {
+    if clear {
+        p.register(key)?;
+        p.clear(key)?;
+        note!("mmp: {path}: cleared every registration and the reservation");
+        return Ok(());
+    }
+    let ours = p.read_reservation()?.holder.filter(|h| h.key == key);
+    let held = ours.is_some();
+    if let Some(h) = ours {
+        match p.release(key, h.kind().unwrap_or(pr::FENCE_TYPE)) {
+            Ok(()) | Err(PrError::Conflict) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let registered = p.read_keys()?.contains(key);
+    if registered {
+        p.unregister(key)?;
+    }
+    note!(
+        "mmp: {path}: {}",
+        match (held, registered) {
+            (true, _) => format!("released the reservation of key {key:#018x} and removed it"),
+            (false, true) => format!("removed key {key:#018x} (it held no reservation)"),
+            (false, false) => format!("key {key:#018x} was not registered; nothing to do"),
+        }
+    );
+    Ok(())
 }
 
 fn message(path: &str, e: &PrError) -> String {

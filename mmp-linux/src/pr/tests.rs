@@ -1147,16 +1147,97 @@ fn a_hold_fence_takes_every_lun_and_the_old_owner_writes_none() {
         assert_eq!(t.borrow().keys(), vec![B]);
     }
     // A comes back and gives up: nothing of B's changes.
-    assert!(a.release().is_empty());
+    let (kept, failed) = a.hand_over();
+    assert!(kept.is_empty() && failed.is_empty());
     for t in [&area, &data] {
         assert_eq!(t.borrow().holder(), Some((B, FENCE_TYPE)));
     }
-    // B's clean release leaves the LUNs open to the next owner.
-    assert!(b.release().is_empty());
+    // B's clean release keeps the reservation: A (which may still have a stale mount)
+    // stays refused until the next owner preempts B.
+    let (kept, failed) = b.hand_over();
+    assert_eq!(kept, vec!["lun0".to_owned(), "lun1".to_owned()]);
+    assert!(failed.is_empty());
+    for t in [&area, &data] {
+        assert_eq!(t.borrow().holder(), Some((B, FENCE_TYPE)));
+        assert!(
+            !t.borrow().may_write(1),
+            "A is still refused after B's release"
+        );
+    }
+    // The next owner (A again, after a new MMP acquire) preempts B.
+    let a2 = fence_of(A, &[&area, &data], 1);
+    a2.prepare().unwrap();
+    let got = a2.acquire().unwrap();
+    assert!(got.iter().all(|(_, g)| g.took_over == Some(B)));
+    for t in [&area, &data] {
+        assert_eq!(t.borrow().holder(), Some((A, FENCE_TYPE)));
+        assert_eq!(t.borrow().keys(), vec![A]);
+        assert!(!t.borrow().may_write(2));
+    }
+    // An administrator gives the LUNs up for good.
+    assert!(a2.release().is_empty());
     for t in [&area, &data] {
         assert_eq!(t.borrow().holder(), None);
         assert!(t.borrow().keys().is_empty());
     }
+}
+
+/// Found in the lab (`pacemaker-comeback-with-reservations`, cycles 18 and 25 of the second
+/// soak): A, frozen past B's takeover, resumes with its XFS still mounted; the cluster
+/// decides to move the group back to A and stops it on B first. B's clean release used to
+/// RELEASE and unregister: the LUN was then unreserved, and A's stale XFS flushed 7 and 11
+/// writes onto B's file system before A's own stop unmounted it. A clean release now keeps
+/// the reservation; A's writes stay refused until A acquires anew (after its stale mount is
+/// gone) and preempts B.
+#[test]
+fn a_clean_release_keeps_a_preempted_stale_node_out() {
+    let (area, data) = (Target::shared(), Target::shared());
+    let a = fence_of(A, &[&area, &data], 1);
+    let b = fence_of(B, &[&area, &data], 2);
+    a.prepare().unwrap();
+    a.acquire().unwrap();
+    b.prepare().unwrap();
+    b.acquire().unwrap();
+    // B stops cleanly while A's stale mount still wants to write.
+    let (kept, failed) = b.hand_over();
+    assert_eq!(kept.len(), 2);
+    assert!(failed.is_empty());
+    assert!(!data.borrow().may_write(1), "A's stale mount is refused");
+    assert!(
+        !area.borrow().may_write(1),
+        "A's stale heartbeat is refused"
+    );
+    // Repeated: idempotent, still kept.
+    assert_eq!(b.hand_over().0.len(), 2);
+    assert_eq!(data.borrow().holder(), Some((B, FENCE_TYPE)));
+}
+
+#[test]
+fn fence_hand_over_keeps_a_held_reservation_and_withdraws_a_bare_key() {
+    let lun = Target::shared();
+    let a = host(&lun, 1);
+    let b = host(&lun, 2);
+    fence_prepare(&a, A).unwrap();
+    fence_acquire(&a, A, None).unwrap();
+    fence_prepare(&b, B).unwrap();
+    assert_eq!(
+        fence_hand_over(&b, B).unwrap(),
+        HandedOver {
+            kept_reservation: false,
+            unregistered: true
+        }
+    );
+    assert_eq!(lun.borrow().keys(), vec![A]);
+    assert_eq!(
+        fence_hand_over(&a, A).unwrap(),
+        HandedOver {
+            kept_reservation: true,
+            unregistered: false
+        }
+    );
+    assert_eq!(lun.borrow().holder(), Some((A, FENCE_TYPE)));
+    assert_eq!(lun.borrow().keys(), vec![A]);
+    assert_eq!(fence_hand_over(&a, 7), Err(FenceError::BadKey(7)));
 }
 
 #[test]
@@ -1169,7 +1250,7 @@ fn a_refused_contender_withdraws_its_registration() {
     b.prepare().unwrap();
     assert_eq!(lun.borrow().keys(), vec![A, B]);
     // B's activity test found A alive: B withdraws, A keeps everything.
-    assert!(b.withdraw().is_empty());
+    assert_eq!(b.hand_over(), (vec![], vec![]));
     assert_eq!(lun.borrow().keys(), vec![A]);
     assert_eq!(lun.borrow().holder(), Some((A, FENCE_TYPE)));
 }
@@ -1217,7 +1298,7 @@ fn a_new_acquire_on_a_preempted_node_opens_no_data_lun() {
     );
     assert_eq!(data.borrow().keys(), vec![B]);
     // Its activity test sees B alive: it withdraws, and B keeps everything.
-    assert!(a2.withdraw().is_empty());
+    assert_eq!(a2.hand_over(), (vec![], vec![]));
     for t in [&area, &data] {
         assert_eq!(t.borrow().holder(), Some((B, FENCE_TYPE)));
         assert_eq!(t.borrow().keys(), vec![B]);

@@ -918,7 +918,9 @@ fn comeback_on_iscsi(ctx: &Ctx, r: &mut Report, fence: bool) -> Result<()> {
         tag = next_tag;
         done += 1;
     }
-    // The last owner releases cleanly: data unmounted, then the reservation, then CLEAN.
+    // The last owner releases cleanly: data unmounted, then CLEAN; its reservation stays
+    // until the next owner preempts it (no host preempted earlier may write meanwhile).
+    // Then an administrator gives the LUNs up for good (`mmp pr --release`).
     let o = &mut nodes[owner];
     o.expect("stop the writer", "kill $(cat /jobs/writer.pid)", 0, SHORT)?;
     o.expect("umount", "umount /mnt/d", 0, SHORT)?;
@@ -926,6 +928,12 @@ fn comeback_on_iscsi(ctx: &Ctx, r: &mut Report, fence: bool) -> Result<()> {
     let pr = o.expect(
         "reservations after the release",
         &format!("{devs}mmp pr $AREA $DATA"),
+        0,
+        SHORT,
+    )?;
+    let given_up = o.expect(
+        "mmp pr --release",
+        &format!("{devs}mmp pr --release $AREA $DATA 2>&1"),
         0,
         SHORT,
     )?;
@@ -991,13 +999,36 @@ fn comeback_on_iscsi(ctx: &Ctx, r: &mut Report, fence: bool) -> Result<()> {
         ));
     } else if fsck.rc != 0 {
         r.verdict = Verdict::Fail(format!("xfs_repair -n exit {}:\n{}", fsck.rc, fsck.out));
-    } else if pr.out.matches(", no reservation").count() != 2 {
+    } else if !kept_by_this_host(&pr.out, 2) {
         r.verdict = Verdict::Fail(format!(
-            "a reservation is left after the clean release:\n{}\n{}",
+            "the releasing owner does not keep its reservation on both LUNs after the clean release:\n{}\n{}",
             rel.out, pr.out
         ));
+    } else if given_up.out.matches(", no reservation").count() != 2
+        || !given_up.out.contains("no registered reservation keys")
+    {
+        r.verdict = Verdict::Fail(format!(
+            "`mmp pr --release` left a reservation or a key:\n{}",
+            given_up.out
+        ));
+    }
+    if fence {
+        r.figure(
+            "reservation after the clean release",
+            "kept by the releasing owner on both LUNs; `mmp pr --release` gave them up",
+        );
     }
     Ok(())
+}
+
+/// Whether `mmp pr` text shows `n` reservations held by this host's key.
+pub(crate) fn kept_by_this_host(pr_out: &str, n: usize) -> bool {
+    let lines: Vec<&str> = pr_out.lines().collect();
+    let held = lines
+        .windows(2)
+        .filter(|w| w[0].ends_with(", reservation:") && w[1].trim_end().ends_with(", this host)"))
+        .count();
+    held == n
 }
 
 /// The local I/O cut-off (issue: protect the data): node a mounts an XFS through

@@ -1,5 +1,6 @@
 //! `--fence scsi-pr`: the persistent reservations a hold takes over its devices, from the
-//! registration before anything is written to their release before CLEAN.
+//! registration before anything is written to the hand-over before CLEAN (the reservation
+//! stays until the next owner preempts it).
 
 use crate::{Ctx, show};
 use mmp_linux::pr;
@@ -7,11 +8,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// The fence over the MMP devices and the guarded devices, and whether we hold reservations
-/// that a clean release gives back.
+/// that a clean release hands over.
 pub(super) struct Fencing {
     /// Our key, registered on every device.
     fence: pr::Fence,
-    /// Whether we hold persistent reservations that a clean release gives back.
+    /// Whether we hold persistent reservations that a clean release hands over.
     reserved: bool,
 }
 
@@ -65,8 +66,10 @@ impl Fencing {
     }
 
     /// Takes the reservation on every device, preempting the previous owner's: the line to
-    /// report (key, preemptions, how long it took). None when one could not be taken: said,
-    /// and what was reserved on the devices before the failing one is given back.
+    /// report (key, preemptions, how long it took). None when one could not be taken: said;
+    /// what was reserved on the devices before the failing one stays reserved (we may have
+    /// preempted the previous owner there: giving it back would let that owner write), our
+    /// other registrations go.
     pub(super) fn take(&mut self) -> Option<String> {
         let started = Instant::now();
         match self.fence.acquire() {
@@ -79,11 +82,8 @@ impl Fencing {
                 ))
             }
             Err(e) => {
-                note!("mmp: --fence scsi-pr: {e}; releasing");
-                // Possibly reserved on the devices before the failing one: give back.
-                for e in self.fence.release() {
-                    note!("mmp: --fence scsi-pr: could not release {e}");
-                }
+                note!("mmp: --fence scsi-pr: {e}; giving up the acquire");
+                self.hand_over();
                 None
             }
         }
@@ -94,23 +94,36 @@ impl Fencing {
         self.reserved = false;
     }
 
-    /// A clean release, the data quiesced: the reservations go (before the MMP blocks say
-    /// CLEAN). A failure is said; the next owner preempts what is left.
+    /// A clean release, the data quiesced (before the MMP blocks say CLEAN): the
+    /// reservations stay with us until the next owner preempts them, so no host that was
+    /// preempted earlier can write meanwhile (`docs/protocol.md`, "Persistent
+    /// reservations"). Said, with how to give them up.
     pub(super) fn release(&mut self) {
         if !self.reserved {
             return;
         }
-        for e in self.fence.release() {
-            note!("mmp: --fence scsi-pr: could not release {e}; the next owner preempts it");
-        }
+        self.hand_over();
         self.reserved = false;
     }
 
     /// Registered but never reserved (refused, interrupted, gave up waiting): withdraws our
-    /// key.
+    /// key (keeping a reservation we may hold from an earlier hold of this host).
     pub(super) fn withdraw(&self) {
-        for e in self.fence.withdraw() {
-            note!("mmp: --fence scsi-pr: could not withdraw {e}");
+        self.hand_over();
+    }
+
+    fn hand_over(&self) {
+        let (kept, failed) = self.fence.hand_over();
+        if !kept.is_empty() {
+            note!(
+                "mmp: --fence scsi-pr: reservation key {:#018x} kept on {} until the next owner \
+                 preempts it (`mmp pr --release` gives it up)",
+                self.fence.key(),
+                kept.join(", ")
+            );
+        }
+        for e in failed {
+            note!("mmp: --fence scsi-pr: could not withdraw our key from {e}");
         }
     }
 }
