@@ -659,7 +659,9 @@ pub unsafe extern "C" fn mmp_device_last_error(
 /// A file descriptor that becomes readable when an event is pending on this handle (a
 /// loss: `MMP_EVENT_LOST`; a started acquire's `MMP_EVENT_PROGRESS` and
 /// `MMP_EVENT_ACQUIRE_DONE`), for `poll`/`epoll`/`select` event loops; then call
-/// `mmp_device_read_events`. The loss callback, if one was given, is still called as well.
+/// `mmp_device_read_events`. The loss callback, if one was given, is still called as well,
+/// just after the event is posted (so it may still be running when the descriptor turns
+/// readable); `mmp_device_release` returns only after it has returned.
 ///
 /// The descriptor (an eventfd: non-blocking, close-on-exec) belongs to the handle: it is
 /// the same on every call, stays valid until `mmp_device_free`, and must not be closed,

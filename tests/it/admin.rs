@@ -23,8 +23,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::mmp_bin;
 use mmp_core::format::native;
-use mmp_tests::{Loop, find_tool, mmp_bin, skip};
+use mmp_tests::{Loop, find_tool, skip};
 
 use super::cli::{
     A, B, Out, Proc, T_SHORT, hash_file, hold, mkfs_mmp, mmp, mmp_run, native_record, read_at, run,
@@ -1063,7 +1064,7 @@ fn hold_refuses_an_unwritable_state_or_status_file() {
 fn clear_refuses_a_device_held_on_this_host() {
     let tmp = tmpdir();
     let a = area(tmp.path(), "a.img", &["--interval-ms", "100"]);
-    let mut holder = mmp_tests::hold_until_acquired("0x7e57c21", "clear-here", &a);
+    let mut holder = crate::hold_until_acquired("0x7e57c21", "clear-here", &a);
     let o = mmp_run(
         &[
             "--hostid",

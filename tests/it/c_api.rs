@@ -79,7 +79,7 @@ fn header_is_fresh() {
             .unwrap_or_else(|| committed.lines().count().min(fresh.lines().count()));
         panic!(
             "include/mmp.h is stale (first difference at line {}): regenerate it with\n  \
-             MMP_BLESS=1 cargo test -p mmp-tests --test integration header_is_fresh\n\
+             MMP_BLESS=1 cargo test -p mmp-cli --test integration header_is_fresh\n\
              committed: {:?}\ngenerated: {:?}",
             first + 1,
             committed.lines().nth(first),

@@ -30,11 +30,12 @@ use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::mmp_bin;
 use mmp_core::format::ext4::{
     Block, RO_COMPAT_METADATA_CSUM, SEQ_CLEAN, SEQ_FSCK, Superblock, sb_field, superblock_checksum,
 };
 use mmp_core::format::native;
-use mmp_tests::{find_tool, mmp_bin, skip};
+use mmp_tests::{find_tool, skip};
 
 // ----- running commands under a time limit ---------------------------------------------
 
@@ -79,7 +80,7 @@ impl Out {
 
 /// `mmp ARGS` with a clean, explicit environment ([`mmp_tests::mmp_cmd`]).
 pub(crate) fn mmp(args: &[&str]) -> Command {
-    let mut c = mmp_tests::mmp_cmd();
+    let mut c = crate::mmp_cmd();
     c.args(args);
     c
 }
@@ -2049,16 +2050,15 @@ fn device_text_is_escaped() {
     );
 }
 
-/// `mmp-forge` (the benchmarks' raw writer) writes through the project's ext4 codec: debugfs
-/// reads back exactly the forged fields, e2mmpstatus accepts its checksum, and a bad key
-/// writes nothing.
+/// `mmp-forge` (the benchmarks' raw writer; `mmp_tests::forge`, which the binary parses
+/// arguments for) writes through the project's ext4 codec: debugfs reads back exactly the
+/// forged fields, e2mmpstatus accepts its checksum, and a bad key writes nothing.
 #[test]
 fn tool_forge_writes_what_debugfs_reads() {
     if find_tool("debugfs").is_none() || find_tool("mke2fs").is_none() {
         mmp_tests::skip("debugfs/mke2fs not found");
         return;
     }
-    let forge = env!("CARGO_BIN_EXE_mmp-forge");
     let tmp = tmpdir();
     for csum in [true, false] {
         let img = tmp.path().join(format!("forge-{csum}.img"));
@@ -2069,30 +2069,17 @@ fn tool_forge_writes_what_debugfs_reads() {
         };
         mkfs_mmp(&img, "32M", &["-b", "4096", "-O", feat]);
         let before = hash_file(&img);
-        let bad = Command::new(forge)
-            .arg("ext4")
-            .arg(&img)
-            .arg("sequence=1")
-            .output()
-            .expect("run mmp-forge");
-        assert_eq!(bad.status.code(), Some(2), "a bad key is an error");
+        let bad = mmp_tests::forge::ext4(&img, &["sequence=1".to_owned()]);
+        assert!(bad.is_err(), "a bad key is an error: {bad:?}");
         assert_eq!(hash_file(&img), before, "a bad key wrote");
-        let ok = Command::new(forge)
-            .arg("ext4")
-            .arg(&img)
-            .args([
-                "seq=0x12345678",
-                "nodename=crashed-node",
-                "bdevname=loop9",
-                "check_interval=7",
-            ])
-            .output()
-            .expect("run mmp-forge");
-        assert!(ok.status.success(), "{ok:?}");
-        let t: f64 = String::from_utf8_lossy(&ok.stdout)
-            .trim()
-            .parse()
-            .expect("the time before the write");
+        let edits = [
+            "seq=0x12345678",
+            "nodename=crashed-node",
+            "bdevname=loop9",
+            "check_interval=7",
+        ]
+        .map(str::to_owned);
+        let t = mmp_tests::forge::ext4(&img, &edits).expect("forge");
         assert!(t > 1.6e9, "{t}");
         let mut d = tool("debugfs");
         d.args(["-R", "dump_mmp"]).arg(&img);

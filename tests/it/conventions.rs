@@ -14,8 +14,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::mmp_bin;
 use mmp_core::format::native;
-use mmp_tests::{Loop, find_tool, mmp_bin, skip};
+use mmp_tests::{Loop, find_tool, skip};
 use serde_json::Value;
 
 use super::admin::{MountRig, mount_rig};

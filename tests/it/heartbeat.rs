@@ -46,7 +46,7 @@ const HOST_B: &str = "0xbbbb0002";
 
 /// `mmp` with a clean environment ([`mmp_tests::mmp_cmd`]).
 fn mmp() -> Command {
-    mmp_tests::mmp_cmd()
+    crate::mmp_cmd()
 }
 
 /// `mmp --hostid H --nodename N` (global options first).
@@ -1067,7 +1067,7 @@ fn hb_loss_actions_kill_and_exec() {
     let dev = tmp.path().join("area.img");
     std::fs::write(&dev, vec![0u8; 1 << 20]).expect("image");
     let dev_s = dev.to_string_lossy().to_string();
-    let bin = mmp_tests::mmp_bin();
+    let bin = crate::mmp_bin();
     let run = |args: &[&str]| {
         Command::new(&bin)
             .env_remove("MMP_HOSTID")
@@ -1219,7 +1219,7 @@ fn hb_many_devices_batched_and_parallel() {
 
 fn many_devices(io: Option<&str>) {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let bin = mmp_tests::mmp_bin();
+    let bin = crate::mmp_bin();
     let mut paths = Vec::new();
     for k in 0..300 {
         let p = tmp.path().join(format!("d{k:03}.img"));

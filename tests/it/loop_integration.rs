@@ -3,13 +3,14 @@
 //! mount(8), and the tools; each test skips with a printed reason when something is
 //! missing.
 
-use mmp_tests::{Loop, find_tool, is_root, mmp_bin, skip};
+use crate::mmp_bin;
+use mmp_tests::{Loop, find_tool, is_root, skip};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 fn mmp(run_dir: &Path, hostid: &str, node: &str, args: &[&str]) -> Output {
-    mmp_tests::mmp_cmd()
+    crate::mmp_cmd()
         .env("MMP_RUN_DIR", run_dir)
         .args(["--hostid", hostid, "--nodename", node])
         .args(args)
@@ -461,7 +462,7 @@ fn systemd_notify_ready_after_acquire() {
     let sock = UnixDatagram::bind(&sock_path).expect("bind the notify socket");
     sock.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
-    let mut child = mmp_tests::mmp_cmd()
+    let mut child = crate::mmp_cmd()
         .env_remove("MMP_HOSTID")
         .env("NOTIFY_SOCKET", &sock_path)
         .args([
@@ -598,7 +599,7 @@ fn loop_ocf_agent_ext4_monitor_reads_the_block() {
         "clean, handed over"
     );
 
-    let mut other = mmp_tests::hold_until_acquired("0x99", "othernode", &lo.dev);
+    let mut other = crate::hold_until_acquired("0x99", "othernode", &lo.dev);
     let (code, out) = agent("monitor", &p, &state);
     assert_eq!(code, Some(1), "another node's heartbeat: failed: {out}");
     assert!(out.contains("othernode"), "{out}");
@@ -672,7 +673,7 @@ fn loop_mount_holder_never_releases_while_mounted() {
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("left"), "warns: {}", text(&o));
     umount_quiet(mnt1);
-    let mut guarded = mmp_tests::mmp_cmd()
+    let mut guarded = crate::mmp_cmd()
         .env_remove("MMP_HOSTID")
         .env("MMP_RUN_DIR", rd)
         .args([

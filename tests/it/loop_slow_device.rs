@@ -107,7 +107,7 @@ fn quoted(p: &Path) -> String {
 }
 
 fn format_native(p: &Path, fail: u16) {
-    let out = mmp_tests::mmp_cmd()
+    let out = crate::mmp_cmd()
         .env_remove("MMP_HOSTID")
         .args(["format", "--interval-ms", &INTERVAL_MS.to_string()])
         .args(["--fail-intervals", &fail.to_string()])
@@ -210,7 +210,7 @@ fn slow_device(io: Option<&str>) {
         return;
     };
     let status = tmp.path().join("status.json");
-    let mut cmd = mmp_tests::mmp_cmd();
+    let mut cmd = crate::mmp_cmd();
     cmd.env_remove("MMP_HOSTID")
         .env_remove("MMP_IO")
         .env_remove("MMP_FAULT_EIO_FILE")

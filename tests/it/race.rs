@@ -345,7 +345,7 @@ fn worker(race: &Race, w: usize, dir: &Path, sh: &Shared) {
     let mut next_pause = next(&mut r, c.pause_gap_us);
     while !sh.stop.load(Ordering::SeqCst) {
         let hold = r.range(race.hold_us.0, race.hold_us.1);
-        let mut cmd = mmp_tests::mmp_cmd();
+        let mut cmd = crate::mmp_cmd();
         cmd.env_remove("MMP_HOSTID")
             .env_remove("MMP_FAULT_EIO_FILE")
             .env_remove("MMP_FAULT_PLAN")
@@ -600,7 +600,7 @@ fn run_race(race: &Race) -> Summary {
 // ----- devices ---------------------------------------------------------------------------
 
 fn mmp() -> Command {
-    mmp_tests::mmp_cmd()
+    crate::mmp_cmd()
 }
 
 fn run_ok(cmd: &mut Command) {

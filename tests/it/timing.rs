@@ -19,7 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn mmp() -> Command {
-    mmp_tests::mmp_cmd()
+    crate::mmp_cmd()
 }
 
 /// A native area (4 KiB record area in a 1 MiB file) with this interval and fail intervals.

@@ -871,7 +871,7 @@ fn loop_tune_kernel_heartbeat_and_mount_refusal() {
             "live sequence {s2:#x}"
         );
         // `mmp status` sees the kernel's heartbeat on the file system we enabled.
-        let st = mmp_tests::mmp_cmd()
+        let st = crate::mmp_cmd()
             .env_remove("MMP_HOSTID")
             .args(["status", "--json", &lo.0])
             .output()
@@ -982,7 +982,7 @@ fn tool_tune_cli_commands_end_to_end() {
     mkfs(&img, "32M", &[]);
     let img_s = img.to_string_lossy().to_string();
     let mmp = |args: &[&str]| {
-        let out = run(mmp_tests::mmp_cmd()
+        let out = run(crate::mmp_cmd()
             .env_remove("MMP_HOSTID")
             .args(["--hostid", "0x7e57c11", "--nodename", "cli-a"])
             .args(args));
@@ -1028,7 +1028,7 @@ fn tool_tune_cli_commands_end_to_end() {
 
     // Another process holds the device: disable without --force watches, sees its
     // heartbeat and refuses; the file system keeps MMP.
-    let mut holder = mmp_tests::hold_until_acquired("0x7e57c12", "cli-b", &img);
+    let mut holder = crate::hold_until_acquired("0x7e57c12", "cli-b", &img);
     let (code, text) = mmp(&["disable", &img_s]);
     assert_eq!(code, Some(1), "disable while held elsewhere: {text}");
     assert!(has_mmp(&img), "MMP still on");
@@ -1070,7 +1070,7 @@ fn change_after_the_proof_ran_out(cmd: &[&str]) {
     let plan = dir.path().join("plan");
     fs::write(&plan, "delay.held.write.before_us = 12000000\n").expect("plan");
     let img_s = img.to_string_lossy().to_string();
-    let out = run(mmp_tests::mmp_cmd()
+    let out = run(crate::mmp_cmd()
         .env("MMP_FAULT_PLAN", &plan)
         .args(["--hostid", "0x7e57c13", "--nodename", "late"])
         .args(cmd)

@@ -4,6 +4,7 @@
     reason = "simulator and test arithmetic on values bounded by construction"
 )]
 
+pub mod forge;
 pub mod fuzz_bodies;
 pub mod lab;
 pub mod sim;
@@ -45,57 +46,6 @@ pub fn skip(reason: &str) {
 /// on privileges or tools (never fatal).
 pub fn skip_optional(reason: &str) {
     eprintln!("SKIP: {reason}");
-}
-
-/// The `mmp` binary of this workspace, built once per test run with the same profile and
-/// target directory as the tests (`cargo build -p mmp-cli --bin mmp`).
-///
-/// # Panics
-/// If the build fails: the tests that need the binary cannot run without it.
-#[must_use]
-pub fn mmp_bin() -> PathBuf {
-    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BIN.get_or_init(|| {
-        // target/<profile>/deps/integration-xxxx -> target/<profile>
-        let exe = std::env::current_exe().expect("current_exe");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target/<profile>");
-        let target_dir = profile_dir.parent().expect("target dir");
-        let release = profile_dir.file_name().is_some_and(|n| n == "release");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut cmd = std::process::Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "mmp-cli", "--bin", "mmp"])
-            .env("CARGO_TARGET_DIR", target_dir)
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if release {
-            // Release builds honour MMP_FAULT_* only with this feature (bench/race-soak).
-            cmd.args(["--release", "--features", "fault-injection"]);
-        }
-        let status = cmd.status().expect("run cargo build for the mmp binary");
-        assert!(status.success(), "cargo build -p mmp-cli failed");
-        let bin = profile_dir.join("mmp");
-        assert!(bin.exists(), "{} missing after the build", bin.display());
-        bin
-    })
-    .clone()
-}
-
-/// `mmp` (this workspace's binary, [`mmp_bin`]) with a clean environment: every `MMP_*`
-/// variable of the test process (hostid, fault injection, run directory, I/O mode) and
-/// `NOTIFY_SOCKET` removed, so a test sets exactly what it means. The one command builder
-/// every test uses.
-#[must_use]
-pub fn mmp_cmd() -> std::process::Command {
-    let mut c = std::process::Command::new(mmp_bin());
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("MMP_") {
-            c.env_remove(k);
-        }
-    }
-    c.env_remove("NOTIFY_SOCKET");
-    c
 }
 
 /// Whether this process runs as root (loop devices, mounts).
@@ -149,37 +99,6 @@ impl Drop for Loop {
                 .status();
         }
     }
-}
-
-/// Starts `mmp --hostid HOSTID --nodename NODE hold --no-realtime DEVICE` and returns once it
-/// printed `acquired` (its stdout is consumed; stderr is discarded).
-///
-/// # Panics
-/// If it cannot start or its first line is not `acquired ...`.
-#[must_use]
-pub fn hold_until_acquired(hostid: &str, node: &str, device: &Path) -> std::process::Child {
-    use std::io::BufRead;
-    let mut child = mmp_cmd()
-        .env_remove("MMP_HOSTID")
-        .args([
-            "--hostid",
-            hostid,
-            "--nodename",
-            node,
-            "hold",
-            "--no-realtime",
-        ])
-        .arg(device)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start mmp hold");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read mmp hold's stdout");
-    assert!(line.starts_with("acquired"), "mmp hold: {line:?}");
-    child
 }
 
 /// SIGTERM to `child`, then its exit code.

@@ -1737,11 +1737,11 @@ impl Report {
             s.push_str(&format!("  {l}\n"));
         }
         s.push_str(&format!(
-            "MMP_SEED={} to reproduce: MMP_SEED={} MMP_TRACE=1 cargo test -p mmp-tests {test} -- --nocapture\n",
+            "MMP_SEED={} to reproduce: MMP_SEED={} MMP_TRACE=1 cargo test -p mmp-cli --test integration {test} -- --nocapture\n",
             self.options.seed, self.options.seed
         ));
         s.push_str(
-            "as a fault plan (simulator: MMP_SIM_PLAN=FILE cargo test -p mmp-tests sim_plan_replay; \
+            "as a fault plan (simulator: MMP_SIM_PLAN=FILE cargo test -p mmp-cli --test integration sim_plan_replay; \
              real processes: MMP_FAULT_PLAN=FILE, docs/RELIABILITY.md):\n",
         );
         for l in self.options.to_plan_text().lines() {
@@ -3399,7 +3399,7 @@ pub const FIXED_SEEDS: [u64; 20] = [
 /// Swarm seeds ([`Options::swarm`], the whole envelope) that fail against the machine
 /// before the fix of the bugs listed in `tests/it/sim.rs` (`sim_regression_seeds`, ignored
 /// until the fix lands). Reproduce one with `MMP_SEED=<seed> MMP_TRACE=1 cargo test -p
-/// mmp-tests --test integration -- sim::sim_fixed_seeds --nocapture`.
+/// mmp-cli --test integration -- sim::sim_fixed_seeds --nocapture`.
 ///
 /// Found by `sim_hunt` (300 000 seeds from `MMP_HUNT_BASE=0xABCDEF` with `MMP_HUNT_LAX=1`,
 /// 4 000 from the default base without); each one's bug, from its trace:
