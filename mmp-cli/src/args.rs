@@ -100,7 +100,7 @@ pub(crate) enum Cmd {
     },
     /// Hold the devices while a command runs; release when it exits.
     #[command(
-        after_help = "Example:\n  mmp run /dev/sdc1 -- sh -c 'mount /dev/sdb /mnt && do-work; umount /mnt'\n(/dev/sdc1: a native area from `mmp format`; for ext4 MMP use `mmp mount`, since the kernel\nrefuses to mount a device that mmp holds)\n\nThe command runs in a process group of its own, which takes the terminal when mmp has it\n(it can read it; Ctrl-C reaches it; Ctrl-Z stops it, not the heartbeat, and\n`fg` resumes it). Exit status: the command's (128 + signal; 130 after\nCtrl-C), 127 when it does not exist, 126 when it cannot be run. mmp's own lines\n(acquired, released) go to stderr."
+        after_help = "Example:\n  mmp run /dev/sdc1 -- sh -c 'mount /dev/sdb /mnt && do-work; umount /mnt'\n(/dev/sdc1: a native area from `mmp format`; for ext4 MMP use `mmp mount`, since the kernel\nrefuses to mount a device that mmp holds)\n\nThe command runs in a process group of its own, which takes the terminal when mmp has it\n(it can read it; Ctrl-C reaches it; Ctrl-Z stops it, not the heartbeat, and\n`fg` resumes it). Exit status: the command's (128 + signal; 130 after\nCtrl-C), 127 when it does not exist, 126 when it cannot be run (both checked\nbefore anything is claimed). mmp's own lines\n(acquired, released) go to stderr."
     )]
     Run {
         #[command(flatten)]

@@ -468,10 +468,34 @@ fn run_gives_its_command_the_terminal() {
     );
     o.expect(127, "run of a missing command");
     assert_eq!(o.stdout, "", "{}", o.show());
-    assert!(
-        o.stderr.contains("mmp: acquired") && o.stderr.contains("mmp: released"),
+    // Said before anything is claimed: the area is not touched.
+    assert_eq!(
+        o.stderr.trim(),
+        "mmp: cannot run /nonexistent/command: no such file; nothing was acquired",
         "{}",
         o.show()
+    );
+    let before = std::fs::read(&dev).expect("read area");
+    // A name not in PATH (127) and a file that is not executable (126): the same.
+    let text = tmp.path().join("not-executable");
+    std::fs::write(&text, "echo hi\n").expect("write");
+    for (cmd, code, why) in [
+        ("mmp-no-such-command-here", 127, "command not found in PATH"),
+        (s(&text), 126, "not an executable file"),
+    ] {
+        let o = mmp_run(
+            &["--hostid", A, "run", "--no-realtime", s(&dev), "--", cmd],
+            T_SHORT,
+        );
+        o.expect(code, "run of a command that cannot run");
+        assert!(o.stderr.contains(why), "{}", o.show());
+        assert!(!o.stderr.contains("os error"), "{}", o.show());
+        assert!(!o.stderr.contains("mmp: acquired"), "{}", o.show());
+    }
+    assert_eq!(
+        std::fs::read(&dev).expect("read area"),
+        before,
+        "nothing written for a command that cannot run"
     );
     clean();
 }

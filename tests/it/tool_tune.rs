@@ -1025,6 +1025,16 @@ fn tool_tune_cli_commands_end_to_end() {
     assert_eq!(code, Some(0), "{text}");
     assert!(features(&img).contains("MMP update interval:      3"));
     fsck_clean(&img);
+    // The same value again: done, nothing claimed or written (the image is byte-identical;
+    // a claim would have moved the MMP block's sequence and time).
+    let before = std::fs::read(&img).expect("read image");
+    let (code, text) = mmp(&["set-interval", "3", &img_s]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("already 3 s; nothing written"), "{text}");
+    assert!(
+        std::fs::read(&img).expect("read image") == before,
+        "set-interval to the current value wrote"
+    );
 
     // Another process holds the device: disable without --force watches, sees its
     // heartbeat and refuses; the file system keeps MMP.

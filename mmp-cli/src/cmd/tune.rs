@@ -181,7 +181,13 @@ pub(crate) fn set_interval(c: &Ctx, secs: u16, device: &Path) -> Result<Exit, St
     let secs =
         procedure::update_interval(u64::from(secs)).map_err(|e| format!("interval {secs}: {e}"))?;
     let t = target::open(device, true).map_err(|e| e.to_string())?;
-    tune::preflight(&t.device, tune::Op::SetInterval).map_err(|e| format!("{path}: {e}"))?;
+    let info =
+        tune::preflight(&t.device, tune::Op::SetInterval).map_err(|e| format!("{path}: {e}"))?;
+    // Already so: done, and nothing is claimed or written (as `enable` when already on).
+    if info.mmp_update_interval == secs {
+        outln!("{path}: MMP update interval is already {secs} s; nothing written");
+        return Ok(Exit::Ok);
+    }
     let m = match prove_or_exit(c, &t, device) {
         Ok(m) => m,
         Err(code) => return Ok(code),

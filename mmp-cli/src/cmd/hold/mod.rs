@@ -183,6 +183,13 @@ fn hold_inner(
     command: Option<&[String]>,
     state: &StateFile<'_>,
 ) -> Result<Exit, String> {
+    // A command that cannot run is said before anything is claimed (as a shell: 127, 126).
+    if let Some(cmd) = command
+        && let Err((why, code)) = run::runnable(cmd)
+    {
+        note!("mmp: {why}; nothing was acquired");
+        return Ok(Exit::Command(code));
+    }
     let setup = match Setup::open(c, opts, devices, command.is_some()) {
         Ok(s) => s,
         Err(Early::Error(e)) => return Err(e),

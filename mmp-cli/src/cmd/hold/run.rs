@@ -5,6 +5,34 @@ use crate::exit::Exit;
 use mmp_linux::job::Foreground;
 use std::process::{Child, Command};
 
+/// Whether `cmd` can be started, checked before anything is claimed: its program found
+/// (a path, or a name in `PATH`) and executable. Err: what is wrong, and the shell's exit
+/// status for it (127 not found, 126 not executable). The spawn can still fail later (the
+/// file changes meanwhile), and then says so as well.
+pub(super) fn runnable(cmd: &[String]) -> Result<(), (String, u8)> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(prog) = cmd.first() else {
+        return Err(("no command given".to_owned(), 127));
+    };
+    let executable = |p: &std::path::Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if prog.contains('/') {
+        let p = std::path::Path::new(prog);
+        return match std::fs::metadata(p) {
+            Err(_) => Err((format!("cannot run {prog}: no such file"), 127)),
+            Ok(_) if executable(p) => Ok(()),
+            Ok(_) => Err((format!("cannot run {prog}: not an executable file"), 126)),
+        };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    if std::env::split_paths(&path).any(|d| executable(&d.join(prog))) {
+        Ok(())
+    } else {
+        Err((format!("cannot run {prog}: command not found in PATH"), 127))
+    }
+}
+
 /// The command of `mmp run` and what became of it.
 pub(super) struct Job<'a> {
     /// The command line (program, then its arguments).
@@ -68,7 +96,11 @@ impl<'a> Job<'a> {
                 true
             }
             Err(e) => {
-                note!("mmp: cannot run {}: {e}; releasing", cmd[0]);
+                note!(
+                    "mmp: cannot run {}: {}; releasing",
+                    cmd[0],
+                    crate::out::plain(&e.to_string())
+                );
                 // As a shell: 127 when there is no such command, 126 when it cannot be run.
                 let cc = Exit::Command(if e.kind() == std::io::ErrorKind::NotFound {
                     127
