@@ -820,11 +820,39 @@ fn loop_umount_by_device_releases_the_holder() {
     let o = m(&["umount", s(&lo.dev)]);
     o.expect(0, "mmp umount DEVICE");
     assert!(o.stdout.contains("released"), "{}", o.show());
+    let holder_gone = |pid: i32| {
+        !Path::new(&format!("/proc/{pid}")).exists()
+            || fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+    };
+    assert!(holder_gone(holder), "the holder (pid {holder}) still runs");
+
+    // The data mounted a second time on this host: `mmp umount DIR` unmounts DIR, says the
+    // other mount keeps the device held (exit 1) instead of waiting for a holder that will
+    // not release under a mount; once that mount is gone, `mmp umount DEVICE` releases.
+    m(&mount).expect(0, "mmp mount for the second mount");
+    let holder = pid_of();
+    let second = tmp.path().join("second");
+    fs::create_dir_all(&second).expect("mkdir");
+    let mut c = tool("mount");
+    c.args(["-t", "ext4"]).arg(&lo.dev).arg(&second);
+    run(c, Duration::from_secs(60)).expect(0, "second kernel mount");
+    let o = m(&["umount", s(&dir)]);
+    o.expect(1, "mmp umount while the data is mounted elsewhere too");
+    assert!(o.stderr.contains("still mounted at"), "{}", o.show());
+    assert!(o.stderr.contains("second"), "{}", o.show());
     assert!(
-        !Path::new(&format!("/proc/{holder}")).exists()
-            || fs::read_to_string(format!("/proc/{holder}/stat")).is_ok_and(|s| s.contains(") Z ")),
-        "the holder (pid {holder}) still runs"
+        o.elapsed < Duration::from_secs(10),
+        "it waited {:?}",
+        o.elapsed
     );
+    assert!(!holder_gone(holder), "the holder must keep the device");
+    let mut c = tool("umount");
+    c.arg(&second);
+    run(c, Duration::from_secs(60)).expect(0, "umount the second mount");
+    let o = m(&["umount", s(&lo.dev)]);
+    o.expect(0, "mmp umount DEVICE after the other mount is gone");
+    assert!(o.stdout.contains("released"), "{}", o.show());
+    assert!(holder_gone(holder), "the holder (pid {holder}) still runs");
     mmp_run(&["status", s(&mmp_area)], T_SHORT).expect(0, "area released clean");
     let left: Vec<_> = fs::read_dir(&rd).expect("run dir").flatten().collect();
     assert!(left.is_empty(), "state left behind: {left:?}");

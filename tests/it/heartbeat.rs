@@ -977,6 +977,26 @@ fn watchdog_unsafe_timeout_refused(dir: &Path) {
     );
     assert_eq!(file_len(&wd), 0, "watchdog touched");
     eprintln!("[wd-bad] refused: {}", err.trim());
+    // A watchdog device that does not exist, or a directory: refused before the claim.
+    for bad in [dir.join("no-such-watchdog"), dir.to_path_buf()] {
+        let out = output_within(
+            mmp_as(HOST_A, "hostA")
+                .args(["hold", "--watchdog-timeout", "1", "--watchdog-device"])
+                .arg(&bad)
+                .arg(&dev),
+            Duration::from_secs(10),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains("nothing was acquired"), "{err}");
+        assert!(!err.contains("os error"), "{err}");
+        assert!(out.stdout.is_empty(), "nothing acquired: {err}");
+        assert_eq!(
+            fs::read(&dev).expect("read image"),
+            before,
+            "device changed"
+        );
+    }
 }
 
 // ----- 5. EIO bursts ---------------------------------------------------------------------

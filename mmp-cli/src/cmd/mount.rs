@@ -635,16 +635,38 @@ fn umount_holder(arg: &Path) -> Result<Exit, String> {
         .into_iter()
         .find(|st| same(arg, &st.dir) || same(arg, &st.device) || same(arg, &st.mmp_device));
     let mp = st.as_ref().map_or(arg, |s| s.dir.as_path());
-    let out = Command::new("umount")
-        .arg(mp)
-        .output()
-        .map_err(|e| format!("cannot run umount: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "umount {} failed: {}",
-            show(mp),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
+    // A recorded mount whose directory was unmounted already (by hand, or by an earlier
+    // `mmp umount` that found the data mounted elsewhere too): on to the holder.
+    let already_gone = st.is_some() && !is_mount_point(mp);
+    if !already_gone {
+        let out = Command::new("umount")
+            .arg(mp)
+            .output()
+            .map_err(|e| format!("cannot run umount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "umount {} failed: {}",
+                show(mp),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+    }
+    // The data still mounted elsewhere on this host (a second mount, a bind mount): its
+    // holder keeps the device held until it is unmounted everywhere (it never releases
+    // under a mount), so say so instead of waiting for a holder that will not stop.
+    if let Some(st) = &st
+        && let Ok(dev) = mmp_linux::blockdev::Device::open(&st.device, false)
+        && let Ok(Some(other)) = dev.is_mounted()
+    {
+        note!(
+            "mmp: {} is still mounted at {other}: its holder keeps {} held (heartbeating) \
+             until the data is unmounted everywhere on this host; unmount {other}, then run \
+             `mmp umount {}` again",
+            show(&st.device),
+            show(&st.mmp_device),
+            show(&st.device)
+        );
+        return Ok(Exit::Refused);
     }
     let Some(st) = st else {
         outln!(
@@ -660,6 +682,43 @@ fn umount_holder(arg: &Path) -> Result<Exit, String> {
     } else {
         report_gone_holder(&rd, &st)
     }
+}
+
+/// Whether `dir` is a mount point now (`/proc/self/mountinfo`, octal escapes decoded).
+fn is_mount_point(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(want) = std::fs::canonicalize(dir) else {
+        return false;
+    };
+    let Ok(info) = std::fs::read("/proc/self/mountinfo") else {
+        return false;
+    };
+    info.split(|&b| b == b'\n').any(|line| {
+        line.split(|&b| b == b' ')
+            .nth(4)
+            .is_some_and(|m| unescape_mount(m) == want.as_os_str().as_bytes())
+    })
+}
+
+/// A mountinfo field with its `\NNN` octal escapes (space, tab, newline, backslash) decoded.
+fn unescape_mount(f: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(f.len());
+    let mut i = 0;
+    while i < f.len() {
+        if f[i] == b'\\'
+            && let Some(d) = f.get(i + 1..i + 4)
+            && d.iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v =
+                u32::from(d[0] - b'0') * 64 + u32::from(d[1] - b'0') * 8 + u32::from(d[2] - b'0');
+            out.push(u8::try_from(v).unwrap_or(b'?'));
+            i += 4;
+        } else {
+            out.push(f[i]);
+            i += 1;
+        }
+    }
+    out
 }
 
 /// The run directory's files of the mount `st` (state, holder output, log, status, state
@@ -940,5 +999,20 @@ fn list_text(rd: &Path, listed: &[Listed]) {
             show(&l.st.mmp_device),
             show(&l.st.mmp_device)
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unescape_mount;
+
+    #[test]
+    fn mountinfo_escapes_are_decoded_and_bad_ones_kept() {
+        assert_eq!(unescape_mount(br"/mnt/a\040b"), b"/mnt/a b");
+        assert_eq!(unescape_mount(br"/x\134y\011z"), b"/x\\y\tz");
+        assert_eq!(unescape_mount(br"/odd\777"), b"/odd?");
+        assert_eq!(unescape_mount(br"/short\04"), br"/short\04");
+        assert_eq!(unescape_mount(br"/not\08x"), br"/not\08x");
+        assert_eq!(unescape_mount(b""), b"");
     }
 }

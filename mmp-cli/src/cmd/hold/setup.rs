@@ -240,6 +240,34 @@ fn watchdog_timeout(
     targets: &[target::Target],
     wd: &Path,
 ) -> Result<Duration, String> {
+    // The device itself, before anything is claimed: opening it would start its timer
+    // (it is opened, and armed, once every device is held), so only look: it exists, and is
+    // a character device or a file (a test stand-in) this process may write.
+    let meta = std::fs::metadata(wd).map_err(|e| {
+        format!(
+            "--watchdog-device {}: {}; nothing was acquired",
+            wd.display(),
+            crate::out::plain(&e.to_string())
+        )
+    })?;
+    {
+        use std::os::unix::fs::FileTypeExt;
+        let ft = meta.file_type();
+        if !(ft.is_char_device() || ft.is_file()) {
+            return Err(format!(
+                "--watchdog-device {}: not a watchdog device (a character device such as \
+                 /dev/watchdog0); nothing was acquired",
+                wd.display()
+            ));
+        }
+    }
+    if let Err(e) = rustix::fs::access(wd, rustix::fs::Access::WRITE_OK) {
+        return Err(format!(
+            "--watchdog-device {}: {}; nothing was acquired",
+            wd.display(),
+            crate::out::plain(&std::io::Error::from(e).to_string())
+        ));
+    }
     let mut min_fail: Option<Duration> = None;
     for t in targets {
         let raw = t.read_record().map_err(|e| e.to_string())?;
