@@ -105,6 +105,53 @@ fn list_reports_stale_state_as_gone() {
     assert!(rd.join("-srv-a.state").exists());
 }
 
+/// A holder that released cleanly and exited (told to stop while the data was mounted, it
+/// released once the data was unmounted by hand): "released", not GONE, and exit 0; the
+/// record stays for `mmp umount` (listing writes nothing).
+#[test]
+fn list_shows_a_holder_that_released_cleanly() {
+    let tmp = tmpdir();
+    let rd = tmp.path().to_path_buf();
+    let mut child = std::process::Command::new("true")
+        .spawn()
+        .expect("run true");
+    let dead = child.id();
+    child.wait().expect("wait");
+    state(&rd, "-srv-c", dead, "/srv/c");
+    fs::write(
+        rd.join("-srv-c.holder"),
+        format!("schema=1\npid={dead}\nstart=1\nstate=ended\nexit=0\n"),
+    )
+    .expect("write holder state");
+    let o = list(&rd, &[]);
+    o.expect(0, "list with a holder that released");
+    let lines: Vec<&str> = o.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", o.show());
+    assert!(lines[1].ends_with("released"), "{}", o.show());
+    assert!(
+        o.stderr.contains("released /dev/mmp--srv-c cleanly"),
+        "{}",
+        o.show()
+    );
+    let o = list(&rd, &["--json"]);
+    o.expect(0, "list --json with a holder that released");
+    assert!(o.stdout.contains("\"holder\":\"released\""), "{}", o.show());
+    assert!(rd.join("-srv-c.state").exists());
+    // The same record with exit 3 (a loss) is gone, exit 1.
+    fs::write(
+        rd.join("-srv-c.holder"),
+        format!("schema=1\npid={dead}\nstart=1\nstate=ended\nexit=3\n"),
+    )
+    .expect("write holder state");
+    let o = list(&rd, &[]);
+    o.expect(1, "list with a holder that lost");
+    assert!(
+        o.stdout.lines().nth(1).is_some_and(|l| l.ends_with("GONE")),
+        "{}",
+        o.show()
+    );
+}
+
 #[test]
 fn list_reports_a_broken_state_file() {
     let tmp = tmpdir();

@@ -833,6 +833,8 @@ struct Listed {
     /// When `mmp mount` finished (the state file's modification time), Unix seconds.
     since: Option<u64>,
     alive: bool,
+    /// Not running, and its state file says it ended with exit 0 (released cleanly).
+    released: bool,
 }
 
 /// `mmp list`: what this host holds through `mmp mount`, from the holders' state files in
@@ -868,10 +870,21 @@ pub(crate) fn list(json: bool) -> Result<Exit, String> {
                     .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                     .map(|d| d.as_secs());
                 let alive = is_our_holder(&st);
-                if !alive {
+                // A holder that ended by releasing cleanly (exit 0: told to stop while the
+                // data was mounted, it released once the data was unmounted by hand): shown
+                // as released, not gone (its records stay for `mmp umount`, which removes
+                // them; listing writes nothing).
+                let released =
+                    !alive && holder_exit(&rd.join(format!("{}.holder", st.key))) == Some(0);
+                if !alive && !released {
                     code = code.worst(Exit::Refused);
                 }
-                listed.push(Listed { st, since, alive });
+                listed.push(Listed {
+                    st,
+                    since,
+                    alive,
+                    released,
+                });
             }
             Err(e) => {
                 code = Exit::Error;
@@ -925,6 +938,17 @@ fn read_state(p: &Path) -> Result<MountState, String> {
     })
 }
 
+/// The HOLDER column: running, ended after a clean release, or gone otherwise.
+fn holder_word<'a>(l: &Listed, alive: &'a str, released: &'a str, gone: &'a str) -> &'a str {
+    if l.alive {
+        alive
+    } else if l.released {
+        released
+    } else {
+        gone
+    }
+}
+
 fn list_json(rd: &Path, l: &Listed) -> String {
     let since = l.since.map_or_else(
         || "null,\"since_unix\":null".to_owned(),
@@ -938,7 +962,7 @@ fn list_json(rd: &Path, l: &Listed) -> String {
         out::json_str(&show(&l.st.mmp_device)),
         out::json_str(&show(&l.st.dir)),
         l.st.pid,
-        if l.alive { "alive" } else { "gone" },
+        holder_word(l, "alive", "released", "gone"),
         out::json_str(&show(&rd.join(format!("{}.state", l.st.key))))
     )
 }
@@ -957,7 +981,7 @@ fn list_text(rd: &Path, listed: &[Listed]) {
                 show(&l.st.dir),
                 l.st.pid.to_string(),
                 l.since.map_or_else(|| "?".to_owned(), out::utc),
-                if l.alive { "alive" } else { "GONE" }.to_owned(),
+                holder_word(l, "alive", "released", "GONE").to_owned(),
             ]
         })
         .collect();
@@ -990,7 +1014,17 @@ fn list_text(rd: &Path, listed: &[Listed]) {
     for r in &rows {
         outln!("{}", line(r.each_ref().map(String::as_str)));
     }
-    for l in listed.iter().filter(|l| !l.alive) {
+    for l in listed.iter().filter(|l| l.released) {
+        note!(
+            "mmp: the holder of {} (pid {}) released {} cleanly and exited (the data was \
+             unmounted); `mmp umount {}` removes the record",
+            show(&l.st.dir),
+            l.st.pid,
+            show(&l.st.mmp_device),
+            show(&l.st.device)
+        );
+    }
+    for l in listed.iter().filter(|l| !l.alive && !l.released) {
         note!(
             "mmp: the holder of {} (pid {}) is gone (the pid no longer runs `mmp hold`): {} is \
              not heartbeated from this host; check it with `mmp status {}`",
