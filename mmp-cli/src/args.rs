@@ -11,12 +11,15 @@ Exit status (scripts rely on it):
   status   0 all clean, 1 any not clean (active, fsck, unknown sequence, maintenance), 2 error
   check    0 safe to take (clean, or stale and silent through the window), 1 in use, 2 error
   hold     0 released cleanly, 1 refused (in use, or foreign without --force), 2 error, 3 ownership lost
-  run      the command's status (127 no such command, 130 after Ctrl-C), or 1/2/3 as for hold
+  run      the command's status (126/127 cannot run / no such command, said before anything
+           is claimed; 130 after Ctrl-C), or 1/2/3 as for hold
   format   0 written, 1 refused (a known signature or an area in use; see --force), 2 error
   disable, set-interval   0 done, 1 refused (activity seen or in doubt; nothing changed), 2 error
   mount    0 mounted and held, 1 refused (in use, or mounted here already), 2 error, 3 lost
-  umount   0 unmounted and released, 2 error, 3 ownership was lost while mounted
-  list     0 every recorded holder runs (or none is recorded), 1 any holder gone, 2 error
+  umount   0 unmounted and released, 1 the data is still mounted elsewhere here (the holder
+           keeps the device), 2 error, 3 ownership was lost while mounted
+  list     0 every recorded holder runs or released (or none is recorded), 1 any holder gone,
+           2 error
   others   0 success, 2 error
 A corrupt block (bad magic, bad checksum, torn write) is an error (2): it cannot be trusted.
 

@@ -81,7 +81,11 @@ pub(crate) const EXIT_STATUS: &[(&str, &[(&str, &str)])] = &[
                 "refused: in use, foreign without --force, --wait ran out, or too slow (the \
                  claim was verified after the lease it earned ran out)",
             ),
-            ("2", "error"),
+            (
+                "2",
+                "error, including SIGINT/SIGTERM before every device was held (the acquire \
+                 is given up)",
+            ),
             ("3", "ownership lost"),
         ],
     ),
@@ -91,7 +95,7 @@ pub(crate) const EXIT_STATUS: &[(&str, &[(&str, &str)])] = &[
             (
                 "N",
                 "the command's own status (128 + signal; 130 after Ctrl-C; 127 when it does \
-                 not exist; 126 when it cannot be run)",
+                 not exist, 126 when it cannot be run: both said before anything is claimed)",
             ),
             ("1", "refused, as for hold"),
             ("2", "error"),
@@ -112,22 +116,22 @@ pub(crate) const EXIT_STATUS: &[(&str, &[(&str, &str)])] = &[
     (
         "disable",
         &[
-            ("0", "done"),
+            (
+                "0",
+                "done, or MMP already off (nothing written, as tune2fs)",
+            ),
             (
                 "1",
                 "refused, nothing changed: the activity test saw the device in use (or in \
                  doubt), or --force saw the block change",
             ),
-            (
-                "2",
-                "error, including MMP already off and mounted on this host",
-            ),
+            ("2", "error, including mounted on this host"),
         ],
     ),
     (
         "set-interval",
         &[
-            ("0", "done"),
+            ("0", "done, or that interval already set (nothing written)"),
             (
                 "1",
                 "refused, nothing changed: the activity test saw the device in use (or in \
@@ -156,6 +160,11 @@ pub(crate) const EXIT_STATUS: &[(&str, &[(&str, &str)])] = &[
         &[
             ("0", "unmounted and released"),
             (
+                "1",
+                "the data is still mounted elsewhere on this host: the given mount is gone, \
+                 the holder keeps the device until the rest is unmounted",
+            ),
+            (
                 "2",
                 "error: umount(8) failed, or the holder was gone or did not stop",
             ),
@@ -165,7 +174,10 @@ pub(crate) const EXIT_STATUS: &[(&str, &[(&str, &str)])] = &[
     (
         "list",
         &[
-            ("0", "every recorded holder runs, or none is recorded"),
+            (
+                "0",
+                "every recorded holder runs or released cleanly, or none is recorded",
+            ),
             (
                 "1",
                 "a recorded holder is gone: its MMP device is not heartbeated from this host",
