@@ -67,7 +67,8 @@ pub enum TargetError {
     },
     /// Not ext4 with MMP and not a native area.
     #[error(
-        "{path}: {what}; not an ext4/ldiskfs file system with MMP and not a native mmp area (see `mmp format` or `mmp enable`)"
+        "{path}: {what}; not an ext4/ldiskfs file system with MMP and not a native mmp area ({})",
+        not_mmp_hint(what)
     )]
     NotMmp {
         /// Device path.
@@ -87,6 +88,32 @@ pub enum TargetError {
         /// Size needed.
         need: u64,
     },
+}
+
+impl TargetError {
+    /// The format the device was recognised as before the error, if any: ext4 for a bad
+    /// superblock, MMP off, or an MMP block that cannot be used.
+    #[must_use]
+    pub const fn format(&self) -> Option<Format> {
+        match self {
+            Self::Superblock { .. } | Self::BeyondDevice { .. } | Self::SectorTooLarge { .. } => {
+                Some(Format::Ext4)
+            }
+            Self::Device(_) | Self::NotMmp { .. } | Self::TooSmall { .. } => None,
+        }
+    }
+}
+
+/// What to do with a device that is neither ext4 with MMP nor a native area: a file system
+/// found there (`what` is "found XFS", ...) has no MMP of its own and is protected through a
+/// native area on another device; anything else can become an area.
+fn not_mmp_hint(what: &str) -> &'static str {
+    if what.starts_with("found ") {
+        "a file system without MMP of its own is protected through a small native area on \
+         another device: `mmp format AREA`, then `mmp mount --mmp-device AREA` or `--guard`"
+    } else {
+        "`mmp format` makes it a native area; `mmp enable` turns MMP on in an ext4 file system"
+    }
 }
 
 /// An open device with its MMP layout resolved.

@@ -23,7 +23,10 @@ pub(crate) fn check(c: &Ctx, json: bool, device: &Path) -> Result<Exit, String> 
         Ok(t) => t,
         // `--json` promises one object, also for a device that cannot be opened.
         Err(e) if json => {
-            outln!("{}", out::error_json("check", &path, None, &e.to_string()));
+            outln!(
+                "{}",
+                out::error_json("check", &path, e.format(), &e.to_string())
+            );
             return Ok(Exit::Error);
         }
         Err(e) => return Err(e.to_string()),

@@ -48,16 +48,18 @@ pub(crate) fn status(c: &Ctx, output: Output, devices: &[PathBuf]) -> Exit {
         };
         let path = show(d);
         let res = target::open(d, false)
-            .map_err(|e| e.to_string())
+            .map_err(|e| (e.to_string(), e.format()))
             .and_then(|t| {
-                let raw = t.read_record().map_err(|e| format!("{path}: {e}"))?;
+                let raw = t
+                    .read_record()
+                    .map_err(|e| (format!("{path}: {e}"), Some(t.format)))?;
                 Ok((t, raw))
             });
         let (t, raw) = match res {
             Ok(x) => x,
-            Err(msg) => {
+            Err((msg, format)) => {
                 code = Exit::Error;
-                output.error(&path, None, &msg);
+                output.error(&path, format, &msg);
                 continue;
             }
         };
