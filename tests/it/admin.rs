@@ -1131,6 +1131,26 @@ fn clear_refuses_a_device_held_on_this_host() {
     );
     o.expect(1, "clear --force of a device held here");
     assert!(o.stderr.contains("already held here"), "{}", o.show());
+    // `check` says so at once as well, instead of watching and blaming another node.
+    let o = mmp_run(
+        &[
+            "--hostid",
+            "0x7e57c21",
+            "--nodename",
+            "clear-here",
+            "check",
+            s(&a),
+        ],
+        T_SHORT,
+    );
+    o.expect(1, "check of a device held here");
+    assert!(o.stderr.contains("already held here"), "{}", o.show());
+    assert!(!o.stderr.contains("another node"), "{}", o.show());
+    assert!(
+        o.elapsed < Duration::from_secs(1),
+        "it watched: {:?}",
+        o.elapsed
+    );
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
         mmp_tests::term_and_wait(&mut holder),

@@ -31,7 +31,9 @@ pub(crate) fn check(c: &Ctx, json: bool, device: &Path) -> Result<Exit, String> 
         }
         Err(e) => return Err(e.to_string()),
     };
-    if let Some(msg) = mounted_here(&t, &path) {
+    // Mounted here (ext4: kmmpd holds it), or held by another mmp process of this host: said
+    // at once, instead of watching the block change and blaming another node.
+    if let Some(msg) = mounted_here(&t, &path).or_else(|| crate::local::held_here(c, &t, device)) {
         if json {
             outln!(
                 "{}",
