@@ -395,7 +395,9 @@ pub(crate) fn error_obj(kind: &str, path: &str, format: Option<Format>, err: &st
 }
 
 /// Whether the record was never written by a holder: a native area as `mmp format` wrote
-/// it, or an ext4 MMP block as mke2fs/tune2fs wrote it (clean, no node, no device name).
+/// it, or a clean ext4 MMP block with no node and no device name. mke2fs and tune2fs record
+/// the node and device they ran on, so their blocks do not count: nothing tells them from a
+/// clean release.
 pub(crate) fn never_held(snap: &Snapshot) -> bool {
     let nameless = snap.nodename().is_empty() && snap.devname().is_empty();
     match snap {
