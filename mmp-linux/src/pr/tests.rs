@@ -1304,3 +1304,88 @@ fn a_new_acquire_on_a_preempted_node_opens_no_data_lun() {
         assert_eq!(t.borrow().keys(), vec![B]);
     }
 }
+
+/// Random schedules of three hosts sharing an MMP LUN and a data LUN, each step one thing a
+/// cluster can do: acquire (only when MMP allows it: nobody holds, or the owner froze), a
+/// clean release, the owner freezing, a stale mount going away, a new hold refused by MMP
+/// (also on a node with a stale mount). After every step: no host that has the data mounted
+/// without owning it may write the data LUN, and the owner may. The clean release that gave
+/// the reservation back (fixed after soak 2) breaks this at seed 1, with the schedule the
+/// lab found: 0 acquires, 0 freezes, 1 acquires, 1 releases.
+#[test]
+fn no_stale_mount_ever_writes_in_random_schedules() {
+    const KEYS: [u64; 3] = [A, B, C];
+    for seed in 0..400u64 {
+        let (area, data) = (Target::shared(), Target::shared());
+        let fence = |h: usize| fence_of(KEYS[h], &[&area, &data], h + 1);
+        // (owner, frozen): the MMP owner, and whether it froze (takeover allowed).
+        let mut owner: Option<(usize, bool)> = None;
+        let mut mounted = [false; 3];
+        let mut log: Vec<String> = Vec::new();
+        let mut rng = seed;
+        for step in 0..60 {
+            rng = mmp_core::rand::splitmix64_mix(rng.wrapping_add(0x9e37_79b9_7f4a_7c15));
+            let h = usize::try_from(rng % 3).unwrap_or(0);
+            match (rng >> 8) % 5 {
+                // Acquire: MMP lets a host without a mount in when nobody holds or the
+                // owner froze; the previous owner keeps its (now stale) mount.
+                0 if !mounted[h] && owner.is_none_or(|(_, frozen)| frozen) => {
+                    let f = fence(h);
+                    f.prepare().unwrap();
+                    let got = f.acquire();
+                    assert!(got.is_ok(), "seed {seed} step {step}: {got:?}\n{log:?}");
+                    owner = Some((h, false));
+                    mounted[h] = true;
+                    log.push(format!("{h} acquires"));
+                }
+                // The owner releases cleanly: unmount, hand over, CLEAN.
+                1 if owner == Some((h, false)) => {
+                    mounted[h] = false;
+                    let (_, failed) = fence(h).hand_over();
+                    assert!(failed.is_empty(), "seed {seed}: {failed:?}");
+                    owner = None;
+                    log.push(format!("{h} releases"));
+                }
+                // The owner freezes (VM pause): a takeover is now allowed.
+                2 if owner == Some((h, false)) => {
+                    owner = Some((h, true));
+                    log.push(format!("{h} freezes"));
+                }
+                // A stale mount goes away (the cluster stops it).
+                3 if mounted[h] && owner.is_none_or(|(o, _)| o != h) => {
+                    mounted[h] = false;
+                    log.push(format!("{h} unmounts its stale mount"));
+                }
+                // A new hold on h is refused by MMP (the owner is alive): it registered on
+                // the MMP LUN, and withdraws. A stale mount on h must not write meanwhile.
+                4 if owner.is_some_and(|(o, frozen)| o != h && !frozen) => {
+                    let f = fence(h);
+                    f.prepare().unwrap();
+                    assert!(
+                        !mounted[h] || !data.borrow().may_write(h + 1),
+                        "seed {seed} step {step}: a refused hold opened the data LUN to {h}'s stale mount\n{log:?}"
+                    );
+                    let (_, failed) = f.hand_over();
+                    assert!(failed.is_empty(), "seed {seed}: {failed:?}");
+                    log.push(format!("{h} refused"));
+                }
+                _ => continue,
+            }
+            for (x, &is_mounted) in mounted.iter().enumerate() {
+                let owns = owner.is_some_and(|(o, _)| o == x);
+                if is_mounted && !owns {
+                    assert!(
+                        !data.borrow().may_write(x + 1),
+                        "seed {seed} step {step}: host {x}'s stale mount may write the data LUN\n{log:?}"
+                    );
+                }
+                if owns {
+                    assert!(
+                        data.borrow().may_write(x + 1) && area.borrow().may_write(x + 1),
+                        "seed {seed} step {step}: the owner {x} may not write\n{log:?}"
+                    );
+                }
+            }
+        }
+    }
+}
