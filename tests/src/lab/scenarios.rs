@@ -99,7 +99,7 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "comeback-with-reservations",
-        about: "the surprise comeback on an iSCSI LUN with `--fence scsi-pr`: the frozen owner's writes after the partner acquired, counted by QEMU, must be 0; acknowledged records survive (MMP_LAB_CYCLES cycles, roles alternate; MMP_LAB_FAULTS=freeze,kill,power picks the faults, in turn or at random with MMP_LAB_SEED: lab/soak)",
+        about: "the surprise comeback on an iSCSI LUN with `--fence scsi-pr`: the frozen owner's writes after the partner acquired, counted by QEMU, must be 0; acknowledged records survive (MMP_LAB_CYCLES cycles, roles alternate; MMP_LAB_FAULTS=freeze,kill,power,freeze-handover picks the faults, in turn or at random with MMP_LAB_SEED: lab/soak)",
         smoke: true,
         shows_gap: false,
         run: comeback_with_reservations,
@@ -681,8 +681,10 @@ fn check_records(tag: &str, acked: &[u64], listing: &str) -> std::result::Result
 /// after the partner acquired must be 0. Roles alternate, so every cycle also re-acquires
 /// from a preempted node. `MMP_LAB_CYCLES` (default 2) sets the number of cycles,
 /// `MMP_LAB_CYCLES_MAX_SECS` a time budget, `MMP_LAB_FAULTS` the faults (default `freeze`;
-/// also `kill`: SIGKILL of the holder, `power`: power loss and a fresh boot), in turn or at
-/// random with `MMP_LAB_SEED`.
+/// also `kill`: SIGKILL of the holder, `power`: power loss and a fresh boot,
+/// `freeze-handover`: as `freeze`, but the new owner releases cleanly while the old one is
+/// still frozen, then acquires again once the old owner's stale mount is gone), in turn or
+/// at random with `MMP_LAB_SEED`.
 fn comeback_with_reservations(ctx: &Ctx, r: &mut Report) -> Result<()> {
     comeback_on_iscsi(ctx, r, true)
 }
@@ -751,12 +753,13 @@ fn comeback_on_iscsi(ctx: &Ctx, r: &mut Report, fence: bool) -> Result<()> {
         .filter(|f| !f.is_empty())
         .collect();
     for f in &faults {
-        if !["freeze", "kill", "power"].contains(&f.as_str()) {
+        if !["freeze", "kill", "power", "freeze-handover"].contains(&f.as_str()) {
             // (`stall`, Node::stall_storage, throttles QEMU's block layer, which the
             // scsi-block pass-through of these LUNs bypasses: it does not stall them.)
-            return Err(
-                format!("MMP_LAB_FAULTS: unknown fault {f:?} (freeze, kill, power)").into(),
-            );
+            return Err(format!(
+                "MMP_LAB_FAULTS: unknown fault {f:?} (freeze, kill, power, freeze-handover)"
+            )
+            .into());
         }
     }
     // In turn, or at random (reproducibly) with MMP_LAB_SEED.
@@ -797,8 +800,9 @@ fn comeback_on_iscsi(ctx: &Ctx, r: &mut Report, fence: bool) -> Result<()> {
             .into());
         }
         let faulted = Instant::now();
+        let frozen = fault == "freeze" || fault == "freeze-handover";
         match fault.as_str() {
-            "freeze" => nodes[owner].freeze()?,
+            "freeze" | "freeze-handover" => nodes[owner].freeze()?,
             // The holder dies (SIGKILL: no CLEAN); the writer goes on writing.
             "kill" => {
                 nodes[owner].expect(
@@ -861,8 +865,25 @@ fn comeback_on_iscsi(ctx: &Ctx, r: &mut Report, fence: bool) -> Result<()> {
         checked +=
             check_records(&tag, &acked, &view.out).map_err(|e| format!("cycle {cycle}: {e}"))?;
         // The new owner writes too.
-        let next_tag = format!("{}{}", nodes[taker].name(), cycle + 1);
+        let mut next_tag = format!("{}{}", nodes[taker].name(), cycle + 1);
         nodes[taker].expect("writer", &start_writer(&next_tag), 0, SHORT)?;
+        // `freeze-handover`: the new owner releases cleanly while the old one is still
+        // frozen (what Pacemaker without STONITH did in soak 2 when it moved the group back:
+        // it stopped the good instance first). The old owner's stale mount must stay
+        // refused after that release too.
+        if fault == "freeze-handover" {
+            std::thread::sleep(Duration::from_secs(3));
+            nodes[taker].expect(
+                "the new owner releases cleanly",
+                &format!(
+                    "kill $(cat /jobs/writer.pid); umount /mnt/d
+{}",
+                    stop_holder("holder")
+                ),
+                0,
+                LONG,
+            )?;
+        }
 
         let (mut ok, mut failed) = (0u64, 0u64);
         let mut note = String::new();
@@ -876,7 +897,7 @@ fn comeback_on_iscsi(ctx: &Ctx, r: &mut Report, fence: bool) -> Result<()> {
                 note.push_str("powered off, booted again");
             }
             _ => {
-                if fault == "freeze" {
+                if frozen {
                     if nodes[owner].blockstats()? != stats_before {
                         return Err(
                             format!("cycle {cycle}: the frozen node's counters moved").into()
@@ -899,6 +920,25 @@ fn comeback_on_iscsi(ctx: &Ctx, r: &mut Report, fence: bool) -> Result<()> {
                 )?;
                 if j.out.contains("ownership lost") {
                     losses_seen += 1;
+                }
+                if fault == "freeze-handover" {
+                    // The stale mount is gone: the new owner acquires again (the area is
+                    // clean), checks the records it acknowledged before its release, and
+                    // writes on.
+                    nodes[taker].expect("acquire again", &hold(""), 0, LONG)?;
+                    nodes[taker].expect("mount again", &mount, 0, LONG)?;
+                    let mine = acks(&nodes[taker], &next_tag);
+                    let view = nodes[taker].expect(
+                        "read the records again",
+                        &format!("cat /mnt/d/rec-{next_tag}"),
+                        0,
+                        SHORT,
+                    )?;
+                    checked += check_records(&next_tag, &mine, &view.out)
+                        .map_err(|e| format!("cycle {cycle} (after the handover): {e}"))?;
+                    next_tag.push('r');
+                    nodes[taker].expect("writer", &start_writer(&next_tag), 0, SHORT)?;
+                    note.push_str("released by the new owner while frozen; acquired again");
                 }
                 if ok > 0 {
                     note = format!("old owner's holder:\n{}", j.out.trim_end());
@@ -963,6 +1003,7 @@ fn comeback_on_iscsi(ctx: &Ctx, r: &mut Report, fence: bool) -> Result<()> {
         format!(
             "{losses_seen}/{}",
             by_kind.get("freeze").copied().unwrap_or(0)
+                + by_kind.get("freeze-handover").copied().unwrap_or(0)
         ),
     );
     let mut t = takeovers.clone();
