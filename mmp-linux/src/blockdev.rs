@@ -882,8 +882,10 @@ fn parse_majmin(s: &str) -> Option<u64> {
     )))
 }
 
-/// Undoes the octal escapes (`\040` etc.) of `/proc/self/mountinfo` fields.
-fn unescape_mount_field(field: &[u8]) -> Vec<u8> {
+/// Undoes the octal escapes (`\040` etc.) of `/proc/self/mountinfo` fields (an escape
+/// that is not a byte stays as it is).
+#[must_use]
+pub fn unescape_mount_field(field: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(field.len());
     let mut i = 0;
     while i < field.len() {

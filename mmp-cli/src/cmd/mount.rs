@@ -694,31 +694,10 @@ fn is_mount_point(dir: &Path) -> bool {
         return false;
     };
     info.split(|&b| b == b'\n').any(|line| {
-        line.split(|&b| b == b' ')
-            .nth(4)
-            .is_some_and(|m| unescape_mount(m) == want.as_os_str().as_bytes())
+        line.split(|&b| b == b' ').nth(4).is_some_and(|m| {
+            mmp_linux::blockdev::unescape_mount_field(m) == want.as_os_str().as_bytes()
+        })
     })
-}
-
-/// A mountinfo field with its `\NNN` octal escapes (space, tab, newline, backslash) decoded.
-fn unescape_mount(f: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(f.len());
-    let mut i = 0;
-    while i < f.len() {
-        if f[i] == b'\\'
-            && let Some(d) = f.get(i + 1..i + 4)
-            && d.iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v =
-                u32::from(d[0] - b'0') * 64 + u32::from(d[1] - b'0') * 8 + u32::from(d[2] - b'0');
-            out.push(u8::try_from(v).unwrap_or(b'?'));
-            i += 4;
-        } else {
-            out.push(f[i]);
-            i += 1;
-        }
-    }
-    out
 }
 
 /// The run directory's files of the mount `st` (state, holder output, log, status, state
@@ -1033,20 +1012,5 @@ fn list_text(rd: &Path, listed: &[Listed]) {
             show(&l.st.mmp_device),
             show(&l.st.mmp_device)
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::unescape_mount;
-
-    #[test]
-    fn mountinfo_escapes_are_decoded_and_bad_ones_kept() {
-        assert_eq!(unescape_mount(br"/mnt/a\040b"), b"/mnt/a b");
-        assert_eq!(unescape_mount(br"/x\134y\011z"), b"/x\\y\tz");
-        assert_eq!(unescape_mount(br"/odd\777"), b"/odd?");
-        assert_eq!(unescape_mount(br"/short\04"), br"/short\04");
-        assert_eq!(unescape_mount(br"/not\08x"), br"/not\08x");
-        assert_eq!(unescape_mount(b""), b"");
     }
 }
