@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use super::fencer::Fencer;
 use super::full::{FullBoot, FullImage, Link};
 use super::scenarios::{Ctx, Report, Verdict};
 use super::{Disk, IscsiLun, IscsiTarget, Job, JobResult, Node, NodeSpec, Result};
@@ -26,6 +27,10 @@ const LONG: Duration = Duration::from_secs(300);
 
 /// The data-integrity witness, shared with the guests as `/tools/lab/witness.py`.
 const WITNESS: &str = include_str!("witness.py");
+
+/// The lab's fence agent (`/tools/lab/fence_mmplab`, installed as `/usr/sbin/fence_mmplab`
+/// by [`enable_stonith`]); the host side is [`super::fencer`].
+const FENCE_AGENT: &str = include_str!("fence_mmplab");
 
 /// corosync 3: knet over the nodes' link-local addresses, two nodes, 3 s token.
 const COROSYNC_CONF: &str = "\
@@ -193,6 +198,9 @@ fn prepare_tools(ctx: &Ctx) -> Result<()> {
     }
     fs::create_dir_all(dir.join("lab"))?;
     fs::write(dir.join("lab/witness.py"), WITNESS)?;
+    let agent = dir.join("lab/fence_mmplab");
+    fs::write(&agent, FENCE_AGENT)?;
+    fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     Ok(())
 }
 
@@ -1479,4 +1487,249 @@ fn comeback_cycle(
         owner: new_owner,
         tag: tag_next,
     })
+}
+
+/// STONITH for a running two-node cluster: installs the lab's fence agent on both nodes and
+/// configures one device per node (`fence-a` fences a and runs only on b, and the reverse),
+/// `stonith-enabled=true`; waits until both devices run. `delay_a`: Pacemaker's
+/// `pcmk_delay_base` on `fence-a` (seconds), so that in a split both ways the node running
+/// the group (a) shoots first, the usual setting for two-node clusters.
+fn enable_stonith(nodes: &mut [Node], delay_a: Option<u32>, r: &mut Report) -> Result<()> {
+    for n in nodes.iter_mut() {
+        n.expect(
+            "install the fence agent",
+            "install -m 755 /tools/lab/fence_mmplab /usr/sbin/fence_mmplab && fence_mmplab -o metadata | grep -q resource-agent",
+            0,
+            SHORT,
+        )?;
+    }
+    let device = |n: &str, other: &str, delay: Option<u32>| {
+        let delay = delay.map_or_else(String::new, |d| {
+            format!(r#"<nvpair id="fence-{n}-delay" name="pcmk_delay_base" value="{d}s"/>"#)
+        });
+        format!(
+            "cibadmin -C -o resources -X '<primitive id=\"fence-{n}\" class=\"stonith\" type=\"fence_mmplab\">\
+<instance_attributes id=\"fence-{n}-ia\"><nvpair id=\"fence-{n}-hosts\" name=\"pcmk_host_list\" value=\"{n}\"/>{delay}</instance_attributes>\
+<operations><op id=\"fence-{n}-monitor\" name=\"monitor\" interval=\"60s\" timeout=\"20s\"/></operations></primitive>'\n\
+cibadmin -C -o constraints -X '<rsc_location id=\"fence-{n}-away\" rsc=\"fence-{n}\" node=\"{n}\" score=\"-INFINITY\"/>'\n\
+i=0; until crm_resource --locate -r fence-{n} 2>/dev/null | grep -q 'running on: {other}'; do i=$((i+1)); [ $i -gt 120 ] && {{ crm_mon -1; exit 9; }}; sleep 1; done\n"
+        )
+    };
+    let t = Instant::now();
+    nodes[0].expect(
+        "configure STONITH",
+        &format!(
+            "set -e\n{}{}crm_attribute -t crm_config -n stonith-enabled -v true\n\
+             crm_attribute -t crm_config -n stonith-timeout -v 120s\n\
+             stonith_admin --list-registered",
+            device("a", "b", delay_a),
+            device("b", "a", None)
+        ),
+        0,
+        LONG,
+    )?;
+    secs(
+        r,
+        "STONITH configured, both devices running (host)",
+        t.elapsed(),
+    );
+    if let Some(d) = delay_a {
+        fig(r, "fence-a pcmk_delay_base", format!("{d} s"));
+    }
+    Ok(())
+}
+
+/// The fencing actions the host carried out, as a figure.
+fn fencing_figure(r: &mut Report, fencer: &Fencer, since: Instant) {
+    let shots: Vec<String> = fencer
+        .shots()
+        .iter()
+        .map(|f| {
+            format!(
+                "{} by {}: {} at {:.1} s",
+                f.target,
+                f.by,
+                f.action,
+                f.at.saturating_duration_since(since).as_secs_f64()
+            )
+        })
+        .collect();
+    fig(
+        r,
+        "fencing (host, from the fault)",
+        if shots.is_empty() {
+            "none".to_owned()
+        } else {
+            shots.join("; ")
+        },
+    );
+}
+
+/// `pacemaker-freeze-stonith`: `pacemaker-freeze-resume` with STONITH (the lab's fence
+/// agent, which resets a node through the host) and no reservations (virtio disks): the
+/// frozen node is reset before its partner starts the group, so nothing of it can write
+/// after the partner acquired. The reset node reboots and rejoins; the group stays.
+pub fn pacemaker_freeze_stonith(ctx: &Ctx, r: &mut Report) -> Result<()> {
+    let mut nodes = pacemaker_setup(ctx, r)?;
+    enable_stonith(&mut nodes, None, r)?;
+    let fencer = Fencer::start(&nodes);
+    let (a, b) = two(&mut nodes);
+    let watch = b.spawn("watch the takeover", &watch_takeover("b"))?;
+    a.freeze()?;
+    let fault = Instant::now();
+    let frozen_data = a.writes_to("data")?;
+    let marks = match wait_marks(
+        &watch,
+        &["acquired", "mounted", "started"],
+        fault,
+        Duration::from_secs(300),
+    ) {
+        Ok(m) => m,
+        Err(e) => return Err(format!("{e}\nb's view:\n{}", cluster_view(b)).into()),
+    };
+    let shots = fencer.shots();
+    fencing_figure(r, &fencer, fault);
+    let Some(shot) = shots.iter().find(|f| f.target == "a") else {
+        return Err(format!(
+            "b ran the group but the host fenced nothing of a: {:?}",
+            fencer.log()
+        )
+        .into());
+    };
+    let fenced = shot.at.saturating_duration_since(fault);
+    secs(r, "freeze -> a fenced (reset) by b (host)", fenced);
+    secs(r, "freeze -> mmp area acquired on b (host)", marks[0]);
+    secs(r, "freeze -> XFS mounted on b (host)", marks[1]);
+    secs(
+        r,
+        "freeze -> Pacemaker reports the group running on b (host)",
+        marks[2],
+    );
+    if fenced >= marks[0] {
+        return Err("b acquired the area before a was fenced".into());
+    }
+    start_writer(b)?;
+    let back = a.wait_ready_again(Duration::from_secs(300))?;
+    secs(r, "a: reboot after the reset (host)", back);
+    std::thread::sleep(Duration::from_secs(5));
+    let a_after = a.writes_to("data")? - frozen_data;
+    fig(
+        r,
+        "a: data-disk writes after b acquired (QEMU, through its reboot)",
+        a_after.to_string(),
+    );
+    let view = a.run(
+        "a after the reboot",
+        "grep ' /mnt/d ' /proc/mounts; systemctl start corosync pacemaker; i=0; until crm_mon -1 2>/dev/null | grep -q 'Online: \\[ a b \\]'; do i=$((i+1)); [ $i -gt 120 ] && break; sleep 1; done; crm_mon -1 2>&1 | grep -E 'Online|svc-|fence-' | head -8",
+        LONG,
+    )?;
+    eprintln!("    a after the reboot:\n{}", view.out.trim_end());
+    let (repair, witness) = stop_and_check(&mut nodes, 1, r)?;
+    if a_after > 0 {
+        return Err(format!("a wrote {a_after} times to the data disk after b acquired").into());
+    }
+    check_verdict(&repair, &witness)
+}
+
+/// `pacemaker-partition-stonith`: the active node's network cut with STONITH on (`fence-a`
+/// delayed 10 s, so the node running the group shoots first): one side fences the other,
+/// the group runs on exactly one node, nothing writes the data disk from the other side;
+/// after the heal both are members again.
+pub fn pacemaker_partition_stonith(ctx: &Ctx, r: &mut Report) -> Result<()> {
+    let mut nodes = pacemaker_setup(ctx, r)?;
+    enable_stonith(&mut nodes, Some(10), r)?;
+    let fencer = Fencer::start(&nodes);
+    let (a, b) = two(&mut nodes);
+    let b_data = b.writes_to("data")?;
+    let acks0 = acked(a);
+    a.set_link(false)?;
+    let fault = Instant::now();
+    // Someone is shot within the token timeout + consensus + the fencing itself.
+    while fencer.shots().is_empty() {
+        if fault.elapsed() > Duration::from_secs(180) {
+            return Err(format!(
+                "nobody fenced within 180 s of the partition: {:?}\n{}",
+                fencer.log(),
+                cluster_view(a)
+            )
+            .into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let shot = fencer.shots()[0].clone();
+    secs(
+        r,
+        &format!("partition -> {} fenced by {} (host)", shot.target, shot.by),
+        shot.at.saturating_duration_since(fault),
+    );
+    // The survivor runs the group; the other reboots.
+    std::thread::sleep(Duration::from_secs(20));
+    fencing_figure(r, &fencer, fault);
+    let (survivor, victim) = if shot.target == "b" { (0, 1) } else { (1, 0) };
+    let v_back = nodes[victim].wait_ready_again(Duration::from_secs(300))?;
+    secs(
+        r,
+        &format!("{}: reboot after the reset (host)", nodes[victim].name()),
+        v_back,
+    );
+    // The stack does not start at boot in the lab's image (as many sites set it after a
+    // fence): the administrator's start.
+    nodes[victim].expect(
+        "start the cluster stack again",
+        "grep ' /mnt/d ' /proc/mounts && exit 1; systemctl start corosync pacemaker",
+        0,
+        LONG,
+    )?;
+    let name = nodes[survivor].name().to_owned();
+    let j = nodes[survivor].expect(
+        "the group runs on the survivor",
+        &format!(
+            "i=0; until crm_resource --locate -r svc-fs 2>/dev/null | grep -q 'running on: {name}'; do i=$((i+1)); [ $i -gt 240 ] && {{ crm_mon -1; exit 9; }}; sleep 1; done; echo \"lab-mark running $(now)\""
+        ),
+        0,
+        LONG,
+    )?;
+    drop(j);
+    secs(
+        r,
+        &format!("partition -> the group runs on {name} (host)"),
+        fault.elapsed(),
+    );
+    if survivor == 1 {
+        // b took over after fencing a: its own writer from here.
+        start_writer(&mut nodes[1])?;
+    } else {
+        let b_after = nodes[1].writes_to("data")? - b_data;
+        fig(
+            r,
+            "b: data-disk writes during the partition (QEMU, through its reboot)",
+            b_after.to_string(),
+        );
+        if b_after > 0 {
+            return Err(format!("b wrote {b_after} times to the data disk").into());
+        }
+        let during = acked(&nodes[0]) - acks0;
+        fig(
+            r,
+            "a: records acknowledged since the partition",
+            during.to_string(),
+        );
+    }
+    nodes[0].set_link(true)?;
+    let healed = Instant::now();
+    nodes[survivor].expect(
+        "the cluster merges",
+        "i=0\nuntil crm_mon -1 2>/dev/null | grep -q 'Online: \\[ a b \\]'; do i=$((i+1)); [ $i -gt 240 ] && { crm_mon -1; exit 9; }; sleep 1; done",
+        0,
+        LONG,
+    )?;
+    secs(
+        r,
+        "heal -> both nodes online again (host)",
+        healed.elapsed(),
+    );
+    let more = fencer.shots().len() - 1;
+    fig(r, "fencing actions after the first", more.to_string());
+    let (repair, witness) = stop_and_check(&mut nodes, survivor, r)?;
+    check_verdict(&repair, &witness)
 }

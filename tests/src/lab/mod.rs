@@ -12,6 +12,7 @@
 //! The scenarios built on it are in [`scenarios`].
 
 pub mod cluster;
+pub mod fencer;
 pub mod full;
 pub mod qmp;
 pub mod scenarios;
@@ -419,6 +420,7 @@ impl Node {
         fs::create_dir_all(&jobs)?;
         let sock = dir.join("qmp.sock");
         let _ = fs::remove_file(&sock);
+        let _ = fs::remove_file(dir.join("fence.sock"));
         let mut append = format!(
             "console=ttyS0 panic=-1 loglevel=4 mmplab_node={} mmplab_hostid={:#010x}",
             spec.name, spec.hostid
@@ -450,6 +452,13 @@ impl Node {
             .arg(format!("file:{}", dir.join("console.log").display()))
             .arg("-qmp")
             .arg(format!("unix:{},server=on,wait=off", sock.display()))
+            // A second monitor for the lab's STONITH device (fencer.rs), which runs in a
+            // thread of its own while the scenario holds the first.
+            .arg("-qmp")
+            .arg(format!(
+                "unix:{},server=on,wait=off",
+                dir.join("fence.sock").display()
+            ))
             .arg("-virtfs")
             .arg(format!(
                 "local,path={},mount_tag=tools,security_model=none,readonly=on",
@@ -557,6 +566,35 @@ impl Node {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Waits for the guest's job loop after a reboot that did not restart QEMU (a reset by
+    /// the fencer removes `jobs/ready` first); returns the time waited.
+    ///
+    /// # Errors
+    /// When the guest is not ready within `timeout` (the console log is quoted).
+    pub fn wait_ready_again(&mut self, timeout: Duration) -> Result<Duration> {
+        let t = Instant::now();
+        let ready = self.jobs.join("ready");
+        while !ready.exists() {
+            if !self.is_running()? || t.elapsed() > timeout {
+                return Err(format!(
+                    "{} not ready again after {:?}; console:\n{}",
+                    self.name(),
+                    t.elapsed(),
+                    self.console_tail(30)
+                )
+                .into());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(t.elapsed())
+    }
+
+    /// The node's folder on the host (console log, QMP sockets, job folder).
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The last `lines` lines of the serial console.
