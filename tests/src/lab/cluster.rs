@@ -75,6 +75,9 @@ struct Shared {
     data: String,
     /// The agent's `fence` parameter (`scsi-pr`), if any.
     fence: Option<&'static str>,
+    /// The file system on `data`: `xfs` (protected by the native `area`) or `ext4` (with
+    /// the MMP feature: `area` is `data` itself and the kernel heartbeats once mounted).
+    fstype: &'static str,
 }
 
 impl Shared {
@@ -84,6 +87,43 @@ impl Shared {
             area: "/dev/vdb".to_owned(),
             data: "/dev/vdc".to_owned(),
             fence: None,
+            fstype: "xfs",
+        }
+    }
+
+    /// An ext4 with the MMP feature on `/dev/vdc`, no separate area: the agent runs the
+    /// full acquire and hands the file system to the kernel, whose kmmpd heartbeats.
+    fn virtio_ext4() -> Self {
+        Self {
+            area: "/dev/vdc".to_owned(),
+            data: "/dev/vdc".to_owned(),
+            fence: None,
+            fstype: "ext4",
+        }
+    }
+
+    /// Shell condition: the agent on this node has acquired the MMP (the native holder
+    /// printed `acquired`; for ext4 the agent's hand-over mark exists).
+    fn acquired_test(&self) -> String {
+        if self.fstype == "ext4" {
+            format!("[ -e {} ]", self.agent_file("ext4"))
+        } else {
+            format!("grep -q acquired {} 2>/dev/null", self.agent_file("out"))
+        }
+    }
+
+    /// Job text: make the file systems (and the native area).
+    fn format(&self) -> String {
+        if self.fstype == "ext4" {
+            format!(
+                "mke2fs -q -F -t ext4 -O mmp -E mmp_update_interval=5 {}",
+                self.data
+            )
+        } else {
+            format!(
+                "mmp format --interval-ms 1000 {} && mkfs.xfs -q -f {}",
+                self.area, self.data
+            )
         }
     }
 
@@ -109,13 +149,19 @@ impl Shared {
         let fence = self.fence.map_or_else(String::new, |f| {
             format!("\n      <nvpair id=\"svc-mmp-fence\" name=\"fence\" value=\"{f}\"/>")
         });
-        let (area, data) = (&self.area, &self.data);
+        let (area, data, fstype) = (&self.area, &self.data, self.fstype);
+        let mmp_device = if area == data {
+            String::new()
+        } else {
+            format!(
+                "\n      <nvpair id=\"svc-mmp-mmp_device\" name=\"mmp_device\" value=\"{area}\"/>"
+            )
+        };
         format!(
             r#"<group id="svc">
   <primitive id="svc-mmp" class="ocf" provider="mmp" type="mmp">
     <instance_attributes id="svc-mmp-ia">
-      <nvpair id="svc-mmp-device" name="device" value="{data}"/>
-      <nvpair id="svc-mmp-mmp_device" name="mmp_device" value="{area}"/>{fence}
+      <nvpair id="svc-mmp-device" name="device" value="{data}"/>{mmp_device}{fence}
     </instance_attributes>
     <operations>
       <op id="svc-mmp-start" name="start" interval="0" timeout="120s"/>
@@ -127,7 +173,7 @@ impl Shared {
     <instance_attributes id="svc-fs-ia">
       <nvpair id="svc-fs-device" name="device" value="{data}"/>
       <nvpair id="svc-fs-directory" name="directory" value="/mnt/d"/>
-      <nvpair id="svc-fs-fstype" name="fstype" value="xfs"/>
+      <nvpair id="svc-fs-fstype" name="fstype" value="{fstype}"/>
     </instance_attributes>
     <operations>
       <op id="svc-fs-start" name="start" interval="0" timeout="90s"/>
@@ -147,8 +193,14 @@ const AGENT_LOG: &str = "/run/mmp/ocf-_dev_vdb.log";
 /// Job text on the partner: marks when its holder acquired the area, when the XFS is
 /// mounted, and when Pacemaker reports the group running there.
 fn watch_takeover(node: &str) -> String {
+    watch_takeover_on(node, &Shared::virtio())
+}
+
+/// [`watch_takeover`] for the devices `shared`.
+fn watch_takeover_on(node: &str, shared: &Shared) -> String {
+    let acquired = shared.acquired_test();
     format!(
-        "until grep -q acquired {AGENT_OUT} 2>/dev/null; do sleep 0.1; done\n\
+        "until {acquired}; do sleep 0.1; done\n\
          echo \"lab-mark acquired $(now)\"\n\
          until grep -q ' /mnt/d ' /proc/mounts; do sleep 0.1; done\n\
          echo \"lab-mark mounted $(now)\"\n\
@@ -296,16 +348,13 @@ fn start_cluster(nodes: &mut [Node], r: &mut Report) -> Result<()> {
 /// it runs on `a`.
 fn configure_group(a: &mut Node, shared: &Shared, r: &mut Report) -> Result<()> {
     a.expect(
-        "format the area and the XFS",
-        &format!(
-            "mmp format --interval-ms 1000 {} && mkfs.xfs -q -f {}",
-            shared.area, shared.data
-        ),
+        "format the area and the file system",
+        &shared.format(),
         0,
         LONG,
     )?;
     fs::write(a.job_file("resources.xml"), shared.resources_xml())?;
-    let agent_out = shared.agent_file("out");
+    let acquired = shared.acquired_test();
     let t = Instant::now();
     let j = a.expect(
         "configure pacemaker",
@@ -317,7 +366,7 @@ fn configure_group(a: &mut Node, shared: &Shared, r: &mut Report) -> Result<()> 
          cibadmin -C -o constraints -X '<rsc_location id=\"svc-prefers-a\" rsc=\"svc\" node=\"a\" score=\"50\"/>'\n\
          i=0\n\
          s=$(now); i=0\n\
-         until grep -q acquired {agent_out} 2>/dev/null; do i=$((i+1)); [ $i -gt 1800 ] && exit 9; sleep 0.1; done\n\
+         until {acquired}; do i=$((i+1)); [ $i -gt 1800 ] && exit 9; sleep 0.1; done\n\
          echo \"lab-took-acquire $s $(now)\"\n\
          until grep -q ' /mnt/d ' /proc/mounts; do i=$((i+1)); [ $i -gt 1800 ] && exit 9; sleep 0.1; done\n\
          echo \"lab-took-mount $s $(now)\"\n\
@@ -444,7 +493,7 @@ fn stop_and_check(
     checker: usize,
     r: &mut Report,
 ) -> Result<(JobResult, JobResult)> {
-    stop_and_check_on(nodes, checker, "/dev/vdc", r)
+    stop_and_check_on(nodes, checker, "/dev/vdc", "xfs", r)
 }
 
 /// Every writer's acknowledgements on the host: (tag, `acks-TAG` file), from every node's
@@ -472,6 +521,7 @@ fn stop_and_check_on(
     nodes: &mut [Node],
     checker: usize,
     data: &str,
+    fstype: &str,
     r: &mut Report,
 ) -> Result<(JobResult, JobResult)> {
     for n in nodes.iter_mut() {
@@ -501,7 +551,7 @@ fn stop_and_check_on(
     for n in nodes.iter_mut() {
         if n.is_running()? {
             n.expect(
-                "the XFS is mounted nowhere",
+                "the file system is mounted nowhere",
                 "i=0; while grep -q ' /mnt/d ' /proc/mounts; do i=$((i+1)); [ $i -gt 120 ] && exit 9; sleep 0.5; done",
                 0,
                 LONG,
@@ -509,16 +559,21 @@ fn stop_and_check_on(
         }
     }
     let c = &mut nodes[checker];
+    let (check, noreplay) = if fstype == "ext4" {
+        ("e2fsck -fn", "noload")
+    } else {
+        ("xfs_repair -n", "norecovery")
+    };
     let repair = c.run(
-        "xfs_repair -n",
+        check,
         &format!(
-            "xfs_repair -n {data} >/jobs/repair.log 2>&1; rc=$?; tail -4 /jobs/repair.log; exit $rc"
+            "{check} {data} >/jobs/repair.log 2>&1; rc=$?; tail -4 /jobs/repair.log; exit $rc"
         ),
         LONG,
     )?;
     fig(
         r,
-        &format!("{}: xfs_repair -n", c.name()),
+        &format!("{}: {check}", c.name()),
         if repair.rc == 0 {
             "clean".to_owned()
         } else {
@@ -537,8 +592,8 @@ fn stop_and_check_on(
         "witness: every acknowledged record",
         &format!(
             "mkdir -p /mnt/v\n\
-             if mount -t xfs -o ro {data} /mnt/v; then echo 'lab-mount ro';\n\
-             elif mount -t xfs -o ro,norecovery {data} /mnt/v; then echo 'lab-mount ro,norecovery (the log does not replay)';\n\
+             if mount -t {fstype} -o ro {data} /mnt/v; then echo 'lab-mount ro';\n\
+             elif mount -t {fstype} -o ro,{noreplay} {data} /mnt/v; then echo 'lab-mount ro,{noreplay} (the log does not replay)';\n\
              else exit 7; fi\n\
              rc=0\n{}\numount /mnt/v\nexit $rc",
             checks.join("\n")
@@ -564,12 +619,17 @@ fn stop_and_check_on(
 
 /// Boot, cluster, group on a, writer on a: the start of every Pacemaker scenario.
 fn pacemaker_setup(ctx: &Ctx, r: &mut Report) -> Result<Vec<Node>> {
+    pacemaker_setup_on(ctx, r, &Shared::virtio())
+}
+
+/// [`pacemaker_setup`] with the devices `shared` (on the virtio disks).
+fn pacemaker_setup_on(ctx: &Ctx, r: &mut Report, shared: &Shared) -> Result<Vec<Node>> {
     let area = Disk::create(&ctx.run_dir, "area", 4 * MIB)?;
     let data = Disk::create(&ctx.run_dir, "data", 320 * MIB)?;
     let mut nodes = boot_full_pair(ctx, r, &[area, data], &[], true)?;
     start_cluster(&mut nodes, r)?;
     let a = &mut nodes[0];
-    configure_group(a, &Shared::virtio(), r)?;
+    configure_group(a, shared, r)?;
     start_writer(a)?;
     let w0 = a.writes_to("data")?;
     std::thread::sleep(Duration::from_secs(3));
@@ -586,6 +646,7 @@ fn pacemaker_setup(ctx: &Ctx, r: &mut Report) -> Result<Vec<Node>> {
 }
 
 fn check_verdict(repair: &JobResult, witness: &JobResult) -> Result<()> {
+    // (`repair` is `xfs_repair -n` or, for ext4, `e2fsck -fn`.)
     if witness.rc != 0 {
         return Err(format!(
             "acknowledged records lost or damaged:\n{}",
@@ -594,16 +655,39 @@ fn check_verdict(repair: &JobResult, witness: &JobResult) -> Result<()> {
         .into());
     }
     if repair.rc != 0 {
-        return Err(format!("xfs_repair -n found damage:\n{}", repair.out.trim_end()).into());
+        return Err(format!(
+            "the file system check found damage:\n{}",
+            repair.out.trim_end()
+        )
+        .into());
     }
     Ok(())
 }
 
 /// `pacemaker-failover`: power loss (QMP `quit`) of the node running the group.
 pub fn pacemaker_failover(ctx: &Ctx, r: &mut Report) -> Result<()> {
-    let mut nodes = pacemaker_setup(ctx, r)?;
+    failover_on(ctx, r, &Shared::virtio())
+}
+
+/// `pacemaker-ext4-failover`: [`pacemaker_failover`] with an ext4 MMP file system (no
+/// separate area): the agent's full acquire, then the kernel mounts and heartbeats.
+pub fn pacemaker_ext4_failover(ctx: &Ctx, r: &mut Report) -> Result<()> {
+    failover_on(ctx, r, &Shared::virtio_ext4())
+}
+
+/// The name of `shared`'s file system in figures.
+fn fs_name(shared: &Shared) -> &'static str {
+    if shared.fstype == "ext4" {
+        "ext4"
+    } else {
+        "XFS"
+    }
+}
+
+fn failover_on(ctx: &Ctx, r: &mut Report, shared: &Shared) -> Result<()> {
+    let mut nodes = pacemaker_setup_on(ctx, r, shared)?;
     let (a, b) = two(&mut nodes);
-    let watch = b.spawn("watch the takeover", &watch_takeover("b"))?;
+    let watch = b.spawn("watch the takeover", &watch_takeover_on("b", shared))?;
     let acks_before = acked(a);
     let fault = Instant::now();
     a.power_off()?;
@@ -622,7 +706,11 @@ pub fn pacemaker_failover(ctx: &Ctx, r: &mut Report) -> Result<()> {
         acks_before.to_string(),
     );
     secs(r, "power loss -> mmp area acquired on b (host)", marks[0]);
-    secs(r, "power loss -> XFS mounted on b (host)", marks[1]);
+    secs(
+        r,
+        &format!("power loss -> {} mounted on b (host)", fs_name(shared)),
+        marks[1],
+    );
     secs(
         r,
         "power loss -> Pacemaker reports the group running on b (host)",
@@ -633,16 +721,26 @@ pub fn pacemaker_failover(ctx: &Ctx, r: &mut Report) -> Result<()> {
         "a: writes to the shared disks after b acquired",
         "0 (QEMU gone)",
     );
-    let (repair, witness) = stop_and_check(&mut nodes, 1, r)?;
+    let (repair, witness) = stop_and_check_on(&mut nodes, 1, &shared.data, shared.fstype, r)?;
     check_verdict(&repair, &witness)
 }
 
 /// `pacemaker-freeze-resume`: the node running the group is frozen (QMP `stop`) until its
 /// partner runs the group, then resumes (`cont`): what it writes after the partner acquired.
 pub fn pacemaker_freeze_resume(ctx: &Ctx, r: &mut Report) -> Result<()> {
-    let mut nodes = pacemaker_setup(ctx, r)?;
+    freeze_resume_on(ctx, r, &Shared::virtio())
+}
+
+/// `pacemaker-ext4-freeze-resume`: [`pacemaker_freeze_resume`] with an ext4 MMP file system:
+/// what the resumed node's kernel (kmmpd) does, and what it writes before.
+pub fn pacemaker_ext4_freeze_resume(ctx: &Ctx, r: &mut Report) -> Result<()> {
+    freeze_resume_on(ctx, r, &Shared::virtio_ext4())
+}
+
+fn freeze_resume_on(ctx: &Ctx, r: &mut Report, shared: &Shared) -> Result<()> {
+    let mut nodes = pacemaker_setup_on(ctx, r, shared)?;
     let (a, b) = two(&mut nodes);
-    let watch = b.spawn("watch the takeover", &watch_takeover("b"))?;
+    let watch = b.spawn("watch the takeover", &watch_takeover_on("b", shared))?;
     a.freeze()?;
     let fault = Instant::now();
     let frozen_data = a.writes_to("data")?;
@@ -657,7 +755,11 @@ pub fn pacemaker_freeze_resume(ctx: &Ctx, r: &mut Report) -> Result<()> {
         Err(e) => return Err(format!("{e}\nb's view:\n{}", cluster_view(b)).into()),
     };
     secs(r, "freeze -> mmp area acquired on b (host)", marks[0]);
-    secs(r, "freeze -> XFS mounted on b (host)", marks[1]);
+    secs(
+        r,
+        &format!("freeze -> {} mounted on b (host)", fs_name(shared)),
+        marks[1],
+    );
     secs(
         r,
         "freeze -> Pacemaker reports the group running on b (host)",
@@ -703,14 +805,21 @@ pub fn pacemaker_freeze_resume(ctx: &Ctx, r: &mut Report) -> Result<()> {
     );
     let view = a.run(
         "a after the resume",
-        &format!("grep ' /mnt/d ' /proc/mounts; grep -h 'ownership lost' {AGENT_LOG} | tail -1; crm_mon -1 2>&1 | grep -A3 -E 'svc|Failed' | head -12"),
+        &format!("grep ' /mnt/d ' /proc/mounts; grep -h 'ownership lost' {AGENT_LOG} | tail -1; dmesg | grep -iE 'mmp|EXT4-fs (error|warning)|XFS .*(shut|error)' | tail -4; crm_mon -1 2>&1 | grep -A3 -E 'svc|Failed' | head -12"),
         SHORT,
     )?;
     eprintln!("    a after the resume:\n{}", view.out.trim_end());
-    let (repair, witness) = stop_and_check(&mut nodes, 1, r)?;
+    if let Some(l) = view
+        .out
+        .lines()
+        .find(|l| l.contains("MMP") || l.contains("mmp"))
+    {
+        fig(r, "a: kernel after the resume", l.trim());
+    }
+    let (repair, witness) = stop_and_check_on(&mut nodes, 1, &shared.data, shared.fstype, r)?;
     if after > 0 || repair.rc != 0 || witness.rc != 0 {
         r.verdict = Verdict::Gap(format!(
-            "a wrote {after} times to the data disk after b acquired (last {:.1} s after the resume); xfs_repair -n exit {}; witness exit {}; needs fencing (persistent reservations)",
+            "a wrote {after} times to the data disk after b acquired (last {:.1} s after the resume); file system check exit {}; witness exit {}; needs fencing (persistent reservations or STONITH)",
             last.map_or(0.0, |t| t.as_secs_f64()),
             repair.rc,
             witness.rc
@@ -1170,6 +1279,7 @@ fn pacemaker_comeback(ctx: &Ctx, r: &mut Report, fence: bool) -> Result<()> {
         area,
         data,
         fence: fence.then_some("scsi-pr"),
+        fstype: "xfs",
     };
     start_cluster(&mut nodes, r)?;
     configure_group(&mut nodes[0], &shared, r)?;
@@ -1278,7 +1388,7 @@ fn pacemaker_comeback(ctx: &Ctx, r: &mut Report, fence: bool) -> Result<()> {
         }
     }
     let checker = usize::from(nodes[0].name() != nodes[owner].name());
-    let final_check = stop_and_check_on(&mut nodes, checker, &shared.data, r);
+    let final_check = stop_and_check_on(&mut nodes, checker, &shared.data, shared.fstype, r);
     let late = total.ok_data + total.ok_area;
     let (repair, witness) = match final_check {
         Ok(x) => x,

@@ -162,6 +162,20 @@ pub const SCENARIOS: &[Scenario] = &[
         run: super::cluster::pacemaker_partition,
     },
     Scenario {
+        name: "pacemaker-ext4-failover",
+        about: "Pacemaker group ocf:mmp:mmp + Filesystem on an ext4 with MMP (no separate area: the agent's full acquire, then the kernel's kmmpd): power loss of the active node; time until the group runs on the partner, every record intact, e2fsck clean",
+        smoke: false,
+        shows_gap: false,
+        run: super::cluster::pacemaker_ext4_failover,
+    },
+    Scenario {
+        name: "pacemaker-ext4-freeze-resume",
+        about: "Pacemaker on an ext4 with MMP: the active node frozen until the partner runs the group, then resumed: what its kernel writes before kmmpd notices (a known gap without fencing)",
+        smoke: false,
+        shows_gap: true,
+        run: super::cluster::pacemaker_ext4_freeze_resume,
+    },
+    Scenario {
         name: "pacemaker-freeze-stonith",
         about: "Pacemaker with STONITH (the lab's fence agent resets a node through the host), virtio disks, no reservations: the active node frozen; its partner fences it before starting the group, 0 writes from it after the partner acquired, every record intact",
         smoke: false,
