@@ -15,6 +15,7 @@ pub mod cluster;
 pub mod fencer;
 pub mod full;
 pub mod qmp;
+pub mod relay;
 pub mod scenarios;
 
 use std::fmt::Write as _;
@@ -276,6 +277,12 @@ impl IscsiTarget {
             )
             .into())
         }
+    }
+
+    /// The TCP port of the target's portal on 127.0.0.1.
+    #[must_use]
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// The LUNs as nodes attach them, in order.

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use super::relay::PathRelay;
 use super::{Disk, Images, IscsiTarget, Node, NodeSpec, Result, Tools, boot_all, scsi_dev};
 
 /// What every scenario gets.
@@ -110,6 +111,20 @@ pub const SCENARIOS: &[Scenario] = &[
         smoke: false,
         shows_gap: true,
         run: comeback_without_reservations,
+    },
+    Scenario {
+        name: "late-write-with-reservations",
+        about: "the late write: the owner's own path to the iSCSI target held (its writes queue, as on a hung multipath) while the partner takes over with `--fence scsi-pr`; then the path comes back: the queued writes that complete must be 0, the partner's records intact",
+        smoke: false,
+        shows_gap: false,
+        run: late_write_with_reservations,
+    },
+    Scenario {
+        name: "late-write-without-reservations",
+        about: "late-write-with-reservations without `--fence`: what the queued writes do when they land after the takeover (a known gap)",
+        smoke: false,
+        shows_gap: true,
+        run: late_write_without_reservations,
     },
     Scenario {
         name: "cut-io-on-loss",
@@ -1105,6 +1120,181 @@ fn records_lost_gap(r: &mut Report, cycle: usize, err: &str, late_writes: u64) -
     r.verdict = Verdict::Gap(format!(
         "without reservations, cycle {cycle}: {err} ({late_writes} writes from the old owner after its partner acquired)"
     ));
+    Ok(())
+}
+
+/// `late-write-with-reservations`: see [`late_write_on_iscsi`].
+fn late_write_with_reservations(ctx: &Ctx, r: &mut Report) -> Result<()> {
+    late_write_on_iscsi(ctx, r, true)
+}
+
+/// `late-write-without-reservations`: [`late_write_on_iscsi`] without `--fence`.
+fn late_write_without_reservations(ctx: &Ctx, r: &mut Report) -> Result<()> {
+    late_write_on_iscsi(ctx, r, false)
+}
+
+/// The late write (issue: protect the data): node a reaches the LUNs through its own path
+/// ([`PathRelay`]), b directly. a holds the area (`--guard` the data LUN) and writes witness
+/// records on the XFS; a's path is held: its heartbeat and data writes queue in the path
+/// while a runs on. b takes over (`--force`, with `--fence scsi-pr` preempting a's key),
+/// mounts, checks a's acknowledged records and writes its own. Then a's path comes back and
+/// everything a had queued lands, late. QEMU's counters on a: its writes that completed
+/// after b acquired (must be 0 with reservations: the target refuses them); b's records
+/// and `xfs_repair -n` afterwards.
+fn late_write_on_iscsi(ctx: &Ctx, r: &mut Report, fence: bool) -> Result<()> {
+    let fence_arg = if fence { "--fence scsi-pr " } else { "" };
+    let area = Disk::create(&ctx.run_dir, "area", 16 * MIB)?;
+    let data = Disk::create(&ctx.run_dir, "data", 320 * MIB)?;
+    let target = IscsiTarget::start(&ctx.run_dir, &[area, data])?;
+    let path = PathRelay::start(target.port())?;
+    let mut spec_a = NodeSpec::new("a", 0xa1, &[]);
+    spec_a.luns = path.luns(&target.luns());
+    let mut spec_b = NodeSpec::new("b", 0xb2, &[]);
+    spec_b.luns = target.luns();
+    let mut nodes = boot_pair(ctx, r, spec_a, spec_b)?;
+    let devs = format!("AREA={}; DATA={}\n", scsi_dev(0), scsi_dev(1));
+    let hold = |extra: &str| {
+        format!(
+            "{devs}mkdir -p /mnt/d\n{}",
+            start_holder(
+                "holder",
+                &format!("hold {extra}{fence_arg}--guard $DATA --on-loss exit $AREA")
+            )
+        )
+    };
+    let mount = format!("{devs}mount -t xfs $DATA /mnt/d");
+    let (a, b) = two(&mut nodes);
+    a.expect(
+        "format the area",
+        &format!("{devs}mmp format --interval-ms 1000 $AREA"),
+        0,
+        SHORT,
+    )?;
+    a.expect(
+        "mkfs.xfs",
+        &format!("{devs}$T/mkfs.xfs -q -f $DATA"),
+        0,
+        LONG,
+    )?;
+    a.expect("hold", &hold(""), 0, LONG)?;
+    a.expect("mount", &mount, 0, LONG)?;
+    a.expect("writer", &start_writer("a0"), 0, SHORT)?;
+    std::thread::sleep(Duration::from_secs(3));
+    if acks(a, "a0").is_empty() {
+        return Err("a's writer acknowledged nothing".into());
+    }
+    path.hold(true);
+    let stalled = Instant::now();
+    let job = b.spawn("takeover", &hold("--force "))?;
+    let mut baseline;
+    let j = loop {
+        baseline = a.blockstats()?;
+        if let Some(res) = job.try_result()? {
+            break res;
+        }
+        if stalled.elapsed() > LONG {
+            return Err("the takeover did not finish".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    if j.rc != 0 {
+        return Err(format!("takeover exit {}:\n{}", j.rc, j.out).into());
+    }
+    r.secs(
+        "a's path held -> b acquired (host)",
+        stalled.elapsed().as_secs_f64(),
+    );
+    b.expect("b mounts", &mount, 0, LONG)?;
+    let a_acked = acks(a, "a0");
+    let view = b.run("read a's records", "cat /mnt/d/rec-a0", SHORT)?;
+    let checked = check_records("a0", &a_acked, &view.out).map_err(|e| format!("on b: {e}"))?;
+    r.figure(
+        "a's acknowledged records intact on b at the takeover",
+        checked.to_string(),
+    );
+    b.expect("b writes", &start_writer("b1"), 0, SHORT)?;
+    std::thread::sleep(Duration::from_secs(5));
+    let held_for = stalled.elapsed();
+    path.hold(false);
+    r.secs("a's path held for (host)", held_for.as_secs_f64());
+    std::thread::sleep(Duration::from_secs(20));
+    let (mut ok, mut failed) = (0u64, 0u64);
+    for s in &a.blockstats()? {
+        if let Some(f) = baseline.iter().find(|f| f.device == s.device) {
+            ok += s.wr_operations - f.wr_operations;
+            failed += s.failed_wr_operations - f.failed_wr_operations;
+        }
+    }
+    r.figure(
+        "a's writes that completed after b acquired (late writes landed)",
+        ok.to_string(),
+    );
+    r.figure("a's writes refused by the storage", failed.to_string());
+    let late_acks = acks(a, "a0").len() - a_acked.len();
+    r.figure(
+        "records a's writer acknowledged after the path came back",
+        late_acks.to_string(),
+    );
+    let aj = a.run(
+        "a after its path came back",
+        "kill $(cat /jobs/writer.pid) 2>/dev/null; sleep 1; tail -3 /jobs/holder.log; umount /mnt/d 2>/dev/null || umount -l /mnt/d; true",
+        LONG,
+    )?;
+    eprintln!("    a's holder:\n{}", aj.out.trim_end());
+    let bj = b.run(
+        "b after the late writes",
+        &format!("{devs}kill $(cat /jobs/writer.pid); sleep 1; tail -2 /jobs/holder.log; cat /mnt/d/rec-b1 >/jobs/rec-b1.txt; cat /mnt/d/rec-a0 >/jobs/rec-a0.txt; umount /mnt/d; $T/xfs_repair -n $DATA >/jobs/repair.log 2>&1; echo repair=$?"),
+        LONG,
+    )?;
+    eprintln!("    b:\n{}", bj.out.trim_end());
+    let b_lost_loss = bj.out.contains("ownership lost");
+    if b_lost_loss {
+        r.figure(
+            "b's holder",
+            "saw a foreign write on the area and reported the loss",
+        );
+    }
+    let repair_ok = bj.out.contains("repair=0");
+    r.figure(
+        "xfs_repair -n on b",
+        if repair_ok { "clean" } else { "damage found" },
+    );
+    let b_view = std::fs::read_to_string(b.job_file("rec-b1.txt")).unwrap_or_default();
+    let b_acked = acks(b, "b1");
+    let b_check = check_records("b1", &b_acked, &b_view);
+    let a_view = std::fs::read_to_string(b.job_file("rec-a0.txt")).unwrap_or_default();
+    let a_check = check_records("a0", &a_acked, &a_view);
+    r.figure(
+        "b's acknowledged records after the late writes",
+        match &b_check {
+            Ok(n) => format!("{n} intact"),
+            Err(e) => format!("LOST: {e}"),
+        },
+    );
+    let bad = ok > 0 || b_check.is_err() || a_check.is_err() || !repair_ok || b_lost_loss;
+    if bad {
+        let what = format!(
+            "{ok} late writes from a landed after b acquired; b's records {}; a's records {}; xfs_repair -n {}; b's holder {}",
+            if b_check.is_ok() { "intact" } else { "lost" },
+            if a_check.is_ok() { "intact" } else { "lost" },
+            if repair_ok { "clean" } else { "found damage" },
+            if b_lost_loss {
+                "lost the area"
+            } else {
+                "kept the area"
+            },
+        );
+        r.verdict = if fence {
+            Verdict::Fail(what)
+        } else {
+            Verdict::Gap(format!("without reservations: {what}"))
+        };
+    } else if !fence {
+        r.figure(
+            "late writes without reservations",
+            "none landed in this run",
+        );
+    }
     Ok(())
 }
 
