@@ -17,7 +17,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use super::fencer::Fencer;
-use super::full::{FullBoot, FullImage, Link};
+use super::full::{FullBoot, FullImage, Hub, Link};
 use super::scenarios::{Ctx, Report, Verdict};
 use super::{Disk, IscsiLun, IscsiTarget, Job, JobResult, Node, NodeSpec, Result};
 
@@ -311,13 +311,82 @@ fn boot_full_pair(
     Ok(nodes)
 }
 
-/// Pushes corosync.conf to both nodes, starts corosync and Pacemaker, waits until both are
+/// Boots nodes a, b and c (hostids 0xa1, 0xb2, 0xc3; 169.254.0.1-3) from the full image with
+/// the shared virtio `disks`, on one network segment (a [`Hub`], returned: it must live as
+/// long as the nodes).
+fn boot_full_three(ctx: &Ctx, r: &mut Report, disks: &[Disk]) -> Result<(Vec<Node>, Hub)> {
+    let image = full_image(r)?;
+    prepare_tools(ctx)?;
+    let (hub, links) = Hub::start(3)?;
+    let t = Instant::now();
+    let mut nodes = Vec::new();
+    for (i, ((name, hostid), link)) in [("a", 0xa1), ("b", 0xb2), ("c", 0xc3)]
+        .into_iter()
+        .zip(links)
+        .enumerate()
+    {
+        let mut s = NodeSpec::new(name, hostid, disks);
+        s.memory_mb = 768;
+        s.full = Some(FullBoot {
+            image: image.clone(),
+            ip: Some(format!("169.254.0.{}", i + 1)),
+            link: Some(link),
+        });
+        nodes.push(Node::boot(&ctx.run_dir, &ctx.images, &ctx.tools, s)?);
+    }
+    for n in &mut nodes {
+        n.wait_ready(Duration::from_secs(400))?;
+    }
+    secs(r, "boot of three full nodes (host)", t.elapsed());
+    Ok((nodes, hub))
+}
+
+/// corosync.conf for the nodes `names` (ids 1.., addresses 169.254.0.1..): as
+/// [`COROSYNC_CONF`] but with plain majority quorum (no `two_node`) when there are more
+/// than two.
+fn corosync_conf(names: &[&str]) -> String {
+    if names.len() == 2 {
+        return COROSYNC_CONF.to_owned();
+    }
+    let nodes: String = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            format!(
+                "    node {{\n        name: {n}\n        nodeid: {}\n        ring0_addr: 169.254.0.{}\n    }}\n",
+                i + 1,
+                i + 1
+            )
+        })
+        .collect();
+    format!(
+        "totem {{\n    version: 2\n    cluster_name: mmplab\n    transport: knet\n    token: 3000\n    crypto_cipher: none\n    crypto_hash: none\n}}\n\
+         nodelist {{\n{nodes}}}\n\
+         quorum {{\n    provider: corosync_votequorum\n}}\n\
+         logging {{\n    to_syslog: yes\n    to_stderr: no\n    timestamp: on\n}}\n"
+    )
+}
+
+/// Shell condition: `crm_mon` lists exactly the nodes of `nodes` online.
+fn all_online(nodes: &[Node]) -> String {
+    let names: Vec<&str> = nodes.iter().map(Node::name).collect();
+    format!(
+        "crm_mon -1 2>/dev/null | grep -q 'Online: \\[ {} \\]'",
+        names.join(" ")
+    )
+}
+
+/// Pushes corosync.conf to every node, starts corosync and Pacemaker, waits until all are
 /// online with a DC.
 fn start_cluster(nodes: &mut [Node], r: &mut Report) -> Result<()> {
     let t = Instant::now();
     let mut jobs = Vec::new();
+    let names: Vec<String> = nodes.iter().map(|n| n.name().to_owned()).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let conf = corosync_conf(&names);
+    let online = all_online(nodes);
     for n in nodes.iter_mut() {
-        fs::write(n.job_file("corosync.conf"), COROSYNC_CONF)?;
+        fs::write(n.job_file("corosync.conf"), &conf)?;
         jobs.push(n.spawn(
             "start corosync and pacemaker",
             "install -m 644 /jobs/corosync.conf /etc/corosync/corosync.conf && systemctl start corosync pacemaker",
@@ -331,14 +400,14 @@ fn start_cluster(nodes: &mut [Node], r: &mut Report) -> Result<()> {
     }
     nodes[0].expect(
         "cluster forms",
-        "i=0\nuntil crm_mon -1 2>/dev/null | grep -q 'Online: \\[ a b \\]' && crm_mon -1 2>/dev/null | grep -q 'Current DC: [ab] '; do\n\
-         i=$((i+1)); [ $i -gt 120 ] && { crm_mon -1; corosync-cfgtool -s; exit 9; }; sleep 2\ndone",
+        &format!("i=0\nuntil {online} && crm_mon -1 2>/dev/null | grep -q 'Current DC: [a-z] '; do\n\
+         i=$((i+1)); [ $i -gt 120 ] && {{ crm_mon -1; corosync-cfgtool -s; exit 9; }}; sleep 2\ndone"),
         0,
         LONG,
     )?;
     secs(
         r,
-        "cluster formed: both online, a DC (host, from the start of corosync)",
+        "cluster formed: all online, a DC (host, from the start of corosync)",
         t.elapsed(),
     );
     Ok(())
@@ -1841,5 +1910,135 @@ pub fn pacemaker_partition_stonith(ctx: &Ctx, r: &mut Report) -> Result<()> {
     let more = fencer.shots().len() - 1;
     fig(r, "fencing actions after the first", more.to_string());
     let (repair, witness) = stop_and_check(&mut nodes, survivor, r)?;
+    check_verdict(&repair, &witness)
+}
+
+/// Where Pacemaker runs the XFS, seen from `n`: the node name, or `None`.
+fn group_location(n: &mut Node) -> Option<String> {
+    let j = n
+        .run(
+            "where the group runs",
+            "crm_resource --locate -r svc-fs 2>/dev/null",
+            SHORT,
+        )
+        .ok()?;
+    j.out
+        .lines()
+        .find_map(|l| l.split("running on: ").nth(1))
+        .map(|s| s.trim().to_owned())
+}
+
+/// Waits (from `n`) until the group runs on a node other than `not`; returns that node's
+/// index in `nodes`.
+fn wait_group_moved(
+    nodes: &mut [Node],
+    from: usize,
+    not: &str,
+    timeout: Duration,
+) -> Result<usize> {
+    let t = Instant::now();
+    loop {
+        if let Some(at) = group_location(&mut nodes[from])
+            && at != not
+            && let Some(i) = nodes.iter().position(|m| m.name() == at)
+        {
+            return Ok(i);
+        }
+        if t.elapsed() > timeout {
+            return Err(format!(
+                "the group did not move off {not} within {timeout:?}:\n{}",
+                cluster_view(&mut nodes[from])
+            )
+            .into());
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// `pacemaker-three-nodes`: a three-node cluster (majority quorum, no STONITH) on one network
+/// segment, the group on a. (1) a's network cut: a loses quorum and stops the group; the
+/// two others keep quorum and start it, mmp serialising the handover while a still
+/// heartbeats; (2) the heal: a rejoins, the group stays; (3) power loss of the node now
+/// running the group: the last one takes over. The witness checks every record at the end.
+pub fn pacemaker_three_nodes(ctx: &Ctx, r: &mut Report) -> Result<()> {
+    let area = Disk::create(&ctx.run_dir, "area", 4 * MIB)?;
+    let data = Disk::create(&ctx.run_dir, "data", 320 * MIB)?;
+    let (mut nodes, _hub) = boot_full_three(ctx, r, &[area, data])?;
+    start_cluster(&mut nodes, r)?;
+    configure_group(&mut nodes[0], &Shared::virtio(), r)?;
+    start_writer(&mut nodes[0])?;
+    std::thread::sleep(Duration::from_secs(3));
+    let a_data = nodes[0].writes_to("data")?;
+    // (1) Partition of a.
+    nodes[0].set_link(false)?;
+    let cut = Instant::now();
+    let owner = wait_group_moved(&mut nodes, 1, "a", Duration::from_secs(300))?;
+    secs(
+        r,
+        &format!(
+            "a's network cut -> the group runs on {} (host)",
+            nodes[owner].name()
+        ),
+        cut.elapsed(),
+    );
+    let v = nodes[0].run(
+        "a after losing quorum",
+        &format!("grep ' /mnt/d ' /proc/mounts; tail -2 {AGENT_LOG}; crm_mon -1 2>&1 | grep -iE 'quorum|svc-' | head -6"),
+        SHORT,
+    )?;
+    eprintln!("    a after losing quorum:\n{}", v.out.trim_end());
+    if v.out.contains(" /mnt/d ") {
+        return Err(format!("a still has the XFS mounted without quorum:\n{}", v.out).into());
+    }
+    let tries = nodes[owner].run(
+        "start attempts",
+        "crm_mon -1 --include=failcounts 2>&1 | grep -iE 'fail|svc-mmp' | head -6; true",
+        SHORT,
+    )?;
+    eprintln!("    start attempts:\n{}", tries.out.trim_end());
+    let a_after_cut = nodes[0].writes_to("data")? - a_data;
+    fig(
+        r,
+        "a: data-disk writes from the cut on (it stopped the group itself)",
+        a_after_cut.to_string(),
+    );
+    let tag = format!("{}-1", nodes[owner].name());
+    start_tagged_writer(&mut nodes[owner], &tag)?;
+    std::thread::sleep(Duration::from_secs(3));
+    // (2) The heal.
+    nodes[0].set_link(true)?;
+    let healed = Instant::now();
+    let online = all_online(&nodes);
+    nodes[owner].expect(
+        "the cluster merges",
+        &format!("i=0\nuntil {online}; do i=$((i+1)); [ $i -gt 240 ] && {{ crm_mon -1; exit 9; }}; sleep 1; done"),
+        0,
+        LONG,
+    )?;
+    secs(r, "heal -> all three online (host)", healed.elapsed());
+    std::thread::sleep(Duration::from_secs(10));
+    let at = group_location(&mut nodes[owner]).unwrap_or_default();
+    fig(r, "after the heal the group runs on", at.clone());
+    if at != nodes[owner].name() {
+        return Err(format!("the group moved after the heal (to {at:?})").into());
+    }
+    // (3) Power loss of the owner.
+    let owner_name = nodes[owner].name().to_owned();
+    let watcher = if owner == 1 { 2 } else { 1 };
+    let off = Instant::now();
+    nodes[owner].power_off()?;
+    let next = wait_group_moved(&mut nodes, watcher, &owner_name, Duration::from_secs(300))?;
+    secs(
+        r,
+        &format!(
+            "power loss of {owner_name} -> the group runs on {} (host)",
+            nodes[next].name()
+        ),
+        off.elapsed(),
+    );
+    let tag = format!("{}-2", nodes[next].name());
+    start_tagged_writer(&mut nodes[next], &tag)?;
+    std::thread::sleep(Duration::from_secs(3));
+    let (repair, witness) = stop_and_check(&mut nodes, next, r)?;
     check_verdict(&repair, &witness)
 }

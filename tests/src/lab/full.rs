@@ -13,6 +13,10 @@ use std::fs;
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use super::{Node, Result};
 
@@ -82,6 +86,72 @@ impl Link {
                 remote_port: p1,
             },
         ))
+    }
+}
+
+/// A network segment for more than two guests: a UDP hub on 127.0.0.1 that forwards every
+/// frame a node sends to every other node (a dumb Ethernet hub). Each node's end is a
+/// [`Link`] whose remote port is the hub. Stops when dropped.
+#[derive(Debug)]
+pub struct Hub {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Hub {
+    /// A hub for `n` nodes and their links, in order.
+    ///
+    /// # Errors
+    /// When no UDP port can be bound on 127.0.0.1.
+    pub fn start(n: usize) -> Result<(Self, Vec<Link>)> {
+        let hub = UdpSocket::bind("127.0.0.1:0")?;
+        hub.set_read_timeout(Some(Duration::from_millis(100)))?;
+        let hub_port = hub.local_addr()?.port();
+        let mut ports = Vec::new();
+        for _ in 0..n {
+            // A free port for the node's end (QEMU binds it).
+            ports.push(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port());
+        }
+        let links = ports
+            .iter()
+            .map(|&p| Link {
+                local_port: p,
+                remote_port: hub_port,
+            })
+            .collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok((len, from)) = hub.recv_from(&mut buf) else {
+                        continue;
+                    };
+                    for &p in &ports {
+                        if p != from.port() {
+                            let _ = hub.send_to(&buf[..len], ("127.0.0.1", p));
+                        }
+                    }
+                }
+            })
+        };
+        Ok((
+            Self {
+                stop,
+                thread: Some(thread),
+            },
+            links,
+        ))
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 

@@ -205,6 +205,13 @@ pub const SCENARIOS: &[Scenario] = &[
         run: super::cluster::pacemaker_partition_stonith,
     },
     Scenario {
+        name: "pacemaker-three-nodes",
+        about: "three-node Pacemaker cluster (majority quorum, no STONITH): the active node's network cut (it loses quorum and stops the group, the others start it through mmp), the heal, then power loss of the new owner; every record intact",
+        smoke: false,
+        shows_gap: false,
+        run: super::cluster::pacemaker_three_nodes,
+    },
+    Scenario {
         name: "systemd-unit",
         about: "mmp@.service (Type=notify) under systemd with a BindsTo= XFS mount: start, stop, holder killed, node reset; the partner takes over",
         smoke: false,
