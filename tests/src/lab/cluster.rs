@@ -1788,8 +1788,12 @@ pub fn pacemaker_freeze_stonith(ctx: &Ctx, r: &mut Report) -> Result<()> {
         return Err("b acquired the area before a was fenced".into());
     }
     start_writer(b)?;
-    let back = a.wait_ready_again(Duration::from_secs(300))?;
-    secs(r, "a: reboot after the reset (host)", back);
+    a.wait_ready_again(Duration::from_secs(300))?;
+    secs(
+        r,
+        "a fenced -> its job loop up again (host; at most, checked after the takeover)",
+        shot.at.elapsed(),
+    );
     std::thread::sleep(Duration::from_secs(5));
     let a_after = a.writes_to("data")? - frozen_data;
     fig(
@@ -1845,11 +1849,14 @@ pub fn pacemaker_partition_stonith(ctx: &Ctx, r: &mut Report) -> Result<()> {
     std::thread::sleep(Duration::from_secs(20));
     fencing_figure(r, &fencer, fault);
     let (survivor, victim) = if shot.target == "b" { (0, 1) } else { (1, 0) };
-    let v_back = nodes[victim].wait_ready_again(Duration::from_secs(300))?;
+    nodes[victim].wait_ready_again(Duration::from_secs(300))?;
     secs(
         r,
-        &format!("{}: reboot after the reset (host)", nodes[victim].name()),
-        v_back,
+        &format!(
+            "{} fenced -> its job loop up again (host; at most)",
+            nodes[victim].name()
+        ),
+        shot.at.elapsed(),
     );
     // The stack does not start at boot in the lab's image (as many sites set it after a
     // fence): the administrator's start.
