@@ -1878,7 +1878,11 @@ pub fn pacemaker_partition_stonith(ctx: &Ctx, r: &mut Report) -> Result<()> {
     drop(j);
     secs(
         r,
-        &format!("partition -> the group runs on {name} (host)"),
+        &if survivor == 0 {
+            "the group still runs on a (host; checked at)".to_owned()
+        } else {
+            format!("partition -> the group runs on {name} (host)")
+        },
         fault.elapsed(),
     );
     if survivor == 1 {
