@@ -446,9 +446,10 @@ fn configure_group(a: &mut Node, shared: &Shared, r: &mut Report) -> Result<()> 
         0,
         LONG,
     )?;
+    let mounted = format!("a: configured -> {} mounted (guest)", fs_name(shared));
     for (mark, what) in [
         ("lab-took-acquire", "a: configured -> area acquired (guest)"),
-        ("lab-took-mount", "a: configured -> XFS mounted (guest)"),
+        ("lab-took-mount", mounted.as_str()),
         (
             "lab-took",
             "a: configured -> Pacemaker reports the group running (guest)",
@@ -874,17 +875,16 @@ fn freeze_resume_on(ctx: &Ctx, r: &mut Report, shared: &Shared) -> Result<()> {
     );
     let view = a.run(
         "a after the resume",
-        &format!("grep ' /mnt/d ' /proc/mounts; grep -h 'ownership lost' {AGENT_LOG} | tail -1; dmesg | grep -iE 'mmp|EXT4-fs (error|warning)|XFS .*(shut|error)' | tail -4; crm_mon -1 2>&1 | grep -A3 -E 'svc|Failed' | head -12"),
+        &format!("grep ' /mnt/d ' /proc/mounts; grep -h 'ownership lost' {agent_log} | tail -1; dmesg | grep -E 'MMP|EXT4-fs (error|warning)|XFS .*(shut|rror)' | tail -4 | sed 's/^/kernel: /' | grep . || echo 'kernel: no MMP or file system error logged'; crm_mon -1 2>&1 | grep -A3 -E 'svc|Failed' | head -12", agent_log = shared.agent_file("log")),
         SHORT,
     )?;
     eprintln!("    a after the resume:\n{}", view.out.trim_end());
-    if let Some(l) = view
+    let kernel: Vec<&str> = view
         .out
         .lines()
-        .find(|l| l.contains("MMP") || l.contains("mmp"))
-    {
-        fig(r, "a: kernel after the resume", l.trim());
-    }
+        .filter_map(|l| l.strip_prefix("kernel: "))
+        .collect();
+    fig(r, "a: kernel log after the resume", kernel.join(" | "));
     let (repair, witness) = stop_and_check_on(&mut nodes, 1, &shared.data, shared.fstype, r)?;
     if after > 0 || repair.rc != 0 || witness.rc != 0 {
         r.verdict = Verdict::Gap(format!(
