@@ -475,7 +475,8 @@ fn start_tagged_writer(n: &mut Node, name: &str) -> Result<()> {
     n.expect(
         "start the witness writer",
         &format!(
-            "setsid python3 /tools/lab/witness.py write {name} {file} /jobs/acks-{name} 0.1 >/jobs/writer-{name}.log 2>&1 </dev/null &\n\
+            "grep -q ' /mnt/d ' /proc/mounts || {{ echo 'the witness writer needs /mnt/d mounted'; exit 3; }}\n\
+             setsid python3 /tools/lab/witness.py write {name} {file} /jobs/acks-{name} 0.1 >/jobs/writer-{name}.log 2>&1 </dev/null &\n\
              echo $! >/jobs/writer-{name}.pid\ni=0\n\
              until test -s /jobs/acks-{name}; do\n\
              kill -0 $(cat /jobs/writer-{name}.pid) && [ $i -lt 600 ] || {{ cat /jobs/writer-{name}.log; exit 1; }}\n\
@@ -1870,7 +1871,7 @@ pub fn pacemaker_partition_stonith(ctx: &Ctx, r: &mut Report) -> Result<()> {
     let j = nodes[survivor].expect(
         "the group runs on the survivor",
         &format!(
-            "i=0; until crm_resource --locate -r svc-fs 2>/dev/null | grep -q 'running on: {name}'; do i=$((i+1)); [ $i -gt 240 ] && {{ crm_mon -1; exit 9; }}; sleep 1; done; echo \"lab-mark running $(now)\""
+            "i=0; until crm_resource --locate -r svc-fs 2>/dev/null | grep -q 'running on: {name}'; do i=$((i+1)); [ $i -gt 240 ] && {{ crm_mon -1; exit 9; }}; sleep 1; done; until grep -q ' /mnt/d ' /proc/mounts; do i=$((i+1)); [ $i -gt 480 ] && exit 9; sleep 0.5; done; echo \"lab-mark running $(now)\""
         ),
         0,
         LONG,
@@ -1949,9 +1950,18 @@ fn wait_group_moved(
 ) -> Result<usize> {
     let t = Instant::now();
     loop {
+        // `--locate` names a node while the start is still pending (Pacemaker records
+        // pending operations): the group runs there once the XFS is mounted there.
         if let Some(at) = group_location(&mut nodes[from])
             && at != not
             && let Some(i) = nodes.iter().position(|m| m.name() == at)
+            && nodes[i]
+                .run(
+                    "is the XFS mounted here",
+                    "grep -q ' /mnt/d ' /proc/mounts",
+                    SHORT,
+                )
+                .is_ok_and(|j| j.rc == 0)
         {
             return Ok(i);
         }
@@ -2007,15 +2017,27 @@ pub fn pacemaker_three_nodes(ctx: &Ctx, r: &mut Report) -> Result<()> {
         SHORT,
     )?;
     eprintln!("    start attempts:\n{}", tries.out.trim_end());
-    let a_after_cut = nodes[0].writes_to("data")? - a_data;
+    let a_at_takeover = nodes[0].writes_to("data")?;
     fig(
         r,
-        "a: data-disk writes from the cut on (it stopped the group itself)",
-        a_after_cut.to_string(),
+        "a: data-disk writes from the cut until it stopped the group itself",
+        (a_at_takeover - a_data).to_string(),
     );
     let tag = format!("{}-1", nodes[owner].name());
     start_tagged_writer(&mut nodes[owner], &tag)?;
     std::thread::sleep(Duration::from_secs(3));
+    let a_after = nodes[0].writes_to("data")? - a_at_takeover;
+    fig(
+        r,
+        &format!(
+            "a: data-disk writes after the group ran on {}",
+            nodes[owner].name()
+        ),
+        a_after.to_string(),
+    );
+    if a_after > 0 {
+        return Err(format!("a wrote {a_after} times after the group moved").into());
+    }
     // (2) The heal.
     nodes[0].set_link(true)?;
     let healed = Instant::now();
@@ -2050,6 +2072,19 @@ pub fn pacemaker_three_nodes(ctx: &Ctx, r: &mut Report) -> Result<()> {
     let tag = format!("{}-2", nodes[next].name());
     start_tagged_writer(&mut nodes[next], &tag)?;
     std::thread::sleep(Duration::from_secs(3));
-    let (repair, witness) = stop_and_check(&mut nodes, next, r)?;
+    let result = stop_and_check(&mut nodes, next, r);
+    // Every running node's view of the mounts, for the log: the kernel's XFS lines and the
+    // cluster's actions on the group, with the host's wall clock of each line.
+    for n in nodes.iter_mut() {
+        if n.is_running()? {
+            let j = n.run(
+                "journal of the mounts",
+                "journalctl -b --no-pager -o short-precise 2>/dev/null | grep -E 'XFS|Filesystem\\(svc-fs\\)|svc-fs|svc-mmp|quorum' | grep -vE 'monitor|probe' | tail -60",
+                SHORT,
+            )?;
+            eprintln!("    {}'s journal:\n{}", n.name(), j.out.trim_end());
+        }
+    }
+    let (repair, witness) = result?;
     check_verdict(&repair, &witness)
 }
