@@ -721,6 +721,62 @@ fn check_records(tag: &str, acked: &[u64], listing: &str) -> std::result::Result
     Ok(acked.len())
 }
 
+/// The job texts of the iSCSI scenarios in a busybox guest: `$AREA` (the native area, LUN
+/// 1) and `$DATA` (the XFS, LUN 2), named by SCSI target number.
+struct LunJobs {
+    /// Shell prefix that sets `AREA` and `DATA`.
+    devs: String,
+    /// `--fence scsi-pr ` or nothing.
+    fence_arg: &'static str,
+}
+
+impl LunJobs {
+    fn new(fence: bool) -> Self {
+        Self {
+            devs: format!("AREA={}; DATA={}\n", scsi_dev(0), scsi_dev(1)),
+            fence_arg: if fence { "--fence scsi-pr " } else { "" },
+        }
+    }
+
+    /// Formats the area (1 s interval) and makes the XFS, on `n`.
+    fn format(&self, n: &mut Node) -> Result<()> {
+        let devs = &self.devs;
+        n.expect(
+            "format the area",
+            &format!("{devs}mmp format --interval-ms 1000 $AREA"),
+            0,
+            SHORT,
+        )?;
+        n.expect(
+            "mkfs.xfs",
+            &format!("{devs}$T/mkfs.xfs -q -f $DATA"),
+            0,
+            LONG,
+        )?;
+        Ok(())
+    }
+
+    /// Job text: a holder of the area guarding the data LUN (`extra`: e.g. `--force `).
+    fn hold(&self, extra: &str) -> String {
+        format!(
+            "{}mkdir -p /mnt/d\n{}",
+            self.devs,
+            start_holder(
+                "holder",
+                &format!(
+                    "hold {extra}{}--guard $DATA --on-loss exit $AREA",
+                    self.fence_arg
+                )
+            )
+        )
+    }
+
+    /// Job text: mount the XFS on `/mnt/d`.
+    fn mount(&self) -> String {
+        format!("{}mount -t xfs $DATA /mnt/d", self.devs)
+    }
+}
+
 /// The surprise comeback (lab scenario 5) with SCSI-3 persistent reservations: two nodes
 /// reach an MMP area and an XFS data LUN on one `tgtd` through QEMU's iSCSI initiator with
 /// SCSI pass-through. Each cycle: the owner holds with `--fence scsi-pr` and writes
@@ -745,7 +801,6 @@ fn comeback_without_reservations(ctx: &Ctx, r: &mut Report) -> Result<()> {
 }
 
 fn comeback_on_iscsi(ctx: &Ctx, r: &mut Report, fence: bool) -> Result<()> {
-    let fence_arg = if fence { "--fence scsi-pr " } else { "" };
     let cycles: usize = std::env::var("MMP_LAB_CYCLES")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -758,32 +813,11 @@ fn comeback_on_iscsi(ctx: &Ctx, r: &mut Report, fence: bool) -> Result<()> {
     let mut spec_b = NodeSpec::new("b", 0xb2, &[]);
     spec_b.luns = target.luns();
     let mut nodes = boot_pair(ctx, r, spec_a, spec_b)?;
-    let devs = format!("AREA={}; DATA={}\n", scsi_dev(0), scsi_dev(1));
-    {
-        let (a, _) = two(&mut nodes);
-        a.expect(
-            "format the area",
-            &format!("{devs}mmp format --interval-ms 1000 $AREA"),
-            0,
-            SHORT,
-        )?;
-        a.expect(
-            "mkfs.xfs",
-            &format!("{devs}$T/mkfs.xfs -q -f $DATA"),
-            0,
-            LONG,
-        )?;
-    }
-    let hold = |extra: &str| {
-        format!(
-            "{devs}mkdir -p /mnt/d\n{}",
-            start_holder(
-                "holder",
-                &format!("hold {extra}{fence_arg}--guard $DATA --on-loss exit $AREA")
-            )
-        )
-    };
-    let mount = format!("{devs}mount -t xfs $DATA /mnt/d");
+    let jobs = LunJobs::new(fence);
+    let (devs, fence_arg) = (&jobs.devs, jobs.fence_arg);
+    jobs.format(&mut nodes[0])?;
+    let hold = |extra: &str| jobs.hold(extra);
+    let mount = jobs.mount();
     // Node 0 starts as the owner.
     nodes[0].expect("first hold", &hold(""), 0, LONG)?;
     nodes[0].expect("mount", &mount, 0, LONG)?;
@@ -1149,7 +1183,6 @@ fn late_write_without_reservations(ctx: &Ctx, r: &mut Report) -> Result<()> {
 /// after b acquired (must be 0 with reservations: the target refuses them); b's records
 /// and `xfs_repair -n` afterwards.
 fn late_write_on_iscsi(ctx: &Ctx, r: &mut Report, fence: bool) -> Result<()> {
-    let fence_arg = if fence { "--fence scsi-pr " } else { "" };
     let area = Disk::create(&ctx.run_dir, "area", 16 * MIB)?;
     let data = Disk::create(&ctx.run_dir, "data", 320 * MIB)?;
     let target = IscsiTarget::start(&ctx.run_dir, &[area, data])?;
@@ -1159,30 +1192,12 @@ fn late_write_on_iscsi(ctx: &Ctx, r: &mut Report, fence: bool) -> Result<()> {
     let mut spec_b = NodeSpec::new("b", 0xb2, &[]);
     spec_b.luns = target.luns();
     let mut nodes = boot_pair(ctx, r, spec_a, spec_b)?;
-    let devs = format!("AREA={}; DATA={}\n", scsi_dev(0), scsi_dev(1));
-    let hold = |extra: &str| {
-        format!(
-            "{devs}mkdir -p /mnt/d\n{}",
-            start_holder(
-                "holder",
-                &format!("hold {extra}{fence_arg}--guard $DATA --on-loss exit $AREA")
-            )
-        )
-    };
-    let mount = format!("{devs}mount -t xfs $DATA /mnt/d");
+    let jobs = LunJobs::new(fence);
+    let devs = &jobs.devs;
+    let hold = |extra: &str| jobs.hold(extra);
+    let mount = jobs.mount();
     let (a, b) = two(&mut nodes);
-    a.expect(
-        "format the area",
-        &format!("{devs}mmp format --interval-ms 1000 $AREA"),
-        0,
-        SHORT,
-    )?;
-    a.expect(
-        "mkfs.xfs",
-        &format!("{devs}$T/mkfs.xfs -q -f $DATA"),
-        0,
-        LONG,
-    )?;
+    jobs.format(a)?;
     a.expect("hold", &hold(""), 0, LONG)?;
     a.expect("mount", &mount, 0, LONG)?;
     a.expect("writer", &start_writer("a0"), 0, SHORT)?;
