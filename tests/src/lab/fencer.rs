@@ -52,14 +52,19 @@ impl Fencer {
     /// Starts answering the fence requests of `nodes` (and acting on them).
     #[must_use]
     pub fn start(nodes: &[Node]) -> Self {
-        let members: Vec<Member> = nodes
-            .iter()
-            .map(|n| Member {
-                name: n.name().to_owned(),
-                jobs: n.job_file(""),
-                socket: n.dir().join("fence.sock"),
-            })
-            .collect();
+        Self::start_members(
+            nodes
+                .iter()
+                .map(|n| Member {
+                    name: n.name().to_owned(),
+                    jobs: n.job_file(""),
+                    socket: n.dir().join("fence.sock"),
+                })
+                .collect(),
+        )
+    }
+
+    fn start_members(members: Vec<Member>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let log = Arc::new(Mutex::new(Vec::new()));
         let thread = {
@@ -178,5 +183,98 @@ fn act(action: &str, target: &str, members: &[Member]) -> (i32, String) {
             (0, format!("{target} powered off"))
         }
         _ => (1, format!("unsupported action {action}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+
+    /// Two members without QEMU (their sockets do not exist) in a fresh folder.
+    fn members(tag: &str) -> (PathBuf, Vec<Member>) {
+        let dir = std::env::temp_dir().join(format!("mmp-fencer-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let members: Vec<Member> = ["a", "b"]
+            .iter()
+            .map(|n| {
+                let jobs = dir.join(n).join("jobs");
+                fs::create_dir_all(&jobs).unwrap();
+                Member {
+                    name: (*n).to_owned(),
+                    jobs,
+                    socket: dir.join(n).join("fence.sock"),
+                }
+            })
+            .collect();
+        (dir, members)
+    }
+
+    /// Runs the guest's agent with `stdin` as Pacemaker's fencer would, against `jobs`.
+    fn agent(jobs: &std::path::Path, stdin: &str) -> (i32, String) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/src/lab/fence_mmplab");
+        let mut child = Command::new("bash")
+            .arg(script)
+            .env("MMPLAB_JOBS", jobs)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    #[test]
+    fn the_agent_and_the_host_answer_each_action() {
+        let (dir, m) = members("actions");
+        let jobs_a = m[0].jobs.clone();
+        let fencer = Fencer::start_members(m);
+        let (rc, out) = agent(&jobs_a, "action=metadata\n");
+        assert_eq!(rc, 0);
+        assert!(
+            out.contains("<resource-agent name=\"fence_mmplab\""),
+            "{out}"
+        );
+        assert!(out.contains("<action name=\"reboot\"/>"), "{out}");
+        // b has no QEMU: it is off, a reboot of it cannot be done, an unknown node fails.
+        assert_eq!(
+            agent(&jobs_a, "action=status\nport=b\n"),
+            (2, "off\n".to_owned())
+        );
+        let (rc, out) = agent(&jobs_a, "action=reboot\nplug=b\n");
+        assert_eq!(rc, 1, "{out}");
+        assert!(out.contains("no QEMU"), "{out}");
+        let (rc, out) = agent(&jobs_a, "action=off\nnodename=b\n");
+        assert_eq!((rc, out.as_str()), (0, "off\n"));
+        let (rc, out) = agent(&jobs_a, "action=reboot\nport=zz\n");
+        assert_eq!(rc, 1);
+        assert!(out.contains("no lab node named"), "{out}");
+        assert_eq!(agent(&jobs_a, "action=list\n"), (0, "a b\n".to_owned()));
+        let (rc, _) = agent(&jobs_a, "action=dance\nport=b\n");
+        assert_eq!(rc, 1);
+        assert_eq!(agent(&jobs_a, "action=monitor\n").0, 0);
+        // Every request was answered and logged with who asked; nothing counts as a shot
+        // except the `off` of a node that was already off.
+        let log = fencer.log();
+        assert_eq!(log.len(), 5, "{log:?}");
+        assert!(log.iter().all(|f| f.by == "a"));
+        let shots = fencer.shots();
+        assert_eq!(shots.len(), 1);
+        assert_eq!(
+            (shots[0].target.as_str(), shots[0].action.as_str()),
+            ("b", "off")
+        );
+        drop(fencer);
+        let _ = fs::remove_dir_all(dir);
     }
 }

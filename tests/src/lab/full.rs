@@ -236,3 +236,32 @@ impl Node {
             .map(drop)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hub_forwards_every_frame_to_every_other_node() {
+        let (_hub, links) = Hub::start(3).unwrap();
+        let socks: Vec<UdpSocket> = links
+            .iter()
+            .map(|l| {
+                let s = UdpSocket::bind(("127.0.0.1", l.local_port)).unwrap();
+                s.set_read_timeout(Some(Duration::from_millis(500)))
+                    .unwrap();
+                s
+            })
+            .collect();
+        socks[0]
+            .send_to(b"frame", ("127.0.0.1", links[0].remote_port))
+            .unwrap();
+        let mut buf = [0u8; 16];
+        for s in &socks[1..] {
+            let (n, _) = s.recv_from(&mut buf).unwrap();
+            assert_eq!(&buf[..n], b"frame");
+        }
+        // Not back to the sender.
+        assert!(socks[0].recv_from(&mut buf).is_err());
+    }
+}

@@ -125,3 +125,59 @@ fn pump(mut from: TcpStream, mut to: TcpStream, held: &AtomicBool, stop: &Atomic
     }
     let _ = to.shutdown(Shutdown::Write);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// A target that echoes every byte back.
+    fn echo_server() -> u16 {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut r = s.try_clone().unwrap();
+                    let mut w = s;
+                    let _ = std::io::copy(&mut r, &mut w);
+                });
+            }
+        });
+        port
+    }
+
+    #[test]
+    fn a_held_path_moves_nothing_and_delivers_it_all_when_released() {
+        let relay = PathRelay::start(echo_server()).unwrap();
+        let lun = IscsiLun {
+            name: "data".to_owned(),
+            url: format!("iscsi://127.0.0.1:{}/iqn.x:t/2", relay.target_port),
+        };
+        let relayed = relay.luns(std::slice::from_ref(&lun));
+        assert_eq!(
+            relayed[0].url,
+            format!("iscsi://127.0.0.1:{}/iqn.x:t/2", relay.port)
+        );
+        let mut c = TcpStream::connect(("127.0.0.1", relay.port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut buf = [0u8; 5];
+        c.write_all(b"early").unwrap();
+        c.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"early");
+        relay.hold(true);
+        std::thread::sleep(Duration::from_millis(100));
+        c.write_all(b"late!").unwrap();
+        // Held: nothing comes back.
+        let got = c.read(&mut buf);
+        assert!(
+            matches!(&got, Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)),
+            "{got:?}"
+        );
+        relay.hold(false);
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"late!");
+    }
+}
