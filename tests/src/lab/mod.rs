@@ -160,6 +160,10 @@ pub struct NodeSpec {
     /// Boot the full guest (systemd, Pacemaker; [`full`]) from a root overlay that comes first
     /// (`/dev/vda`, the shared disks follow), with its network link; `None`: the busybox guest.
     pub full: Option<full::FullBoot>,
+    /// Reach the shared disks through a path that can fail: one `nbdkit` per disk (file
+    /// plugin, error filter) that answers every request with EIO while this file exists on
+    /// the host. `None`: the disks are opened by QEMU directly.
+    pub eio_flag: Option<PathBuf>,
 }
 
 /// One LUN of an [`IscsiTarget`] as a node sees it.
@@ -329,6 +333,7 @@ impl NodeSpec {
             memory_mb: 256,
             luns: Vec::new(),
             full: None,
+            eio_flag: None,
         }
     }
 }
@@ -410,6 +415,8 @@ pub struct Node {
     next_job: u32,
     /// When the QEMU process was started.
     pub booted_at: Instant,
+    /// The `nbdkit` servers of a failing path ([`NodeSpec::eio_flag`]).
+    paths: Vec<Child>,
 }
 
 impl Node {
@@ -479,12 +486,23 @@ impl Node {
         if let Some(f) = &spec.full {
             f.add_args(&mut cmd, &dir, spec.hostid)?;
         }
+        let mut paths = Vec::new();
         for (i, disk) in spec.disks.iter().enumerate() {
-            cmd.arg("-drive").arg(format!(
-                "file={},if=none,id=d{i}-{},format=raw,cache=none,file.locking=off",
-                disk.path.display(),
-                disk.name
-            ));
+            if let Some(flag) = &spec.eio_flag {
+                let sock = dir.join(format!("path-{}.sock", disk.name));
+                paths.push(start_failing_path(&disk.path, &sock, flag)?);
+                cmd.arg("-drive").arg(format!(
+                    "file=nbd+unix:///?socket={},if=none,id=d{i}-{},format=raw",
+                    sock.display(),
+                    disk.name
+                ));
+            } else {
+                cmd.arg("-drive").arg(format!(
+                    "file={},if=none,id=d{i}-{},format=raw,cache=none,file.locking=off",
+                    disk.path.display(),
+                    disk.name
+                ));
+            }
             cmd.arg("-device").arg(format!(
                 "virtio-blk-pci,drive=d{i}-{},share-rw=on,serial={}",
                 disk.name, disk.name
@@ -543,6 +561,7 @@ impl Node {
             jobs,
             next_job: 0,
             booted_at,
+            paths,
         })
     }
 
@@ -825,7 +844,44 @@ impl Drop for Node {
             let _ = child.kill();
             let _ = child.wait();
         }
+        for mut p in self.paths.drain(..) {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
     }
+}
+
+/// One disk's failing path: `nbdkit` serving `disk` on the UNIX socket `sock` through its
+/// error filter, which fails every request with EIO while `flag` exists. Returns once the
+/// socket is there.
+fn start_failing_path(disk: &Path, sock: &Path, flag: &Path) -> Result<Child> {
+    let _ = fs::remove_file(sock);
+    let nbdkit =
+        find_sbin("nbdkit").ok_or("nbdkit missing (package nbdkit; `lab/run` installs it)")?;
+    let mut child = Command::new(nbdkit)
+        .args(["--foreground", "--exit-with-parent", "--unix"])
+        .arg(sock)
+        .args(["--filter=error", "file"])
+        .arg(format!("file={}", disk.display()))
+        .args(["error=EIO", "error-rate=100%"])
+        .arg(format!("error-file={}", flag.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("start nbdkit: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        if let Some(status) = child.try_wait()? {
+            return Err(format!("nbdkit for {} exited at once ({status})", disk.display()).into());
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return Err(format!("nbdkit for {}: no socket within 10 s", disk.display()).into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(child)
 }
 
 /// Boots several nodes at once and waits until all are ready.

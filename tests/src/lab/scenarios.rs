@@ -113,6 +113,13 @@ pub const SCENARIOS: &[Scenario] = &[
         run: comeback_without_reservations,
     },
     Scenario {
+        name: "eio-on-owner-path",
+        about: "every request on the owner's own path fails with EIO (nbdkit's error filter on demand): its holder self-fences, the partner takes over after the fail window; when the path works again the old owner writes nothing",
+        smoke: false,
+        shows_gap: false,
+        run: eio_on_owner_path,
+    },
+    Scenario {
         name: "late-write-with-reservations",
         about: "the late write: the owner's own path to the iSCSI target held (its writes queue, as on a hung multipath) while the partner takes over with `--fence scsi-pr`; then the path comes back: the queued writes that complete must be 0, the partner's records intact",
         smoke: false,
@@ -1161,6 +1168,132 @@ fn records_lost_gap(r: &mut Report, cycle: usize, err: &str, late_writes: u64) -
     r.verdict = Verdict::Gap(format!(
         "without reservations, cycle {cycle}: {err} ({late_writes} writes from the old owner after its partner acquired)"
     ));
+    Ok(())
+}
+
+/// `eio-on-owner-path`: node a reaches the area and the XFS through a path that can fail
+/// ([`NodeSpec::eio_flag`]: `nbdkit` with its error filter), b directly. a holds the area
+/// (`--guard` the XFS) and writes witness records; then every request on a's path fails
+/// with EIO (as on a dead HBA or a failed multipath without queueing): a's holder must see
+/// it and self-fence, b takes over after the fail window, checks a's acknowledged records
+/// and writes its own; then a's path works again: a writes nothing (its holder is gone,
+/// its XFS shut down on the errors). QEMU's counters witness every write a issued.
+fn eio_on_owner_path(ctx: &Ctx, r: &mut Report) -> Result<()> {
+    let area = Disk::create(&ctx.run_dir, "area", 4 * MIB)?;
+    let data = Disk::create(&ctx.run_dir, "data", 320 * MIB)?;
+    let disks = [area, data];
+    let flag = ctx.run_dir.join("a-path-fails");
+    let _ = std::fs::remove_file(&flag);
+    let mut spec_a = NodeSpec::new("a", 0xa1, &disks);
+    spec_a.eio_flag = Some(flag.clone());
+    let mut nodes = boot_pair(ctx, r, spec_a, NodeSpec::new("b", 0xb2, &disks))?;
+    let (a, b) = two(&mut nodes);
+    a.expect(
+        "format the area",
+        "mmp format --interval-ms 1000 /dev/vda",
+        0,
+        SHORT,
+    )?;
+    a.expect("mkfs.xfs", "$T/mkfs.xfs -q -f /dev/vdb", 0, LONG)?;
+    let hold = |extra: &str| {
+        format!(
+            "mkdir -p /mnt/d\n{}",
+            start_holder(
+                "holder",
+                &format!("hold {extra}--guard /dev/vdb --on-loss exit /dev/vda")
+            )
+        )
+    };
+    let mount = "mount -t xfs /dev/vdb /mnt/d";
+    a.expect("hold", &hold(""), 0, LONG)?;
+    a.expect("mount", mount, 0, LONG)?;
+    a.expect("writer", &start_writer("a0"), 0, SHORT)?;
+    std::thread::sleep(Duration::from_secs(3));
+    if acks(a, "a0").is_empty() {
+        return Err("a's writer acknowledged nothing".into());
+    }
+    let before = a.blockstats()?;
+    std::fs::write(&flag, "")?;
+    let failing = Instant::now();
+    let job = b.spawn("takeover", &hold("--force "))?;
+    let j = job.wait(LONG)?;
+    if j.rc != 0 {
+        return Err(format!("takeover exit {}:\n{}", j.rc, j.out).into());
+    }
+    r.secs(
+        "a's path fails -> b acquired (host)",
+        failing.elapsed().as_secs_f64(),
+    );
+    let at_takeover = a.blockstats()?;
+    let (mut failed_before, mut ok_before) = (0u64, 0u64);
+    for s in &at_takeover {
+        if let Some(f) = before.iter().find(|f| f.device == s.device) {
+            failed_before += s.failed_wr_operations - f.failed_wr_operations;
+            ok_before += s.wr_operations - f.wr_operations;
+        }
+    }
+    r.figure(
+        "a's writes between the failure and b's acquire: completed / failed with EIO",
+        format!("{ok_before} / {failed_before}"),
+    );
+    let aj = a.run(
+        "a's holder",
+        "i=0; while kill -0 $(cat /jobs/holder.pid) 2>/dev/null; do i=$((i+1)); [ $i -gt 100 ] && break; sleep 0.1; done; tail -3 /jobs/holder.log; kill -0 $(cat /jobs/holder.pid) 2>/dev/null && echo 'holder still running'; dmesg | grep -E 'XFS .*(shut|rror)' | tail -2; true",
+        SHORT,
+    )?;
+    eprintln!("    a after its path failed:\n{}", aj.out.trim_end());
+    let self_fenced = aj.out.contains("ownership lost") && !aj.out.contains("holder still running");
+    r.figure(
+        "a's holder",
+        if self_fenced {
+            "reported the loss and exited before b acquired"
+        } else {
+            "DID NOT report the loss"
+        },
+    );
+    b.expect("b mounts", mount, 0, LONG)?;
+    let a_acked = acks(a, "a0");
+    let view = b.run("read a's records", "cat /mnt/d/rec-a0", SHORT)?;
+    let checked = check_records("a0", &a_acked, &view.out).map_err(|e| format!("on b: {e}"))?;
+    r.figure("a's acknowledged records intact on b", checked.to_string());
+    b.expect("b writes", &start_writer("b1"), 0, SHORT)?;
+    // The path works again.
+    std::fs::remove_file(&flag)?;
+    std::thread::sleep(Duration::from_secs(15));
+    let mut ok_after = 0u64;
+    for s in &a.blockstats()? {
+        if let Some(f) = at_takeover.iter().find(|f| f.device == s.device) {
+            ok_after += s.wr_operations - f.wr_operations;
+        }
+    }
+    r.figure(
+        "a's completed writes after b acquired (path failing, then working again)",
+        ok_after.to_string(),
+    );
+    let bj = b.run(
+        "b checks",
+        "kill $(cat /jobs/writer.pid); sleep 1; cat /mnt/d/rec-b1 >/jobs/rec-b1.txt; umount /mnt/d; $T/xfs_repair -n /dev/vdb >/jobs/repair.log 2>&1; echo repair=$?",
+        LONG,
+    )?;
+    let repair_ok = bj.out.contains("repair=0");
+    r.figure(
+        "xfs_repair -n on b",
+        if repair_ok { "clean" } else { "damage found" },
+    );
+    let b_view = std::fs::read_to_string(b.job_file("rec-b1.txt")).unwrap_or_default();
+    let b_checked = check_records("b1", &acks(b, "b1"), &b_view).map_err(|e| format!("b: {e}"))?;
+    r.figure("b's acknowledged records intact", b_checked.to_string());
+    if ok_after > 0 || !repair_ok || !self_fenced {
+        r.verdict = Verdict::Fail(format!(
+            "a completed {ok_after} writes after b acquired; xfs_repair -n {}; a's holder {}",
+            if repair_ok { "clean" } else { "found damage" },
+            if self_fenced {
+                "self-fenced"
+            } else {
+                "did not self-fence"
+            }
+        ));
+    }
     Ok(())
 }
 
