@@ -114,10 +114,17 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "eio-on-owner-path",
-        about: "every request on the owner's own path fails with EIO (nbdkit's error filter on demand): its holder self-fences, the partner takes over after the fail window; when the path works again the old owner writes nothing",
+        about: "every request on the owner's own path fails with EIO (nbdkit's error filter on demand): its holder self-fences, the partner takes over after the fail window; when the path works again, what the old owner's file system still writes (a known gap without --cut-io or reservations)",
+        smoke: false,
+        shows_gap: true,
+        run: eio_on_owner_path,
+    },
+    Scenario {
+        name: "eio-on-owner-path-cut-io",
+        about: "eio-on-owner-path with the XFS mounted by `mmp mount --cut-io`: the holder cuts the data mapping when it self-fences; when the path works again the old owner writes nothing",
         smoke: false,
         shows_gap: false,
-        run: eio_on_owner_path,
+        run: eio_on_owner_path_cut_io,
     },
     Scenario {
         name: "late-write-with-reservations",
@@ -1179,6 +1186,17 @@ fn records_lost_gap(r: &mut Report, cycle: usize, err: &str, late_writes: u64) -
 /// and writes its own; then a's path works again: a writes nothing (its holder is gone,
 /// its XFS shut down on the errors). QEMU's counters witness every write a issued.
 fn eio_on_owner_path(ctx: &Ctx, r: &mut Report) -> Result<()> {
+    eio_on_path(ctx, r, false)
+}
+
+/// `eio-on-owner-path-cut-io`: [`eio_on_owner_path`] with a's XFS mounted by
+/// `mmp mount --cut-io`: when the holder self-fences it switches the data mapping to the
+/// error target, so nothing the file system retries reaches the disk once the path works.
+fn eio_on_owner_path_cut_io(ctx: &Ctx, r: &mut Report) -> Result<()> {
+    eio_on_path(ctx, r, true)
+}
+
+fn eio_on_path(ctx: &Ctx, r: &mut Report, cut_io: bool) -> Result<()> {
     let area = Disk::create(&ctx.run_dir, "area", 4 * MIB)?;
     let data = Disk::create(&ctx.run_dir, "data", 320 * MIB)?;
     let disks = [area, data];
@@ -1205,8 +1223,17 @@ fn eio_on_owner_path(ctx: &Ctx, r: &mut Report) -> Result<()> {
         )
     };
     let mount = "mount -t xfs /dev/vdb /mnt/d";
-    a.expect("hold", &hold(""), 0, LONG)?;
-    a.expect("mount", mount, 0, LONG)?;
+    if cut_io {
+        a.expect(
+            "mmp mount --cut-io",
+            "mkdir -p /mnt/d /jobs/run && MMP_RUN_DIR=/jobs/run mmp mount --cut-io -t xfs --mmp-device /dev/vda /dev/vdb /mnt/d && grep /mnt/d /proc/mounts",
+            0,
+            LONG,
+        )?;
+    } else {
+        a.expect("hold", &hold(""), 0, LONG)?;
+        a.expect("mount", mount, 0, LONG)?;
+    }
     a.expect("writer", &start_writer("a0"), 0, SHORT)?;
     std::thread::sleep(Duration::from_secs(3));
     if acks(a, "a0").is_empty() {
@@ -1238,7 +1265,7 @@ fn eio_on_owner_path(ctx: &Ctx, r: &mut Report) -> Result<()> {
     );
     let aj = a.run(
         "a's holder",
-        "i=0; while kill -0 $(cat /jobs/holder.pid) 2>/dev/null; do i=$((i+1)); [ $i -gt 100 ] && break; sleep 0.1; done; tail -3 /jobs/holder.log; kill -0 $(cat /jobs/holder.pid) 2>/dev/null && echo 'holder still running'; dmesg | grep -E 'XFS .*(shut|rror)' | tail -2; true",
+        "if [ -e /jobs/holder.pid ]; then i=0; while kill -0 $(cat /jobs/holder.pid) 2>/dev/null; do i=$((i+1)); [ $i -gt 100 ] && break; sleep 0.1; done; tail -3 /jobs/holder.log; kill -0 $(cat /jobs/holder.pid) 2>/dev/null && echo 'holder still running'; else sleep 2; tail -q -n 8 /jobs/run/*.log; fi; dmesg | grep -E 'XFS .*(shut|rror)' | tail -2; true",
         SHORT,
     )?;
     eprintln!("    a after its path failed:\n{}", aj.out.trim_end());
@@ -1283,16 +1310,37 @@ fn eio_on_owner_path(ctx: &Ctx, r: &mut Report) -> Result<()> {
     let b_view = std::fs::read_to_string(b.job_file("rec-b1.txt")).unwrap_or_default();
     let b_checked = check_records("b1", &acks(b, "b1"), &b_view).map_err(|e| format!("b: {e}"))?;
     r.figure("b's acknowledged records intact", b_checked.to_string());
+    if cut_io {
+        let cut = aj.out.contains("cut I/O to");
+        r.figure(
+            "a's data mapping",
+            if cut {
+                "switched to the error target by the holder"
+            } else {
+                "NOT cut"
+            },
+        );
+        if !cut {
+            r.verdict = Verdict::Fail("a's holder did not cut the data mapping".into());
+        }
+    }
     if ok_after > 0 || !repair_ok || !self_fenced {
-        r.verdict = Verdict::Fail(format!(
-            "a completed {ok_after} writes after b acquired; xfs_repair -n {}; a's holder {}",
+        let what = format!(
+            "a completed {ok_after} writes after b acquired once its path worked again; xfs_repair -n {}; a's holder {}",
             if repair_ok { "clean" } else { "found damage" },
             if self_fenced {
                 "self-fenced"
             } else {
                 "did not self-fence"
             }
-        ));
+        );
+        r.verdict = if !cut_io && self_fenced && repair_ok {
+            // The holder did its part; the file system's own retries are what --cut-io or
+            // reservations stop.
+            Verdict::Gap(format!("without --cut-io: {what}"))
+        } else {
+            Verdict::Fail(what)
+        };
     }
     Ok(())
 }
