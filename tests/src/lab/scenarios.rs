@@ -92,6 +92,13 @@ pub const SCENARIOS: &[Scenario] = &[
         run: watchdog_fences_frozen_holder,
     },
     Scenario {
+        name: "watchdog-fences-stalled-holder",
+        about: "i6300esb watchdog: the holder's storage stalls (QMP throttling); the holder self-fences at its lease end and stops petting the watchdog: the node powers off before the partner takes over",
+        smoke: false,
+        shows_gap: false,
+        run: watchdog_fences_stalled_holder,
+    },
+    Scenario {
         name: "comeback-after-freeze",
         about: "an XFS owner frozen past the takeover resumes: its writes to the data disk after the partner acquired, counted by QEMU",
         smoke: true,
@@ -519,6 +526,19 @@ fn ext4_clean_race(ctx: &Ctx, r: &mut Report) -> Result<()> {
 }
 
 fn watchdog_fences_frozen_holder(ctx: &Ctx, r: &mut Report) -> Result<()> {
+    watchdog_fences(ctx, r, false)
+}
+
+/// `watchdog-fences-stalled-holder`: as [`watchdog_fences_frozen_holder`], but the holder
+/// runs on and its storage stalls (QMP throttling of a's disk at 1 byte/s): its heartbeat
+/// request never comes back, the holder self-fences at the lease end and stops petting the
+/// watchdog, which powers the node off before the partner takes over.
+fn watchdog_fences_stalled_holder(ctx: &Ctx, r: &mut Report) -> Result<()> {
+    watchdog_fences(ctx, r, true)
+}
+
+fn watchdog_fences(ctx: &Ctx, r: &mut Report, stall: bool) -> Result<()> {
+    let what = if stall { "the stall" } else { "SIGSTOP" };
     let area = Disk::create(&ctx.run_dir, "area", 4 * MIB)?;
     let mut spec_a = NodeSpec::new("a", 0xa1, std::slice::from_ref(&area));
     spec_a.watchdog = true;
@@ -537,12 +557,16 @@ fn watchdog_fences_frozen_holder(ctx: &Ctx, r: &mut Report) -> Result<()> {
         0,
         LONG,
     )?;
-    a.expect(
-        "SIGSTOP the holder",
-        "kill -STOP $(cat /jobs/hold.pid)",
-        0,
-        SHORT,
-    )?;
+    if stall {
+        a.stall_storage(true)?;
+    } else {
+        a.expect(
+            "SIGSTOP the holder",
+            "kill -STOP $(cat /jobs/hold.pid)",
+            0,
+            SHORT,
+        )?;
+    }
     let stopped = Instant::now();
     let take = b.spawn("takeover", &timed("mmp hold --force /dev/vda >/jobs/take.log 2>&1 &\necho $! >/jobs/take.pid\nwhile ! grep -q '^acquired' /jobs/take.log; do kill -0 $(cat /jobs/take.pid) || exit 8; sleep 0.05; done"))?;
     let mut off = None;
@@ -565,10 +589,16 @@ fn watchdog_fences_frozen_holder(ctx: &Ctx, r: &mut Report) -> Result<()> {
     }
     let events: Vec<String> = a.events().into_iter().map(|(_, e)| e).collect();
     r.figure("a: QMP events", events.join(","));
-    let off = off.ok_or("a did not power off within 180 s of the SIGSTOP")?;
+    let off = off.ok_or_else(|| format!("a did not power off within 180 s of {what}"))?;
     let acquired = acquired.ok_or("b did not take over within 180 s")?;
-    r.secs("a: powered off after SIGSTOP (host)", off.as_secs_f64());
-    r.secs("b: acquired after SIGSTOP (host)", acquired.as_secs_f64());
+    r.secs(
+        &format!("a: powered off after {what} (host)"),
+        off.as_secs_f64(),
+    );
+    r.secs(
+        &format!("b: acquired after {what} (host)"),
+        acquired.as_secs_f64(),
+    );
     if off >= acquired {
         return Err(format!("b acquired ({acquired:?}) before a powered off ({off:?})").into());
     }
