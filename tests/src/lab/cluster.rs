@@ -2088,3 +2088,103 @@ pub fn pacemaker_three_nodes(ctx: &Ctx, r: &mut Report) -> Result<()> {
     let (repair, witness) = result?;
     check_verdict(&repair, &witness)
 }
+
+/// `pacemaker-stall-stonith`: every disk of the node running the group stalls (QMP
+/// throttling at 1 byte/s, the root disk included: the whole path hangs), STONITH on, no
+/// reservations. The holder self-fences at its lease end; the cluster sees the failure,
+/// cannot stop the file system on a hung path, and fences the node; then the partner takes
+/// over. QEMU's counters: the stalled node's data-disk writes after the partner acquired
+/// must be 0 (its queued requests are drained by the reset, before the partner starts).
+pub fn pacemaker_stall_stonith(ctx: &Ctx, r: &mut Report) -> Result<()> {
+    let mut nodes = pacemaker_setup(ctx, r)?;
+    enable_stonith(&mut nodes, None, r)?;
+    let fencer = Fencer::start(&nodes);
+    let (a, b) = two(&mut nodes);
+    let watch = b.spawn("watch the takeover", &watch_takeover("b"))?;
+    let out = watch.base.with_extension("out");
+    a.stall_storage(true)?;
+    let fault = Instant::now();
+    let mut samples: Vec<(Duration, u64)> = Vec::new();
+    let (mut acquired, mut started, mut unstalled) = (None, None, false);
+    while started.is_none() {
+        if fault.elapsed() > Duration::from_secs(480) {
+            return Err(format!(
+                "no takeover within 480 s of the stall; fencing: {:?}\nb's view:\n{}",
+                fencer.log(),
+                cluster_view(b)
+            )
+            .into());
+        }
+        if a.is_running()? {
+            samples.push((fault.elapsed(), a.writes_to("data")?));
+        }
+        // Once the node is fenced (reset), its path works again (the reset drained the
+        // requests it had queued); it reboots.
+        if !unstalled && !fencer.shots().is_empty() {
+            a.stall_storage(false)?;
+            unstalled = true;
+        }
+        let text = fs::read_to_string(&out).unwrap_or_default();
+        if acquired.is_none() && text.contains("lab-mark acquired ") {
+            acquired = Some(fault.elapsed());
+        }
+        if text.contains("lab-mark started ") {
+            started = Some(fault.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (Some(acquired), Some(started)) = (acquired, started) else {
+        return Err("the takeover marks are missing".into());
+    };
+    fencing_figure(r, &fencer, fault);
+    let Some(shot) = fencer.shots().into_iter().find(|f| f.target == "a") else {
+        return Err(format!(
+            "b runs the group but a was never fenced: {:?}",
+            fencer.log()
+        )
+        .into());
+    };
+    let fenced = shot.at.saturating_duration_since(fault);
+    secs(r, "stall -> a fenced (reset) by b (host)", fenced);
+    secs(r, "stall -> mmp area acquired on b (host)", acquired);
+    secs(
+        r,
+        "stall -> Pacemaker reports the group running on b (host)",
+        started,
+    );
+    if fenced >= acquired {
+        return Err("b acquired the area before a was fenced".into());
+    }
+    let at_acquire = samples
+        .iter()
+        .rev()
+        .find(|(t, _)| *t <= acquired)
+        .map_or(0, |(_, w)| *w);
+    start_writer(b)?;
+    std::thread::sleep(Duration::from_secs(10));
+    let a_after = a
+        .writes_to("data")?
+        .checked_sub(at_acquire)
+        .ok_or("a's counters went back")?;
+    fig(
+        r,
+        "a: data-disk writes after b acquired (QEMU, through its reset)",
+        a_after.to_string(),
+    );
+    a.wait_ready_again(Duration::from_secs(300))?;
+    let view = a.run(
+        "a after the reboot",
+        "grep ' /mnt/d ' /proc/mounts; systemctl start corosync pacemaker; true",
+        LONG,
+    )?;
+    if view.out.contains(" /mnt/d ") {
+        return Err("a mounted the XFS after its reboot".into());
+    }
+    let b_view = cluster_view(b);
+    eprintln!("    b's view:\n{}", b_view.trim_end());
+    let (repair, witness) = stop_and_check(&mut nodes, 1, r)?;
+    if a_after > 0 {
+        return Err(format!("a wrote {a_after} times to the data disk after b acquired").into());
+    }
+    check_verdict(&repair, &witness)
+}

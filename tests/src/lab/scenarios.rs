@@ -226,6 +226,13 @@ pub const SCENARIOS: &[Scenario] = &[
         run: super::cluster::pacemaker_partition_stonith,
     },
     Scenario {
+        name: "pacemaker-stall-stonith",
+        about: "Pacemaker with STONITH, virtio disks: every disk of the active node stalls (QMP throttling); its holder self-fences, the cluster cannot stop the file system on the hung path and fences the node, then the partner takes over; 0 writes from the stalled node after the partner acquired",
+        smoke: false,
+        shows_gap: false,
+        run: super::cluster::pacemaker_stall_stonith,
+    },
+    Scenario {
         name: "pacemaker-three-nodes",
         about: "three-node Pacemaker cluster (majority quorum, no STONITH): the active node's network cut (it loses quorum and stops the group, the others start it through mmp), the heal, then power loss of the new owner; every record intact",
         smoke: false,
