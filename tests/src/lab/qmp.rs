@@ -147,6 +147,22 @@ impl BlockStats {
     }
 }
 
+/// The writes completed and failed between two `query-blockstats` samples of one node,
+/// summed over the drives present in both: (completed, failed).
+#[must_use]
+pub fn write_deltas(now: &[BlockStats], base: &[BlockStats]) -> (u64, u64) {
+    now.iter()
+        .filter_map(|s| {
+            let b = base.iter().find(|b| b.device == s.device)?;
+            Some((
+                s.wr_operations.saturating_sub(b.wr_operations),
+                s.failed_wr_operations
+                    .saturating_sub(b.failed_wr_operations),
+            ))
+        })
+        .fold((0, 0), |(o, f), (o2, f2)| (o + o2, f + f2))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,5 +179,23 @@ mod tests {
         assert_eq!(s[0].device, "d0-area");
         assert_eq!(s[0].wr_operations, 7);
         assert_eq!(s[0].wr_bytes, 3584);
+    }
+
+    #[test]
+    fn write_deltas_sum_the_drives_in_both_samples() {
+        let st = |d: &str, w, f| BlockStats {
+            device: d.to_owned(),
+            wr_operations: w,
+            failed_wr_operations: f,
+            ..BlockStats::default()
+        };
+        let base = [st("s0-area", 10, 0), st("s1-data", 100, 2)];
+        let now = [
+            st("s0-area", 12, 1),
+            st("s1-data", 100, 7),
+            st("d2-new", 50, 50),
+        ];
+        assert_eq!(write_deltas(&now, &base), (2, 6));
+        assert_eq!(write_deltas(&base, &base), (0, 0));
     }
 }
